@@ -1,0 +1,135 @@
+"""The steps of a flow as plain data: what :class:`~millrace.dataflow.Dataflow` builds and the
+runtime compiles. Nothing here runs user code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .inputs import InputConfig
+from .outputs import OutputConfig
+from .window import ClockConfig, WindowConfig
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the pipeline. ``name`` identifies it in error messages."""
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class _FunctionStep(Step):
+    position: int
+    fn: Callable[..., Any]
+
+    kind = "step"
+
+    @property
+    def name(self) -> str:
+        fn_name = getattr(self.fn, "__qualname__", None) or repr(self.fn)
+        return f"{self.kind} #{self.position} ({fn_name})"
+
+
+@dataclass(frozen=True)
+class Map(_FunctionStep):
+    kind = "map"
+
+
+@dataclass(frozen=True)
+class FlatMap(_FunctionStep):
+    kind = "flat_map"
+
+
+@dataclass(frozen=True)
+class Filter(_FunctionStep):
+    kind = "filter"
+
+
+@dataclass(frozen=True)
+class Inspect(_FunctionStep):
+    kind = "inspect"
+
+
+@dataclass(frozen=True)
+class InspectEpoch(_FunctionStep):
+    kind = "inspect_epoch"
+
+
+@dataclass(frozen=True)
+class Input(Step):
+    step_id: str
+    config: InputConfig
+
+    @property
+    def name(self) -> str:
+        return f"input {self.step_id!r}"
+
+
+@dataclass(frozen=True)
+class Capture(Step):
+    position: int
+    config: OutputConfig
+
+    @property
+    def name(self) -> str:
+        return f"capture #{self.position} ({type(self.config).__name__})"
+
+
+@dataclass(frozen=True)
+class StatefulStep(Step):
+    """A keyed step: items are ``(key, value)`` and each key lives on one worker."""
+
+    step_id: str
+
+    kind = "stateful step"
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind} {self.step_id!r}"
+
+
+@dataclass(frozen=True)
+class Reduce(StatefulStep):
+    reducer: Callable[[Any, Any], Any]
+    is_complete: Callable[[Any], bool]
+
+    kind = "reduce"
+
+
+@dataclass(frozen=True)
+class StatefulMap(StatefulStep):
+    builder: Callable[[], Any]
+    mapper: Callable[[Any, Any], tuple[Any, Any]]
+
+    kind = "stateful_map"
+
+
+@dataclass(frozen=True)
+class WindowStep(StatefulStep):
+    clock: ClockConfig
+    window: WindowConfig
+
+
+@dataclass(frozen=True)
+class ReduceWindow(WindowStep):
+    reducer: Callable[[Any, Any], Any]
+
+    kind = "reduce_window"
+
+
+@dataclass(frozen=True)
+class FoldWindow(WindowStep):
+    builder: Callable[[], Any]
+    folder: Callable[[Any, Any], Any]
+
+    kind = "fold_window"
+
+
+@dataclass(frozen=True)
+class CollectWindow(WindowStep):
+    kind = "collect_window"

@@ -1,0 +1,10 @@
+"""The engine behind :mod:`millrace.execution`; nothing here is public API.
+
+- :mod:`.routing`: which worker owns a key; the same answer in every process.
+- :mod:`.sources` and :mod:`.sinks`: per-worker readers and writers built from the configs.
+- :mod:`.chain`: stateless steps fused into one call per batch.
+- :mod:`.keyed` and :mod:`.windowing`: the keyed, stateful steps.
+- :mod:`.epochs`: when an epoch ends at the input.
+- :mod:`.worker`: one worker's loop (batches, exchange, epoch progress).
+- :mod:`.errors`: how failures are named and carried.
+"""

@@ -1,0 +1,58 @@
+"""Turning an entry point's arguments into running workers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ..recovery import KafkaRecoveryConfig, RecoveryConfig, SqliteRecoveryConfig
+from .epochs import EpochPolicy, ItemEpochs, PeriodicEpochs
+from .exchange import Exchange
+from .windowing import utcnow
+from .worker import Worker, check_flow
+
+if TYPE_CHECKING:
+    from ..dataflow import Dataflow
+    from ..execution import EpochConfig
+
+
+def epoch_policy(epoch_config: EpochConfig | None) -> EpochPolicy:
+    from ..execution import PeriodicEpochConfig, TestingEpochConfig
+
+    if epoch_config is None:
+        return PeriodicEpochs(PeriodicEpochConfig().epoch_length)
+    if isinstance(epoch_config, TestingEpochConfig):
+        return ItemEpochs()
+    if isinstance(epoch_config, PeriodicEpochConfig):
+        return PeriodicEpochs(epoch_config.epoch_length)
+    raise TypeError(
+        f"epoch_config must be a PeriodicEpochConfig or TestingEpochConfig, got {epoch_config!r}"
+    )
+
+
+def check_recovery(recovery_config: Any) -> None:
+    if recovery_config is None:
+        return
+    if isinstance(recovery_config, KafkaRecoveryConfig):
+        raise NotImplementedError(
+            "KafkaRecoveryConfig needs Kafka support, which this build of millrace does not "
+            "include; use SqliteRecoveryConfig(db_dir)"
+        )
+    if not isinstance(recovery_config, RecoveryConfig):
+        raise TypeError(f"recovery_config must be a RecoveryConfig, got {recovery_config!r}")
+    if isinstance(recovery_config, SqliteRecoveryConfig):
+        raise NotImplementedError("SqliteRecoveryConfig snapshots are not implemented yet")
+
+
+def run_single(
+    flow: Dataflow,
+    *,
+    epoch_config: EpochConfig | None,
+    recovery_config: RecoveryConfig | None,
+) -> None:
+    check_flow(flow)
+    policy = epoch_policy(epoch_config)
+    check_recovery(recovery_config)
+    flow_start: datetime = utcnow()
+    worker = Worker(flow, 0, Exchange(1), policy, flow_start)
+    worker.run()

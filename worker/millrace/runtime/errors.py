@@ -1,0 +1,44 @@
+"""How failures are named: every error says which step, which worker, and what value."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_NOTE_MARK = "millrace: "
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def bad_keyed_item(step_name: str, item: Any) -> TypeError:
+    return TypeError(
+        f"{step_name} requires a (key, value) 2-tuple with a str or int key, "
+        f"got {_short(item)} of type {type(item).__name__}"
+    )
+
+
+def annotate(exc: BaseException, step_name: str, worker_index: int) -> None:
+    """Attach a note naming the step and worker, once, so the exception keeps its own type."""
+    notes = getattr(exc, "__notes__", ())
+    if any(note.startswith(_NOTE_MARK) for note in notes):
+        return
+    exc.add_note(f"{_NOTE_MARK}raised in {step_name} on worker {worker_index}")
+
+
+def where(exc: BaseException) -> str | None:
+    """The step-and-worker note :func:`annotate` attached, if any."""
+    for note in getattr(exc, "__notes__", ()):
+        if note.startswith(_NOTE_MARK):
+            return note[len(_NOTE_MARK) :]
+    return None
+
+
+def describe(value: Any) -> str:
+    """A bounded ``repr`` for error messages."""
+    return _short(value)
+
+
+class ClusterError(RuntimeError):
+    """The cluster stopped because a worker or a peer failed; the message says which and why."""

@@ -1,0 +1,109 @@
+"""Moving messages between workers: the worker loop's only view of its peers.
+
+Workers of one process hand messages over through in-memory queues; messages for workers of
+other processes go to a :class:`RemoteLink` (the ZeroMQ transport). Messages are tuples whose
+first element is one of the kinds below. Per pair of workers, messages arrive in the order
+they were sent, which the progress protocol in :mod:`.worker` relies on.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Protocol
+
+# (DATA, stateful_step_index, epoch, items)
+DATA = 0
+# (MARK, stateful_step_index, epoch, sender, eof): sender sent everything of epoch for that step
+MARK = 1
+# (DONE, epoch, sender, eof): sender finished every step of epoch
+DONE = 2
+# (STOP,): the cluster is failing; wake up and leave
+STOP = 3
+
+Message = tuple[Any, ...]
+
+# A worker stops reading input while a queue it feeds holds more batches than this; it keeps
+# draining its own inbox meanwhile, so two workers that wait on each other both make progress.
+QUEUE_LIMIT = 32
+
+
+class RemoteLink(Protocol):
+    """Carries messages to workers of other processes (see :mod:`millrace.transport`)."""
+
+    def send(self, dest: int, msg: Message) -> None: ...
+
+    def congested(self) -> bool: ...
+
+    def fail(self, reason: str) -> None: ...
+
+
+class Exchange:
+    """The workers of one process, and the way to the others.
+
+    ``first`` is the index of this process's first worker; its workers are
+    ``first .. first + local_count - 1`` of ``worker_count``.
+    """
+
+    def __init__(
+        self,
+        worker_count: int,
+        first: int = 0,
+        local_count: int = 1,
+        remote: RemoteLink | None = None,
+    ) -> None:
+        self.worker_count = worker_count
+        self.first = first
+        self.local_count = local_count
+        self.remote = remote
+        self.inboxes: list[queue.SimpleQueue[Message]] = [
+            queue.SimpleQueue() for _ in range(local_count)
+        ]
+        self.stopping = threading.Event()
+        self.reason: str | None = None
+        self._reason_lock = threading.Lock()
+
+    def is_local(self, worker: int) -> bool:
+        return self.first <= worker < self.first + self.local_count
+
+    def send(self, dest: int, msg: Message) -> None:
+        if self.first <= dest < self.first + self.local_count:
+            self.inboxes[dest - self.first].put(msg)
+        else:
+            assert self.remote is not None, f"worker {dest} is in no process"
+            self.remote.send(dest, msg)
+
+    def broadcast(self, sender: int, msg: Message) -> None:
+        for dest in range(self.worker_count):
+            if dest != sender:
+                self.send(dest, msg)
+
+    def deliver(self, dest: int, msg: Message) -> None:
+        """Hand a message that came from another process to a local worker."""
+        self.inboxes[dest - self.first].put(msg)
+
+    def recv(self, worker: int, timeout: float | None) -> Message | None:
+        inbox = self.inboxes[worker - self.first]
+        try:
+            if timeout is None:
+                return inbox.get_nowait()
+            return inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def congested(self) -> bool:
+        if any(inbox.qsize() > QUEUE_LIMIT for inbox in self.inboxes):
+            return True
+        return self.remote is not None and self.remote.congested()
+
+    def fail(self, reason: str, *, from_remote: bool = False) -> None:
+        """Stop every worker of this process and, unless the failure came from there, tell
+        the other processes. The first reason wins."""
+        with self._reason_lock:
+            if self.reason is None:
+                self.reason = reason
+        self.stopping.set()
+        for inbox in self.inboxes:
+            inbox.put((STOP,))
+        if self.remote is not None and not from_remote:
+            self.remote.fail(reason)

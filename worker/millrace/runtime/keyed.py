@@ -1,0 +1,99 @@
+"""The keyed, stateful steps that are not windows: ``reduce`` and ``stateful_map``.
+
+Each holds one state per key in ``self.state``; a forgotten key is removed from it. Items
+arrive already checked to be ``(key, value)`` with a ``str`` or ``int`` key, in epoch order.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from .. import plan
+from .errors import describe
+
+_MISSING = object()
+
+
+class KeyedLogic:
+    """A stateful step on one worker: the keys this worker owns and their state."""
+
+    name: str
+    state: dict[Any, Any]
+
+    def on_batch(self, batch: list[tuple[Any, Any]]) -> list[Any]:
+        """Apply ``batch`` in order; return what the step emits."""
+        raise NotImplementedError
+
+    def on_tick(self, now: datetime) -> list[Any]:
+        """Emit what time alone has made ready (windows); most steps have nothing."""
+        return []
+
+    def next_deadline(self) -> datetime | None:
+        """When :meth:`on_tick` may next emit something, if ever."""
+        return None
+
+    def on_eof(self) -> list[Any]:
+        """All input has ended everywhere: emit what is still held."""
+        return []
+
+
+class ReduceLogic(KeyedLogic):
+    def __init__(self, step: plan.Reduce) -> None:
+        self.name = step.name
+        self.reducer = step.reducer
+        self.is_complete = step.is_complete
+        self.state = {}
+
+    def on_batch(self, batch: list[tuple[Any, Any]]) -> list[Any]:
+        state = self.state
+        reducer = self.reducer
+        is_complete = self.is_complete
+        out: list[Any] = []
+        for key, value in batch:
+            acc = state.get(key, _MISSING)
+            acc = value if acc is _MISSING else reducer(acc, value)
+            done = is_complete(acc)
+            if done is False:
+                state[key] = acc
+            elif done is True:
+                out.append((key, acc))
+                state.pop(key, None)
+            else:
+                raise TypeError(
+                    f"{self.name}: is_complete must return a bool, got {describe(done)} "
+                    f"for the accumulator {describe(acc)} of key {key!r}"
+                )
+        return out
+
+
+class StatefulMapLogic(KeyedLogic):
+    def __init__(self, step: plan.StatefulMap) -> None:
+        self.name = step.name
+        self.builder = step.builder
+        self.mapper = step.mapper
+        self.state = {}
+
+    def on_batch(self, batch: list[tuple[Any, Any]]) -> list[Any]:
+        state = self.state
+        builder = self.builder
+        mapper = self.mapper
+        out: list[Any] = []
+        append = out.append
+        for key, value in batch:
+            current = state.get(key, _MISSING)
+            if current is _MISSING:
+                current = builder()
+            result = mapper(current, value)
+            if type(result) is not tuple or len(result) != 2:
+                raise TypeError(
+                    f"{self.name}: the mapper must return a (new_state, output) 2-tuple, "
+                    f"got {describe(result)} for key {key!r}"
+                )
+            new_state, output = result
+            if new_state is None:
+                state.pop(key, None)
+            else:
+                state[key] = new_state
+            append((key, output))
+        return out

@@ -1,0 +1,87 @@
+"""Per-worker writers built from output configurations."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from itertools import repeat
+from typing import Any
+
+from ..outputs import (
+    KafkaOutputConfig,
+    ManualEpochOutputConfig,
+    ManualOutputConfig,
+    OutputConfig,
+    StdOutputConfig,
+    TestingEpochOutputConfig,
+    TestingOutputConfig,
+)
+from .errors import describe
+
+# Workers of one process share stdout; whole batches are written under this lock so lines from
+# different workers never interleave mid-line.
+STDOUT_LOCK = threading.Lock()
+
+
+class Sink:
+    """Writes a batch of items that belong to one epoch."""
+
+    def write(self, batch: list[Any], epoch: int) -> None:
+        raise NotImplementedError
+
+
+class _CallableSink(Sink):
+    def __init__(self, fn: Callable[[Any], Any], with_epoch: bool) -> None:
+        self.fn = fn
+        self.with_epoch = with_epoch
+
+    def write(self, batch: list[Any], epoch: int) -> None:
+        if self.with_epoch:
+            deque(map(self.fn, zip(repeat(epoch), batch)), maxlen=0)
+        else:
+            deque(map(self.fn, batch), maxlen=0)
+
+
+class _ListSink(Sink):
+    def __init__(self, out: Any, with_epoch: bool) -> None:
+        self.out = out
+        self.with_epoch = with_epoch
+
+    def write(self, batch: list[Any], epoch: int) -> None:
+        if batch:
+            # One extend per batch: one call for a list, one round trip for a Manager proxy.
+            self.out.extend(list(zip(repeat(epoch), batch)) if self.with_epoch else batch)
+
+
+class _StdoutSink(Sink):
+    def write(self, batch: list[Any], epoch: int) -> None:
+        if batch:
+            text = "\n".join(map(str, batch)) + "\n"
+            with STDOUT_LOCK:
+                # Looked up on every write so doctest's and pytest's stdout capture see it.
+                sys.stdout.write(text)
+                sys.stdout.flush()
+
+
+def build_sink(config: OutputConfig, worker_index: int, worker_count: int, step_name: str) -> Sink:
+    """The writer of ``config`` for one worker."""
+    if isinstance(config, ManualOutputConfig):
+        fn = config.output_builder(worker_index, worker_count)
+        if not callable(fn):
+            raise TypeError(
+                f"{step_name}: output_builder must return a callable that takes each item, "
+                f"got {describe(fn)}"
+            )
+        return _CallableSink(fn, with_epoch=isinstance(config, ManualEpochOutputConfig))
+    if isinstance(config, TestingOutputConfig):
+        return _ListSink(config.out, with_epoch=isinstance(config, TestingEpochOutputConfig))
+    if isinstance(config, StdOutputConfig):
+        return _StdoutSink()
+    if isinstance(config, KafkaOutputConfig):
+        raise NotImplementedError(
+            f"{step_name}: KafkaOutputConfig needs Kafka support, which this build of millrace "
+            "does not include"
+        )
+    raise TypeError(f"{step_name}: unsupported output configuration {describe(config)}")
