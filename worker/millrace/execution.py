@@ -4,11 +4,22 @@ or as one process of a cluster whose members are given by address (:func:`cluste
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import secrets
+import time
+import warnings
+from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
 
 from .dataflow import Dataflow
 from .recovery import RecoveryConfig
-from .runtime import engine
+from .runtime import cluster, engine
+from .runtime.errors import ClusterError
 
 __all__ = [
     "EpochConfig",
@@ -82,3 +93,246 @@ def run_main(
     3
     """
     engine.run_single(flow, epoch_config=epoch_config, recovery_config=recovery_config)
+
+
+#: Environment variables read by :func:`cluster_main` when no secret is passed.
+SECRET_ENV = "MILLRACE_CLUSTER_SECRET"
+SECRET_FILE_ENV = "MILLRACE_CLUSTER_SECRET_FILE"
+CONNECT_TIMEOUT_ENV = "MILLRACE_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT = 60.0
+
+
+def _secret_bytes(secret: bytes | str | None) -> bytes | None:
+    if secret is None:
+        if os.environ.get(SECRET_ENV):
+            secret = os.environ[SECRET_ENV]
+        elif os.environ.get(SECRET_FILE_ENV):
+            path = Path(os.environ[SECRET_FILE_ENV])
+            try:
+                secret = path.read_bytes().strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read the cluster secret file {path}: {exc}") from None
+        else:
+            return None
+    if isinstance(secret, str):
+        secret = secret.encode("utf-8")
+    if not isinstance(secret, bytes) or not secret:
+        raise TypeError(f"the cluster secret must be non-empty bytes or str, got {type(secret).__name__}")
+    return secret
+
+
+def _seconds(value: timedelta | float | None) -> float:
+    if value is None:
+        value = float(os.environ.get(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT))
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"connect_timeout must be a positive duration, got {value!r}")
+    return float(value)
+
+
+def cluster_main(
+    flow: Dataflow,
+    addresses: Sequence[str] | None,
+    proc_id: int,
+    *,
+    epoch_config: EpochConfig | None = None,
+    recovery_config: RecoveryConfig | None = None,
+    worker_count_per_proc: int = 1,
+    secret: bytes | str | None = None,
+    connect_timeout: timedelta | float | None = None,
+) -> None:
+    """Run process ``proc_id`` of a cluster whose processes listen at ``addresses``.
+
+    Every process gets the same address list (itself included): it listens on its own entry and
+    connects to the others, retrying until all are up or ``connect_timeout`` (default 60 s, or
+    ``$MILLRACE_CONNECT_TIMEOUT``) has passed. Worker ``proc_id * worker_count_per_proc + t`` is
+    thread ``t`` of this process. Empty or ``None`` addresses mean a single process.
+
+    Frames between processes are authenticated with ``secret`` (bytes or str; by default
+    ``$MILLRACE_CLUSTER_SECRET`` or the contents of the file named by
+    ``$MILLRACE_CLUSTER_SECRET_FILE``). Without one the cluster still runs, with a warning.
+
+    A failure anywhere stops every process: the one where it happened raises the original
+    exception, the others a :class:`~millrace.runtime.errors.ClusterError` naming the worker,
+    the step and the error.
+
+    >>> from millrace.dataflow import Dataflow
+    >>> from millrace.inputs import TestingInputConfig
+    >>> from millrace.outputs import StdOutputConfig
+    >>> flow = Dataflow()
+    >>> flow.input("inp", TestingInputConfig(["x", "y"]))
+    >>> flow.capture(StdOutputConfig())
+    >>> cluster_main(flow, [], 0, worker_count_per_proc=2)
+    x
+    y
+    """
+    address_list = list(addresses or [])
+    if type(proc_id) is not int:
+        raise TypeError(f"proc_id must be an int, got {proc_id!r}")
+    key = _secret_bytes(secret)
+    if key is None and len(address_list) > 1:
+        warnings.warn(
+            "cluster_main runs without a cluster secret, so its traffic is unauthenticated and "
+            f"anyone who can reach {address_list[proc_id] if 0 <= proc_id < len(address_list) else 'its port'} "
+            f"can inject data; set {SECRET_ENV} or pass secret=",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    cluster.run_process(
+        flow,
+        address_list,
+        proc_id,
+        workers_per_proc=worker_count_per_proc,
+        epoch_config=epoch_config,
+        recovery_config=recovery_config,
+        secret=key,
+        connect_timeout=_seconds(connect_timeout),
+    )
+
+
+def _spawned_main(
+    payload: bytes,
+    addresses: list[str],
+    proc_id: int,
+    worker_count_per_proc: int,
+    secret: bytes,
+    errors: Any,
+) -> None:
+    """The body of each process :func:`spawn_cluster` starts."""
+    try:
+        flow, epoch_config, recovery_config = cloudpickle.loads(payload)
+        cluster_main(
+            flow,
+            addresses,
+            proc_id,
+            epoch_config=epoch_config,
+            recovery_config=recovery_config,
+            worker_count_per_proc=worker_count_per_proc,
+            secret=secret,
+        )
+    except BaseException as exc:
+        try:
+            blob = cloudpickle.dumps(exc)
+        except Exception:
+            blob = cloudpickle.dumps(ClusterError(f"process {proc_id}: {type(exc).__name__}: {exc}"))
+        errors.put((proc_id, blob))
+        raise SystemExit(1) from None
+
+
+def spawn_cluster(
+    flow: Dataflow,
+    *,
+    epoch_config: EpochConfig | None = None,
+    recovery_config: RecoveryConfig | None = None,
+    proc_count: int = 1,
+    worker_count_per_proc: int = 1,
+    mp_ctx: Any = None,
+) -> None:
+    """Run ``flow`` on ``proc_count`` local processes of ``worker_count_per_proc`` workers each;
+    return when all have finished.
+
+    Ports are chosen free, so clusters can run side by side, and a fresh secret authenticates
+    the cluster's traffic. The flow travels with cloudpickle, so lambdas and closures work. A
+    failing process stops the others, and its exception is raised here.
+
+    ``mp_ctx`` is a :mod:`multiprocessing` context (``spawn`` by default), or
+    :data:`millrace.testing.doctest_ctx` to run the processes as threads.
+
+    >>> from millrace.dataflow import Dataflow
+    >>> from millrace.inputs import TestingInputConfig
+    >>> from millrace.outputs import TestingOutputConfig
+    >>> from millrace.testing import doctest_ctx
+    >>> out = []
+    >>> flow = Dataflow()
+    >>> flow.input("inp", TestingInputConfig([("a", 1), ("b", 2), ("a", 3)]))
+    >>> flow.reduce("sum", lambda acc, x: acc + x, lambda acc: acc > 3)
+    >>> flow.capture(TestingOutputConfig(out))
+    >>> spawn_cluster(flow, proc_count=2, mp_ctx=doctest_ctx)
+    >>> out
+    [('a', 4)]
+    """
+    from .transport.addresses import free_ports
+
+    if type(proc_count) is not int or proc_count < 1:
+        raise ValueError(f"proc_count must be a positive int, got {proc_count!r}")
+    if type(worker_count_per_proc) is not int or worker_count_per_proc < 1:
+        raise ValueError(
+            f"worker_count_per_proc must be a positive int, got {worker_count_per_proc!r}"
+        )
+    ctx = mp_ctx if mp_ctx is not None else multiprocessing.get_context("spawn")
+    # Fail here, not in every child, on a flow or config that cannot run.
+    from .runtime.worker import check_flow
+
+    check_flow(flow)
+    engine.epoch_policy(epoch_config)
+    engine.check_recovery(recovery_config)
+    payload = cloudpickle.dumps((flow, epoch_config, recovery_config))
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(proc_count)]
+    secret = secrets.token_bytes(32)
+    errors = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_spawned_main,
+            args=(payload, addresses, proc_id, worker_count_per_proc, secret, errors),
+            name=f"millrace-proc-{proc_id}",
+            daemon=False,
+        )
+        for proc_id in range(proc_count)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        _wait_all(procs)
+    except BaseException:
+        _stop_all(procs)
+        raise
+    failures = []
+    while len(failures) < proc_count:
+        try:
+            failures.append(errors.get(timeout=0.2 if failures else 1.0))
+        except Exception:
+            break
+    _raise_failure(procs, failures)
+
+
+def _wait_all(procs: list[Any]) -> None:
+    """Wait for every process; when one fails, give the others a moment to stop on their own
+    (they are told through the cluster), then stop them."""
+    failed_at: float | None = None
+    while any(proc.is_alive() for proc in procs):
+        for proc in procs:
+            proc.join(0.05)
+        if failed_at is None and any(proc.exitcode not in (None, 0) for proc in procs):
+            failed_at = time.monotonic()
+        if failed_at is not None and time.monotonic() - failed_at > 15.0:
+            _stop_all(procs)
+            return
+
+
+def _stop_all(procs: list[Any]) -> None:
+    for proc in procs:
+        if proc.is_alive() and hasattr(proc, "terminate"):
+            proc.terminate()
+    for proc in procs:
+        proc.join(5.0)
+        if proc.is_alive() and hasattr(proc, "kill"):
+            proc.kill()
+            proc.join(5.0)
+
+
+def _raise_failure(procs: list[Any], failures: list[tuple[int, bytes]]) -> None:
+    excs = [(proc_id, cloudpickle.loads(blob)) for proc_id, blob in sorted(failures)]
+    # The process where the error happened raises it with its own type; the others raise
+    # ClusterError about it. Prefer the original.
+    for _, exc in excs:
+        if not isinstance(exc, ClusterError):
+            raise exc
+    if excs:
+        raise excs[0][1]
+    bad = [(i, proc.exitcode) for i, proc in enumerate(procs) if proc.exitcode not in (0, None)]
+    if bad:
+        raise ClusterError(
+            "spawn_cluster: "
+            + ", ".join(f"process {i} exited with code {code}" for i, code in bad)
+        )

@@ -20,9 +20,9 @@ from ..outputs import (
 )
 from .errors import describe
 
-# Workers of one process share stdout; whole batches are written under this lock so lines from
-# different workers never interleave mid-line.
-STDOUT_LOCK = threading.Lock()
+# Workers of one process share stdout and often one output callable (``print``); each batch is
+# written under this lock so that lines from different workers never interleave mid-line.
+OUTPUT_LOCK = threading.Lock()
 
 
 class Sink:
@@ -38,10 +38,11 @@ class _CallableSink(Sink):
         self.with_epoch = with_epoch
 
     def write(self, batch: list[Any], epoch: int) -> None:
-        if self.with_epoch:
-            deque(map(self.fn, zip(repeat(epoch), batch)), maxlen=0)
-        else:
-            deque(map(self.fn, batch), maxlen=0)
+        with OUTPUT_LOCK:
+            if self.with_epoch:
+                deque(map(self.fn, zip(repeat(epoch), batch)), maxlen=0)
+            else:
+                deque(map(self.fn, batch), maxlen=0)
 
 
 class _ListSink(Sink):
@@ -59,7 +60,7 @@ class _StdoutSink(Sink):
     def write(self, batch: list[Any], epoch: int) -> None:
         if batch:
             text = "\n".join(map(str, batch)) + "\n"
-            with STDOUT_LOCK:
+            with OUTPUT_LOCK:
                 # Looked up on every write so doctest's and pytest's stdout capture see it.
                 sys.stdout.write(text)
                 sys.stdout.flush()

@@ -1,0 +1,130 @@
+"""One process of a cluster: its worker threads, its link to the other processes, and the
+supervision that turns any failure into a stop of the whole cluster."""
+
+from __future__ import annotations
+
+import logging
+import time
+import threading
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from .engine import check_recovery, epoch_policy
+from .errors import ClusterError, where
+from .exchange import Exchange
+from .windowing import utcnow
+from .worker import Stopped, Worker, check_flow
+
+if TYPE_CHECKING:
+    from ..dataflow import Dataflow
+    from ..execution import EpochConfig
+    from ..recovery import RecoveryConfig
+
+log = logging.getLogger("millrace.cluster")
+
+# How long a failing process waits for its workers to leave user code before it raises anyway.
+_STOP_GRACE = 5.0
+
+
+def failure_reason(exc: BaseException, worker: int, proc_id: int) -> str:
+    """One line for the other processes: which worker, which step, what error."""
+    place = where(exc) or f"worker {worker}"
+    return (
+        f"worker {worker} (process {proc_id}) failed, {place}: "
+        f"{type(exc).__name__}: {exc}"
+    )
+
+
+def run_process(
+    flow: Dataflow,
+    addresses: list[str],
+    proc_id: int,
+    *,
+    workers_per_proc: int,
+    epoch_config: EpochConfig | None,
+    recovery_config: RecoveryConfig | None,
+    secret: bytes | None,
+    connect_timeout: float,
+) -> None:
+    check_flow(flow)
+    epoch_policy(epoch_config)  # reject a bad config before connecting to anyone
+    check_recovery(recovery_config)
+    proc_count = max(1, len(addresses))
+    if not 0 <= proc_id < proc_count:
+        raise ValueError(f"proc_id must be in 0..{proc_count - 1} for {proc_count} addresses, got {proc_id}")
+    if type(workers_per_proc) is not int or workers_per_proc < 1:
+        raise ValueError(f"worker_count_per_proc must be a positive int, got {workers_per_proc!r}")
+
+    link = None
+    if proc_count > 1:
+        from ..transport.link import ZmqLink
+
+        link = ZmqLink(addresses, proc_id, workers_per_proc, secret, connect_timeout)
+    exchange = Exchange(
+        proc_count * workers_per_proc,
+        first=proc_id * workers_per_proc,
+        local_count=workers_per_proc,
+        remote=link,
+    )
+    if link is not None:
+        link.start(exchange)
+        try:
+            link.wait_ready()
+        except BaseException:
+            link.close(clean=False)
+            raise
+    flow_start: datetime = utcnow()
+    errors: list[tuple[int, BaseException]] = []
+
+    def work(index: int) -> None:
+        try:
+            Worker(flow, index, exchange, epoch_policy(epoch_config), flow_start).run()
+        except Stopped:
+            pass
+        except BaseException as exc:
+            errors.append((index, exc))
+            exchange.fail(failure_reason(exc, index, proc_id))
+
+    threads = [
+        threading.Thread(target=work, args=(exchange.first + t,), name=f"millrace-worker-{exchange.first + t}", daemon=True)
+        for t in range(workers_per_proc)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        _supervise(threads, exchange)
+    except KeyboardInterrupt:
+        exchange.fail(f"process {proc_id} was interrupted (Ctrl-C)")
+        _join(threads, _STOP_GRACE)
+        if link is not None:
+            link.close(clean=False)
+        raise
+    failed = bool(errors) or exchange.stopping.is_set()
+    if link is not None:
+        link.close(clean=not failed)
+    if errors:
+        raise errors[0][1]
+    if exchange.stopping.is_set():
+        raise ClusterError(exchange.reason or "the cluster stopped")
+
+
+def _supervise(threads: list[threading.Thread], exchange: Exchange) -> None:
+    """Wait for the workers; once the cluster is failing, give them a grace period."""
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.1)
+            if exchange.stopping.is_set():
+                _join(threads, _STOP_GRACE)
+                return
+
+
+def _join(threads: list[threading.Thread], timeout: float) -> None:
+
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in threads if t.is_alive()]
+    if stuck:
+        log.warning("workers %s are still inside user code; leaving them behind", stuck)
+
+

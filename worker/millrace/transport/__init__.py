@@ -1,0 +1,6 @@
+"""How processes of a cluster talk: authenticated frames over ZeroMQ.
+
+- :mod:`.frames`: the wire format; authenticating a frame before anything is decoded.
+- :mod:`.addresses`: parsing ``host:port`` lists and choosing what to bind.
+- :mod:`.link`: the sockets and threads that connect one process to all the others.
+"""

@@ -1,0 +1,121 @@
+"""The wire format between processes.
+
+A frame is a ZeroMQ multipart message ``[MAGIC, header, payload, mac]``. The header says what
+the frame is, who sent it, to which worker, and its sequence number; the MAC is an HMAC-SHA256
+of header and payload under the cluster secret. :func:`open_frame` checks all of that before
+the payload is touched, and only :data:`MESSAGE` payloads are ever unpickled, after that check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import pickle
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+MAGIC = b"MRC1"
+
+HELLO = 1  # payload: JSON of the sender's view of the cluster shape
+MESSAGE = 2  # payload: a pickled worker message (see millrace.runtime.exchange)
+ABORT = 3  # payload: UTF-8 reason
+BYE = 4  # payload: empty; the sender has finished and sends nothing more
+
+_KINDS = (HELLO, MESSAGE, ABORT, BYE)
+_HEADER = struct.Struct("!BHIQ")  # kind, sender process, destination worker, sequence number
+_MAC_SIZE = 32
+
+
+class BadFrame(ValueError):
+    """A frame that is malformed or not authenticated; it is dropped, never decoded.
+
+    ``kind`` and ``sender`` are what the header claimed, when it could be parsed.
+    """
+
+    def __init__(self, reason: str, kind: int | None = None, sender: int | None = None) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.sender = sender
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int
+    sender: int
+    dest: int
+    seq: int
+    payload: bytes
+
+
+def derive_key(secret: bytes | None) -> bytes | None:
+    """The MAC key of a cluster secret (``None``: unauthenticated cluster)."""
+    if secret is None:
+        return None
+    return hashlib.sha256(b"millrace-cluster-v1\0" + secret).digest()
+
+
+def seal(key: bytes | None, kind: int, sender: int, dest: int, seq: int, payload: bytes) -> list[bytes]:
+    header = _HEADER.pack(kind, sender, dest, seq)
+    mac = hmac.new(key, header + payload, hashlib.sha256).digest() if key is not None else b""
+    return [MAGIC, header, payload, mac]
+
+
+def open_frame(key: bytes | None, parts: list[bytes], proc_count: int) -> Frame:
+    """Parse and authenticate ``parts``; raise :class:`BadFrame` saying what is wrong."""
+    if len(parts) != 4:
+        raise BadFrame(f"expected 4 parts, got {len(parts)}")
+    magic, header, payload, mac = parts
+    if magic != MAGIC:
+        raise BadFrame(f"bad magic {bytes(magic[:8])!r}")
+    if len(header) != _HEADER.size:
+        raise BadFrame(f"header of {len(header)} bytes, expected {_HEADER.size}")
+    kind, sender, dest, seq = _HEADER.unpack(header)
+    if kind not in _KINDS:
+        raise BadFrame(f"unknown frame kind {kind}")
+    if sender >= proc_count:
+        raise BadFrame(f"sender process {sender} is not in this cluster of {proc_count}")
+    if key is not None:
+        if len(mac) != _MAC_SIZE or not hmac.compare_digest(
+            mac, hmac.new(key, header + payload, hashlib.sha256).digest()
+        ):
+            raise BadFrame(
+                f"authentication failed for a frame claiming to come from process {sender}",
+                kind,
+                sender,
+            )
+    return Frame(kind, sender, dest, seq, bytes(payload))
+
+
+def hello_payload(proc_id: int, proc_count: int, workers_per_proc: int) -> bytes:
+    return json.dumps(
+        {"proc_id": proc_id, "proc_count": proc_count, "workers_per_proc": workers_per_proc}
+    ).encode()
+
+
+def parse_hello(payload: bytes) -> dict[str, int]:
+    try:
+        shape = json.loads(payload)
+        return {name: int(shape[name]) for name in ("proc_id", "proc_count", "workers_per_proc")}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadFrame(f"malformed HELLO payload: {exc}") from None
+
+
+def dump_messages(messages: list[tuple[int, Any]]) -> bytes:
+    """Pickle ``(destination worker, message)`` pairs bound for one process."""
+    return pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def load_messages(payload: bytes) -> list[tuple[int, Any]]:
+    """Unpickle an authenticated MESSAGE payload (see the module docstring)."""
+    try:
+        messages = pickle.loads(payload)
+    except Exception as exc:
+        raise BadFrame(f"undecodable message: {type(exc).__name__}: {exc}") from None
+    if type(messages) is not list or not all(
+        type(m) is tuple and len(m) == 2 and type(m[0]) is int and type(m[1]) is tuple
+        for m in messages
+    ):
+        raise BadFrame("a MESSAGE payload must be a list of (worker, message) pairs")
+    return messages

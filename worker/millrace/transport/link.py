@@ -1,0 +1,378 @@
+"""One process's connections to the rest of its cluster, over ZeroMQ.
+
+Each process binds one PULL socket at its own address and connects one PUSH socket to every
+peer. A sender thread owns the PUSH sockets: it pickles what the workers queue, in batches per
+peer, and seals every frame with the cluster's MAC. A receiver thread owns the PULL socket: it
+authenticates each frame before decoding it, drops and logs anything malformed, and hands
+messages to local workers. Per pair of processes there is one socket and one thread on each
+side, so frames arrive in the order they were sent.
+
+Lifecycle: :meth:`start` binds and connects and sends HELLO; :meth:`wait_ready` returns once a
+HELLO came from every peer (or raises, naming who did not answer); :meth:`close` says BYE and
+waits for the peers' BYE, so that nothing still in flight is lost. A peer whose connection
+drops before its BYE is lost, and the whole cluster fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from ..runtime.errors import ClusterError
+from . import frames
+from .addresses import bind_endpoint, check_addresses, connect_endpoint
+
+if TYPE_CHECKING:
+    from ..runtime.exchange import Exchange, Message
+
+log = logging.getLogger("millrace.transport")
+
+_STOP = object()
+# Per-peer socket buffers, in frames; each frame holds up to a few batches.
+_HWM = 64
+# How many queued messages the sender may coalesce into one frame per peer.
+_COALESCE = 64
+# Outbound messages queued beyond this make workers stop reading input for a while.
+OUTBOUND_LIMIT = 256
+# A local worker inbox longer than this makes the receiver stop reading the socket, so a slow
+# worker pushes back on its senders instead of growing memory.
+INBOX_LIMIT = 128
+
+
+class ZmqLink:
+    """Process ``proc_id`` of the cluster at ``addresses``, each running ``workers_per_proc``
+    workers. ``secret`` (bytes) authenticates every frame; ``None`` runs unauthenticated."""
+
+    def __init__(
+        self,
+        addresses: list[str],
+        proc_id: int,
+        workers_per_proc: int,
+        secret: bytes | None,
+        connect_timeout: float,
+    ) -> None:
+        self.hosts = check_addresses(addresses)
+        self.addresses = list(addresses)
+        self.proc_id = proc_id
+        self.proc_count = len(addresses)
+        self.workers_per_proc = workers_per_proc
+        self.key = frames.derive_key(secret)
+        self.connect_timeout = connect_timeout
+        self.peers = [p for p in range(self.proc_count) if p != proc_id]
+        self._ctx = zmq.Context()
+        self._outbound: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._push: dict[int, zmq.Socket] = {}
+        self._monitors: dict[zmq.Socket, int] = {}
+        self._pull: zmq.Socket | None = None
+        self._exchange: Exchange | None = None
+        self._hellos: set[int] = set()
+        self._byes: set[int] = set()
+        self._ready = threading.Event()
+        self._all_bye = threading.Event()
+        self._failing = threading.Event()
+        self._closing = threading.Event()
+        self._last_seq: dict[int, int] = {}
+        self._threads: list[threading.Thread] = []
+        self.dropped_frames = 0
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def start(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+        host, port = self.hosts[self.proc_id]
+        pull = self._ctx.socket(zmq.PULL)
+        pull.setsockopt(zmq.RCVHWM, _HWM)
+        pull.setsockopt(zmq.LINGER, 0)
+        try:
+            pull.bind(bind_endpoint(host, port))
+        except zmq.ZMQError as exc:
+            pull.close()
+            self._ctx.term()
+            raise ClusterError(
+                f"process {self.proc_id} cannot listen on {self.addresses[self.proc_id]}: {exc}"
+            ) from None
+        self._pull = pull
+        for peer in self.peers:
+            push = self._ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.SNDHWM, _HWM)
+            push.setsockopt(zmq.SNDTIMEO, 100)
+            push.setsockopt(zmq.RECONNECT_IVL, 100)
+            push.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            # ZMTP heartbeats run in ZeroMQ's own threads, so a peer busy in user code still
+            # answers, while a vanished host is noticed within the timeout.
+            push.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            push.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+            monitor = push.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self._monitors[monitor] = peer
+            peer_host, peer_port = self.hosts[peer]
+            try:
+                push.connect(connect_endpoint(peer_host, peer_port))
+            except zmq.ZMQError as exc:
+                raise ClusterError(
+                    f"process {self.proc_id} cannot connect to process {peer} at "
+                    f"{self.addresses[peer]}: {exc}"
+                ) from None
+            self._push[peer] = push
+        hello = frames.hello_payload(self.proc_id, self.proc_count, self.workers_per_proc)
+        for peer in self.peers:
+            self._outbound.put((peer, frames.HELLO, hello))
+        for target, name in ((self._send_loop, "sender"), (self._receive_loop, "receiver")):
+            thread = threading.Thread(
+                target=target, name=f"millrace-{name}-{self.proc_id}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def wait_ready(self) -> None:
+        """Return once every peer said HELLO; raise :class:`ClusterError` naming the silent ones
+        after the connect timeout, or at once when the cluster is failing."""
+        assert self._exchange is not None
+        deadline = time.monotonic() + self.connect_timeout
+        while not self._ready.wait(0.05):
+            if self._exchange.stopping.is_set():
+                raise ClusterError(self._exchange.reason or "the cluster is stopping")
+            if time.monotonic() >= deadline:
+                missing = [p for p in self.peers if p not in self._hellos]
+                raise ClusterError(
+                    f"process {self.proc_id} could not reach "
+                    + ", ".join(f"process {p} at {self.addresses[p]}" for p in missing)
+                    + f" within {self.connect_timeout:g} s; are they running, and is the "
+                    "address list the same everywhere?"
+                )
+
+    # -- the RemoteLink interface used by Exchange -----------------------------------------
+
+    def send(self, dest: int, msg: Message) -> None:
+        self._outbound.put((dest // self.workers_per_proc, frames.MESSAGE, (dest, msg)))
+
+    def congested(self) -> bool:
+        return self._outbound.qsize() > OUTBOUND_LIMIT
+
+    def fail(self, reason: str) -> None:
+        self._failing.set()
+        payload = reason.encode("utf-8", "replace")
+        for peer in self.peers:
+            self._outbound.put((peer, frames.ABORT, payload))
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def close(self, clean: bool, bye_timeout: float = 30.0) -> None:
+        """Finish: on a clean end, BYE to every peer and wait for theirs; then close."""
+        if clean and not self._failing.is_set():
+            for peer in self.peers:
+                self._outbound.put((peer, frames.BYE, b""))
+            if not self._all_bye.wait(bye_timeout):
+                missing = [p for p in self.peers if p not in self._byes]
+                log.warning(
+                    "process %d: no goodbye from processes %s; closing anyway",
+                    self.proc_id,
+                    missing,
+                )
+        self._closing.set()
+        self._outbound.put(_STOP)
+        for thread in self._threads:
+            thread.join(timeout=5.0)
+        for monitor in self._monitors:
+            monitor.close(linger=0)
+        for push in self._push.values():
+            # After a failure the ABORT frames must still get out; after a clean end
+            # everything was delivered already (the peers said BYE).
+            push.close(linger=1000)
+        if self._pull is not None:
+            self._pull.close(linger=0)
+        self._ctx.term()
+
+    # -- threads ---------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        seq = {peer: 0 for peer in self.peers}
+        stop = False
+        while not stop:
+            first = self._outbound.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            # Coalesce what is already queued into one frame per peer and kind.
+            while len(batch) < _COALESCE:
+                try:
+                    item = self._outbound.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            for peer, kind, payload in self._frames_of(batch):
+                seq[peer] += 1
+                self._send(peer, frames.seal(self.key, kind, self.proc_id, 0, seq[peer], payload))
+
+    def _frames_of(self, batch: list[Any]) -> list[tuple[int, int, bytes]]:
+        """Group consecutive messages for the same peer into one MESSAGE frame."""
+        out: list[tuple[int, int, bytes]] = []
+        pending: dict[int, list[tuple[int, Any]]] = {}
+        failing = self._failing.is_set()
+
+        def flush(peer: int) -> None:
+            messages = pending.pop(peer, None)
+            if messages:
+                out.append((peer, frames.MESSAGE, frames.dump_messages(messages)))
+
+        for peer, kind, payload in batch:
+            if kind == frames.MESSAGE:
+                if not failing:  # after a failure only ABORT matters
+                    pending.setdefault(peer, []).append(payload)
+            else:
+                flush(peer)
+                out.append((peer, kind, payload))
+        for peer in list(pending):
+            flush(peer)
+        return out
+
+    def _send(self, peer: int, parts: list[bytes]) -> None:
+        push = self._push[peer]
+        while True:
+            try:
+                push.send_multipart(parts, copy=False)
+                return
+            except zmq.Again:
+                # The peer is not reading (slow, or gone): keep trying unless we are leaving.
+                if self._closing.is_set():
+                    return
+            except zmq.ZMQError as exc:
+                log.warning("process %d: send to process %d failed: %s", self.proc_id, peer, exc)
+                return
+
+    def _receive_loop(self) -> None:
+        assert self._pull is not None and self._exchange is not None
+        pull = self._pull
+        exchange = self._exchange
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        for monitor in self._monitors:
+            poller.register(monitor, zmq.POLLIN)
+        try:
+            while not self._closing.is_set():
+                ready = dict(poller.poll(100))
+                for monitor, peer in self._monitors.items():
+                    if monitor in ready:
+                        self._on_monitor_event(monitor, peer)
+                if pull not in ready:
+                    continue
+                if self._inbox_full(exchange):
+                    time.sleep(0.001)
+                    continue
+                for _ in range(_COALESCE):
+                    try:
+                        parts = pull.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._on_frame(parts)
+        except zmq.ContextTerminated:
+            pass
+        except Exception as exc:  # a bug here must not leave the workers waiting forever
+            log.exception("process %d: receiver failed", self.proc_id)
+            exchange.fail(f"process {self.proc_id}: the network receiver failed: {exc!r}")
+
+    @staticmethod
+    def _inbox_full(exchange: Exchange) -> bool:
+        if exchange.stopping.is_set():
+            return False
+        return any(inbox.qsize() > INBOX_LIMIT for inbox in exchange.inboxes)
+
+    def _drop(self, why: str) -> None:
+        self.dropped_frames += 1
+        log.warning(
+            "process %d: dropped a frame received on %s: %s",
+            self.proc_id,
+            self.addresses[self.proc_id],
+            why,
+        )
+
+    def _on_frame(self, parts: list[bytes]) -> None:
+        assert self._exchange is not None
+        try:
+            frame = frames.open_frame(self.key, parts, self.proc_count)
+        except frames.BadFrame as exc:
+            if exc.kind == frames.HELLO and not self._ready.is_set():
+                self._exchange.fail(
+                    f"process {self.proc_id} refused process {exc.sender} "
+                    f"({self.addresses[exc.sender]}): its HELLO failed authentication, so "
+                    "it holds a different cluster secret"
+                )
+            else:
+                self._drop(str(exc))
+            return
+        if frame.sender == self.proc_id:
+            self._drop("it claims to come from this very process")
+            return
+        if frame.seq <= self._last_seq.get(frame.sender, 0):
+            self._drop(f"replayed or reordered frame {frame.seq} from process {frame.sender}")
+            return
+        self._last_seq[frame.sender] = frame.seq
+        if frame.kind == frames.MESSAGE:
+            try:
+                messages = frames.load_messages(frame.payload)
+            except frames.BadFrame as exc:
+                self._drop(str(exc))
+                return
+            for dest, msg in messages:
+                if self._exchange.is_local(dest):
+                    self._exchange.deliver(dest, msg)
+                else:
+                    self._drop(f"message for worker {dest}, which is not in this process")
+        elif frame.kind == frames.HELLO:
+            self._on_hello(frame)
+        elif frame.kind == frames.ABORT:
+            reason = frame.payload.decode("utf-8", "replace")
+            self._failing.set()
+            self._exchange.fail(reason, from_remote=True)
+        elif frame.kind == frames.BYE:
+            self._byes.add(frame.sender)
+            if len(self._byes) == len(self.peers):
+                self._all_bye.set()
+
+    def _on_hello(self, frame: frames.Frame) -> None:
+        assert self._exchange is not None
+        try:
+            shape = frames.parse_hello(frame.payload)
+        except frames.BadFrame as exc:
+            self._drop(str(exc))
+            return
+        mine = {
+            "proc_id": frame.sender,
+            "proc_count": self.proc_count,
+            "workers_per_proc": self.workers_per_proc,
+        }
+        if shape != mine:
+            self._exchange.fail(
+                f"process {frame.sender} ({self.addresses[frame.sender]}) runs as {shape}, but "
+                f"process {self.proc_id} expects {mine}: every process must get the same "
+                "address list and worker count"
+            )
+            return
+        self._hellos.add(frame.sender)
+        if len(self._hellos) == len(self.peers):
+            self._ready.set()
+
+    def _on_monitor_event(self, monitor: zmq.Socket, peer: int) -> None:
+        assert self._exchange is not None
+        while True:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] != zmq.EVENT_DISCONNECTED:
+                continue
+            if not self._ready.is_set() or peer in self._byes or self._failing.is_set():
+                continue  # still connecting, or the peer has finished: not a loss
+            self._failing.set()
+            self._exchange.fail(
+                f"lost process {peer} ({self.addresses[peer]}): its connection closed before "
+                "the flow finished (the process died or the network failed)"
+            )
