@@ -192,7 +192,7 @@ def cluster_main(
 
 
 def _spawned_main(
-    payload: bytes,
+    payload: bytes | tuple[Dataflow, Any, Any],
     addresses: list[str],
     proc_id: int,
     worker_count_per_proc: int,
@@ -201,7 +201,9 @@ def _spawned_main(
 ) -> None:
     """The body of each process :func:`spawn_cluster` starts."""
     try:
-        flow, epoch_config, recovery_config = cloudpickle.loads(payload)
+        if isinstance(payload, bytes):
+            payload = cloudpickle.loads(payload)
+        flow, epoch_config, recovery_config = payload
         cluster_main(
             flow,
             addresses,
@@ -267,7 +269,11 @@ def spawn_cluster(
     check_flow(flow)
     engine.epoch_policy(epoch_config)
     engine.check_recovery(recovery_config)
-    payload = cloudpickle.dumps((flow, epoch_config, recovery_config))
+    payload: Any = (flow, epoch_config, recovery_config)
+    if not getattr(ctx, "shares_memory", False):
+        # Real processes get the flow as cloudpickle bytes, so lambdas and closures travel;
+        # thread "processes" share it as it is, plain output lists included.
+        payload = cloudpickle.dumps(payload)
     addresses = [f"127.0.0.1:{port}" for port in free_ports(proc_count)]
     secret = secrets.token_bytes(32)
     errors = ctx.Queue()

@@ -86,6 +86,8 @@ class _ThreadManager:
 
 class _DoctestContext:
     Process = _ThreadProcess
+    #: spawn_cluster hands the flow over as it is instead of pickling it.
+    shares_memory = True
 
     @staticmethod
     def Manager() -> _ThreadManager:  # noqa: N802 - mirrors multiprocessing's API
