@@ -1,0 +1,151 @@
+"""Flows shared by the cluster tests. Each builder takes the output it captures into, so the
+same flow runs under run_main (a list) and across processes (a Manager list or a file)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from millrace.dataflow import Dataflow
+from millrace.inputs import ManualInputConfig, TestingInputConfig
+from millrace.outputs import OutputConfig
+from millrace.window import EventClockConfig, SystemClockConfig, TumblingWindowConfig
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+KEYS = ["apple", "banana", "cherry", "date", "elder", 1, 2, 3, 17, -4]
+
+
+def keyed_items(n: int = 600) -> list[tuple[Any, int]]:
+    return [(KEYS[(i * 7) % len(KEYS)], i % 13) for i in range(n)]
+
+
+def stateless(out: OutputConfig) -> Dataflow:
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(range(500)))
+    flow.map(lambda x: x * 3)
+    flow.filter(lambda x: x % 2 == 1)
+    flow.flat_map(lambda x: [x, -x])
+    flow.inspect(lambda x: None)
+    flow.capture(out)
+    return flow
+
+
+def reduce_to_three(out: OutputConfig) -> Dataflow:
+    # Completes every third value of a key; the result does not depend on arrival order.
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(keyed_items()))
+    flow.map(lambda kv: (kv[0], 1))
+    flow.reduce("three", lambda acc, one: acc + one, lambda acc: acc == 3)
+    flow.capture(out)
+    return flow
+
+
+def running_count(out: OutputConfig) -> Dataflow:
+    # Emits 1, 2, 3, 4 per key and forgets the key at 4: the multiset is order-independent.
+    def count(seen: int, _value: Any) -> tuple[int | None, int]:
+        seen += 1
+        return (None if seen == 4 else seen), seen
+
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(keyed_items()))
+    flow.stateful_map("count", lambda: 0, count)
+    flow.capture(out)
+    return flow
+
+
+def two_exchanges(out: OutputConfig) -> Dataflow:
+    # Keyed twice on different keys, so items cross workers twice.
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(keyed_items()))
+    flow.map(lambda kv: (kv[0], 1))
+    flow.reduce("fours", lambda acc, v: acc + v, lambda acc: acc == 4)
+    flow.map(lambda kv: (len(str(kv[0])) % 3, 1))
+    flow.reduce("buckets", lambda acc, v: acc + v, lambda acc: acc == 2)
+    flow.capture(out)
+    return flow
+
+
+def _event(i: int) -> tuple[Any, dict[str, Any]]:
+    return KEYS[i % len(KEYS)], {"at": T0 + timedelta(seconds=i * 7 % 300, microseconds=i), "v": i}
+
+
+def _event_clock() -> EventClockConfig:
+    # A long wait: windows close only at end of input, so results are deterministic.
+    return EventClockConfig(lambda e: e["at"], wait_for_system_duration=timedelta(days=1))
+
+
+def windows_reduce(out: OutputConfig) -> Dataflow:
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([_event(i) for i in range(400)]))
+    flow.reduce_window(
+        "sum",
+        _event_clock(),
+        TumblingWindowConfig(timedelta(seconds=60), start_at=T0),
+        lambda acc, e: {"at": acc["at"], "v": acc["v"] + e["v"]},
+    )
+    flow.map(lambda kv: (kv[0], kv[1]["v"]))
+    flow.capture(out)
+    return flow
+
+
+def windows_fold(out: OutputConfig) -> Dataflow:
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([_event(i) for i in range(400)]))
+    flow.fold_window(
+        "count",
+        _event_clock(),
+        TumblingWindowConfig(timedelta(seconds=45), start_at=T0),
+        lambda: 0,
+        lambda n, _e: n + 1,
+    )
+    flow.capture(out)
+    return flow
+
+
+def windows_collect(out: OutputConfig) -> Dataflow:
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([_event(i) for i in range(400)]))
+    flow.collect_window(
+        "collect", _event_clock(), TumblingWindowConfig(timedelta(seconds=100), start_at=T0)
+    )
+    flow.map(lambda kv: (kv[0], tuple(e["v"] for e in kv[1])))
+    flow.capture(out)
+    return flow
+
+
+def windows_system_clock(out: OutputConfig) -> Dataflow:
+    # One window far longer than the run: it closes at end of input with every value.
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(keyed_items()))
+    flow.reduce_window(
+        "total", SystemClockConfig(), TumblingWindowConfig(timedelta(hours=1)), lambda a, b: a + b
+    )
+    flow.capture(out)
+    return flow
+
+
+DIFFERENTIAL: dict[str, Callable[[OutputConfig], Dataflow]] = {
+    "stateless": stateless,
+    "reduce": reduce_to_three,
+    "stateful_map": running_count,
+    "two_exchanges": two_exchanges,
+    "reduce_window": windows_reduce,
+    "fold_window": windows_fold,
+    "collect_window": windows_collect,
+    "system_clock_window": windows_system_clock,
+}
+
+
+def slow_numbers(count: int, delay: float) -> ManualInputConfig:
+    """Each worker yields ``count`` keyed numbers, pausing ``delay`` s between them."""
+
+    def build(worker_index: int, worker_count: int, resume_state: Any):
+        for i in range(count):
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                yield None
+            yield i, (i % 5, worker_index * 1_000_000 + i)
+
+    return ManualInputConfig(build)

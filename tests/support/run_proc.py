@@ -1,0 +1,79 @@
+"""Run one cluster_main process of a test scenario: ``python run_proc.py SCENARIO ...``.
+
+Each worker writes what it captures to ``OUT.<worker_index>``, one ``repr`` per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from support.flows import slow_numbers  # noqa: E402
+
+from millrace.dataflow import Dataflow  # noqa: E402
+from millrace.execution import PeriodicEpochConfig, cluster_main  # noqa: E402
+from millrace.outputs import ManualOutputConfig  # noqa: E402
+from millrace.window import SystemClockConfig, TumblingWindowConfig  # noqa: E402
+
+
+def file_output(out: str) -> ManualOutputConfig:
+    def build(worker_index: int, worker_count: int):
+        handle = open(f"{out}.{worker_index}", "a", buffering=1)
+        return lambda item: handle.write(f"{item!r}\n")
+
+    return ManualOutputConfig(build)
+
+
+def explode_on(worker: int, item: int):
+    def check(kv: tuple[int, int]) -> tuple[int, int]:
+        if kv[1] == worker * 1_000_000 + item:
+            raise ZeroDivisionError(f"boom at {kv!r}")
+        return kv
+
+    return check
+
+
+def build(scenario: str, out: str, count: int, delay: float) -> Dataflow:
+    flow = Dataflow()
+    if scenario == "forever":
+        flow.input("inp", slow_numbers(10**9, delay))
+    else:
+        flow.input("inp", slow_numbers(count, delay))
+    if scenario == "boom":
+        flow.map(explode_on(1, count // 2))
+    flow.reduce_window(
+        "sum", SystemClockConfig(), TumblingWindowConfig(timedelta(hours=1)), lambda a, b: a + b
+    )
+    flow.capture(file_output(out))
+    return flow
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=["sum", "boom", "forever"])
+    parser.add_argument("--addresses", required=True)
+    parser.add_argument("--proc-id", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--count", type=int, default=50)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--connect-timeout", type=float, default=20.0)
+    args = parser.parse_args(argv)
+    flow = build(args.scenario, args.out, args.count, args.delay)
+    cluster_main(
+        flow,
+        args.addresses.split(","),
+        args.proc_id,
+        worker_count_per_proc=args.workers,
+        epoch_config=PeriodicEpochConfig(timedelta(seconds=0.2)),
+        connect_timeout=args.connect_timeout,
+    )
+    print(f"process {args.proc_id} finished", flush=True)
+
+
+if __name__ == "__main__":
+    main()

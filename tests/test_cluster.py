@@ -1,0 +1,377 @@
+"""Multi-worker execution: the same results on every cluster shape, and failure that is loud
+and total, never a hang."""
+
+from __future__ import annotations
+
+import ast
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import zmq
+
+from millrace.dataflow import Dataflow
+from millrace.execution import cluster_main, run_main, spawn_cluster
+from millrace.inputs import TestingInputConfig
+from millrace.outputs import TestingOutputConfig
+from millrace.runtime.errors import ClusterError
+from millrace.testing import doctest_ctx
+from millrace.transport import frames
+from millrace.transport.addresses import free_ports
+
+from .conftest import SUPPORT, Procs
+from .support import flows
+
+pytestmark = pytest.mark.timeout(180)
+
+SHAPES = [(1, 2), (2, 1), (2, 2), (3, 2)]
+RUN_PROC = str(SUPPORT / "run_proc.py")
+
+
+def reference(build) -> Counter:
+    out: list = []
+    run_main(build(TestingOutputConfig(out)))
+    return Counter(out)
+
+
+@pytest.fixture(scope="module")
+def manager():
+    with multiprocessing.Manager() as mgr:
+        yield mgr
+
+
+@pytest.mark.parametrize("name", sorted(flows.DIFFERENTIAL))
+def test_every_shape_gives_the_run_main_result(name, manager):
+    build = flows.DIFFERENTIAL[name]
+    expected = reference(build)
+    assert expected, "the reference run produced nothing"
+    for procs, workers in SHAPES:
+        out = manager.list()
+        spawn_cluster(build(TestingOutputConfig(out)), proc_count=procs, worker_count_per_proc=workers)
+        assert Counter(list(out)) == expected, f"shape {procs}x{workers} differs"
+
+
+def test_keyed_items_live_on_their_owner_worker(manager):
+    out = manager.list()
+
+    def tag(worker_index, worker_count):
+        return lambda item: out.append((worker_index, item))
+
+    from millrace.outputs import ManualOutputConfig
+
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([(k, 1) for k in [0, 1, 2, 3, 5, 8, "a", "b", "c"] * 3]))
+    flow.reduce("sum", lambda a, b: a + b, lambda a: a == 3)
+    flow.capture(ManualOutputConfig(tag))
+    spawn_cluster(flow, proc_count=2, worker_count_per_proc=2)
+    from millrace.runtime.routing import owner
+
+    got = list(out)
+    assert len(got) == 9
+    for worker, (key, _) in got:
+        assert worker == owner(key, 4), f"{key!r} was emitted by worker {worker}"
+
+
+def test_stateless_steps_never_move_data(manager):
+    out = manager.list()
+    from millrace.outputs import ManualOutputConfig
+
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(range(40)))
+    flow.map(lambda x: x + 1)
+    flow.capture(ManualOutputConfig(lambda index, count: lambda x: out.append((index, x))))
+    spawn_cluster(flow, proc_count=2, worker_count_per_proc=2)
+    # TestingInputConfig gives item i to worker i % 4; map keeps it there.
+    assert sorted(out) == sorted(((x - 1) % 4, x) for x in range(1, 41))
+
+
+def test_epochs_advance_cluster_wide(manager):
+    from millrace.execution import TestingEpochConfig
+    from millrace.outputs import TestingEpochOutputConfig
+
+    out = manager.list()
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([(i % 3, i) for i in range(12)]))
+    flow.stateful_map("seen", lambda: 0, lambda n, v: (n + 1, v))
+    flow.capture(TestingEpochOutputConfig(out))
+    spawn_cluster(flow, proc_count=2, worker_count_per_proc=2, epoch_config=TestingEpochConfig())
+    got = sorted(out)
+    # Worker w reads items w, w+4, w+8: its k-th item is its epoch k.
+    assert got == sorted((i // 4, (i % 3, i)) for i in range(12))
+
+
+def test_two_clusters_side_by_side(manager):
+    outs = [manager.list(), manager.list()]
+    errors: list[BaseException] = []
+
+    def run(out):
+        try:
+            spawn_cluster(flows.reduce_to_three(TestingOutputConfig(out)), proc_count=2)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(out,)) for out in outs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    expected = reference(flows.reduce_to_three)
+    assert Counter(list(outs[0])) == expected
+    assert Counter(list(outs[1])) == expected
+
+
+def test_doctest_ctx_runs_processes_as_threads():
+    out: list = []
+    spawn_cluster(
+        flows.reduce_to_three(TestingOutputConfig(out)),
+        proc_count=2,
+        worker_count_per_proc=2,
+        mp_ctx=doctest_ctx,
+    )
+    assert Counter(out) == reference(flows.reduce_to_three)
+
+
+def test_flow_with_closures_travels_to_processes(manager):
+    out = manager.list()
+    offset = 1000
+    factor = {"k": 3}
+
+    def scale(x):
+        return x * factor["k"] + offset
+
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(range(10)))
+    flow.map(scale)
+    flow.map(lambda x: x - offset)
+    flow.capture(TestingOutputConfig(out))
+    spawn_cluster(flow, proc_count=2)
+    assert sorted(out) == [x * 3 for x in range(10)]
+
+
+# -- failure -------------------------------------------------------------------------------
+
+
+def _explode(x):
+    if x == 13:
+        raise ZeroDivisionError("thirteen")
+    return x
+
+
+def test_spawn_cluster_reraises_a_child_failure():
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(range(100)))
+    flow.map(_explode)
+    flow.capture(TestingOutputConfig([]))
+    with pytest.raises(ZeroDivisionError, match="thirteen") as info:
+        spawn_cluster(flow, proc_count=2, worker_count_per_proc=2)
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "map #1 (_explode)" in notes and "worker 1" in notes
+
+
+def _cluster(procs: Procs, tmp_path: Path, scenario: str, count=2, workers=1, extra=(), env=None):
+    addresses = ",".join(f"127.0.0.1:{port}" for port in free_ports(count))
+    out = str(tmp_path / "out")
+    started = []
+    for proc_id in range(count):
+        started.append(
+            procs.start(
+                RUN_PROC,
+                scenario,
+                "--addresses",
+                addresses,
+                "--proc-id",
+                str(proc_id),
+                "--workers",
+                str(workers),
+                "--out",
+                out,
+                *extra,
+                env=(env[proc_id] if env else {"MILLRACE_CLUSTER_SECRET": "s3cret"}),
+            )
+        )
+    return started, addresses, out
+
+
+def _read_outputs(out: str) -> list:
+    items = []
+    for path in Path(out).parent.glob(Path(out).name + ".*"):
+        items += [ast.literal_eval(line) for line in path.read_text().splitlines()]
+    return items
+
+
+def _expected_sums(workers: int, count: int) -> Counter:
+    sums: Counter = Counter()
+    for w in range(workers):
+        for i in range(count):
+            sums[i % 5] += w * 1_000_000 + i
+    return Counter(sums.items())
+
+
+def test_cluster_main_processes_compute_together(procs, tmp_path):
+    started, _, out = _cluster(procs, tmp_path, "sum", count=3, workers=2)
+    for proc in started:
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
+    assert Counter(_read_outputs(out)) == _expected_sums(6, 50)
+
+
+def test_exception_in_one_worker_stops_every_process(procs, tmp_path):
+    started, _, _ = _cluster(procs, tmp_path, "boom", extra=("--delay", "0.01"))
+    results = [proc.communicate(timeout=60) for proc in started]
+    assert all(proc.returncode != 0 for proc in started)
+    failing_stderr = results[1][1]
+    assert "ZeroDivisionError: boom" in failing_stderr
+    other_stderr = results[0][1]
+    assert "ClusterError" in other_stderr
+    assert "worker 1 (process 1) failed" in other_stderr
+    assert "map #1 (explode_on.<locals>.check)" in other_stderr
+    assert "ZeroDivisionError" in other_stderr
+
+
+def test_a_killed_process_fails_its_peers(procs, tmp_path):
+    started, addresses, _ = _cluster(procs, tmp_path, "forever", extra=("--delay", "0.01"))
+    time.sleep(2.0)
+    assert all(proc.poll() is None for proc in started), "the cluster should be running"
+    started[1].send_signal(signal.SIGKILL)
+    stdout, stderr = started[0].communicate(timeout=30)
+    assert started[0].returncode != 0
+    assert "lost process 1" in stderr and addresses.split(",")[1] in stderr
+
+
+def test_ctrl_c_stops_the_whole_cluster(procs, tmp_path):
+    script = tmp_path / "spawn.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(SUPPORT.parent)!r})\n"
+        "from support.flows import slow_numbers\n"
+        "from millrace.dataflow import Dataflow\n"
+        "from millrace.execution import spawn_cluster\n"
+        "from millrace.outputs import TestingOutputConfig\n"
+        "if __name__ == '__main__':\n"
+        "    flow = Dataflow()\n"
+        "    flow.input('inp', slow_numbers(10**9, 0.01))\n"
+        "    flow.reduce('r', lambda a, b: a + b, lambda a: False)\n"
+        "    flow.capture(TestingOutputConfig([]))\n"
+        "    print('starting', flush=True)\n"
+        "    spawn_cluster(flow, proc_count=2, worker_count_per_proc=2)\n"
+    )
+    parent = procs.start(str(script))
+    assert parent.stdout.readline().strip() == "starting"
+    time.sleep(4.0)  # let the children start and connect
+    assert parent.poll() is None
+    # A terminal's Ctrl-C goes to the whole foreground process group.
+    os.killpg(parent.pid, signal.SIGINT)
+    stdout, stderr = parent.communicate(timeout=30)
+    assert parent.returncode != 0
+    assert "KeyboardInterrupt" in stderr
+    deadline = time.monotonic() + 10
+    while procs.leftovers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert procs.leftovers() == []
+
+
+def test_hostile_bytes_are_dropped_and_the_flow_finishes(procs, tmp_path):
+    started, addresses, out = _cluster(
+        procs, tmp_path, "sum", extra=("--count", "150", "--delay", "0.02")
+    )
+    host, port = addresses.split(",")[0].split(":")
+    time.sleep(1.0)
+    # Raw garbage that is not even ZMTP.
+    for payload in (b"\x00" * 64, os.urandom(4096), b"GET / HTTP/1.1\r\n\r\n"):
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            raw.sendall(payload)
+    # Well-formed ZeroMQ, but malformed or forged millrace frames.
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://{host}:{port}")
+    forged = frames.seal(b"k" * 32, frames.MESSAGE, 1, 0, 10**9, b"\x80\x04N.")
+    for parts in (
+        [b"hello"],
+        [frames.MAGIC, b"short", b"", b""],
+        [frames.MAGIC, b"\x09" * 15, b"x", b"y"],
+        forged,
+        frames.seal(b"k" * 32, frames.ABORT, 1, 0, 10**9, b"stop everything"),
+    ):
+        push.send_multipart(parts)
+    time.sleep(0.5)
+    push.close(linger=1000)
+    ctx.term()
+    for proc in started:
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
+    assert Counter(_read_outputs(out)) == _expected_sums(2, 150)
+
+
+def test_hostile_frames_are_logged(procs, tmp_path):
+    started, addresses, out = _cluster(
+        procs, tmp_path, "sum", extra=("--count", "100", "--delay", "0.02")
+    )
+    host, port = addresses.split(",")[0].split(":")
+    time.sleep(1.0)
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://{host}:{port}")
+    push.send_multipart(frames.seal(b"x" * 32, frames.MESSAGE, 1, 0, 10**9, b"garbage"))
+    push.close(linger=1000)
+    ctx.term()
+    results = [proc.communicate(timeout=60) for proc in started]
+    assert [proc.returncode for proc in started] == [0, 0]
+    assert "dropped a frame" in results[0][1]
+    assert "authentication failed" in results[0][1]
+    assert Counter(_read_outputs(out)) == _expected_sums(2, 100)
+
+
+def test_a_peer_with_the_wrong_secret_is_refused_on_both_sides(procs, tmp_path):
+    started, _, _ = _cluster(
+        procs,
+        tmp_path,
+        "sum",
+        env=[{"MILLRACE_CLUSTER_SECRET": "one"}, {"MILLRACE_CLUSTER_SECRET": "two"}],
+    )
+    for proc in started:
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        assert "different cluster secret" in stderr
+
+
+def test_unreachable_peers_are_named(tmp_path):
+    ports = free_ports(3)
+    addresses = [f"127.0.0.1:{port}" for port in ports]
+    with pytest.raises(ClusterError) as info:
+        cluster_main(
+            flows.stateless(TestingOutputConfig([])),
+            addresses,
+            0,
+            secret="x",
+            connect_timeout=1.0,
+        )
+    message = str(info.value)
+    assert addresses[1] in message and addresses[2] in message
+    assert "could not reach" in message
+
+
+def test_without_a_secret_cluster_main_warns(tmp_path):
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    with pytest.warns(RuntimeWarning, match="unauthenticated"):
+        with pytest.raises(ClusterError):
+            cluster_main(flows.stateless(TestingOutputConfig([])), addresses, 0, connect_timeout=0.5)
+
+
+def test_bad_arguments_are_clear_errors():
+    flow = flows.stateless(TestingOutputConfig([]))
+    with pytest.raises(ValueError, match="proc_id"):
+        cluster_main(flow, ["127.0.0.1:1", "127.0.0.1:2"], 5, secret="x")
+    with pytest.raises(ValueError, match="host:port"):
+        cluster_main(flow, ["nocolon", "127.0.0.1:2"], 0, secret="x")
+    with pytest.raises(ValueError, match="proc_count"):
+        spawn_cluster(flow, proc_count=0)
+    with pytest.raises(ValueError, match="worker_count_per_proc"):
+        spawn_cluster(flow, worker_count_per_proc=0)
