@@ -43,6 +43,8 @@ OUTBOUND_LIMIT = 256
 # A local worker inbox longer than this makes the receiver stop reading the socket, so a slow
 # worker pushes back on its senders instead of growing memory.
 INBOX_LIMIT = 128
+# How long a dropped connection may wait for the peer's BYE before the peer counts as lost.
+_BYE_GRACE = 2.0
 
 
 class ZmqLink:
@@ -78,6 +80,7 @@ class ZmqLink:
         self._failing = threading.Event()
         self._closing = threading.Event()
         self._last_seq: dict[int, int] = {}
+        self._suspects: dict[int, float] = {}
         self._threads: list[threading.Thread] = []
         self.dropped_frames = 0
 
@@ -259,20 +262,21 @@ class ZmqLink:
         try:
             while not self._closing.is_set():
                 ready = dict(poller.poll(100))
+                if pull in ready:
+                    if self._inbox_full(exchange):
+                        time.sleep(0.001)
+                    else:
+                        for _ in range(_COALESCE):
+                            try:
+                                parts = pull.recv_multipart(zmq.NOBLOCK)
+                            except zmq.Again:
+                                break
+                            self._on_frame(parts)
                 for monitor, peer in self._monitors.items():
                     if monitor in ready:
                         self._on_monitor_event(monitor, peer)
-                if pull not in ready:
-                    continue
-                if self._inbox_full(exchange):
-                    time.sleep(0.001)
-                    continue
-                for _ in range(_COALESCE):
-                    try:
-                        parts = pull.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._on_frame(parts)
+                if self._suspects:
+                    self._judge_suspects()
         except zmq.ContextTerminated:
             pass
         except Exception as exc:  # a bug here must not leave the workers waiting forever
@@ -371,8 +375,20 @@ class ZmqLink:
                 continue
             if not self._ready.is_set() or peer in self._byes or self._failing.is_set():
                 continue  # still connecting, or the peer has finished: not a loss
-            self._failing.set()
-            self._exchange.fail(
-                f"lost process {peer} ({self.addresses[peer]}): its connection closed before "
-                "the flow finished (the process died or the network failed)"
-            )
+            # A finishing peer closes right after its BYE, which travels on the other
+            # connection and may come a moment after this event: wait for it briefly.
+            self._suspects.setdefault(peer, time.monotonic() + _BYE_GRACE)
+
+    def _judge_suspects(self) -> None:
+        assert self._exchange is not None
+        now = time.monotonic()
+        for peer, deadline in list(self._suspects.items()):
+            if peer in self._byes or self._failing.is_set():
+                del self._suspects[peer]
+            elif now >= deadline:
+                del self._suspects[peer]
+                self._failing.set()
+                self._exchange.fail(
+                    f"lost process {peer} ({self.addresses[peer]}): its connection closed "
+                    "before the flow finished (the process died or the network failed)"
+                )
