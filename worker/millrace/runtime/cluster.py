@@ -48,7 +48,7 @@ def run_process(
 ) -> None:
     check_flow(flow)
     epoch_policy(epoch_config)  # reject a bad config before connecting to anyone
-    check_recovery(recovery_config)
+    recovery_dir = check_recovery(recovery_config)
     proc_count = max(1, len(addresses))
     if not 0 <= proc_id < proc_count:
         raise ValueError(f"proc_id must be in 0..{proc_count - 1} for {proc_count} addresses, got {proc_id}")
@@ -78,7 +78,9 @@ def run_process(
 
     def work(index: int) -> None:
         try:
-            Worker(flow, index, exchange, epoch_policy(epoch_config), flow_start).run()
+            Worker(
+                flow, index, exchange, epoch_policy(epoch_config), flow_start, recovery_dir
+            ).run()
         except Stopped:
             pass
         except BaseException as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..recovery import KafkaRecoveryConfig, RecoveryConfig, SqliteRecoveryConfig
@@ -30,9 +31,10 @@ def epoch_policy(epoch_config: EpochConfig | None) -> EpochPolicy:
     )
 
 
-def check_recovery(recovery_config: Any) -> None:
+def check_recovery(recovery_config: Any) -> Path | None:
+    """The store directory of ``recovery_config`` (``None``: no recovery)."""
     if recovery_config is None:
-        return
+        return None
     if isinstance(recovery_config, KafkaRecoveryConfig):
         raise NotImplementedError(
             "KafkaRecoveryConfig needs Kafka support, which this build of millrace does not "
@@ -41,7 +43,8 @@ def check_recovery(recovery_config: Any) -> None:
     if not isinstance(recovery_config, RecoveryConfig):
         raise TypeError(f"recovery_config must be a RecoveryConfig, got {recovery_config!r}")
     if isinstance(recovery_config, SqliteRecoveryConfig):
-        raise NotImplementedError("SqliteRecoveryConfig snapshots are not implemented yet")
+        return recovery_config.db_dir
+    raise TypeError(f"unsupported recovery configuration {recovery_config!r}")
 
 
 def run_single(
@@ -52,7 +55,7 @@ def run_single(
 ) -> None:
     check_flow(flow)
     policy = epoch_policy(epoch_config)
-    check_recovery(recovery_config)
+    recovery_dir = check_recovery(recovery_config)
     flow_start: datetime = utcnow()
-    worker = Worker(flow, 0, Exchange(1), policy, flow_start)
+    worker = Worker(flow, 0, Exchange(1), policy, flow_start, recovery_dir)
     worker.run()

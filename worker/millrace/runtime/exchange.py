@@ -20,6 +20,8 @@ MARK = 1
 DONE = 2
 # (STOP,): the cluster is failing; wake up and leave
 STOP = 3
+# (PROGRESS, sender, info): at start, what the sender's recovery store says (see worker.py)
+PROGRESS = 4
 
 Message = tuple[Any, ...]
 

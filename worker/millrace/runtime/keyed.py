@@ -7,19 +7,28 @@ arrive already checked to be ``(key, value)`` with a ``str`` or ``int`` key, in 
 from __future__ import annotations
 
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from .. import plan
 from .errors import describe
 
 _MISSING = object()
+_key_of = itemgetter(0)
 
 
 class KeyedLogic:
     """A stateful step on one worker: the keys this worker owns and their state."""
 
     name: str
+    step_id: str
     state: dict[Any, Any]
+    #: Keys whose state changed since the last snapshot; ``None`` when nothing is recorded.
+    touched: set[Any] | None = None
+
+    def restore(self, states: dict[Any, Any]) -> None:
+        """Take the keyed state a recovery store kept."""
+        self.state.update(states)
 
     def on_batch(self, batch: list[tuple[Any, Any]]) -> list[Any]:
         """Apply ``batch`` in order; return what the step emits."""
@@ -41,11 +50,14 @@ class KeyedLogic:
 class ReduceLogic(KeyedLogic):
     def __init__(self, step: plan.Reduce) -> None:
         self.name = step.name
+        self.step_id = step.step_id
         self.reducer = step.reducer
         self.is_complete = step.is_complete
         self.state = {}
 
     def on_batch(self, batch: list[tuple[Any, Any]]) -> list[Any]:
+        if self.touched is not None:
+            self.touched.update(map(_key_of, batch))
         state = self.state
         reducer = self.reducer
         is_complete = self.is_complete
@@ -70,11 +82,14 @@ class ReduceLogic(KeyedLogic):
 class StatefulMapLogic(KeyedLogic):
     def __init__(self, step: plan.StatefulMap) -> None:
         self.name = step.name
+        self.step_id = step.step_id
         self.builder = step.builder
         self.mapper = step.mapper
         self.state = {}
 
     def on_batch(self, batch: list[tuple[Any, Any]]) -> list[Any]:
+        if self.touched is not None:
+            self.touched.update(map(_key_of, batch))
         state = self.state
         builder = self.builder
         mapper = self.mapper

@@ -57,6 +57,7 @@ class WindowLogic(KeyedLogic):
 
     def __init__(self, step: plan.WindowStep, flow_start: datetime) -> None:
         self.name = step.name
+        self.step_id = step.step_id
         if not isinstance(step.window, TumblingWindowConfig):
             raise TypeError(f"{self.name}: unsupported window configuration {step.window!r}")
         self.length: timedelta = step.window.length
@@ -76,6 +77,16 @@ class WindowLogic(KeyedLogic):
         self._scheduled: dict[Any, datetime] = {}
         self._seq = 0
         self.late_dropped = 0
+
+    def rebase(self, flow_start: datetime) -> None:
+        """Use the flow start a recovery store recorded, so window boundaries stay put."""
+        if self.step.window.start_at is None:  # type: ignore[attr-defined]
+            self.start = flow_start
+
+    def restore(self, states: dict[Any, Any]) -> None:
+        for key, kw in states.items():
+            self.state[key] = kw
+            self._settle(key, kw)
 
     # -- time ------------------------------------------------------------------------------
 
@@ -128,6 +139,8 @@ class WindowLogic(KeyedLogic):
 
     def _close_due(self, key: Any, kw: KeyWindows, watermark: datetime, out: list[Any]) -> None:
         windows = kw.windows
+        if self.touched is not None:
+            self.touched.add(key)
         for index in sorted(windows):
             if self._end(index) > watermark:
                 break
@@ -156,7 +169,7 @@ class WindowLogic(KeyedLogic):
         wait = self.wait
         event_clock = self.dt_getter is not None
         out: list[Any] = []
-        touched: dict[Any, KeyWindows] = {}
+        unsettled: dict[Any, KeyWindows] = {}
         for key, value in batch:
             t = self._event_time(value) if event_clock else now
             kw = state.get(key)
@@ -176,14 +189,14 @@ class WindowLogic(KeyedLogic):
                 self._fold(kw.windows, index, t, value)
             self._close_due(key, kw, watermark, out)
             if kw.windows:
-                touched[key] = kw
+                unsettled[key] = kw
             else:
                 # Freed at once, not at the end of the batch, so results never depend on
                 # how items happened to be batched.
                 del state[key]
                 self._scheduled.pop(key, None)
-                touched.pop(key, None)
-        for key, kw in touched.items():
+                unsettled.pop(key, None)
+        for key, kw in unsettled.items():
             self._settle(key, kw)
         return out
 
@@ -205,6 +218,8 @@ class WindowLogic(KeyedLogic):
 
     def on_eof(self) -> list[Any]:
         out: list[Any] = []
+        if self.touched is not None:
+            self.touched.update(self.state)
         for key, kw in self.state.items():
             for index in sorted(kw.windows):
                 out.append((key, self._result(kw.windows[index])))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from .. import plan
@@ -29,7 +30,8 @@ from ..dataflow import Dataflow
 from .chain import Op, compile_op
 from .epochs import EpochPolicy
 from .errors import annotate
-from .exchange import DATA, DONE, MARK, STOP, Exchange, Message
+from . import store
+from .exchange import DATA, DONE, MARK, PROGRESS, STOP, Exchange, Message
 from .keyed import KeyedLogic, ReduceLogic, StatefulMapLogic
 from .routing import Router, check_keyed
 from .sinks import build_sink
@@ -83,7 +85,8 @@ def build_logic(step: plan.StatefulStep, flow_start: datetime) -> KeyedLogic:
 
 
 class Worker:
-    """Worker ``index`` of ``exchange.worker_count``, running ``flow`` from ``start_epoch``."""
+    """Worker ``index`` of ``exchange.worker_count``, running ``flow``; with ``recovery_dir``
+    it resumes from, and snapshots to, the SQLite store there."""
 
     def __init__(
         self,
@@ -92,39 +95,36 @@ class Worker:
         exchange: Exchange,
         epochs: EpochPolicy,
         flow_start: datetime,
-        start_epoch: int = 0,
-        resume_states: dict[str, Any] | None = None,
+        recovery_dir: Path | None = None,
     ) -> None:
         self.index = index
         self.count = exchange.worker_count
         self.exchange = exchange
         self.epochs = epochs
-        self.epoch = start_epoch
+        self.epoch = 0
+        self.flow_start = flow_start
+        self.recovery_dir = recovery_dir
+        self.store: store.WorkerStore | None = None
         self.router = Router(self.count)
         self.logics: list[KeyedLogic] = []
         self.after: list[Segment] = []
+        self.input_steps: list[tuple[plan.Input, Segment]] = []
         self.inputs: list[tuple[Reader, Segment]] = []
         self._marks: dict[tuple[int, int], list[bool]] = {}
         self._dones: dict[int, list[bool]] = {}
-        self._build(flow, flow_start, resume_states or {})
+        self._progress: dict[int, Any] = {}
+        self._deferred: list[Message] = []
+        self._settled: dict[str, set[Any]] = {}
+        self._build(flow, flow_start)
 
     # -- compiling the plan ----------------------------------------------------------------
 
-    def _build(self, flow: Dataflow, flow_start: datetime, resume_states: dict[str, Any]) -> None:
+    def _build(self, flow: Dataflow, flow_start: datetime) -> None:
         open_segments: list[Segment] = []
         for step in flow.steps:
             if isinstance(step, plan.Input):
                 segment = Segment()
-                reader = self._guard(
-                    step.name,
-                    build_reader,
-                    step.config,
-                    step.name,
-                    self.index,
-                    self.count,
-                    resume_states.get(step.step_id),
-                )
-                self.inputs.append((reader, segment))
+                self.input_steps.append((step, segment))
                 open_segments.append(segment)
             elif isinstance(step, plan.StatefulStep):
                 target = len(self.logics)
@@ -144,6 +144,19 @@ class Worker:
                 op = compile_op(step, sink)
                 for segment in open_segments:
                     segment.ops.append(op)
+
+    def _open_inputs(self, resume_states: dict[str, Any]) -> None:
+        for step, segment in self.input_steps:
+            reader = self._guard(
+                step.name,
+                build_reader,
+                step.config,
+                step.name,
+                self.index,
+                self.count,
+                resume_states.get(step.step_id),
+            )
+            self.inputs.append((reader, segment))
 
     def _guard(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -227,6 +240,9 @@ class Worker:
         elif kind == DONE:
             _, epoch, _sender, eof = msg
             self._dones.setdefault(epoch, []).append(eof)
+        elif kind == PROGRESS:
+            _, sender, info = msg
+            self._progress[sender] = info
         elif kind == STOP:
             raise Stopped()
         else:
@@ -322,6 +338,8 @@ class Worker:
                     raise
                 if out:
                     self._push(self.after[target], out, epoch)
+        if self.store is not None:
+            self._snapshot(epoch)
         if multi:
             self.exchange.broadcast(self.index, (DONE, epoch, self.index, eof))
             dones = self._dones.setdefault(epoch, [])
@@ -333,8 +351,117 @@ class Worker:
 
     def run(self) -> None:
         """Run until every worker's input is exhausted and nothing is in flight."""
-        while True:
-            self._read_epoch(self.epoch)
-            if self._finish_epoch(self.epoch):
-                return
-            self.epoch += 1
+        try:
+            self._open_inputs(self._recover())
+            for msg in self._deferred:
+                self._handle(msg)
+            self._deferred.clear()
+            while True:
+                self._read_epoch(self.epoch)
+                if self._finish_epoch(self.epoch):
+                    return
+                self.epoch += 1
+        finally:
+            if self.store is not None:
+                self.store.close()
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def _step_ids(self) -> list[str]:
+        return [step.step_id for step, _ in self.input_steps] + [
+            logic.step_id for logic in self.logics
+        ]
+
+    def _recover(self) -> dict[str, Any]:
+        """Agree with every worker on the resume epoch, load the state as of then, and return
+        the input states. Every check runs before the store is written."""
+        if self.recovery_dir is None:
+            return {}
+        db_dir = self.recovery_dir
+        store.check_dir(db_dir)
+        info = store.inspect(db_dir, self.index)
+        if info is not None:
+            if info.worker_count != self.count:
+                raise store.RecoveryError(
+                    f"recovery store {info.path} was written by {info.worker_count} workers, but "
+                    f"this run has {self.count}: millrace cannot re-shard input states, so "
+                    f"resume with {info.worker_count} workers or start with an empty directory"
+                )
+            unknown = sorted(set(info.step_ids) - set(self._step_ids()))
+            if unknown:
+                raise store.RecoveryError(
+                    f"recovery store {info.path} holds state of steps {unknown} that this flow "
+                    "does not have: it was written by a different flow"
+                )
+        strays = sorted(
+            path.name
+            for path in db_dir.glob("worker-*.sqlite3")
+            if path.stem.split("-", 1)[1].isdigit() and int(path.stem.split("-", 1)[1]) >= self.count
+        )
+        if strays:
+            raise store.RecoveryError(
+                f"recovery directory {db_dir} holds stores of workers this run of {self.count} "
+                f"does not have ({', '.join(strays)}): it was written by a larger cluster"
+            )
+        mine = (info is not None, -1 if info is None or info.progress is None else info.progress)
+        self._progress[self.index] = mine
+        if self.count > 1:
+            self.exchange.broadcast(self.index, (PROGRESS, self.index, mine))
+            self._gather_progress()
+        have = [w for w, (exists, _) in sorted(self._progress.items()) if exists]
+        if have and len(have) != self.count:
+            missing = [w for w in range(self.count) if w not in have]
+            raise store.RecoveryError(
+                f"recovery directory {db_dir}: workers {missing} have no store while workers "
+                f"{have} do; a store was lost, so resuming would be wrong"
+            )
+        resume = min(progress for _, progress in self._progress.values()) + 1
+        if info is not None:
+            for logic in self.logics:
+                if isinstance(logic, WindowLogic):
+                    logic.rebase(info.flow_start)
+        self.store = store.WorkerStore(
+            db_dir, self.index, self.count, self._step_ids(), info.flow_start if info else self.flow_start
+        )
+        input_states, keyed = self.store.load(resume)
+        for logic in self.logics:
+            logic.restore(keyed.get(logic.step_id, {}))
+            logic.touched = set()
+        self.epoch = resume
+        return input_states
+
+    def _gather_progress(self) -> None:
+        """Wait for every worker's PROGRESS; keep anything else for after the state is loaded
+        (a faster worker may already send data of the resume epoch)."""
+        recv = self.exchange.recv
+        while len(self._progress) < self.count:
+            msg = recv(self.index, 0.5)
+            if msg is None:
+                if self.exchange.stopping.is_set():
+                    raise Stopped()
+            elif msg[0] in (PROGRESS, STOP):
+                self._handle(msg)
+            else:
+                self._deferred.append(msg)
+
+    def _snapshot(self, epoch: int) -> None:
+        assert self.store is not None
+        inputs = {}
+        for (step, _), (reader, _) in zip(self.input_steps, self.inputs):
+            inputs[step.step_id] = reader.state
+        changes: dict[str, list[tuple[Any, bytes | None]]] = {}
+        settled = self._settled
+        self._settled = {}
+        for logic in self.logics:
+            touched = logic.touched or set()
+            state = logic.state
+            changes[logic.step_id] = [
+                (key, store.dump_state(state[key]) if key in state else None) for key in touched
+            ]
+            self._settled[logic.step_id] = touched
+            logic.touched = set()
+        try:
+            self.store.snapshot(epoch, inputs, changes, settled)
+        except Exception as exc:
+            annotate(exc, f"the snapshot of epoch {epoch} to {self.store.path}", self.index)
+            raise

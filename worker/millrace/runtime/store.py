@@ -1,0 +1,222 @@
+"""Snapshots in SQLite: one file per worker, written once per epoch in one transaction.
+
+A worker's file holds its input states and the state of every key it touched, each row
+tagged with the epoch at whose end it was written (``NULL`` state: the key was forgotten),
+plus the last epoch the worker finished. Rows are kept until a newer row of the same key is
+safe — the whole cluster has finished that newer epoch — so that the state as of any epoch a
+restart could resume from is always there. Each key's last write is kept.
+
+SQLite's transactions make a write all-or-nothing even when the process is killed mid-write.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+FORMAT_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE progress (worker INTEGER PRIMARY KEY, epoch INTEGER NOT NULL);
+CREATE TABLE inputs (
+    step_id TEXT NOT NULL, epoch INTEGER NOT NULL, state BLOB,
+    PRIMARY KEY (step_id, epoch)
+);
+CREATE TABLE state (
+    step_id TEXT NOT NULL, key NOT NULL, epoch INTEGER NOT NULL, state BLOB,
+    PRIMARY KEY (step_id, key, epoch)
+) WITHOUT ROWID;
+"""
+
+
+class RecoveryError(RuntimeError):
+    """The recovery store cannot be used; the message names the path and the problem."""
+
+
+def store_path(db_dir: Path, worker_index: int) -> Path:
+    return db_dir / f"worker-{worker_index}.sqlite3"
+
+
+def dump_state(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        # Closures and lambdas inside a state: cloudpickle writes what pickle.loads can read.
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What an existing worker file says about itself."""
+
+    path: Path
+    worker_count: int
+    step_ids: tuple[str, ...]
+    flow_start: datetime
+    progress: int | None  # the last epoch this worker finished
+
+
+def check_dir(db_dir: Path) -> None:
+    if not db_dir.exists():
+        raise RecoveryError(f"recovery directory {db_dir} does not exist; create it first")
+    if not db_dir.is_dir():
+        raise RecoveryError(f"recovery directory {db_dir} is not a directory")
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    return conn
+
+
+def inspect(db_dir: Path, worker_index: int) -> StoreInfo | None:
+    """Read a worker file without changing it; ``None`` when there is none."""
+    path = store_path(db_dir, worker_index)
+    if not path.exists():
+        return None
+    try:
+        conn = _connect(path, readonly=True)
+        try:
+            meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+            row = conn.execute(
+                "SELECT epoch FROM progress WHERE worker = ?", (worker_index,)
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise RecoveryError(
+            f"recovery store {path} is not a readable millrace store ({exc}); it was left as it is"
+        ) from None
+    try:
+        version = int(meta["format"])
+    except (KeyError, ValueError):
+        raise RecoveryError(f"recovery store {path} has no millrace format marker") from None
+    if version != FORMAT_VERSION:
+        raise RecoveryError(
+            f"recovery store {path} has format version {version}, but this millrace reads "
+            f"version {FORMAT_VERSION}; it was left as it is"
+        )
+    try:
+        return StoreInfo(
+            path=path,
+            worker_count=int(meta["worker_count"]),
+            step_ids=tuple(json.loads(meta["step_ids"])),
+            flow_start=datetime.fromisoformat(meta["flow_start"]),
+            progress=None if row is None else int(row[0]),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise RecoveryError(f"recovery store {path} has damaged metadata ({exc!r})") from None
+
+
+class WorkerStore:
+    """A worker's own file, opened for writing after every check has passed."""
+
+    def __init__(
+        self,
+        db_dir: Path,
+        worker_index: int,
+        worker_count: int,
+        step_ids: Sequence[str],
+        flow_start: datetime,
+    ) -> None:
+        self.path = store_path(db_dir, worker_index)
+        self.worker_index = worker_index
+        fresh = not self.path.exists()
+        try:
+            self.conn = _connect(self.path, readonly=False)
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            # WAL with NORMAL sync survives a killed process; only a power loss can cost the
+            # last committed epoch, which a restart then replays.
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            if fresh:
+                self.conn.execute("BEGIN")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                self.conn.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [
+                        ("format", str(FORMAT_VERSION)),
+                        ("worker_index", str(worker_index)),
+                        ("worker_count", str(worker_count)),
+                        ("step_ids", json.dumps(list(step_ids))),
+                        ("flow_start", flow_start.isoformat()),
+                    ],
+                )
+                self.conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise RecoveryError(f"cannot write the recovery store {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def load(self, resume_epoch: int) -> tuple[dict[str, Any], dict[str, dict[Any, Any]]]:
+        """Input states and keyed states as of the end of epoch ``resume_epoch - 1``."""
+        last = resume_epoch - 1
+        inputs: dict[str, Any] = {}
+        for step_id, blob in self.conn.execute(
+            "SELECT step_id, state FROM inputs WHERE epoch = ?", (last,)
+        ):
+            inputs[step_id] = pickle.loads(blob)
+        keyed: dict[str, dict[Any, Any]] = {}
+        rows = self.conn.execute(
+            """
+            SELECT s.step_id, s.key, s.state FROM state AS s
+            WHERE s.epoch = (SELECT MAX(epoch) FROM state
+                             WHERE step_id = s.step_id AND key = s.key AND epoch <= ?)
+            """,
+            (last,),
+        )
+        for step_id, key, blob in rows:
+            if blob is not None:
+                keyed.setdefault(step_id, {})[key] = pickle.loads(blob)
+        return inputs, keyed
+
+    def snapshot(
+        self,
+        epoch: int,
+        inputs: dict[str, Any],
+        changes: dict[str, list[tuple[Any, bytes | None]]],
+        settled: dict[str, Iterable[Any]],
+    ) -> None:
+        """Record the end of ``epoch`` in one transaction.
+
+        ``settled`` holds, per step, the keys last written in ``epoch - 1``, which the whole
+        cluster has finished: their older rows can no longer be needed.
+        """
+        conn = self.conn
+        try:
+            conn.execute("BEGIN")
+            conn.executemany(
+                "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?)",
+                [(step_id, epoch, dump_state(state)) for step_id, state in inputs.items()],
+            )
+            for step_id, rows in changes.items():
+                conn.executemany(
+                    "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?)",
+                    [(step_id, key, epoch, blob) for key, blob in rows],
+                )
+            for step_id, keys in settled.items():
+                conn.executemany(
+                    "DELETE FROM state WHERE step_id = ? AND key = ? AND epoch < ?",
+                    [(step_id, key, epoch - 1) for key in keys],
+                )
+            conn.execute("DELETE FROM inputs WHERE epoch < ?", (epoch - 1,))
+            conn.execute(
+                "INSERT OR REPLACE INTO progress VALUES (?, ?)", (self.worker_index, epoch)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
