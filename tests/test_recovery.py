@@ -1,0 +1,355 @@
+"""Recovery: snapshots at epoch ends, exact resume points, continuation, and a store that
+survives being killed at any moment."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import random
+import sqlite3
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from millrace.dataflow import Dataflow
+from millrace.execution import TestingEpochConfig, run_main, spawn_cluster
+from millrace.inputs import TestingInputConfig
+from millrace.outputs import TestingEpochOutputConfig, TestingOutputConfig
+from millrace.recovery import KafkaRecoveryConfig, SqliteRecoveryConfig
+from millrace.runtime.store import RecoveryError
+from millrace.window import EventClockConfig, TumblingWindowConfig
+
+from .conftest import SUPPORT, Procs
+from .test_cluster import free_ports
+
+pytestmark = pytest.mark.timeout(300)
+
+ITEMS = [("a", 1), ("b", 10), ("a", 2), ("c", 100), ("b", 20), ("a", 3), ("c", 200), ("a", 4)]
+
+
+class Crash(Exception):
+    pass
+
+
+def sums_flow(out, crash_at: int | None = None) -> Dataflow:
+    seen = {"n": 0}
+
+    def maybe_crash(item):
+        if crash_at is not None and item[1] == crash_at:
+            raise Crash(f"crash at {item!r}")
+        seen["n"] += 1
+        return item
+
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(ITEMS))
+    flow.map(maybe_crash)
+    flow.stateful_map("sums", lambda: 0, lambda total, v: (total + v, total + v))
+    flow.capture(TestingEpochOutputConfig(out))
+    return flow
+
+
+def run(flow: Dataflow, db_dir: Path) -> None:
+    run_main(flow, epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(db_dir))
+
+
+def clean_output() -> list:
+    out: list = []
+    run_main(sums_flow(out), epoch_config=TestingEpochConfig())
+    return out
+
+
+@pytest.mark.parametrize("n", range(len(ITEMS)))
+def test_a_crash_on_item_n_resumes_at_epoch_n(tmp_path, n):
+    first: list = []
+    with pytest.raises(Crash):
+        run(sums_flow(first, crash_at=ITEMS[n][1]), tmp_path)
+    second: list = []
+    run(sums_flow(second), tmp_path)
+    expected = clean_output()
+    assert first == expected[:n]
+    assert second == expected[n:]
+    assert second[0][0] == n
+
+
+def test_two_crashes_in_a_row(tmp_path):
+    outs: list[list] = [[], [], []]
+    with pytest.raises(Crash):
+        run(sums_flow(outs[0], crash_at=2), tmp_path)
+    with pytest.raises(Crash):
+        run(sums_flow(outs[1], crash_at=200), tmp_path)
+    run(sums_flow(outs[2]), tmp_path)
+    assert outs[0] + outs[1] + outs[2] == clean_output()
+
+
+def test_a_finished_flow_run_again_emits_nothing(tmp_path):
+    first: list = []
+    run(sums_flow(first), tmp_path)
+    again: list = []
+    run(sums_flow(again), tmp_path)
+    assert first == clean_output()
+    assert again == []
+
+
+def test_garbage_collection_keeps_each_keys_last_write(tmp_path):
+    items = [("once", 1)] + [("often", i) for i in range(30)]
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(items))
+    flow.stateful_map("sums", lambda: 0, lambda total, v: (total + v, total + v))
+    flow.capture(TestingOutputConfig([]))
+    run(flow, tmp_path)
+    with sqlite3.connect(tmp_path / "worker-0.sqlite3") as conn:
+        rows = conn.execute("SELECT key, epoch FROM state ORDER BY key, epoch").fetchall()
+        inputs = conn.execute("SELECT epoch FROM inputs").fetchall()
+    assert ("once", 0) in rows  # written once, long ago, still there
+    often = [epoch for key, epoch in rows if key == "often"]
+    assert often == [29, 30]  # superseded rows are gone; the newest stay
+    assert len(inputs) <= 2
+
+
+def test_a_forgotten_key_is_recorded_as_a_discard(tmp_path):
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([("k", 1), ("k", 2)]))
+    flow.stateful_map("forget", lambda: 0, lambda s, v: (None if v == 2 else s + v, v))
+    flow.capture(TestingOutputConfig([]))
+    run(flow, tmp_path)
+    with sqlite3.connect(tmp_path / "worker-0.sqlite3") as conn:
+        rows = conn.execute("SELECT key, epoch, state FROM state").fetchall()
+    assert ("k", 1, None) in rows
+
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def window_flow(out, crash_at: int | None = None) -> Dataflow:
+    events = [("k", (T0 + timedelta(seconds=s), s)) for s in (1, 3, 12, 5, 14, 25, 21, 31)]
+
+    def maybe_crash(item):
+        if item[1][1] == crash_at:
+            raise Crash(f"crash at {item!r}")
+        return item
+
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(events))
+    flow.map(maybe_crash)
+    flow.collect_window(
+        "collect",
+        EventClockConfig(lambda e: e[0], wait_for_system_duration=timedelta(seconds=8)),
+        TumblingWindowConfig(timedelta(seconds=10), start_at=T0),
+    )
+    flow.map(lambda kv: (kv[0], [s for _, s in kv[1]]))
+    flow.capture(TestingOutputConfig(out))
+    return flow
+
+
+@pytest.mark.parametrize("crash_at", [3, 5, 14, 21])
+def test_windows_resume_mid_window(tmp_path, crash_at):
+    clean: list = []
+    run_main(window_flow(clean), epoch_config=TestingEpochConfig())
+    first: list = []
+    with pytest.raises(Crash):
+        run(window_flow(first, crash_at=crash_at), tmp_path)
+    second: list = []
+    run(window_flow(second), tmp_path)
+    assert first + second == clean
+
+
+def _snapshot_files(db_dir: Path) -> dict[str, str]:
+    """The bytes of every store, and that no side file holds data.
+
+    Reading a WAL-mode database makes SQLite create its empty ``-wal``/``-shm`` bookkeeping
+    files; they carry no data, so only their emptiness is compared."""
+    files = {}
+    for path in sorted(db_dir.iterdir()):
+        if path.name.endswith("-shm"):
+            continue
+        if path.name.endswith("-wal"):
+            assert path.stat().st_size == 0, f"{path} holds uncommitted writes"
+            continue
+        files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+def test_a_different_worker_count_is_refused_before_the_store_is_touched(tmp_path):
+    out: list = []
+    with pytest.raises(Crash):
+        spawn_cluster(
+            sums_flow(out, crash_at=200),
+            proc_count=1,
+            worker_count_per_proc=2,
+            epoch_config=TestingEpochConfig(),
+            recovery_config=SqliteRecoveryConfig(tmp_path),
+        )
+    before = _snapshot_files(tmp_path)
+    with pytest.raises(RecoveryError, match="written by 2 workers, but this run has 1"):
+        run(sums_flow([]), tmp_path)
+    with pytest.raises(RecoveryError, match="larger cluster|written by 2 workers"):
+        spawn_cluster(
+            sums_flow([]),
+            proc_count=1,
+            worker_count_per_proc=3,
+            recovery_config=SqliteRecoveryConfig(tmp_path),
+        )
+    assert _snapshot_files(tmp_path) == before
+
+
+def test_a_cluster_resumes_after_a_crash(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.Manager() as manager:
+        first = manager.list()
+        with pytest.raises(Crash):
+            spawn_cluster(
+                sums_flow(first, crash_at=200),
+                proc_count=2,
+                worker_count_per_proc=2,
+                epoch_config=TestingEpochConfig(),
+                recovery_config=SqliteRecoveryConfig(tmp_path),
+            )
+        second = manager.list()
+        spawn_cluster(
+            sums_flow(second),
+            proc_count=2,
+            worker_count_per_proc=2,
+            epoch_config=TestingEpochConfig(),
+            recovery_config=SqliteRecoveryConfig(tmp_path),
+        )
+        combined = [item for _, item in list(first) + list(second)]
+    # Items of one key come from several workers, so running sums depend on arrival order;
+    # the totals do not. Every key must reach its total, and no sum may exceed it.
+    totals: dict[str, int] = {}
+    for key, value in ITEMS:
+        totals[key] = totals.get(key, 0) + value
+    reached: dict[str, int] = {}
+    for key, running in combined:
+        reached[key] = max(reached.get(key, 0), running)
+    assert reached == totals
+
+
+def test_missing_directory_is_named(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(RecoveryError, match=f"{missing}.*does not exist"):
+        run(sums_flow([]), missing)
+
+
+def test_a_file_instead_of_a_directory_is_named(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(RecoveryError, match=f"{path} is not a directory"):
+        run(sums_flow([]), path)
+
+
+def test_an_unwritable_store_is_named(tmp_path):
+    (tmp_path / "worker-0.sqlite3").mkdir()  # something sqlite cannot open stands in its place
+    with pytest.raises(RecoveryError, match="worker-0.sqlite3"):
+        run(sums_flow([]), tmp_path)
+
+
+def test_a_corrupted_store_is_named_and_left_alone(tmp_path):
+    path = tmp_path / "worker-0.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    before = _snapshot_files(tmp_path)
+    with pytest.raises(RecoveryError, match=f"{path}.*not a readable millrace store"):
+        run(sums_flow([]), tmp_path)
+    assert _snapshot_files(tmp_path) == before
+
+
+def test_a_store_of_another_flow_is_refused(tmp_path):
+    run(sums_flow([]), tmp_path)
+    before = _snapshot_files(tmp_path)
+    other = Dataflow()
+    other.input("different_input", TestingInputConfig([("a", 1)]))
+    other.capture(TestingOutputConfig([]))
+    with pytest.raises(RecoveryError, match=r"steps \['inp', 'sums'\].*different flow"):
+        run(other, tmp_path)
+    assert _snapshot_files(tmp_path) == before
+
+
+def test_a_store_of_another_format_version_is_refused(tmp_path):
+    run(sums_flow([]), tmp_path)
+    conn = sqlite3.connect(tmp_path / "worker-0.sqlite3")
+    with conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE name = 'format'")
+    conn.close()
+    before = _snapshot_files(tmp_path)
+    with pytest.raises(RecoveryError, match="format version 99"):
+        run(sums_flow([]), tmp_path)
+    assert _snapshot_files(tmp_path) == before
+
+
+def test_kafka_recovery_is_a_clear_not_implemented():
+    with pytest.raises(NotImplementedError, match="Kafka"):
+        run_main(sums_flow([]), recovery_config=KafkaRecoveryConfig(["localhost:9092"], "x"))
+
+
+# -- fault injection ------------------------------------------------------------------------
+
+RECOVERY_PROC = str(SUPPORT / "recovery_proc.py")
+COUNT = 120
+
+
+def _start_cluster(procs: Procs, tmp_path: Path, out: str) -> list:
+    addresses = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
+    return [
+        procs.start(
+            RECOVERY_PROC,
+            "--addresses", addresses,
+            "--proc-id", str(proc_id),
+            "--out", out,
+            "--db-dir", str(tmp_path / "db"),
+            "--count", str(COUNT),
+        )
+        for proc_id in range(2)
+    ]
+
+
+def _outputs(out: str) -> list[tuple[int, tuple[str, int]]]:
+    items = []
+    for path in Path(out).parent.glob(Path(out).name + ".*"):
+        items += [ast.literal_eval(line) for line in path.read_text().splitlines()]
+    return items
+
+
+def _expected() -> set[tuple[str, int]]:
+    sums: dict[str, int] = {}
+    expected = set()
+    for worker in range(4):
+        for i in range(COUNT):
+            key = f"{worker}-{i % 5}"
+            sums[key] = sums.get(key, 0) + i
+            expected.add((key, sums[key]))
+    return expected
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_random_kill_of_a_2x2_cluster_loses_nothing(procs, tmp_path, seed):
+    rng = random.Random(seed)
+    (tmp_path / "db").mkdir()
+    first_out = str(tmp_path / "first")
+    cluster = _start_cluster(procs, tmp_path, first_out)
+    time.sleep(rng.uniform(0.3, 1.5))
+    victim = rng.randrange(2)
+    cluster[victim].kill()
+    for proc in cluster:
+        proc.communicate(timeout=60)
+    if cluster[1 - victim].returncode == 0:
+        # The flow had already finished everywhere; the run again must add nothing.
+        pass
+    second_out = str(tmp_path / "second")
+    restarted = _start_cluster(procs, tmp_path, second_out)
+    for proc in restarted:
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+    first, second = _outputs(first_out), _outputs(second_out)
+    got = {item for _, item in first} | {item for _, item in second}
+    assert got == _expected(), "output was lost or invented"
+    assert all(count == 1 for count in Counter(item for _, item in second).values())
+    if second:
+        resumed_at = min(epoch for epoch, _ in second)
+        repeated = {item for _, item in first} & {item for _, item in second}
+        first_epochs = {item: epoch for epoch, item in first}
+        assert all(first_epochs[item] >= resumed_at for item in repeated), (
+            "an item before the resume point was emitted again"
+        )
