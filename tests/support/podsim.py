@@ -1,0 +1,191 @@
+"""Pods of a StatefulSet as local processes, each on its own simulated host.
+
+Every pod gets a network namespace wired to a private bridge (inside a namespace of its own,
+so the machine's network is untouched), its hostname (``unshare --uts``), and a hosts file
+(``/etc/netns/<ns>/hosts``) that resolves the headless Service's names. Its container command
+runs with the environment Kubernetes would give it: literal values as written, downward-API
+fields filled in, and each volume mount mapped to a local directory holding what the volume
+would (ConfigMap keys, Secret keys, an emptyDir, a PersistentVolume that outlives the pod).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SUBNET = "10.254.77"
+
+
+def available() -> str | None:
+    """Why pods cannot be simulated here, or ``None`` when they can."""
+    if os.geteuid() != 0:
+        return "pod simulation needs root (network namespaces)"
+    for tool in ("ip", "unshare", "hostname"):
+        if shutil.which(tool) is None:
+            return f"pod simulation needs the {tool!r} command"
+    probe = f"mrprobe{uuid.uuid4().hex[:6]}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot create network namespaces: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
+    return None
+
+
+def _sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True, text=True)
+
+
+@dataclass
+class Pod:
+    index: int
+    name: str
+    netns: str
+    ip: str
+    root: Path
+    env: dict[str, str] = field(default_factory=dict)
+    command: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[str] | None = None
+
+
+class PodSimulation:
+    """The pods of ``statefulset`` (with ``children``: ConfigMaps and Secrets by name)."""
+
+    def __init__(self, statefulset: dict[str, Any], children: list[dict[str, Any]], workdir: Path) -> None:
+        self.sts = statefulset
+        self.objects = {(c["kind"], c["metadata"]["name"]): c for c in children}
+        self.workdir = workdir
+        self.tag = uuid.uuid4().hex[:6]
+        self.switch = f"mrsw{self.tag}"
+        self.name = statefulset["metadata"]["name"]
+        self.namespace = statefulset["metadata"].get("namespace", "default")
+        replicas = statefulset["spec"]["replicas"]
+        self.pods = [
+            Pod(i, f"{self.name}-{i}", f"mrpod{self.tag}{i}", f"{SUBNET}.{10 + i}", workdir / f"pod-{i}")
+            for i in range(replicas)
+        ]
+
+    # -- network -------------------------------------------------------------------------
+
+    def __enter__(self) -> PodSimulation:
+        _sh("ip", "netns", "add", self.switch)
+        _sh("ip", "netns", "exec", self.switch, "ip", "link", "add", "br0", "type", "bridge")
+        _sh("ip", "netns", "exec", self.switch, "ip", "link", "set", "br0", "up")
+        service = self.sts["spec"]["serviceName"]
+        domain = "cluster.local"
+        hosts = "127.0.0.1 localhost\n" + "".join(
+            f"{pod.ip} {pod.name}.{service}.{self.namespace}.svc.{domain} {pod.name}\n"
+            for pod in self.pods
+        )
+        for pod in self.pods:
+            _sh("ip", "netns", "add", pod.netns)
+            outside, inside = f"mr{self.tag}{pod.index}a", f"mr{self.tag}{pod.index}b"
+            _sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
+            _sh("ip", "link", "set", outside, "netns", self.switch)
+            _sh("ip", "link", "set", inside, "netns", pod.netns)
+            _sh("ip", "netns", "exec", self.switch, "ip", "link", "set", outside, "master", "br0", "up")
+            run = ("ip", "netns", "exec", pod.netns)
+            _sh(*run, "ip", "link", "set", inside, "name", "eth0")
+            _sh(*run, "ip", "addr", "add", f"{pod.ip}/24", "dev", "eth0")
+            _sh(*run, "ip", "link", "set", "eth0", "up")
+            _sh(*run, "ip", "link", "set", "lo", "up")
+            etc = Path("/etc/netns") / pod.netns
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "hosts").write_text(hosts)
+            self._prepare(pod)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for pod in self.pods:
+            self.kill(pod.index)
+        for pod in self.pods:
+            subprocess.run(["ip", "netns", "delete", pod.netns], capture_output=True)
+            shutil.rmtree(Path("/etc/netns") / pod.netns, ignore_errors=True)
+        subprocess.run(["ip", "netns", "delete", self.switch], capture_output=True)
+
+    # -- the kubelet's part --------------------------------------------------------------
+
+    def _volume_dir(self, pod: Pod, volume: dict[str, Any]) -> Path:
+        name = volume["name"]
+        path = pod.root / "volumes" / name
+        if path.exists():
+            return path  # emptyDir and PVC contents survive container restarts
+        path.mkdir(parents=True)
+        if "configMap" in volume:
+            data = self.objects[("ConfigMap", volume["configMap"]["name"])].get("data", {})
+            for key, text in data.items():
+                (path / key).write_text(text)
+        elif "secret" in volume:
+            secret = self.objects[("Secret", volume["secret"]["secretName"])]
+            for key, text in secret.get("data", {}).items():
+                (path / key).write_bytes(base64.b64decode(text))
+            for key, text in secret.get("stringData", {}).items():
+                (path / key).write_text(text)
+        return path
+
+    def _prepare(self, pod: Pod) -> None:
+        spec = self.sts["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for claim in self.sts["spec"].get("volumeClaimTemplates", []):
+            volumes[claim["metadata"]["name"]] = {"name": claim["metadata"]["name"]}
+        mounts = {}
+        for mount in container.get("volumeMounts", []):
+            mounts[mount["mountPath"]] = str(self._volume_dir(pod, volumes[mount["name"]]))
+        fields = {
+            "metadata.name": pod.name,
+            "metadata.namespace": self.namespace,
+            "metadata.labels['apps.kubernetes.io/pod-index']": str(pod.index),
+            "status.podIP": pod.ip,
+        }
+        env: dict[str, str] = {}
+        for var in container.get("env", []):
+            if "value" in var:
+                value = var["value"]
+            else:
+                value = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+            # Paths inside mounted volumes point to the pod's local copy of that volume.
+            for mount_path, local in mounts.items():
+                if value == mount_path or value.startswith(mount_path + "/"):
+                    value = local + value[len(mount_path):]
+            env[var["name"]] = value
+        env["MILLRACE_TERMINATION_LOG"] = str(pod.root / "termination-log")
+        pod.env = env
+        command = container["command"] + container.get("args", [])
+        # The image's console script is this interpreter's entry point of the same name.
+        executable = Path(sys.executable).with_name(command[0])
+        pod.command = [str(executable), *command[1:]]
+
+    def start(self, index: int) -> subprocess.Popen[str]:
+        pod = self.pods[index]
+        env = {"PATH": os.environ.get("PATH", ""), "MILLRACE_TEST_TAG": os.environ.get("MILLRACE_TEST_TAG", ""), **pod.env}
+        pod.proc = subprocess.Popen(
+            ["ip", "netns", "exec", pod.netns, "unshare", "--uts", "sh", "-c",
+             f'hostname "{pod.name}" && exec "$@"', "pod", *pod.command],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        return pod.proc
+
+    def kill(self, index: int) -> None:
+        proc = self.pods[index].proc
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, 9)
+        if proc is not None:
+            try:
+                proc.communicate(timeout=10)
+            except Exception:
+                pass
+
+    def termination_message(self, index: int) -> str:
+        path = self.pods[index].root / "termination-log"
+        return path.read_text() if path.exists() else ""

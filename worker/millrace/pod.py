@@ -1,0 +1,250 @@
+"""The worker pod entrypoint (``millrace-worker``): one process of a cluster in a StatefulSet.
+
+Everything comes from the environment the operator writes (docs/pod-contract.md): the process
+id from the pod-index label or the hostname's ordinal, the peers from the headless Service's
+DNS names, the flow from an import path or a mounted file, the cluster key from a mounted
+Secret. No Kubernetes API access is needed.
+
+A finished flow leaves a marker in ``$MILLRACE_STATE_DIR`` (an emptyDir that survives container
+restarts), so a restarted container reports completion again instead of re-running the flow.
+The outcome goes to the termination log, where the operator reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import re
+import runpy
+import socket
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from .dataflow import Dataflow
+from .execution import PeriodicEpochConfig, cluster_main
+from .recovery import SqliteRecoveryConfig
+from .transport.addresses import split_address
+
+log = logging.getLogger("millrace.pod")
+
+COMPLETED = "millrace: completed"
+FAILED = "millrace: failed: "
+_MESSAGE_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes of a termination message
+
+
+class PodConfigError(ValueError):
+    """The pod's environment does not describe a cluster process; says which variable."""
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    proc_id: int
+    addresses: list[str]
+    workers_per_proc: int
+    flow_module: str | None
+    flow_file: Path | None
+    secret_file: Path | None
+    epoch_seconds: float
+    recovery_dir: Path | None
+    state_dir: Path | None
+    dns_timeout: float
+    termination_log: Path
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
+    text = env.get(name, "")
+    if not text:
+        if default is None:
+            raise PodConfigError(f"{name} is not set")
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise PodConfigError(f"{name} must be an integer, got {text!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "")
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        raise PodConfigError(f"{name} must be a number, got {text!r}") from None
+    if value <= 0:
+        raise PodConfigError(f"{name} must be positive, got {text!r}")
+    return value
+
+
+def ordinal(name: str) -> int | None:
+    """The StatefulSet ordinal at the end of a pod name or hostname.
+
+    >>> ordinal("wordcount-12"), ordinal("wordcount-2.wordcount.ns.svc.cluster.local"), ordinal("x")
+    (12, 2, None)
+    """
+    match = re.search(r"-(\d+)$", name.split(".", 1)[0])
+    return int(match.group(1)) if match else None
+
+
+def proc_id_from(env: Mapping[str, str], hostname: str) -> int:
+    """``MILLRACE_POD_INDEX`` (the downward-API pod-index label), else the ordinal of
+    ``MILLRACE_POD_NAME``, else of the hostname."""
+    if env.get("MILLRACE_POD_INDEX"):
+        return _int(env, "MILLRACE_POD_INDEX")
+    for source in (env.get("MILLRACE_POD_NAME", ""), hostname):
+        if source and (found := ordinal(source)) is not None:
+            return found
+    raise PodConfigError(
+        "cannot tell this pod's process id: MILLRACE_POD_INDEX is empty and neither "
+        f"MILLRACE_POD_NAME nor the hostname {hostname!r} ends in -<ordinal>"
+    )
+
+
+def service_addresses(env: Mapping[str, str]) -> list[str]:
+    """``N-i.N.<namespace>.svc.<domain>:<port>`` for every process i."""
+    service = env.get("MILLRACE_SERVICE", "")
+    namespace = env.get("MILLRACE_NAMESPACE", "")
+    if not service:
+        raise PodConfigError("MILLRACE_SERVICE is not set")
+    if not namespace:
+        raise PodConfigError("MILLRACE_NAMESPACE is not set")
+    domain = env.get("MILLRACE_CLUSTER_DOMAIN") or "cluster.local"
+    processes = _int(env, "MILLRACE_PROCESSES")
+    port = _int(env, "MILLRACE_PORT", 2101)
+    if processes < 1:
+        raise PodConfigError(f"MILLRACE_PROCESSES must be at least 1, got {processes}")
+    return [f"{service}-{i}.{service}.{namespace}.svc.{domain}:{port}" for i in range(processes)]
+
+
+def settings_from(env: Mapping[str, str], hostname: str) -> PodSettings:
+    addresses = service_addresses(env)
+    proc_id = proc_id_from(env, hostname)
+    if not 0 <= proc_id < len(addresses):
+        raise PodConfigError(
+            f"process id {proc_id} is outside 0..{len(addresses) - 1} "
+            f"(MILLRACE_PROCESSES={len(addresses)})"
+        )
+    module = env.get("MILLRACE_FLOW") or None
+    file = env.get("MILLRACE_FLOW_FILE") or None
+    if (module is None) == (file is None):
+        raise PodConfigError("set exactly one of MILLRACE_FLOW (module:attribute) and MILLRACE_FLOW_FILE")
+    return PodSettings(
+        proc_id=proc_id,
+        addresses=addresses,
+        workers_per_proc=_int(env, "MILLRACE_WORKERS_PER_PROCESS", 1),
+        flow_module=module,
+        flow_file=Path(file) if file else None,
+        secret_file=Path(env["MILLRACE_CLUSTER_SECRET_FILE"]) if env.get("MILLRACE_CLUSTER_SECRET_FILE") else None,
+        epoch_seconds=_float(env, "MILLRACE_EPOCH_SECONDS", 10.0),
+        recovery_dir=Path(env["MILLRACE_RECOVERY_DIR"]) if env.get("MILLRACE_RECOVERY_DIR") else None,
+        state_dir=Path(env["MILLRACE_STATE_DIR"]) if env.get("MILLRACE_STATE_DIR") else None,
+        dns_timeout=_float(env, "MILLRACE_DNS_TIMEOUT", 300.0),
+        termination_log=Path(env.get("MILLRACE_TERMINATION_LOG") or "/dev/termination-log"),
+    )
+
+
+def load_flow(module: str | None, file: Path | None) -> Dataflow:
+    """The ``Dataflow`` at ``module:attribute``, or the attribute ``flow`` of a Python file."""
+    if module is not None:
+        name, sep, attribute = module.partition(":")
+        if not sep or not name or not attribute:
+            raise PodConfigError(f"the flow import path must be module:attribute, got {module!r}")
+        flow = getattr(importlib.import_module(name), attribute, None)
+        where = module
+    else:
+        assert file is not None
+        namespace = runpy.run_path(str(file), run_name="__millrace_flow__")
+        flow = namespace.get("flow")
+        attribute = "flow"
+        where = str(file)
+    if not isinstance(flow, Dataflow):
+        raise PodConfigError(
+            f"{where} does not define a Dataflow named {attribute!r} (got {type(flow).__name__})"
+        )
+    return flow
+
+
+def wait_for_names(addresses: Sequence[str], timeout: float) -> None:
+    """Wait until every peer's DNS name resolves (a pod's name appears once it exists)."""
+    deadline = time.monotonic() + timeout
+    pending = {split_address(address)[0] for address in addresses}
+    while True:
+        for host in sorted(pending):
+            try:
+                socket.getaddrinfo(host, None)
+                pending.discard(host)
+            except socket.gaierror:
+                pass
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise PodConfigError(
+                f"these peer names did not resolve within {timeout:g} s: {', '.join(sorted(pending))}"
+            )
+        time.sleep(0.5)
+
+
+def _report(path: Path, message: str) -> None:
+    try:
+        path.write_text(message[:_MESSAGE_LIMIT])
+    except OSError as exc:  # no termination log outside Kubernetes: the log line is enough
+        log.debug("cannot write the termination message to %s: %s", path, exc)
+
+
+def run(settings: PodSettings) -> None:
+    flow = load_flow(settings.flow_module, settings.flow_file)
+    secret = settings.secret_file.read_bytes().strip() if settings.secret_file else None
+    wait_for_names(settings.addresses, settings.dns_timeout)
+    cluster_main(
+        flow,
+        settings.addresses,
+        settings.proc_id,
+        worker_count_per_proc=settings.workers_per_proc,
+        epoch_config=PeriodicEpochConfig(timedelta(seconds=settings.epoch_seconds)),
+        recovery_config=SqliteRecoveryConfig(settings.recovery_dir) if settings.recovery_dir else None,
+        secret=secret,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="millrace-worker",
+        description="Run this pod's process of a millrace cluster (configured by environment).",
+    )
+    parser.add_argument("--flow", help="module:attribute of the flow (overrides MILLRACE_FLOW)")
+    parser.add_argument("--flow-file", help="a Python file defining `flow` (overrides MILLRACE_FLOW_FILE)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    env = dict(os.environ)
+    if args.flow:
+        env["MILLRACE_FLOW"], env["MILLRACE_FLOW_FILE"] = args.flow, ""
+    if args.flow_file:
+        env["MILLRACE_FLOW_FILE"], env["MILLRACE_FLOW"] = args.flow_file, ""
+    termination_log = Path(env.get("MILLRACE_TERMINATION_LOG") or "/dev/termination-log")
+    try:
+        settings = settings_from(env, socket.gethostname())
+        marker = settings.state_dir / "completed" if settings.state_dir else None
+        if marker is not None and marker.exists():
+            log.info("this flow already completed here (%s); not running it again", marker)
+            _report(settings.termination_log, COMPLETED)
+            return 0
+        log.info("process %d of %d", settings.proc_id, len(settings.addresses))
+        run(settings)
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the operator
+        log.error("the flow failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        _report(termination_log, f"{FAILED}{type(exc).__name__}: {exc}")
+        return 130 if isinstance(exc, KeyboardInterrupt) else 1
+    if marker is not None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("completed\n")
+    _report(settings.termination_log, COMPLETED)
+    log.info("the flow completed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
