@@ -209,10 +209,16 @@ class Worker:
         if out:
             self._push(self.after[target], out, epoch)
 
-    def _tick(self, epoch: int) -> None:
-        """Let time close windows; only while this worker's epoch ``epoch`` is still open."""
+    def _tick(self, epoch: int, first: int = 0) -> None:
+        """Let time close windows of steps ``first`` and later, emitting into ``epoch``.
+
+        Only steps whose downstream has not been marked done with ``epoch`` may emit, so
+        while waiting for the marks of step ``k`` only steps ``k`` and later tick.
+        """
         now: datetime | None = None
         for target, logic in enumerate(self.logics):
+            if target < first:
+                continue
             deadline = logic.next_deadline()
             if deadline is None:
                 continue
@@ -253,21 +259,34 @@ class Worker:
         while (msg := recv(self.index, None)) is not None:
             self._handle(msg)
 
-    def _wait_for(self, ready: Callable[[], bool]) -> None:
+    def _wait_for(
+        self, ready: Callable[[], bool], epoch: int = 0, tick_from: int | None = None
+    ) -> None:
+        """Handle messages until ``ready()``; meanwhile let time close the windows of steps
+        ``tick_from`` and later (a worker whose input ran dry may wait here a whole epoch)."""
         recv = self.exchange.recv
         while not ready():
-            msg = recv(self.index, 0.5)
+            timeout = 0.5
+            if tick_from is not None:
+                self._tick(epoch, tick_from)
+                timeout = self._until_deadline(timeout, tick_from)
+            msg = recv(self.index, timeout)
             if msg is not None:
                 self._handle(msg)
             elif self.exchange.stopping.is_set():
                 raise Stopped()
 
-    def _idle(self, pause: float) -> None:
-        """Nothing to read right now: wait for a message, a window deadline, or ``pause``."""
-        for logic in self.logics:
+    def _until_deadline(self, pause: float, first: int = 0) -> float:
+        """``pause``, shortened to the next window deadline of steps ``first`` and later."""
+        for logic in self.logics[first:]:
             deadline = logic.next_deadline()
             if deadline is not None:
                 pause = max(0.0, min(pause, (deadline - utcnow()).total_seconds()))
+        return pause
+
+    def _idle(self, pause: float) -> None:
+        """Nothing to read right now: wait for a message, a window deadline, or ``pause``."""
+        pause = self._until_deadline(pause)
         if self.count == 1:
             time.sleep(pause)
             return
@@ -327,7 +346,7 @@ class Worker:
                 self.exchange.broadcast(self.index, (MARK, target, epoch, self.index, eof))
                 marks = self._marks.setdefault(key, [])
                 marks.append(eof)
-                self._wait_for(lambda: len(marks) == self.count)
+                self._wait_for(lambda: len(marks) == self.count, epoch, tick_from=target)
                 eof = all(marks)
                 del self._marks[key]
             if eof:
