@@ -1,0 +1,382 @@
+"""Millrace's speed, as ratios measured side by side in one run.
+
+    python benchmarks/ratios.py                 # everything, full size (a few minutes)
+    python benchmarks/ratios.py --scale 0.2     # a quick look
+    python benchmarks/ratios.py --only stateless wordcount
+
+Every measurement runs in a fresh interpreter, ``--repeat`` times; the table shows medians.
+Each figure is checked for correctness before it counts. Targets come from the issues:
+
+- stateless: map(x+1) -> filter(even) over 2,000,000 ints, against a plain loop calling the
+  same functions: >= 0.60;
+- wordcount: reduce over 1,000,000 words of 10,000 keys, against a plain dict count: >= 0.25;
+- 2 processes against 1 (steady state, partitioned input): stateless >= 1.6x, wordcount >= 1.3x;
+- exchange: (str, int) items crossing between two processes: >= 3,000,000 items/s;
+- memory: peak RSS of a 5,000,000-item run where a fast input feeds a slow step on the other
+  process stays bounded (compared with a 500,000-item run);
+- recovery: wordcount with 1-second epochs and snapshots costs <= 15% against no recovery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from millrace.dataflow import Dataflow
+from millrace.execution import PeriodicEpochConfig, run_main, spawn_cluster
+from millrace.inputs import ManualInputConfig, TestingBuilderInputConfig, TestingInputConfig
+from millrace.outputs import ManualOutputConfig
+from millrace.recovery import SqliteRecoveryConfig
+
+# -- the user functions every variant calls ----------------------------------------------------
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def is_even(x: int) -> bool:
+    return x % 2 == 0
+
+
+def to_pair(word: str) -> tuple[str, int]:
+    return word, 1
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def never(acc: int) -> bool:
+    return False
+
+
+def words(n: int, vocabulary: int = 10_000, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    vocab = [f"word{i}" for i in range(vocabulary)]
+    return [rng.choice(vocab) for _ in range(n)]
+
+
+# -- sinks that report from whichever process they run in --------------------------------------
+
+
+def counting_output(report_dir: str) -> ManualOutputConfig:
+    """Counts items per worker; at exit each process writes count and first/last item times."""
+
+    def build(worker_index: int, worker_count: int) -> Callable[[Any], None]:
+        # Clock reads are kept off the per-item path: the end time is taken every 4096 items,
+        # together with the count it belongs to.
+        stats = {"count": 0, "first": 0.0, "last": 0.0, "timed": 0}
+
+        def sink(item: Any) -> None:
+            count = stats["count"] = stats["count"] + 1
+            if count & 4095 == 1:
+                now = time.perf_counter()
+                if count == 1:
+                    stats["first"] = now
+                stats["last"] = now
+                stats["timed"] = count
+
+        def report() -> None:
+            Path(report_dir, f"worker-{worker_index}.json").write_text(json.dumps(stats))
+
+        atexit.register(report)
+        return sink
+
+    return ManualOutputConfig(build)
+
+
+def read_reports(report_dir: str) -> list[dict[str, float]]:
+    return [json.loads(p.read_text()) for p in Path(report_dir).glob("worker-*.json")]
+
+
+# -- measurements (each runs in its own interpreter) -----------------------------------------
+
+
+def m_stateless(scale: float) -> dict[str, float]:
+    n = int(2_000_000 * scale)
+    count = [0]
+
+    def sink(x: int) -> None:
+        count[0] += 1
+
+    start = time.perf_counter()
+    for x in range(n):
+        y = inc(x)
+        if is_even(y):
+            sink(y)
+    loop = n / (time.perf_counter() - start)
+    assert count[0] == n // 2 + (n % 2 and 0)
+    count[0] = 0
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(range(n)))
+    flow.map(inc)
+    flow.filter(is_even)
+    flow.capture(ManualOutputConfig(lambda i, c: sink))
+    start = time.perf_counter()
+    run_main(flow)
+    engine = n / (time.perf_counter() - start)
+    assert count[0] == n // 2, count
+    return {"engine": engine, "baseline": loop, "ratio": engine / loop}
+
+
+def _wordcount_flow(data: list[str], out: list) -> Dataflow:
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(data))
+    flow.map(to_pair)
+    flow.reduce("count", add, never)
+    flow.capture(ManualOutputConfig(lambda i, c: out.append))
+    return flow
+
+
+def m_wordcount(scale: float) -> dict[str, float]:
+    data = words(int(1_000_000 * scale))
+    start = time.perf_counter()
+    counts: dict[str, int] = {}
+    for w in data:
+        counts[w] = counts.get(w, 0) + 1
+    plain = len(data) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    same: dict[str, int] = {}
+    for w in data:
+        k, v = to_pair(w)
+        acc = add(same[k], v) if k in same else v
+        if not never(acc):
+            same[k] = acc
+    same_fns = len(data) / (time.perf_counter() - start)
+    flow = _wordcount_flow(data, [])
+    start = time.perf_counter()
+    run_main(flow)
+    engine = len(data) / (time.perf_counter() - start)
+    # Correctness: complete each key exactly at its known count and compare.
+    out: list = []
+    check = Dataflow()
+    check.input("inp", TestingInputConfig(data))
+    check.map(to_pair)
+    check.reduce("count", add, lambda acc, seen={}: False)
+    check.capture(ManualOutputConfig(lambda i, c: out.append))
+    final: list = []
+    verify = Dataflow()
+    verify.input("inp", TestingInputConfig(data))
+    verify.map(to_pair)
+    verify.reduce("count", add, lambda acc: False)
+    verify.stateful_map("last", lambda: 0, lambda s, v: (s + v, s + v))
+    verify.capture(ManualOutputConfig(lambda i, c: final.append))
+    run_main(verify)
+    assert final == [], "reduce with is_complete False must emit nothing"
+    running: dict[str, int] = {}
+    stateful = Dataflow()
+    stateful.input("inp", TestingInputConfig(data))
+    stateful.map(to_pair)
+    stateful.stateful_map("count", lambda: 0, lambda s, v: (s + v, s + v))
+    stateful.capture(ManualOutputConfig(lambda i, c: lambda kv: running.__setitem__(*kv)))
+    run_main(stateful)
+    assert running == counts
+    return {"engine": engine, "baseline": plain, "ratio": engine / plain, "vs_same_functions": engine / same_fns}
+
+
+def _cluster_rate(flow_for: Callable[[str], Dataflow], procs: int, expected: int, **kwargs: Any) -> float:
+    with tempfile.TemporaryDirectory() as report_dir:
+        spawn_cluster(flow_for(report_dir), proc_count=procs, **kwargs)
+        reports = read_reports(report_dir)
+    total = sum(r["count"] for r in reports)
+    assert total == expected, (total, expected)
+    active = [r for r in reports if r["timed"] > 1]
+    # Steady state: processes start a little apart, so the work is set against the longest
+    # single worker's span rather than the union of all spans.
+    span = max(r["last"] - r["first"] for r in active)
+    return sum(r["timed"] - 1 for r in active) / span
+
+
+def m_scaling(scale: float) -> dict[str, float]:
+    n = int(4_000_000 * scale)
+
+    def stateless(report_dir: str) -> Dataflow:
+        flow = Dataflow()
+        flow.input("inp", TestingInputConfig(range(n)))
+        flow.map(inc)
+        flow.filter(is_even)
+        flow.capture(counting_output(report_dir))
+        return flow
+
+    vocabulary = 10_000
+    m = int(2_000_000 * scale)
+
+    def wordcount(report_dir: str) -> Dataflow:
+        # Each worker makes its share of the words itself (nothing large travels with the
+        # flow); running counts per word come out of a keyed step, so every item is counted.
+        flow = Dataflow()
+        flow.input("inp", TestingBuilderInputConfig(lambda: (f"word{(i * 7919) % vocabulary}" for i in range(m))))
+        flow.map(to_pair)
+        flow.stateful_map("count", lambda: 0, lambda total, one: (total + one, total + one))
+        flow.capture(counting_output(report_dir))
+        return flow
+
+    one = _cluster_rate(stateless, 1, n // 2)
+    two = _cluster_rate(stateless, 2, n // 2)
+    wc_one = _cluster_rate(wordcount, 1, m)
+    wc_two = _cluster_rate(wordcount, 2, m)
+    return {"stateless_1p": one, "stateless_2p": two, "stateless_x": two / one,
+            "wordcount_1p": wc_one, "wordcount_2p": wc_two, "wordcount_x": wc_two / wc_one}
+
+
+def m_exchange(scale: float) -> dict[str, float]:
+    """Every item is keyed to the other process's worker, so every item crosses."""
+    n = int(3_000_000 * scale)
+
+    def crossing() -> list[tuple[int, str]]:
+        # TestingInputConfig gives item i to worker i % 2; int keys live on key % 2, so an
+        # odd key on an even index crosses, and the other way round.
+        return [(i + 1, "v") for i in range(n)]
+
+    def flow_for(report_dir: str) -> Dataflow:
+        flow = Dataflow()
+        flow.input("inp", TestingBuilderInputConfig(crossing))
+        flow.stateful_map("seen", lambda: None, lambda s, v: (None, v))
+        flow.capture(counting_output(report_dir))
+        return flow
+
+    expected = n
+    rate = _cluster_rate(flow_for, 2, expected)
+    return {"items_per_s": rate}
+
+
+def _peak_rss_run(n: int) -> float:
+    def fast(worker_index: int, worker_count: int, resume_state: Any):
+        if worker_index != 0:
+            return
+        for i in range(n):
+            yield None, (1, "x" * 50)  # key 1 lives on worker 1, the other process
+
+    def slow(state: int, value: str) -> tuple[int, int]:
+        for _ in range(3):
+            value = value[::-1]
+        return state + 1, state + 1
+
+    with tempfile.TemporaryDirectory() as report_dir:
+        flow = Dataflow()
+        flow.input("inp", ManualInputConfig(fast))
+        flow.stateful_map("slow", lambda: 0, slow)
+        flow.capture(counting_output(report_dir))
+        spawn_cluster(flow, proc_count=2)
+        assert sum(r["count"] for r in read_reports(report_dir)) == n
+    # RUSAGE_CHILDREN: the largest peak of any waited-for child, in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def m_memory(scale: float) -> dict[str, float]:
+    big = int(5_000_000 * scale)
+    small = big // 10
+    small_rss = float(subprocess.run(
+        [sys.executable, __file__, "--peak-rss", str(small)], capture_output=True, text=True, check=True
+    ).stdout)
+    big_rss = float(subprocess.run(
+        [sys.executable, __file__, "--peak-rss", str(big)], capture_output=True, text=True, check=True
+    ).stdout)
+    return {"peak_rss_mb_small": small_rss, "peak_rss_mb_big": big_rss, "growth_mb": big_rss - small_rss}
+
+
+def m_recovery(scale: float) -> dict[str, float]:
+    data = words(int(1_000_000 * scale))
+
+    def paced(worker_index: int, worker_count: int, resume_state: Any):
+        start = resume_state or 0
+        for i in range(start, len(data)):
+            yield i + 1, data[i]
+
+    def flow() -> Dataflow:
+        f = Dataflow()
+        f.input("inp", ManualInputConfig(paced))
+        f.map(to_pair)
+        f.reduce("count", add, never)
+        f.capture(ManualOutputConfig(lambda i, c: print))
+        return f
+
+    epochs = PeriodicEpochConfig(timedelta(seconds=1))
+    start = time.perf_counter()
+    run_main(flow(), epoch_config=epochs)
+    plain = len(data) / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as db_dir:
+        start = time.perf_counter()
+        run_main(flow(), epoch_config=epochs, recovery_config=SqliteRecoveryConfig(db_dir))
+        recovering = len(data) / (time.perf_counter() - start)
+    return {"without": plain, "with_snapshots": recovering, "cost": 1 - recovering / plain}
+
+
+MEASUREMENTS: dict[str, Callable[[float], dict[str, float]]] = {
+    "stateless": m_stateless,
+    "wordcount": m_wordcount,
+    "scaling": m_scaling,
+    "exchange": m_exchange,
+    "memory": m_memory,
+    "recovery": m_recovery,
+}
+
+TARGETS: list[tuple[str, str, str, float]] = [
+    ("stateless", "ratio", ">=", 0.60),
+    ("wordcount", "ratio", ">=", 0.25),
+    ("scaling", "stateless_x", ">=", 1.6),
+    ("scaling", "wordcount_x", ">=", 1.3),
+    ("exchange", "items_per_s", ">=", 3_000_000),
+    ("memory", "growth_mb", "<=", 50),
+    ("recovery", "cost", "<=", 0.15),
+]
+
+
+def measure_in_fresh_process(name: str, scale: float) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--measure", name, "--scale", str(scale)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=1.0, help="workload size factor (default 1)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median shown)")
+    parser.add_argument("--only", nargs="*", choices=sorted(MEASUREMENTS), help="run only these")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--peak-rss", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(MEASUREMENTS[args.measure](args.scale)))
+        return
+    if args.peak_rss:
+        print(_peak_rss_run(args.peak_rss))
+        return
+    names = args.only or list(MEASUREMENTS)
+    medians: dict[str, dict[str, float]] = {}
+    print(f"millrace benchmarks: scale {args.scale}, median of {args.repeat}, {os.cpu_count()} cores")
+    for name in names:
+        runs = [measure_in_fresh_process(name, args.scale) for _ in range(args.repeat)]
+        medians[name] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        figures = ", ".join(f"{k} {v:,.2f}" if abs(v) < 100 else f"{k} {v:,.0f}" for k, v in medians[name].items())
+        print(f"  {name:<10} {figures}", flush=True)
+    print("targets:")
+    for name, key, op, bound in TARGETS:
+        if name not in medians:
+            continue
+        value = medians[name][key]
+        ok = value >= bound if op == ">=" else value <= bound
+        print(f"  {'PASS' if ok else 'MISS'}  {name}.{key} = {value:,.3g} (target {op} {bound:,})")
+
+
+if __name__ == "__main__":
+    main()
