@@ -13,7 +13,6 @@ from typing import Any
 from .. import plan
 from .errors import describe
 
-_MISSING = object()
 _key_of = itemgetter(0)
 
 
@@ -63,8 +62,14 @@ class ReduceLogic(KeyedLogic):
         is_complete = self.is_complete
         out: list[Any] = []
         for key, value in batch:
-            acc = state.get(key, _MISSING)
-            acc = value if acc is _MISSING else reducer(acc, value)
+            # Subscripting beats .get() on this hot path, and try costs nothing when the key
+            # is there, which is the common case.
+            try:
+                acc = state[key]
+            except KeyError:
+                acc = value
+            else:
+                acc = reducer(acc, value)
             done = is_complete(acc)
             if done is False:
                 state[key] = acc
@@ -96,8 +101,9 @@ class StatefulMapLogic(KeyedLogic):
         out: list[Any] = []
         append = out.append
         for key, value in batch:
-            current = state.get(key, _MISSING)
-            if current is _MISSING:
+            try:
+                current = state[key]
+            except KeyError:
                 current = builder()
             result = mapper(current, value)
             if type(result) is not tuple or len(result) != 2:

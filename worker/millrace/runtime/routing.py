@@ -6,12 +6,14 @@ their UTF-8 bytes instead; ``int`` keys go to ``key % worker_count``.
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any
 from zlib import crc32
 
 from .errors import bad_keyed_item
 
 KEY_TYPES = (str, int)
+_key_of = itemgetter(0)
 # Caching owners keeps routing to one dict lookup per item for the usual small key spaces;
 # the cap keeps memory bounded when keys never repeat.
 _CACHE_LIMIT = 1 << 17
@@ -47,7 +49,7 @@ def check_keyed(batch: list[Any], step_name: str) -> None:
     if (
         set(map(type, batch)) == {tuple}
         and set(map(len, batch)) == {2}
-        and set(map(type, [item[0] for item in batch])) <= {str, int}
+        and set(map(type, map(_key_of, batch))) <= {str, int}
     ):
         return
     for item in batch:
