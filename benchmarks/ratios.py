@@ -204,9 +204,15 @@ def _cluster_rate(flow_for: Callable[[str], Dataflow], procs: int, expected: int
 def m_scaling(scale: float) -> dict[str, float]:
     n = int(4_000_000 * scale)
 
+    def share(worker_index: int, worker_count: int, resume_state: Any):
+        # A contiguous slice per worker: round-robin would give one worker all the odd
+        # numbers, and filter(even) would leave it nothing to count.
+        lo, hi = n * worker_index // worker_count, n * (worker_index + 1) // worker_count
+        return zip(range(lo + 1, hi + 1), range(lo, hi))
+
     def stateless(report_dir: str) -> Dataflow:
         flow = Dataflow()
-        flow.input("inp", TestingInputConfig(range(n)))
+        flow.input("inp", ManualInputConfig(share))
         flow.map(inc)
         flow.filter(is_even)
         flow.capture(counting_output(report_dir))
@@ -215,11 +221,16 @@ def m_scaling(scale: float) -> dict[str, float]:
     vocabulary = 10_000
     m = int(2_000_000 * scale)
 
+    def word_share(worker_index: int, worker_count: int, resume_state: Any):
+        # Each worker makes only its own share: no work is repeated per process.
+        for i in range(worker_index, m, worker_count):
+            yield None, f"word{(i * 7919) % vocabulary}"
+
     def wordcount(report_dir: str) -> Dataflow:
         # Each worker makes its share of the words itself (nothing large travels with the
         # flow); running counts per word come out of a keyed step, so every item is counted.
         flow = Dataflow()
-        flow.input("inp", TestingBuilderInputConfig(lambda: (f"word{(i * 7919) % vocabulary}" for i in range(m))))
+        flow.input("inp", ManualInputConfig(word_share))
         flow.map(to_pair)
         flow.stateful_map("count", lambda: 0, lambda total, one: (total + one, total + one))
         flow.capture(counting_output(report_dir))

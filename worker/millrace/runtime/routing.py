@@ -14,6 +14,7 @@ from .errors import bad_keyed_item
 
 KEY_TYPES = (str, int)
 _key_of = itemgetter(0)
+_KEY_TYPE_SET = frozenset(KEY_TYPES)
 # Caching owners keeps routing to one dict lookup per item for the usual small key spaces;
 # the cap keeps memory bounded when keys never repeat.
 _CACHE_LIMIT = 1 << 17
@@ -40,20 +41,26 @@ def owner(key: Any, worker_count: int) -> int:
 
 def check_keyed(batch: list[Any], step_name: str) -> None:
     """Raise a :class:`TypeError` naming ``step_name`` unless every item of ``batch`` is a
-    ``(key, value)`` 2-tuple with a ``str`` or ``int`` key.
+    tuple whose first element is a ``str`` or ``int`` key (see :func:`check_pairs`).
 
-    The common case runs as three passes in C, so valid batches cost a few ns per item.
+    The common case runs as two passes in C, so valid batches cost a few ns per item.
     """
     if not batch:
         return
-    if (
-        set(map(type, batch)) == {tuple}
-        and set(map(len, batch)) == {2}
-        and set(map(type, map(_key_of, batch))) <= {str, int}
-    ):
+    # Tuples of the wrong length are left to the step's unpacking, which fails for them
+    # anyway (see Worker._apply); checking lengths here would cost every valid item.
+    if set(map(type, batch)) == {tuple} and set(map(type, map(_key_of, batch))) <= _KEY_TYPE_SET:
         return
     for item in batch:
         if type(item) is not tuple or len(item) != 2 or type(item[0]) not in KEY_TYPES:
+            raise bad_keyed_item(step_name, item)
+
+
+def check_pairs(batch: list[Any], step_name: str) -> None:
+    """After a step's unpacking failed: raise the TypeError for a tuple that is not a pair,
+    if there is one (otherwise the ValueError came from user code and stands)."""
+    for item in batch:
+        if type(item) is not tuple or len(item) != 2:
             raise bad_keyed_item(step_name, item)
 
 

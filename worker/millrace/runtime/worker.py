@@ -33,7 +33,7 @@ from .errors import annotate
 from . import store
 from .exchange import DATA, DONE, MARK, PROGRESS, STOP, Exchange, Message
 from .keyed import KeyedLogic, ReduceLogic, StatefulMapLogic
-from .routing import Router, check_keyed
+from .routing import Router, check_keyed, check_pairs
 from .sinks import build_sink
 from .sources import Reader, build_reader
 from .windowing import WindowLogic, utcnow
@@ -203,6 +203,14 @@ class Worker:
         logic = self.logics[target]
         try:
             out = logic.on_batch(batch)
+        except ValueError as exc:
+            try:
+                check_pairs(batch, logic.name)
+            except TypeError as shape_error:
+                annotate(shape_error, logic.name, self.index)
+                raise shape_error from None
+            annotate(exc, logic.name, self.index)
+            raise
         except Exception as exc:
             annotate(exc, logic.name, self.index)
             raise

@@ -241,7 +241,8 @@ class ZmqLink:
         push = self._push[peer]
         while True:
             try:
-                push.send_multipart(parts, copy=False)
+                # Copying a frame of a few KiB is cheaper than ZeroMQ's zero-copy tracking.
+                push.send_multipart(parts)
                 return
             except zmq.Again:
                 # The peer is not reading (slow, or gone): keep trying unless we are leaving.
