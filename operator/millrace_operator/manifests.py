@@ -1,0 +1,242 @@
+"""The children of a Dataflow, built by pure functions: a Dataflow body in, manifests out.
+
+For a Dataflow ``N`` (docs/pod-contract.md): a headless Service ``N``, a StatefulSet ``N``,
+a ConfigMap ``N-flow`` when the code is inline, and a Secret ``N-cluster-key``. Every child
+has a controller ownerReference to the Dataflow, so deleting it deletes them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import asdict
+from typing import Any
+
+from .spec import DataflowSpec, parse_spec
+
+Manifest = dict[str, Any]
+
+API_VERSION = "millrace.dev/v1alpha1"
+TEMPLATE_HASH = "millrace.dev/template-hash"
+DATAFLOW_LABEL = "millrace.dev/dataflow"
+FLOW_DIR = "/etc/millrace/flow"
+SECRET_DIR = "/etc/millrace/secret"
+STATE_DIR = "/var/run/millrace"
+RECOVERY_DIR = "/var/lib/millrace/recovery"
+RUN_AS = 10001
+
+
+def _meta(df: Manifest) -> tuple[str, str]:
+    meta = df.get("metadata") or {}
+    return meta["name"], meta.get("namespace", "default")
+
+
+def labels(name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "millrace",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/managed-by": "millrace-operator",
+        DATAFLOW_LABEL: name,
+    }
+
+
+def selector(name: str) -> dict[str, str]:
+    return {DATAFLOW_LABEL: name}
+
+
+def owner_reference(df: Manifest) -> dict[str, Any]:
+    meta = df["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Dataflow",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _child_meta(df: Manifest, name: str) -> dict[str, Any]:
+    owner, namespace = _meta(df)
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": labels(owner),
+        "ownerReferences": [owner_reference(df)],
+    }
+
+
+def configmap_name(name: str) -> str:
+    return f"{name}-flow"
+
+
+def secret_name(name: str) -> str:
+    return f"{name}-cluster-key"
+
+
+def template_hash(spec: DataflowSpec) -> str:
+    """What must restart every pod together when it changes: anything in the pod template, the
+    process count (it is in every pod's address list) and the restart nonce. Not ``suspend``."""
+    restart_relevant = asdict(spec)
+    restart_relevant.pop("suspend")
+    canonical = json.dumps(restart_relevant, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def service(df: Manifest) -> Manifest:
+    name, _ = _meta(df)
+    spec = parse_spec(df.get("spec"))
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _child_meta(df, name),
+        "spec": {
+            "clusterIP": "None",
+            # Peers must find each other before any pod is Ready: readiness means "in a cluster".
+            "publishNotReadyAddresses": True,
+            "selector": selector(name),
+            "ports": [{"name": "cluster", "port": spec.port, "targetPort": spec.port, "protocol": "TCP"}],
+        },
+    }
+
+
+def flow_configmap(df: Manifest) -> Manifest | None:
+    name, _ = _meta(df)
+    spec = parse_spec(df.get("spec"))
+    if spec.code is None:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _child_meta(df, configmap_name(name)),
+        "data": {"flow.py": spec.code},
+    }
+
+
+def cluster_secret(df: Manifest, key: str) -> Manifest:
+    """The Secret holding the cluster key; the caller makes the key once and never rotates it
+    while pods run (a new key would split the cluster)."""
+    name, _ = _meta(df)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _child_meta(df, secret_name(name)),
+        "type": "Opaque",
+        "data": {"key": base64.b64encode(key.encode()).decode()},
+    }
+
+
+def _field(path: str) -> dict[str, Any]:
+    return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def _env(df: Manifest, spec: DataflowSpec) -> list[dict[str, Any]]:
+    name, _ = _meta(df)
+    env: list[dict[str, Any]] = [
+        {"name": "MILLRACE_POD_INDEX", **_field("metadata.labels['apps.kubernetes.io/pod-index']")},
+        {"name": "MILLRACE_POD_NAME", **_field("metadata.name")},
+        {"name": "MILLRACE_NAMESPACE", **_field("metadata.namespace")},
+        {"name": "MILLRACE_SERVICE", "value": name},
+        {"name": "MILLRACE_CLUSTER_DOMAIN", "value": "cluster.local"},
+        {"name": "MILLRACE_PROCESSES", "value": str(spec.processes)},
+        {"name": "MILLRACE_PORT", "value": str(spec.port)},
+        {"name": "MILLRACE_WORKERS_PER_PROCESS", "value": str(spec.workers_per_process)},
+        {"name": "MILLRACE_EPOCH_SECONDS", "value": f"{spec.epoch_seconds:g}"},
+        {"name": "MILLRACE_CLUSTER_SECRET_FILE", "value": f"{SECRET_DIR}/key"},
+        {"name": "MILLRACE_STATE_DIR", "value": STATE_DIR},
+    ]
+    if spec.code is not None:
+        env.append({"name": "MILLRACE_FLOW_FILE", "value": f"{FLOW_DIR}/flow.py"})
+    else:
+        env.append({"name": "MILLRACE_FLOW", "value": spec.module})
+    if spec.recovery.enabled:
+        env.append({"name": "MILLRACE_RECOVERY_DIR", "value": RECOVERY_DIR})
+    env += [{"name": key, "value": value} for key, value in spec.env]
+    return env
+
+
+def statefulset(df: Manifest) -> Manifest:
+    name, _ = _meta(df)
+    spec = parse_spec(df.get("spec"))
+    volumes: list[dict[str, Any]] = [
+        {"name": "state", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cluster-key", "secret": {"secretName": secret_name(name), "defaultMode": 0o440}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "state", "mountPath": STATE_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cluster-key", "mountPath": SECRET_DIR, "readOnly": True},
+    ]
+    if spec.code is not None:
+        volumes.append({"name": "flow", "configMap": {"name": configmap_name(name)}})
+        mounts.append({"name": "flow", "mountPath": FLOW_DIR, "readOnly": True})
+    claims: list[dict[str, Any]] = []
+    if spec.recovery.enabled:
+        mounts.append({"name": "recovery", "mountPath": RECOVERY_DIR})
+        claim_spec: dict[str, Any] = {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": spec.recovery.volume_size}},
+        }
+        if spec.recovery.storage_class:
+            claim_spec["storageClassName"] = spec.recovery.storage_class
+        claims.append({"metadata": {"name": "recovery", "labels": labels(name)}, "spec": claim_spec})
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["millrace-worker"],
+        "env": _env(df, spec),
+        "ports": [{"name": "cluster", "containerPort": spec.port, "protocol": "TCP"}],
+        "volumeMounts": mounts,
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if spec.resources:
+        container["resources"] = spec.resources
+    sts: Manifest = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _child_meta(df, name),
+        "spec": {
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "replicas": 0 if spec.suspend else spec.processes,
+            "selector": {"matchLabels": selector(name)},
+            # The operator restarts all pods together on a template change (see the
+            # handlers); a rolling update would mix old and new address lists.
+            "updateStrategy": {"type": "OnDelete"},
+            "template": {
+                "metadata": {"labels": labels(name), "annotations": {TEMPLATE_HASH: template_hash(spec)}},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_AS,
+                        "runAsGroup": RUN_AS,
+                        "fsGroup": RUN_AS,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+    if claims:
+        sts["spec"]["volumeClaimTemplates"] = claims
+    return sts
+
+
+def children(df: Manifest, key: str) -> list[Manifest]:
+    """Every child of ``df``, in the order they should be created."""
+    built = [cluster_secret(df, key), flow_configmap(df), service(df), statefulset(df)]
+    return [child for child in built if child is not None]

@@ -1,0 +1,116 @@
+"""The Dataflow CRD: a valid, structural CustomResourceDefinition whose schema accepts the
+examples and refuses bad Dataflows with a message that names the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from .crd_validation import errors, load_crd, version_schema
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("dataflow-*.yaml"))
+
+
+def test_the_crd_is_a_valid_customresourcedefinition():
+    kubernetes_validate.validate(load_crd(), "1.37", strict=True)
+
+
+def test_the_crd_has_the_contracts_names_columns_and_status():
+    crd = load_crd()
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == "dataflows.millrace.dev"
+    assert spec["group"] == "millrace.dev" and spec["scope"] == "Namespaced"
+    assert spec["names"]["shortNames"] == ["df"] and spec["names"]["categories"]
+    (version,) = spec["versions"]
+    assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns == {
+        "Phase": ".status.phase",
+        "Processes": ".spec.processes",
+        "Ready": ".status.readyProcesses",
+        "Age": ".metadata.creationTimestamp",
+    }
+
+
+def _untyped(schema: dict[str, Any], path: str) -> list[str]:
+    found = []
+    if "type" not in schema and not schema.get("x-kubernetes-int-or-string"):
+        found.append(path)
+    for name, sub in schema.get("properties", {}).items():
+        found += _untyped(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        found += _untyped(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        found += _untyped(schema["additionalProperties"], f"{path}.*")
+    return found
+
+
+def test_the_schema_is_structural():
+    assert _untyped(version_schema(load_crd()), "") == []
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_the_examples_are_valid_dataflows(path):
+    (obj,) = list(yaml.safe_load_all(path.read_text()))
+    assert errors(obj) == []
+
+
+def _base() -> dict[str, Any]:
+    return {
+        "apiVersion": "millrace.dev/v1alpha1",
+        "kind": "Dataflow",
+        "metadata": {"name": "x"},
+        "spec": {"processes": 2, "flow": {"module": "flows.count:flow"}},
+    }
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    obj = copy.deepcopy(_base())
+    target = obj["spec"]
+    *parents, last = path.split(".")
+    for part in parents:
+        target = target.setdefault(part, {})
+    if value is _DROP:
+        target.pop(last, None)
+    else:
+        target[last] = value
+    return obj
+
+
+_DROP = object()
+
+INVALID = [
+    ("processes", 0, "processes"),
+    ("processes", "three", "processes"),
+    ("workersPerProcess", 0, "workersPerProcess"),
+    ("port", 80, "port"),
+    ("epochSeconds", 0, "epochSeconds"),
+    ("epochSeconds", -5, "epochSeconds"),
+    ("imagePullPolicy", "Sometimes", "imagePullPolicy"),
+    ("flow", _DROP, "flow"),
+    ("flow", {}, "flow needs exactly one of code and module"),
+    ("flow", {"code": "flow = 1", "module": "a:b"}, "flow needs exactly one of code and module"),
+    ("flow.module", "not a path", "flow.module"),
+    ("recovery.volumeSize", "lots", "recovery.volumeSize"),
+    ("env", [{"value": "no name"}], "env.0"),
+    ("env", [{"name": "MILLRACE_PORT", "value": "1"}], "reserved for the operator"),
+    ("resources", {"limits": {"memory": "a lot"}}, "resources.limits.memory"),
+    ("suspend", "yes", "suspend"),
+    ("replicas", 3, "replicas"),
+]
+
+
+@pytest.mark.parametrize("path,value,named", INVALID, ids=[f"{p}={v!r}"[:40] for p, v, _ in INVALID])
+def test_invalid_dataflows_are_refused_naming_the_field(path, value, named):
+    found = errors(_with(path, value))
+    assert found, f"spec.{path}={value!r} was accepted"
+    assert any(named in error for error in found), found
+
+
+def test_the_base_of_the_invalid_cases_is_valid():
+    assert errors(_base()) == []

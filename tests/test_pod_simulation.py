@@ -1,0 +1,117 @@
+"""Tier 3: the pods of a generated StatefulSet run as local processes, each on its own simulated
+host, so manifest -> env -> proc_id -> addresses -> cluster -> output runs for real."""
+
+from __future__ import annotations
+
+import ast
+import signal
+import time
+
+import pytest
+
+from millrace_operator import manifests
+
+from .support import podsim
+
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(podsim.available() is not None, reason=str(podsim.available())),
+]
+
+FLOW = """
+import time
+from datetime import timedelta
+
+from millrace.dataflow import Dataflow
+from millrace.inputs import ManualInputConfig
+from millrace.outputs import ManualEpochOutputConfig
+
+COUNT = {count}
+
+def numbers(worker_index, worker_count, resume_state):
+    start = resume_state or 0
+    for i in range(start, COUNT):
+        time.sleep({delay})
+        yield i + 1, (f"{{worker_index}}-{{i % 4}}", i)
+
+def output(worker_index, worker_count):
+    return lambda epoch_item: print(repr(epoch_item), flush=True)
+
+flow = Dataflow()
+flow.input("numbers", ManualInputConfig(numbers))
+flow.stateful_map("sums", lambda: 0, lambda total, i: (total + i, total + i))
+flow.capture(ManualEpochOutputConfig(output))
+"""
+
+
+def dataflow(count: int, delay: float, recovery: bool) -> dict:
+    return {
+        "apiVersion": "millrace.dev/v1alpha1",
+        "kind": "Dataflow",
+        "metadata": {"name": "sums", "namespace": "jobs", "uid": "u-1", "generation": 1},
+        "spec": {
+            "processes": 3,
+            "workersPerProcess": 1,
+            "epochSeconds": 0.2,
+            "recovery": {"enabled": recovery},
+            "flow": {"code": FLOW.format(count=count, delay=delay)},
+        },
+    }
+
+
+def expected(count: int) -> set[tuple[str, int]]:
+    out = set()
+    for worker in range(3):
+        sums: dict[str, int] = {}
+        for i in range(count):
+            key = f"{worker}-{i % 4}"
+            sums[key] = sums.get(key, 0) + i
+            out.add((key, sums[key]))
+    return out
+
+
+def outputs(text: str) -> list[tuple[int, tuple[str, int]]]:
+    return [ast.literal_eval(line) for line in text.splitlines() if line.startswith("(")]
+
+
+def simulation(df: dict, tmp_path) -> podsim.PodSimulation:
+    children = manifests.children(df, "the-cluster-key")
+    sts = next(c for c in children if c["kind"] == "StatefulSet")
+    return podsim.PodSimulation(sts, children, tmp_path)
+
+
+def test_the_pods_form_a_cluster_and_complete(tmp_path):
+    df = dataflow(count=40, delay=0.0, recovery=False)
+    with simulation(df, tmp_path) as sim:
+        procs = [sim.start(i) for i in range(3)]
+        results = [proc.communicate(timeout=120) for proc in procs]
+        for proc, (stdout, stderr) in zip(procs, results):
+            assert proc.returncode == 0, stderr
+        got = [item for stdout, _ in results for _, item in outputs(stdout)]
+        assert sorted(got) == sorted(expected(40))
+        assert "process 1 of 3" in results[1][1]
+        assert all(sim.termination_message(i) == "millrace: completed" for i in range(3))
+        # A container restarted after completion reports it again and runs nothing.
+        again = sim.start(0)
+        stdout, stderr = again.communicate(timeout=60)
+        assert again.returncode == 0 and outputs(stdout) == []
+        assert "already completed" in stderr
+
+
+def test_a_killed_pod_restarted_as_a_kubelet_would_loses_nothing(tmp_path):
+    df = dataflow(count=300, delay=0.02, recovery=True)
+    with simulation(df, tmp_path) as sim:
+        first = [sim.start(i) for i in range(3)]
+        time.sleep(2.5)
+        assert all(proc.poll() is None for proc in first), [p.communicate()[1][-2000:] for p in first if p.poll() is not None]
+        first[1].send_signal(signal.SIGKILL)
+        runs = [proc.communicate(timeout=60) for proc in first]
+        assert first[0].returncode != 0 and "lost process 1" in runs[0][1]
+        assert first[2].returncode != 0
+        # Every crashed container is restarted; the recovery volumes persist.
+        second = [sim.start(i) for i in range(3)]
+        reruns = [proc.communicate(timeout=120) for proc in second]
+        for proc, (_, stderr) in zip(second, reruns):
+            assert proc.returncode == 0, stderr
+        got = {item for stdout, _ in runs + reruns for _, item in outputs(stdout)}
+        assert got == expected(300)
