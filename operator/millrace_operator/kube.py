@@ -1,0 +1,86 @@
+"""The few Kubernetes API calls the operator makes, over the official client, as plain dicts.
+
+Creating an object that exists (a 409, e.g. after a restart of the operator) falls back to
+reading and patching it, so every reconcile is idempotent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+Manifest = dict[str, Any]
+
+
+class Kube:
+    """Typed API groups behind one small dict-in, dict-out interface."""
+
+    def __init__(self, client: kubernetes.client.ApiClient | None = None) -> None:
+        self.client = client or kubernetes.client.ApiClient()
+        self.core = kubernetes.client.CoreV1Api(self.client)
+        self.apps = kubernetes.client.AppsV1Api(self.client)
+
+    def _plain(self, obj: Any) -> Manifest:
+        return self.client.sanitize_for_serialization(obj)
+
+    def _calls(self, kind: str) -> tuple[Any, Any, Any, Any]:
+        table = {
+            "Service": ("namespaced_service", self.core),
+            "ConfigMap": ("namespaced_config_map", self.core),
+            "Secret": ("namespaced_secret", self.core),
+            "StatefulSet": ("namespaced_stateful_set", self.apps),
+        }
+        suffix, api = table[kind]
+        return (
+            getattr(api, f"read_{suffix}"),
+            getattr(api, f"create_{suffix}"),
+            getattr(api, f"patch_{suffix}"),
+            getattr(api, f"delete_{suffix}"),
+        )
+
+    def get(self, kind: str, namespace: str, name: str) -> Manifest | None:
+        read, _, _, _ = self._calls(kind)
+        try:
+            return self._plain(read(name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def apply(self, manifest: Manifest, *, patch: bool = True) -> Manifest:
+        """Create ``manifest``, or patch the existing object (unless ``patch`` is false)."""
+        kind, meta = manifest["kind"], manifest["metadata"]
+        _, create, patch_call, _ = self._calls(kind)
+        try:
+            return self._plain(create(meta["namespace"], manifest))
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        if not patch:
+            existing = self.get(kind, meta["namespace"], meta["name"])
+            assert existing is not None
+            return existing
+        return self._plain(patch_call(meta["name"], meta["namespace"], manifest))
+
+    def patch(self, kind: str, namespace: str, name: str, body: Manifest) -> Manifest:
+        _, _, patch_call, _ = self._calls(kind)
+        return self._plain(patch_call(name, namespace, body))
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        _, _, _, delete = self._calls(kind)
+        try:
+            delete(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def pods(self, namespace: str, selector: dict[str, str]) -> list[Manifest]:
+        label_selector = ",".join(f"{key}={value}" for key, value in selector.items())
+        found = self.core.list_namespaced_pod(namespace, label_selector=label_selector)
+        return [self._plain(pod) for pod in found.items]
+
+    def delete_pods(self, namespace: str, selector: dict[str, str]) -> None:
+        label_selector = ",".join(f"{key}={value}" for key, value in selector.items())
+        self.core.delete_collection_namespaced_pod(namespace, label_selector=label_selector)

@@ -1,0 +1,146 @@
+"""One reconcile against an in-memory API: children, restarts, suspend, completion."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from millrace_operator import manifests
+from millrace_operator.reconcile import reconcile
+
+NOW = "2026-01-01T00:00:00Z"
+
+
+class FakeApi:
+    """Objects by (kind, namespace, name), plus pods, with the calls the operator makes."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.pods_by_name: dict[str, dict[str, Any]] = {}
+        self.deleted_pods = 0
+
+    def get(self, kind, namespace, name):
+        found = self.objects.get((kind, namespace, name))
+        return copy.deepcopy(found) if found else None
+
+    def apply(self, manifest, *, patch=True):
+        key = (manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+        if key not in self.objects or patch:
+            self.objects[key] = copy.deepcopy(manifest)
+        return self.objects[key]
+
+    def patch(self, kind, namespace, name, body):
+        target = self.objects[(kind, namespace, name)]
+        target["spec"].update(copy.deepcopy(body["spec"]))
+        return target
+
+    def delete(self, kind, namespace, name):
+        self.objects.pop((kind, namespace, name), None)
+
+    def pods(self, namespace, selector):
+        return list(self.pods_by_name.values())
+
+    def delete_pods(self, namespace, selector):
+        self.deleted_pods += len(self.pods_by_name)
+        self.pods_by_name.clear()
+
+    # -- the StatefulSet controller's and kubelet's part -------------------------------------
+
+    def run_pods(self, ready=True, terminated=None):
+        sts = self.objects[("StatefulSet", "ns", "df")]
+        template = sts["spec"]["template"]
+        for index in range(sts["spec"]["replicas"]):
+            container = {"name": "worker", "restartCount": 0, "state": {}, "lastState": {}}
+            if terminated:
+                container["state"]["terminated"] = {"exitCode": terminated[0], "message": terminated[1]}
+            self.pods_by_name[f"df-{index}"] = {
+                "metadata": {"name": f"df-{index}", "annotations": dict(template["metadata"]["annotations"])},
+                "status": {
+                    "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                    "containerStatuses": [container],
+                },
+            }
+
+
+def dataflow(**spec) -> dict:
+    return {
+        "metadata": {"name": "df", "namespace": "ns", "uid": "uid-1", "generation": 1},
+        "spec": {"processes": 3, "flow": {"code": "flow = None"}, **spec},
+        "status": {},
+    }
+
+
+def test_create_makes_every_child_owned_by_the_dataflow():
+    api, df = FakeApi(), dataflow()
+    status = reconcile(api, df, NOW)
+    kinds = sorted(kind for kind, _, _ in api.objects)
+    assert kinds == ["ConfigMap", "Secret", "Service", "StatefulSet"]
+    for obj in api.objects.values():
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert api.objects[("StatefulSet", "ns", "df")]["spec"]["replicas"] == 3
+    assert status["phase"] == "Pending"
+
+
+def test_reconcile_is_idempotent_and_keeps_the_cluster_key():
+    api, df = FakeApi(), dataflow()
+    reconcile(api, df, NOW)
+    key = api.objects[("Secret", "ns", "df-cluster-key")]["data"]["key"]
+    before = copy.deepcopy(api.objects)
+    reconcile(api, df, NOW)
+    assert api.objects == before
+    assert api.objects[("Secret", "ns", "df-cluster-key")]["data"]["key"] == key
+
+
+def test_status_follows_the_pods():
+    api, df = FakeApi(), dataflow()
+    reconcile(api, df, NOW)
+    api.run_pods(ready=True)
+    df["status"] = reconcile(api, df, NOW)
+    assert df["status"]["phase"] == "Running" and df["status"]["readyProcesses"] == 3
+
+
+def test_a_template_change_restarts_every_pod_together():
+    api, df = FakeApi(), dataflow()
+    reconcile(api, df, NOW)
+    api.run_pods()
+    df["spec"]["processes"] = 4
+    reconcile(api, df, NOW)
+    sts = api.objects[("StatefulSet", "ns", "df")]
+    assert sts["spec"]["replicas"] == 4
+    assert api.deleted_pods == 3 and api.pods_by_name == {}
+    assert "MILLRACE_PROCESSES" in str(sts["spec"]["template"])
+
+
+def test_suspend_scales_to_zero_without_deleting_pods_by_hand():
+    api, df = FakeApi(), dataflow()
+    reconcile(api, df, NOW)
+    api.run_pods()
+    df["spec"]["suspend"] = True
+    status = reconcile(api, df, NOW)
+    assert status["phase"] == "Suspended"
+    assert api.objects[("StatefulSet", "ns", "df")]["spec"]["replicas"] == 0
+    assert api.deleted_pods == 0
+
+
+def test_a_finished_flow_scales_to_zero_and_a_no_op_edit_does_not_rerun_it():
+    api, df = FakeApi(), dataflow()
+    reconcile(api, df, NOW)
+    api.run_pods(ready=False, terminated=(0, "millrace: completed"))
+    df["status"] = reconcile(api, df, NOW)
+    assert df["status"]["phase"] == "Succeeded"
+    assert api.objects[("StatefulSet", "ns", "df")]["spec"]["replicas"] == 0
+    api.pods_by_name.clear()  # the StatefulSet controller removes them
+    df["metadata"]["generation"] = 2  # an edit that changes nothing in the pod template
+    df["status"] = reconcile(api, df, NOW)
+    assert df["status"]["phase"] == "Succeeded"
+    assert api.objects[("StatefulSet", "ns", "df")]["spec"]["replicas"] == 0
+
+
+def test_turning_recovery_on_replaces_the_statefulset():
+    api, df = FakeApi(), dataflow()
+    reconcile(api, df, NOW)
+    df["spec"]["recovery"] = {"enabled": True}
+    reconcile(api, df, NOW)
+    assert ("StatefulSet", "ns", "df") not in api.objects  # deleted: claim templates are immutable
+    reconcile(api, df, NOW)
+    assert api.objects[("StatefulSet", "ns", "df")]["spec"]["volumeClaimTemplates"]
