@@ -342,6 +342,22 @@ def test_a_peer_with_the_wrong_secret_is_refused_on_both_sides(procs, tmp_path):
         assert "different cluster secret" in stderr
 
 
+def test_processes_of_different_cluster_ids_refuse_each_other(procs, tmp_path):
+    started, _, _ = _cluster(
+        procs,
+        tmp_path,
+        "sum",
+        env=[
+            {"MILLRACE_CLUSTER_SECRET": "s", "MILLRACE_CLUSTER_ID": "df-aaaa"},
+            {"MILLRACE_CLUSTER_SECRET": "s", "MILLRACE_CLUSTER_ID": "df-bbbb"},
+        ],
+    )
+    for proc in started:
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        assert "cluster id" in stderr and "df-" in stderr
+
+
 def test_unreachable_peers_are_named(tmp_path):
     ports = free_ports(3)
     addresses = [f"127.0.0.1:{port}" for port in ports]

@@ -145,6 +145,7 @@ def _env(df: Manifest, spec: DataflowSpec) -> list[dict[str, Any]]:
         {"name": "MILLRACE_EPOCH_SECONDS", "value": f"{spec.epoch_seconds:g}"},
         {"name": "MILLRACE_CLUSTER_SECRET_FILE", "value": f"{SECRET_DIR}/key"},
         {"name": "MILLRACE_STATE_DIR", "value": STATE_DIR},
+        {"name": "MILLRACE_CLUSTER_ID", "value": f"{name}-{template_hash(spec)}"},
     ]
     if spec.code is not None:
         env.append({"name": "MILLRACE_FLOW_FILE", "value": f"{FLOW_DIR}/flow.py"})

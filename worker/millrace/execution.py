@@ -99,6 +99,7 @@ def run_main(
 SECRET_ENV = "MILLRACE_CLUSTER_SECRET"
 SECRET_FILE_ENV = "MILLRACE_CLUSTER_SECRET_FILE"
 CONNECT_TIMEOUT_ENV = "MILLRACE_CONNECT_TIMEOUT"
+CLUSTER_ID_ENV = "MILLRACE_CLUSTER_ID"
 DEFAULT_CONNECT_TIMEOUT = 60.0
 
 
@@ -152,6 +153,8 @@ def cluster_main(
     Frames between processes are authenticated with ``secret`` (bytes or str; by default
     ``$MILLRACE_CLUSTER_SECRET`` or the contents of the file named by
     ``$MILLRACE_CLUSTER_SECRET_FILE``). Without one the cluster still runs, with a warning.
+    Processes whose ``$MILLRACE_CLUSTER_ID`` differ refuse each other (the operator sets it to
+    the pod template's hash, so old and new pods never form one cluster).
 
     A failure anywhere stops every process: the one where it happened raises the original
     exception, the others a :class:`~millrace.runtime.errors.ClusterError` naming the worker,
@@ -188,6 +191,7 @@ def cluster_main(
         recovery_config=recovery_config,
         secret=key,
         connect_timeout=_seconds(connect_timeout),
+        cluster_id=os.environ.get(CLUSTER_ID_ENV, ""),
     )
 
 

@@ -45,6 +45,7 @@ def run_process(
     recovery_config: RecoveryConfig | None,
     secret: bytes | None,
     connect_timeout: float,
+    cluster_id: str = "",
 ) -> None:
     check_flow(flow)
     epoch_policy(epoch_config)  # reject a bad config before connecting to anyone
@@ -59,7 +60,7 @@ def run_process(
     if proc_count > 1:
         from ..transport.link import ZmqLink
 
-        link = ZmqLink(addresses, proc_id, workers_per_proc, secret, connect_timeout)
+        link = ZmqLink(addresses, proc_id, workers_per_proc, secret, connect_timeout, cluster_id)
     exchange = Exchange(
         proc_count * workers_per_proc,
         first=proc_id * workers_per_proc,

@@ -89,17 +89,26 @@ def open_frame(key: bytes | None, parts: list[bytes], proc_count: int) -> Frame:
     return Frame(kind, sender, dest, seq, bytes(payload))
 
 
-def hello_payload(proc_id: int, proc_count: int, workers_per_proc: int) -> bytes:
+def hello_payload(proc_id: int, proc_count: int, workers_per_proc: int, cluster_id: str) -> bytes:
     return json.dumps(
-        {"proc_id": proc_id, "proc_count": proc_count, "workers_per_proc": workers_per_proc}
+        {
+            "proc_id": proc_id,
+            "proc_count": proc_count,
+            "workers_per_proc": workers_per_proc,
+            "cluster_id": cluster_id,
+        }
     ).encode()
 
 
-def parse_hello(payload: bytes) -> dict[str, int]:
+def parse_hello(payload: bytes) -> dict[str, int | str]:
     try:
         shape = json.loads(payload)
-        return {name: int(shape[name]) for name in ("proc_id", "proc_count", "workers_per_proc")}
-    except (ValueError, KeyError, TypeError) as exc:
+        parsed: dict[str, int | str] = {
+            name: int(shape[name]) for name in ("proc_id", "proc_count", "workers_per_proc")
+        }
+        parsed["cluster_id"] = str(shape.get("cluster_id", ""))
+        return parsed
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BadFrame(f"malformed HELLO payload: {exc}") from None
 
 

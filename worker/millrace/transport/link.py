@@ -58,8 +58,12 @@ class ZmqLink:
         workers_per_proc: int,
         secret: bytes | None,
         connect_timeout: float,
+        cluster_id: str = "",
     ) -> None:
         self.hosts = check_addresses(addresses)
+        # Which run of which cluster this process belongs to (the operator passes its pod
+        # template hash), so a pod of an old template never joins a new cluster.
+        self.cluster_id = cluster_id
         self.addresses = list(addresses)
         self.proc_id = proc_id
         self.proc_count = len(addresses)
@@ -122,7 +126,9 @@ class ZmqLink:
                     f"{self.addresses[peer]}: {exc}"
                 ) from None
             self._push[peer] = push
-        hello = frames.hello_payload(self.proc_id, self.proc_count, self.workers_per_proc)
+        hello = frames.hello_payload(
+            self.proc_id, self.proc_count, self.workers_per_proc, self.cluster_id
+        )
         for peer in self.peers:
             self._outbound.put((peer, frames.HELLO, hello))
         for target, name in ((self._send_loop, "sender"), (self._receive_loop, "receiver")):
@@ -353,12 +359,13 @@ class ZmqLink:
             "proc_id": frame.sender,
             "proc_count": self.proc_count,
             "workers_per_proc": self.workers_per_proc,
+            "cluster_id": self.cluster_id,
         }
         if shape != mine:
             self._exchange.fail(
                 f"process {frame.sender} ({self.addresses[frame.sender]}) runs as {shape}, but "
                 f"process {self.proc_id} expects {mine}: every process must get the same "
-                "address list and worker count"
+                "address list, worker count and cluster id"
             )
             return
         self._hellos.add(frame.sender)
