@@ -124,11 +124,16 @@ async def test_create_makes_owned_children_and_a_status(cluster):
 
 
 def _pod(name: str, index: int, template: dict[str, Any], *, ready: bool = True,
-         terminated: tuple[int, str] | None = None) -> dict[str, Any]:
+         terminated: tuple[int, str] | None = None, crash_loop: tuple[int, str, int] | None = None) -> dict[str, Any]:
     container: dict[str, Any] = {"name": "worker", "restartCount": 0, "state": {}, "lastState": {},
                                  "image": "x", "imageID": "", "ready": ready}
     if terminated:
         container["state"] = {"terminated": {"exitCode": terminated[0], "message": terminated[1]}}
+    if crash_loop:
+        code, message, restarts = crash_loop
+        container["restartCount"] = restarts
+        container["state"] = {"waiting": {"reason": "CrashLoopBackOff"}}
+        container["lastState"] = {"terminated": {"exitCode": code, "message": message}}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -195,4 +200,57 @@ async def test_a_malformed_dataflow_is_reported_not_crashed_on(cluster):
     status = _object(cluster, DATAFLOWS, "wc")["status"]
     assert "spec.flow" in status["message"]
     assert _object(cluster, STATEFULSETS, "wc") is None
+    assert runner.exit_code == 0, runner.output
+
+
+def _failed_condition(cluster) -> dict[str, Any]:
+    status = _object(cluster, DATAFLOWS, "wc")["status"]
+    return next(c for c in status["conditions"] if c["type"] == "Failed")
+
+
+async def test_a_flow_that_cannot_load_ends_failed_with_the_import_error(cluster):
+    cluster.objects[DATAFLOWS, "jobs", "wc"] = dataflow(flow={"module": "flows.missing:flow"})
+    _login(str(cluster.url).rstrip("/"))
+    message = "millrace: failed: ModuleNotFoundError: No module named 'flows'"
+    async with _Operator(RUN) as runner:
+        await _until(lambda: _object(cluster, STATEFULSETS, "wc") is not None)
+        await _play_kubelet(cluster, "wc", ready=False, crash_loop=(1, message, 1))
+        await _until(lambda: _phase(cluster) == "Failed")
+        await _until(lambda: _object(cluster, STATEFULSETS, "wc")["spec"]["replicas"] == 0)
+    failed = _failed_condition(cluster)
+    assert failed["status"] == "True" and failed["reason"] == "FlowFailed"
+    assert "No module named 'flows'" in failed["message"]
+    assert runner.exit_code == 0, runner.output
+
+
+async def test_crash_looping_pods_end_failed_with_the_last_message(cluster):
+    cluster.objects[DATAFLOWS, "jobs", "wc"] = dataflow()
+    _login(str(cluster.url).rstrip("/"))
+    message = "millrace: failed: ZeroDivisionError: division by zero"
+    async with _Operator(RUN) as runner:
+        await _until(lambda: _object(cluster, STATEFULSETS, "wc") is not None)
+        await _play_kubelet(cluster, "wc", ready=False, crash_loop=(1, message, 5))
+        await _until(lambda: _phase(cluster) == "Failed")
+    failed = _failed_condition(cluster)
+    assert failed["reason"] == "CrashLoop" and "ZeroDivisionError" in failed["message"]
+    assert runner.exit_code == 0, runner.output
+
+
+async def test_suspend_scales_to_zero_and_back(cluster):
+    cluster.objects[DATAFLOWS, "jobs", "wc"] = dataflow()
+    _login(str(cluster.url).rstrip("/"))
+    custom = kubernetes.client.CustomObjectsApi()
+
+    async def set_suspend(value: bool) -> None:
+        await asyncio.to_thread(custom.patch_namespaced_custom_object, "millrace.dev", "v1alpha1", "jobs",
+                                "dataflows", "wc", {"spec": {"suspend": value}})
+
+    async with _Operator(RUN) as runner:
+        await _until(lambda: _object(cluster, STATEFULSETS, "wc") is not None)
+        await set_suspend(True)
+        await _until(lambda: _phase(cluster) == "Suspended")
+        assert _object(cluster, STATEFULSETS, "wc")["spec"]["replicas"] == 0
+        await set_suspend(False)
+        await _until(lambda: _object(cluster, STATEFULSETS, "wc")["spec"]["replicas"] == 2)
+        await _until(lambda: _phase(cluster) == "Pending")
     assert runner.exit_code == 0, runner.output

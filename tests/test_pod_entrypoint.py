@@ -1,0 +1,60 @@
+"""The worker pod entrypoint's reading of its environment, and its reports to the operator."""
+
+from __future__ import annotations
+
+import pytest
+
+from millrace import pod
+
+ENV = {
+    "MILLRACE_SERVICE": "wc",
+    "MILLRACE_NAMESPACE": "jobs",
+    "MILLRACE_PROCESSES": "3",
+    "MILLRACE_PORT": "2101",
+    "MILLRACE_FLOW": "flows:flow",
+}
+
+
+def test_proc_id_from_the_label_then_the_pod_name_then_the_hostname():
+    assert pod.settings_from({**ENV, "MILLRACE_POD_INDEX": "2"}, "x").proc_id == 2
+    assert pod.settings_from({**ENV, "MILLRACE_POD_INDEX": "", "MILLRACE_POD_NAME": "wc-1"}, "x").proc_id == 1
+    assert pod.settings_from(ENV, "wc-0").proc_id == 0
+    with pytest.raises(pod.PodConfigError, match="cannot tell this pod's process id"):
+        pod.settings_from(ENV, "somehost")
+    with pytest.raises(pod.PodConfigError, match="outside 0..2"):
+        pod.settings_from(ENV, "wc-7")
+
+
+def test_addresses_come_from_the_headless_service():
+    settings = pod.settings_from(ENV, "wc-0")
+    assert settings.addresses == [f"wc-{i}.wc.jobs.svc.cluster.local:2101" for i in range(3)]
+
+
+def test_missing_or_bad_variables_are_named():
+    with pytest.raises(pod.PodConfigError, match="MILLRACE_NAMESPACE is not set"):
+        pod.settings_from({k: v for k, v in ENV.items() if k != "MILLRACE_NAMESPACE"}, "wc-0")
+    with pytest.raises(pod.PodConfigError, match="MILLRACE_PROCESSES must be an integer"):
+        pod.settings_from({**ENV, "MILLRACE_PROCESSES": "three"}, "wc-0")
+    with pytest.raises(pod.PodConfigError, match="exactly one of MILLRACE_FLOW"):
+        pod.settings_from({**ENV, "MILLRACE_FLOW_FILE": "/x.py"}, "wc-0")
+
+
+def test_unresolvable_peer_names_are_a_clear_error_after_the_timeout():
+    with pytest.raises(pod.PodConfigError, match="did not resolve within 0.5 s: nowhere-0.invalid"):
+        pod.wait_for_names(["localhost:1", "nowhere-0.invalid:2101"], 0.5)
+
+
+def test_a_flow_that_cannot_load_is_reported_to_the_operator(tmp_path, monkeypatch):
+    log = tmp_path / "termination-log"
+    for name, value in {**ENV, "MILLRACE_FLOW": "no_such_module_here:flow", "MILLRACE_POD_INDEX": "0",
+                        "MILLRACE_TERMINATION_LOG": str(log)}.items():
+        monkeypatch.setenv(name, value)
+    assert pod.main([]) == 1
+    assert log.read_text().startswith("millrace: failed: ModuleNotFoundError: No module named 'no_such_module_here'")
+
+
+def test_a_file_without_a_flow_is_named(tmp_path):
+    flow_file = tmp_path / "flow.py"
+    flow_file.write_text("x = 1\n")
+    with pytest.raises(pod.PodConfigError, match="does not define a Dataflow named 'flow'"):
+        pod.load_flow(None, flow_file)
