@@ -115,3 +115,22 @@ def test_a_killed_pod_restarted_as_a_kubelet_would_loses_nothing(tmp_path):
             assert proc.returncode == 0, stderr
         got = {item for stdout, _ in runs + reruns for _, item in outputs(stdout)}
         assert got == expected(300)
+
+
+def test_the_batch_example_runs_as_pods(tmp_path):
+    import collections
+    from pathlib import Path
+
+    import yaml
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "dataflow-batch.yaml"
+    df = yaml.safe_load(example.read_text())
+    df["metadata"].update(namespace="default", uid="u-batch", generation=1)
+    with simulation(df, tmp_path) as sim:
+        procs = [sim.start(i) for i in range(len(sim.pods))]
+        results = [proc.communicate(timeout=120) for proc in procs]
+        for proc, (_, stderr) in zip(procs, results):
+            assert proc.returncode == 0, stderr
+    counts = dict(ast.literal_eval(line) for stdout, _ in results for line in stdout.splitlines() if line.startswith("("))
+    text = "the river turns the wheel and the wheel turns the stones " * 50
+    assert counts == dict(collections.Counter(text.split()))
