@@ -198,7 +198,8 @@ def _report(path: Path, message: str) -> None:
 def run(settings: PodSettings) -> None:
     flow = load_flow(settings.flow_module, settings.flow_file)
     secret = settings.secret_file.read_bytes().strip() if settings.secret_file else None
-    wait_for_names(settings.addresses, settings.dns_timeout)
+    if len(settings.addresses) > 1:  # a single process has no peers to find
+        wait_for_names(settings.addresses, settings.dns_timeout)
     cluster_main(
         flow,
         settings.addresses,

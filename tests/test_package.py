@@ -1,0 +1,79 @@
+"""What the image runs, without Docker: the wheel installed into a fresh virtual environment,
+both entrypoints, and a worker with a pod's environment on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A fresh virtual environment with the built wheel and only its runtime dependencies."""
+    work = tmp_path_factory.mktemp("package")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(work / "dist"), str(ROOT)],
+        check=True, capture_output=True, text=True,
+    )
+    (wheel,) = (work / "dist").glob("millrace-*.whl")
+    env_dir = work / "venv"
+    venv.create(env_dir, with_pip=True)
+    done = subprocess.run(
+        [str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", f"{wheel}[operator]"],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return env_dir / "bin"
+
+
+def test_the_wheel_holds_both_entrypoints_and_no_dev_dependencies(installed):
+    for command in ("millrace-worker", "millrace-operator"):
+        done = subprocess.run([str(installed / command), "--help"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "usage:" in done.stdout
+    missing = subprocess.run(
+        [str(installed / "python"), "-c", "import pytest"], capture_output=True, text=True, timeout=60
+    )
+    assert missing.returncode != 0
+
+
+def test_a_worker_with_a_pods_environment_runs_a_flow(installed, tmp_path):
+    flow = tmp_path / "flow.py"
+    flow.write_text(
+        "from millrace.dataflow import Dataflow\n"
+        "from millrace.inputs import TestingInputConfig\n"
+        "from millrace.outputs import StdOutputConfig\n"
+        "flow = Dataflow()\n"
+        "flow.input('inp', TestingInputConfig([('a', 1), ('b', 2), ('a', 3)]))\n"
+        "flow.reduce('sum', lambda x, y: x + y, lambda total: total >= 4)\n"
+        "flow.capture(StdOutputConfig())\n"
+    )
+    secret = tmp_path / "key"
+    secret.write_text("k3y")
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {
+        "PATH": str(installed),
+        "MILLRACE_POD_NAME": "sums-0",
+        "MILLRACE_POD_INDEX": "0",
+        "MILLRACE_NAMESPACE": "jobs",
+        "MILLRACE_SERVICE": "sums",
+        "MILLRACE_PROCESSES": "1",
+        "MILLRACE_WORKERS_PER_PROCESS": "2",
+        "MILLRACE_FLOW_FILE": str(flow),
+        "MILLRACE_CLUSTER_SECRET_FILE": str(secret),
+        "MILLRACE_STATE_DIR": str(state),
+        "MILLRACE_TERMINATION_LOG": str(tmp_path / "termination-log"),
+    }
+    done = subprocess.run([str(installed / "millrace-worker")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["('a', 4)"]
+    assert (tmp_path / "termination-log").read_text() == "millrace: completed"
+    assert (state / "completed").exists()
