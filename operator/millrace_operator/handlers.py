@@ -32,6 +32,16 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="millrace.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="millrace.dev")
     settings.posting.level = logging.WARNING
+    # Least privilege: no cluster-wide watching of CRDs and namespaces. The CRD must exist when
+    # the operator starts (Helm installs it first); the watched namespaces are given explicitly.
+    settings.scanning.disabled = True
+
+
+def _announce(body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
+    """A Kubernetes event on every phase change, so ``kubectl describe df`` tells the story."""
+    if new.get("phase") != old.get("phase"):
+        kind = "Warning" if new.get("phase") == "Failed" else "Normal"
+        kopf.event(body, type=kind, reason=str(new.get("phase")), message=str(new.get("message", "")))
 
 
 def _reconcile_into(body: dict[str, Any], patch: kopf.Patch) -> None:
@@ -48,6 +58,7 @@ def _reconcile_into(body: dict[str, Any], patch: kopf.Patch) -> None:
         }
     if status != {k: v for k, v in df["status"].items() if k in status}:
         patch.status.update(status)
+        _announce(body, df["status"], status)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -74,3 +85,4 @@ def pod_changed(meta: kopf.Meta, namespace: str, **_: Any) -> None:
     except SpecError:
         return  # the Dataflow's own handler reports it
     custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+    _announce(body, body.get("status") or {}, status)

@@ -21,6 +21,7 @@ class Kube:
         self.client = client or kubernetes.client.ApiClient()
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.apps = kubernetes.client.AppsV1Api(self.client)
+        self.networking = kubernetes.client.NetworkingV1Api(self.client)
 
     def _plain(self, obj: Any) -> Manifest:
         return self.client.sanitize_for_serialization(obj)
@@ -31,6 +32,7 @@ class Kube:
             "ConfigMap": ("namespaced_config_map", self.core),
             "Secret": ("namespaced_secret", self.core),
             "StatefulSet": ("namespaced_stateful_set", self.apps),
+            "NetworkPolicy": ("namespaced_network_policy", self.networking),
         }
         suffix, api = table[kind]
         return (

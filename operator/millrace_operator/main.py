@@ -13,6 +13,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="millrace-operator", description=__doc__)
     parser.add_argument("--namespace", action="append", default=[],
                         help="watch only these namespaces (default: all)")
+    parser.add_argument("--liveness", metavar="URL",
+                        help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -26,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         standalone=True,
+        liveness_endpoint=args.liveness,
     )
     return 0
 

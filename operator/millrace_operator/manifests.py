@@ -1,8 +1,9 @@
 """The children of a Dataflow, built by pure functions: a Dataflow body in, manifests out.
 
 For a Dataflow ``N`` (docs/pod-contract.md): a headless Service ``N``, a StatefulSet ``N``,
-a ConfigMap ``N-flow`` when the code is inline, and a Secret ``N-cluster-key``. Every child
-has a controller ownerReference to the Dataflow, so deleting it deletes them.
+a ConfigMap ``N-flow`` when the code is inline, a Secret ``N-cluster-key`` and a NetworkPolicy
+``N`` that lets only ``N``'s own pods reach its worker port. Every child has a controller
+ownerReference to the Dataflow, so deleting it deletes them.
 """
 
 from __future__ import annotations
@@ -127,6 +128,28 @@ def cluster_secret(df: Manifest, key: str) -> Manifest:
     }
 
 
+def network_policy(df: Manifest) -> Manifest:
+    """Ingress to the Dataflow's pods: its worker port, from its own pods, nothing else.
+
+    Workers serve nothing but cluster traffic, so every other ingress is denied; egress is left
+    alone (flows read and write wherever their code says)."""
+    name, _ = _meta(df)
+    spec = parse_spec(df.get("spec"))
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _child_meta(df, name),
+        "spec": {
+            "podSelector": {"matchLabels": selector(name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [{"podSelector": {"matchLabels": selector(name)}}],
+                "ports": [{"protocol": "TCP", "port": spec.port}],
+            }],
+        },
+    }
+
+
 def _field(path: str) -> dict[str, Any]:
     return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
 
@@ -239,5 +262,5 @@ def statefulset(df: Manifest) -> Manifest:
 
 def children(df: Manifest, key: str) -> list[Manifest]:
     """Every child of ``df``, in the order they should be created."""
-    built = [cluster_secret(df, key), flow_configmap(df), service(df), statefulset(df)]
+    built = [cluster_secret(df, key), flow_configmap(df), service(df), network_policy(df), statefulset(df)]
     return [child for child in built if child is not None]

@@ -6,10 +6,18 @@ the operator correct for objects that were stored before a default existed.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_IMAGE = "ghcr.io/millrace/millrace:0.1.0"
+BUILTIN_IMAGE = "ghcr.io/millrace/millrace:0.1.0"
+IMAGE_ENV = "MILLRACE_WORKER_IMAGE"
+
+
+def default_image() -> str:
+    """The image of Dataflows that name none: the operator's deployment sets it (the Helm chart
+    passes its own image), so a cluster runs the worker that matches its operator."""
+    return os.environ.get(IMAGE_ENV) or BUILTIN_IMAGE
 
 
 class SpecError(ValueError):
@@ -25,7 +33,7 @@ class Recovery:
 
 @dataclass(frozen=True)
 class DataflowSpec:
-    image: str = DEFAULT_IMAGE
+    image: str = BUILTIN_IMAGE
     image_pull_policy: str = "IfNotPresent"
     processes: int = 1
     workers_per_process: int = 1
@@ -80,7 +88,7 @@ def parse_spec(spec: Any) -> DataflowSpec:
     if epoch <= 0:
         raise SpecError(f"spec.epochSeconds must be positive, got {epoch}")
     return DataflowSpec(
-        image=_get(spec, "image", str, DEFAULT_IMAGE),
+        image=_get(spec, "image", str, None) or default_image(),
         image_pull_policy=_get(spec, "imagePullPolicy", str, "IfNotPresent"),
         processes=processes,
         workers_per_process=workers,

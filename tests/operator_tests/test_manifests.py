@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from millrace_operator import manifests
-from millrace_operator.spec import SpecError, parse_spec
+from millrace_operator.spec import BUILTIN_IMAGE, IMAGE_ENV, SpecError, parse_spec
+from tests.support.pod_security import restricted_violations
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("dataflow-*.yaml"))
 KUBERNETES = "1.37"
@@ -75,14 +76,49 @@ def test_the_statefulset_follows_the_contract(df):
 
 def test_pods_meet_the_restricted_pod_security_standard(df):
     pod = manifests.statefulset(df)["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert restricted_violations(pod) == []
     for container in pod["containers"]:
-        sc = container["securityContext"]
-        assert sc["allowPrivilegeEscalation"] is False
-        assert sc["capabilities"] == {"drop": ["ALL"]}
-        assert sc["readOnlyRootFilesystem"] is True
-    assert not any("hostPath" in volume for volume in pod["volumes"])
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_the_pod_security_check_catches_what_the_standard_forbids(df):
+    pod = copy.deepcopy(manifests.statefulset(df)["spec"]["template"]["spec"])
+    pod["hostNetwork"] = True
+    pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    container = pod["containers"][0]
+    container["securityContext"].update(allowPrivilegeEscalation=True, capabilities={"add": ["SYS_ADMIN"]})
+    del pod["securityContext"]["seccompProfile"]
+    found = "\n".join(restricted_violations(pod))
+    for rule in ("host namespaces", "HostPath", "Volume types", "Privilege escalation", "SYS_ADMIN",
+                 "must drop ALL", "Seccomp"):
+        assert rule in found
+
+
+def test_only_the_dataflows_own_pods_reach_its_worker_port(df):
+    policy = manifests.network_policy(df)
+    name = df["metadata"]["name"]
+    pods = {"matchLabels": {"millrace.dev/dataflow": name}}
+    assert policy["spec"]["podSelector"] == pods
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{
+        "from": [{"podSelector": pods}],
+        "ports": [{"protocol": "TCP", "port": df["spec"].get("port", 2101)}],
+    }]
+    # The policy selects exactly the StatefulSet's pods.
+    template_labels = manifests.statefulset(df)["spec"]["template"]["metadata"]["labels"]
+    assert pods["matchLabels"].items() <= template_labels.items()
+
+
+def test_without_an_image_dataflows_run_the_operators_worker_image(df, monkeypatch):
+    df = copy.deepcopy(df)
+    df["spec"].pop("image", None)
+    monkeypatch.delenv(IMAGE_ENV, raising=False)
+    assert manifests.statefulset(df)["spec"]["template"]["spec"]["containers"][0]["image"] == BUILTIN_IMAGE
+    monkeypatch.setenv(IMAGE_ENV, "registry.example/millrace:9")
+    assert manifests.statefulset(df)["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/millrace:9"
+    df["spec"]["image"] = "mine:1"
+    assert manifests.statefulset(df)["spec"]["template"]["spec"]["containers"][0]["image"] == "mine:1"
 
 
 def test_recovery_gets_a_volume_per_pod():

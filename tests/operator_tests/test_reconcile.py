@@ -74,7 +74,7 @@ def test_create_makes_every_child_owned_by_the_dataflow():
     api, df = FakeApi(), dataflow()
     status = reconcile(api, df, NOW)
     kinds = sorted(kind for kind, _, _ in api.objects)
-    assert kinds == ["ConfigMap", "Secret", "Service", "StatefulSet"]
+    assert kinds == ["ConfigMap", "NetworkPolicy", "Secret", "Service", "StatefulSet"]
     for obj in api.objects.values():
         assert obj["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert api.objects[("StatefulSet", "ns", "df")]["spec"]["replicas"] == 3
