@@ -1,0 +1,168 @@
+"""The Helm chart, rendered by the real helm: lint, schema, CRD, Kubernetes schemas, security.
+
+The RBAC rules are checked against the operator's own requests in
+tests/operator_tests/test_rbac.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.support.helm import CHART, helm, render
+from tests.support.pod_security import restricted_violations
+
+ROOT = Path(__file__).resolve().parents[1]
+KUBERNETES = "1.37"
+
+pytestmark = pytest.mark.timeout(120)
+
+INSTALLS = {
+    "cluster-wide": {},
+    "namespaced": {"watchNamespaces": ["jobs", "etl"]},
+    "everything-set": {
+        "image": {"repository": "registry.example/millrace", "tag": "1.2.3", "pullPolicy": "Always"},
+        "imagePullSecrets": [{"name": "pull"}],
+        "workerImage": "registry.example/flows:7",
+        "serviceAccount": {"create": True, "name": "op", "annotations": {"a": "b"}},
+        "operator": {"verbose": True, "healthPort": 9090},
+        "podAnnotations": {"example.com/note": "hello"}, "podLabels": {"team": "data"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {},
+        "tests": {"enabled": True, "timeoutSeconds": 60, "processes": 3},
+    },
+}
+
+
+def _one(manifests: list[dict[str, Any]], kind: str, *, hook: bool = False) -> dict[str, Any]:
+    found = [m for m in manifests if m["kind"] == kind
+             and ("helm.sh/hook" in (m["metadata"].get("annotations") or {})) == hook]
+    assert len(found) == 1, [m["metadata"]["name"] for m in found]
+    return found[0]
+
+
+@pytest.fixture(params=list(INSTALLS), scope="module")
+def install(request) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    values = INSTALLS[request.param]
+    return values, render(values)
+
+
+def test_the_chart_lints():
+    for values in INSTALLS.values():
+        args = [arg for key, value in values.items() if key == "watchNamespaces"
+                for arg in ("--set", f"watchNamespaces={{{','.join(value)}}}")]
+        done = helm("lint", "--strict", str(CHART), *args)
+        assert "0 chart(s) failed" in done.stdout, done.stdout
+
+
+def test_values_yaml_validates_against_its_schema():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
+    for values in INSTALLS.values():
+        merged = {**yaml.safe_load((CHART / "values.yaml").read_text()), **values}
+        jsonschema.validate(merged, schema)
+
+
+@pytest.mark.parametrize("values,named", [
+    ({"watchNamespaces": "jobs"}, "watchNamespaces"),
+    ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+    ({"tests": {"timeoutSeconds": "soon"}}, "timeoutSeconds"),
+    ({"replicas": 2}, "replicas"),
+])
+def test_helm_refuses_bad_values_naming_the_field(values, named, tmp_path):
+    file = tmp_path / "values.yaml"
+    file.write_text(yaml.safe_dump(values))
+    done = helm("template", "x", str(CHART), "--values", str(file), check=False)
+    assert done.returncode != 0
+    assert named in done.stderr, done.stderr
+
+
+def test_the_charts_crd_is_the_one_in_crds():
+    chart_copy = (CHART / "crds" / "dataflow.yaml").read_text()
+    assert chart_copy == (ROOT / "crds" / "dataflow.yaml").read_text(), (
+        "charts/millrace/crds/dataflow.yaml differs from crds/dataflow.yaml, the only copy that is "
+        "edited: cp crds/dataflow.yaml charts/millrace/crds/dataflow.yaml")
+    assert [p.name for p in (CHART / "crds").iterdir()] == ["dataflow.yaml"]
+
+
+def test_every_manifest_validates_against_kubernetes(install):
+    _, manifests = install
+    kinds = sorted(m["kind"] for m in manifests)
+    assert "CustomResourceDefinition" in kinds and "Deployment" in kinds
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
+
+
+def test_the_operator_runs_alone_and_is_restarted_by_recreate(install):
+    _, manifests = install
+    deployment = _one(manifests, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["millrace-operator"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_every_pod_of_the_chart_meets_the_restricted_standard(install):
+    _, manifests = install
+    pods = [m["spec"]["template"]["spec"] for m in manifests if m["kind"] == "Deployment"]
+    pods += [m["spec"] for m in manifests if m["kind"] == "Pod"]
+    assert len(pods) == 2
+    for pod in pods:
+        assert restricted_violations(pod) == []
+        for container in pod["containers"]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_operator_watches_what_the_values_say(install):
+    values, manifests = install
+    (container,) = _one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
+    watched = [arg.split("=", 1)[1] for arg in container["args"] if arg.startswith("--namespace=")]
+    assert watched == values.get("watchNamespaces", [])
+    bindings = [m for m in manifests if m["kind"] in ("RoleBinding", "ClusterRoleBinding")
+                and "helm.sh/hook" not in (m["metadata"].get("annotations") or {})]
+    account = _one(manifests, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "millrace-system"}]
+    if watched:
+        assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(watched)
+    else:
+        assert [b["kind"] for b in bindings] == ["ClusterRoleBinding"]
+
+
+def test_dataflows_default_to_the_operators_image_unless_told_otherwise(install):
+    values, manifests = install
+    (container,) = _one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MILLRACE_WORKER_IMAGE"] == (values.get("workerImage") or container["image"])
+    tag = (values.get("image") or {}).get("tag") or yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert container["image"].endswith(f":{tag}")
+
+
+def test_helm_test_applies_a_dataflow_where_the_operator_looks(install):
+    values, manifests = install
+    pod = _one(manifests, "Pod", hook=True)
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "millrace_operator.smoke"]
+    namespace = pod["metadata"]["namespace"]
+    assert namespace in (values.get("watchNamespaces") or ["millrace-system"])
+    assert f"--namespace={namespace}" in container["args"]
+    role = _one(manifests, "Role", hook=True)
+    assert role["metadata"]["namespace"] == namespace
+    assert role["rules"] == [{"apiGroups": ["millrace.dev"], "resources": ["dataflows"],
+                              "verbs": ["get", "create", "delete"]}]
+
+
+def test_tests_can_be_left_out():
+    manifests = render({"tests": {"enabled": False}})
+    assert not [m for m in manifests if "helm.sh/hook" in (m["metadata"].get("annotations") or {})]
