@@ -22,6 +22,9 @@ DONE = 2
 STOP = 3
 # (PROGRESS, sender, info): at start, what the sender's recovery store says (see worker.py)
 PROGRESS = 4
+# (MIGRATE, sender, entries, final): keyed state moving to its new owner when a recovered
+# cluster has grown; entries are (step_id, key, state); final marks the sender's last one
+MIGRATE = 5
 
 Message = tuple[Any, ...]
 

@@ -220,3 +220,28 @@ class WorkerStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def rescale(self, worker_count: int, epoch: int, inputs: dict[str, Any], keyed: dict[str, dict[Any, Any]]) -> None:
+        """Rewrite this file for a cluster of ``worker_count`` workers: the keyed states this
+        worker owns now and its input states, as of the end of ``epoch``, in one transaction."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN")
+            conn.execute("DELETE FROM state")
+            conn.execute("DELETE FROM inputs")
+            conn.executemany(
+                "INSERT INTO inputs VALUES (?, ?, ?)",
+                [(step_id, epoch, dump_state(state)) for step_id, state in inputs.items()],
+            )
+            for step_id, states in keyed.items():
+                conn.executemany(
+                    "INSERT INTO state VALUES (?, ?, ?, ?)",
+                    [(step_id, key, epoch, dump_state(state)) for key, state in states.items()],
+                )
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('worker_count', ?)", (str(worker_count),))
+            conn.execute("INSERT OR REPLACE INTO progress VALUES (?, ?)", (self.worker_index, epoch))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise

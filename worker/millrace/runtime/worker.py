@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,33 @@ from .chain import Op, compile_op
 from .epochs import EpochPolicy
 from .errors import annotate
 from . import store
-from .exchange import DATA, DONE, MARK, PROGRESS, STOP, Exchange, Message
+from .exchange import DATA, DONE, MARK, MIGRATE, PROGRESS, STOP, Exchange, Message
 from .keyed import KeyedLogic, ReduceLogic, StatefulMapLogic
-from .routing import Router, check_keyed, check_pairs
+from .routing import Router, check_keyed, check_pairs, owner
 from .sinks import build_sink
 from .sources import Reader, build_reader
 from .windowing import WindowLogic, utcnow
 
 _IDLE_SLEEP_MAX = 0.01
+# Keyed states per MIGRATE message when a recovered cluster grows: bounds one frame's size.
+_MIGRATE_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class _StoreSummary:
+    """What a worker tells the others about its recovery store before anything is loaded."""
+
+    exists: bool
+    progress: int = -1  # the last epoch it finished; -1 for none
+    worker_count: int = 0
+    flow_start: datetime | None = None
+
+    @classmethod
+    def of(cls, info: store.StoreInfo | None) -> _StoreSummary:
+        if info is None:
+            return cls(exists=False)
+        progress = -1 if info.progress is None else info.progress
+        return cls(True, progress, info.worker_count, info.flow_start)
 
 
 class Stopped(Exception):
@@ -114,6 +134,8 @@ class Worker:
         self._dones: dict[int, list[bool]] = {}
         self._progress: dict[int, Any] = {}
         self._deferred: list[Message] = []
+        self._migrated: list[tuple[str, Any, Any]] = []
+        self._migration_senders: set[int] = set()
         self._settled: dict[str, set[Any]] = {}
         self._build(flow, flow_start)
 
@@ -257,6 +279,11 @@ class Worker:
         elif kind == PROGRESS:
             _, sender, info = msg
             self._progress[sender] = info
+        elif kind == MIGRATE:
+            _, sender, entries, final = msg
+            self._migrated.extend(entries)
+            if final:
+                self._migration_senders.add(sender)
         elif kind == STOP:
             raise Stopped()
         else:
@@ -401,19 +428,17 @@ class Worker:
 
     def _recover(self) -> dict[str, Any]:
         """Agree with every worker on the resume epoch, load the state as of then, and return
-        the input states. Every check runs before the store is written."""
+        the input states. Every check runs before the store is written.
+
+        A cluster may resume with more workers than wrote the stores: each key's state then
+        moves to the worker that owns it now, and every store is rewritten for the new count.
+        """
         if self.recovery_dir is None:
             return {}
         db_dir = self.recovery_dir
         store.check_dir(db_dir)
         info = store.inspect(db_dir, self.index)
         if info is not None:
-            if info.worker_count != self.count:
-                raise store.RecoveryError(
-                    f"recovery store {info.path} was written by {info.worker_count} workers, but "
-                    f"this run has {self.count}: millrace cannot re-shard input states, so "
-                    f"resume with {info.worker_count} workers or start with an empty directory"
-                )
             unknown = sorted(set(info.step_ids) - set(self._step_ids()))
             if unknown:
                 raise store.RecoveryError(
@@ -428,45 +453,89 @@ class Worker:
         if strays:
             raise store.RecoveryError(
                 f"recovery directory {db_dir} holds stores of workers this run of {self.count} "
-                f"does not have ({', '.join(strays)}): it was written by a larger cluster"
+                f"does not have ({', '.join(strays)}): it was written by a larger cluster, and "
+                "millrace cannot shrink a recovered cluster"
             )
-        mine = (info is not None, -1 if info is None or info.progress is None else info.progress)
-        self._progress[self.index] = mine
+        self._progress[self.index] = _StoreSummary.of(info)
         if self.count > 1:
-            self.exchange.broadcast(self.index, (PROGRESS, self.index, mine))
-            self._gather_progress()
-        have = [w for w, (exists, _) in sorted(self._progress.items()) if exists]
-        if have and len(have) != self.count:
-            missing = [w for w in range(self.count) if w not in have]
-            raise store.RecoveryError(
-                f"recovery directory {db_dir}: workers {missing} have no store while workers "
-                f"{have} do; a store was lost, so resuming would be wrong"
-            )
-        resume = min(progress for _, progress in self._progress.values()) + 1
-        if info is not None:
+            self.exchange.broadcast(self.index, (PROGRESS, self.index, self._progress[self.index]))
+            self._gather(lambda: len(self._progress) == self.count, (PROGRESS,))
+        old_count, resume, flow_start = self._agree_on_resume(db_dir)
+        if flow_start is not None:
             for logic in self.logics:
                 if isinstance(logic, WindowLogic):
-                    logic.rebase(info.flow_start)
-        self.store = store.WorkerStore(
-            db_dir, self.index, self.count, self._step_ids(), info.flow_start if info else self.flow_start
-        )
-        input_states, keyed = self.store.load(resume)
+                    logic.rebase(flow_start)
+        self.store = store.WorkerStore(db_dir, self.index, self.count, self._step_ids(), flow_start or self.flow_start)
+        input_states, keyed = self.store.load(resume) if info is not None else ({}, {})
+        if old_count not in (None, self.count):
+            keyed = self._migrate(keyed, old_count)
+            self.store.rescale(self.count, resume - 1, input_states, keyed)
         for logic in self.logics:
             logic.restore(keyed.get(logic.step_id, {}))
             logic.touched = set()
         self.epoch = resume
         return input_states
 
-    def _gather_progress(self) -> None:
-        """Wait for every worker's PROGRESS; keep anything else for after the state is loaded
-        (a faster worker may already send data of the resume epoch)."""
+    def _agree_on_resume(self, db_dir: Path) -> tuple[int | None, int, datetime | None]:
+        """From every worker's store summary: (workers that wrote the stores or None when
+        there are none, the epoch to resume at, the recorded flow start)."""
+        stored = {w: summary for w, summary in sorted(self._progress.items()) if summary.exists}
+        if not stored:
+            return None, 0, None
+        counts = sorted({summary.worker_count for summary in stored.values()})
+        if len(counts) > 1:
+            raise store.RecoveryError(
+                f"recovery directory {db_dir}: the stores of workers {sorted(stored)} disagree on "
+                f"the worker count ({counts}); a rescale was interrupted, start from an empty directory"
+            )
+        (old_count,) = counts
+        if old_count > self.count:
+            raise store.RecoveryError(
+                f"recovery directory {db_dir}: the stores were written by {old_count} workers, "
+                f"this run has {self.count}; millrace cannot shrink a recovered cluster, so "
+                f"resume with at least {old_count} workers"
+            )
+        if sorted(stored) != list(range(old_count)):
+            missing = [w for w in range(old_count) if w not in stored]
+            raise store.RecoveryError(
+                f"recovery directory {db_dir}: workers {missing} have no store while workers "
+                f"{sorted(stored)} of {old_count} do; a store was lost, so resuming would be wrong"
+            )
+        resume = min(summary.progress for summary in stored.values()) + 1
+        return old_count, resume, stored[0].flow_start
+
+    def _migrate(self, keyed: dict[str, dict[Any, Any]], old_count: int) -> dict[str, dict[Any, Any]]:
+        """Send every key's state to its owner among ``self.count`` workers; return what this
+        worker owns now, once every worker of the old cluster has sent its share."""
+        outgoing: dict[int, list[tuple[str, Any, Any]]] = {w: [] for w in range(self.count)}
+        for step_id, states in keyed.items():
+            for key, state in states.items():
+                outgoing[owner(key, self.count)].append((step_id, key, state))
+        self._migrated.extend(outgoing.pop(self.index))
+        if self.index < old_count:
+            self._migration_senders.add(self.index)
+            for dest, entries in outgoing.items():
+                for start in range(0, max(len(entries), 1), _MIGRATE_CHUNK):
+                    chunk = entries[start:start + _MIGRATE_CHUNK]
+                    final = start + _MIGRATE_CHUNK >= len(entries)
+                    self.exchange.send(dest, (MIGRATE, self.index, chunk, final))
+        self._gather(lambda: len(self._migration_senders) == old_count, (MIGRATE,))
+        owned: dict[str, dict[Any, Any]] = {}
+        for step_id, key, state in self._migrated:
+            owned.setdefault(step_id, {})[key] = state
+        self._migrated = []
+        return owned
+
+    def _gather(self, ready: Callable[[], bool], kinds: tuple[int, ...]) -> None:
+        """Handle messages of ``kinds`` until ``ready()``; keep anything else for after the
+        state is loaded (a faster worker may already send data of the resume epoch)."""
         recv = self.exchange.recv
-        while len(self._progress) < self.count:
+        while not ready():
             msg = recv(self.index, 0.5)
             if msg is None:
                 if self.exchange.stopping.is_set():
                     raise Stopped()
-            elif msg[0] in (PROGRESS, STOP):
+            elif msg[0] in kinds or msg[0] == STOP:
                 self._handle(msg)
             else:
                 self._deferred.append(msg)
