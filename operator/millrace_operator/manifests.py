@@ -257,6 +257,9 @@ def statefulset(df: Manifest) -> Manifest:
     }
     if claims:
         sts["spec"]["volumeClaimTemplates"] = claims
+        # The recovery volumes live as long as the Dataflow: kept while it is suspended or
+        # finished (scaled to 0), deleted with it.
+        sts["spec"]["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": "Delete", "whenScaled": "Retain"}
     return sts
 
 

@@ -128,6 +128,8 @@ def test_recovery_gets_a_volume_per_pod():
     assert claim["spec"]["resources"]["requests"]["storage"] == "256Mi"
     env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MILLRACE_RECOVERY_DIR"] == "/var/lib/millrace/recovery"
+    # Deleting the Dataflow deletes its volumes; suspending or finishing keeps them.
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Delete", "whenScaled": "Retain"}
 
 
 def test_a_module_flow_has_no_configmap():
