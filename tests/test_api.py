@@ -251,6 +251,22 @@ def test_periodic_epochs_advance_with_wall_time():
     assert len(set(epochs)) == 4
 
 
+def test_a_source_that_takes_its_time_per_item_does_not_hold_up_epochs_or_output():
+    def builder(worker_index, worker_count, resume_state):
+        for i in range(12):
+            time.sleep(0.1)  # slow, though it never says "nothing yet"
+            yield i, i
+
+    out: list = []
+    flow = Dataflow()
+    flow.input("inp", ManualInputConfig(builder))
+    flow.capture(TestingEpochOutputConfig(out))
+    run_main(flow, epoch_config=PeriodicEpochConfig(timedelta(seconds=0.25)))
+    assert [item for _, item in out] == list(range(12))
+    # Over a second of input with quarter-second epochs: the items are not all one batch.
+    assert len({epoch for epoch, _ in out}) > 1
+
+
 def test_the_default_epoch_is_ten_seconds():
     assert PeriodicEpochConfig().epoch_length == timedelta(seconds=10)
     out: list = []

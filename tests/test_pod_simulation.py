@@ -4,6 +4,7 @@ host, so manifest -> env -> proc_id -> addresses -> cluster -> output runs for r
 from __future__ import annotations
 
 import ast
+import os
 import signal
 import time
 
@@ -134,3 +135,58 @@ def test_the_batch_example_runs_as_pods(tmp_path):
     counts = dict(ast.literal_eval(line) for stdout, _ in results for line in stdout.splitlines() if line.startswith("("))
     text = "the river turns the wheel and the wheel turns the stones " * 50
     assert counts == dict(collections.Counter(text.split()))
+
+
+TICKS = """
+import time
+
+from millrace.dataflow import Dataflow
+from millrace.inputs import ManualInputConfig
+from millrace.outputs import ManualEpochOutputConfig
+
+def ticks(worker_index, worker_count, resume_state):
+    if worker_index != 0:
+        return  # one reader: its state means the same on any number of workers
+    for tick in range(resume_state or 0, {count}):
+        time.sleep({delay})
+        yield tick + 1, (f"k{{tick % 6}}", 1)
+
+def output(worker_index, worker_count):
+    return lambda epoch_item: print(repr(epoch_item), flush=True)
+
+flow = Dataflow()
+flow.input("ticks", ManualInputConfig(ticks))
+flow.stateful_map("count", lambda: 0, lambda seen, one: (seen + one, seen + one))
+flow.capture(ManualEpochOutputConfig(output))
+"""
+
+
+def test_rescaling_2_to_3_pods_keeps_every_keys_count(tmp_path):
+    count = 240
+    df = dataflow(count, 0.0, recovery=True)
+    df["spec"].update(processes=2, flow={"code": TICKS.format(count=count, delay=0.05)})
+    with simulation(df, tmp_path) as sim:
+        first = [sim.start(i) for i in range(2)]
+        time.sleep(6)
+        assert all(proc.poll() is None for proc in first), [p.communicate()[1][-2000:] for p in first]
+        for proc in first:  # the operator deletes every pod of the old template
+            os.killpg(proc.pid, signal.SIGKILL)
+        ended = [proc.communicate(timeout=30) for proc in first]
+        before = [item for stdout, _ in ended for _, item in outputs(stdout)]
+    assert before, ("the first cluster printed nothing before it was stopped", [err[-3000:] for _, err in ended])
+    df["spec"]["processes"] = 3
+    # Pods 0 and 1 keep their recovery volumes (same pod directories); pod 2 starts empty.
+    with simulation(df, tmp_path) as sim:
+        second = [sim.start(i) for i in range(3)]
+        runs = [proc.communicate(timeout=120) for proc in second]
+        for proc, (_, stderr) in zip(second, runs):
+            assert proc.returncode == 0, stderr
+    after = [item for stdout, _ in runs for _, item in outputs(stdout)]
+    expected_counts = {(f"k{k}", n) for k in range(6) for n in range(1, count // 6 + 1)}
+    assert set(before) | set(after) == expected_counts
+    # No key started over on the grown cluster: its counts go on from the recovered state.
+    last_before = {}
+    for key, n in before:
+        last_before[key] = max(last_before.get(key, 0), n)
+    for key, n in after:
+        assert key not in last_before or n > 1, f"{key} restarted at {n}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import islice
+from time import monotonic
 from typing import Any
 
 from ..inputs import (
@@ -21,6 +22,9 @@ from ..inputs import (
 from .errors import describe
 
 _EMPTY = object()
+
+# About how long a reader may spend filling one batch from a source that is slow per item.
+BATCH_SECONDS = 0.01
 
 
 class Reader:
@@ -59,6 +63,10 @@ class ManualReader(Reader):
         )
 
     def read(self, limit: int) -> list[Any]:
+        """Up to ``limit`` items, in chunks of 1, 2, 4, ... with a look at the clock between
+        chunks: a source that takes its time per item (a slow API, a sleeping generator) ends
+        its batch after about :data:`BATCH_SECONDS`, so its items flow on and epochs close on
+        time, while a fast source still fills whole batches at a dozen clock reads each."""
         if self.exhausted:
             return []
         items: list[Any] = []
@@ -69,21 +77,33 @@ class ManualReader(Reader):
             append(last[1])
             self._ahead = _EMPTY
             limit -= 1
-        taken = 0
-        for got in islice(self._it, limit):
-            if type(got) is tuple and len(got) == 2:
-                append(got[1])
-                last = got
-                taken += 1
-            elif got is None:
-                break
+        started = monotonic()
+        chunk = 1
+        while limit > 0:
+            want = min(chunk, limit)
+            taken = 0
+            for got in islice(self._it, want):
+                if type(got) is tuple and len(got) == 2:
+                    append(got[1])
+                    last = got
+                    taken += 1
+                elif got is None:
+                    break
+                else:
+                    raise self._bad(got)
             else:
-                raise self._bad(got)
-        else:
-            if taken < limit:
-                self.exhausted = True
-            else:
+                if taken < want:
+                    self.exhausted = True
+                    break
+                limit -= want
+                if monotonic() - started < BATCH_SECONDS:
+                    chunk *= 2
+                    continue
                 self._look_ahead()
+                break
+            break  # a bare None: nothing more for now
+        else:
+            self._look_ahead()
         if last is not None:
             self._state = last[0]
         return items
