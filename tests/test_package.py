@@ -77,3 +77,49 @@ def test_a_worker_with_a_pods_environment_runs_a_flow(installed, tmp_path):
     assert done.stdout.splitlines() == ["('a', 4)"]
     assert (tmp_path / "termination-log").read_text() == "millrace: completed"
     assert (state / "completed").exists()
+
+
+def test_the_worker_and_operator_tools_run_on_a_read_only_root_filesystem(installed, tmp_path):
+    """As in a pod with readOnlyRootFilesystem: everything read-only but the mounted volumes
+    (here one tmpfs standing for /tmp, the state dir and the termination log)."""
+    flow = tmp_path / "flow.py"
+    flow.write_text(
+        "from millrace.dataflow import Dataflow\n"
+        "from millrace.inputs import TestingInputConfig\n"
+        "from millrace.outputs import StdOutputConfig\n"
+        "flow = Dataflow()\n"
+        "flow.input('inp', TestingInputConfig(list(range(10))))\n"
+        "flow.map(lambda n: ('sum', n))\n"
+        "flow.reduce('sum', lambda x, y: x + y, lambda total: total == 45)\n"
+        "flow.capture(StdOutputConfig())\n"
+    )
+    (tmp_path / "key").write_text("k3y")
+    volumes = tmp_path / "volumes"
+    volumes.mkdir()
+    env = {
+        "PATH": f"{installed}:/usr/bin:/bin",
+        "TMPDIR": str(volumes / "tmp"),
+        "MILLRACE_POD_NAME": "sums-0", "MILLRACE_POD_INDEX": "0", "MILLRACE_NAMESPACE": "jobs",
+        "MILLRACE_SERVICE": "sums", "MILLRACE_PROCESSES": "1", "MILLRACE_WORKERS_PER_PROCESS": "2",
+        "MILLRACE_FLOW_FILE": str(flow),
+        "MILLRACE_CLUSTER_SECRET_FILE": str(tmp_path / "key"),
+        "MILLRACE_STATE_DIR": str(volumes / "state"),
+        "MILLRACE_TERMINATION_LOG": str(volumes / "termination-log"),
+    }
+    script = (
+        'mount --bind / / && mount -o remount,bind,ro / && mount -t tmpfs tmpfs "$VOLUMES" '
+        '&& mkdir "$VOLUMES/tmp" "$VOLUMES/state" '
+        '&& ! touch "$ROOT_PROBE" 2>/dev/null '
+        '&& millrace-operator --help >/dev/null && python -m millrace_operator.smoke --help >/dev/null '
+        '&& millrace-worker && cat "$MILLRACE_TERMINATION_LOG"'
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script],
+        env={**env, "VOLUMES": str(volumes), "ROOT_PROBE": str(installed / "probe")},
+        capture_output=True, text=True, timeout=120,
+    )
+    if done.returncode != 0 and "unshare" in done.stderr and "Operation not permitted" in done.stderr:
+        pytest.skip("no mount namespaces here")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["('sum', 45)", "millrace: completed"]
+    assert not (installed / "probe").exists()
