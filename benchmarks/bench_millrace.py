@@ -1,0 +1,131 @@
+"""The millrace side of ``benchmarks/vs_bytewax.py``: one measurement, printed as a JSON line.
+
+    python benchmarks/bench_millrace.py stateless --scale 0.1
+
+Only the flows and how they run are here; data, user functions, timing and checks are in
+``workloads_data.py``, shared with ``bench_bytewax.py``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+from millrace.dataflow import Dataflow
+from millrace.execution import PeriodicEpochConfig, run_main, spawn_cluster
+from millrace.inputs import ManualInputConfig
+from millrace.outputs import ManualOutputConfig
+from millrace.recovery import SqliteRecoveryConfig
+from millrace.window import EventClockConfig, TumblingWindowConfig
+
+import workloads_data as wd
+
+NAME = "millrace"
+
+
+def version() -> str:
+    """The git commit of the checkout millrace runs from."""
+    root = Path(__file__).resolve().parent
+    done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+# -- inputs and outputs ------------------------------------------------------------------------
+
+
+class _Input:
+    """``ManualInputConfig`` builder: a worker's share, with its item count as resume state."""
+
+    def __init__(self, source: wd.Source) -> None:
+        self.source = source
+
+    def __call__(self, worker_index: int, worker_count: int, resume_state: Any) -> Iterator[Any]:
+        done = resume_state or 0
+        data = self.source(worker_index, worker_count)
+        for _ in range(done):
+            next(data)
+        return zip(count(done + 1), data)
+
+
+def _input(source: wd.Source) -> ManualInputConfig:
+    return ManualInputConfig(_Input(source))
+
+
+def _output(sink: wd.Sink) -> ManualOutputConfig:
+    def build(worker_index: int, worker_count: int) -> Callable[[Any], None]:
+        return sink(worker_index).one
+
+    return ManualOutputConfig(build)
+
+
+# -- the flows ---------------------------------------------------------------------------------
+
+
+def stateless(source: wd.Source, sink: wd.Sink) -> Dataflow:
+    flow = Dataflow()
+    flow.input("inp", _input(source))
+    flow.map(wd.inc)
+    flow.filter(wd.is_even)
+    flow.capture(_output(sink))
+    return flow
+
+
+def wordcount(source: wd.Source, sink: wd.Sink) -> Dataflow:
+    # Running counts; the sink keeps each word's last one. (``reduce`` with an
+    # ``is_complete`` that is never true emits nothing, not even when the input ends: that
+    # is the 0.14 API. Its way to a final count, ``reduce_window`` over a window longer than
+    # the run, is a different and much slower path.)
+    flow = Dataflow()
+    flow.input("inp", _input(source))
+    flow.map(wd.to_pair)
+    flow.stateful_map("count", wd.zero, wd.running_count)
+    flow.capture(_output(sink))
+    return flow
+
+
+def windowed(source: wd.Source, sink: wd.Sink) -> Dataflow:
+    flow = Dataflow()
+    flow.input("inp", _input(source))
+    flow.fold_window(
+        "count",
+        EventClockConfig(wd.event_time, wait_for_system_duration=wd.WINDOW_WAIT),
+        TumblingWindowConfig(wd.WINDOW, start_at=wd.EVENT_START),
+        wd.zero,
+        wd.count_one,
+    )
+    flow.capture(_output(sink))
+    return flow
+
+
+FLOWS: dict[str, Callable[[wd.Source, wd.Sink], Dataflow]] = {
+    "stateless": stateless, "wordcount": wordcount, "windowed": windowed,
+}
+
+
+def build(flow: str, source: wd.Source, sink: wd.Sink) -> Dataflow:
+    return FLOWS[flow](source, sink)
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+def run(flow: Dataflow, *, epoch_s: float | None, recovery_dir: str | None) -> None:
+    run_main(
+        flow,
+        epoch_config=PeriodicEpochConfig(timedelta(seconds=epoch_s)) if epoch_s else None,
+        recovery_config=SqliteRecoveryConfig(recovery_dir) if recovery_dir else None,
+    )
+
+
+def run_cluster(flow: str, source: wd.Source, sink: wd.Sink, procs: int) -> None:
+    spawn_cluster(build(flow, source, sink), proc_count=procs, worker_count_per_proc=1)
+
+
+if __name__ == "__main__":
+    wd.bench_main(sys.modules[__name__])  # type: ignore[arg-type]
