@@ -24,31 +24,57 @@ log = logging.getLogger("millrace.window")
 UTC = timezone.utc
 _ZERO = timedelta(0)
 _by_time = itemgetter(0)
+_key_of = itemgetter(0)
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_MISSING = object()
+
+
+def to_us(t: datetime) -> int:
+    """An aware datetime as integer microseconds since the Unix epoch (exact: datetimes count
+    microseconds). The hot paths below work on these ints, not on datetime objects."""
+    return (t - _EPOCH) // _US
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
 class KeyWindows:
-    """A key's clock and open windows; the unit that is snapshotted per key."""
+    """A key's clock and open windows; the unit that is snapshotted per key.
 
-    __slots__ = ("watermark_base", "seen_at", "windows")
+    Times are microseconds since the Unix epoch; snapshots hold datetimes."""
 
-    def __init__(self, watermark_base: datetime, seen_at: datetime) -> None:
+    __slots__ = ("watermark_base", "seen_at", "windows", "first")
+
+    def __init__(self, watermark_base: int, seen_at: int) -> None:
         # watermark(now) = watermark_base + (now - seen_at): the latest event time minus the
         # wait, moved forward by the wall time elapsed since that event came.
         self.watermark_base = watermark_base
         self.seen_at = seen_at
         self.windows: dict[int, Any] = {}
+        self.first = 0  # the index of the first open window, when there is one
 
     def __getstate__(self) -> tuple[datetime, datetime, dict[int, Any]]:
-        return (self.watermark_base, self.seen_at, self.windows)
+        return (from_us(self.watermark_base), from_us(self.seen_at), self.windows)
 
     def __setstate__(self, state: tuple[datetime, datetime, dict[int, Any]]) -> None:
-        self.watermark_base, self.seen_at, self.windows = state
+        base, seen, self.windows = state
+        self.watermark_base, self.seen_at = to_us(base), to_us(seen)
+        self.first = min(self.windows) if self.windows else 0
 
-    def watermark(self, now: datetime) -> datetime:
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KeyWindows):
+            return NotImplemented
+        return (self.watermark_base, self.seen_at, self.windows) == (other.watermark_base, other.seen_at, other.windows)
+
+    def watermark(self, now: int) -> int:
         return self.watermark_base + (now - self.seen_at)
 
 
@@ -60,28 +86,31 @@ class WindowLogic(KeyedLogic):
         self.step_id = step.step_id
         if not isinstance(step.window, TumblingWindowConfig):
             raise TypeError(f"{self.name}: unsupported window configuration {step.window!r}")
-        self.length: timedelta = step.window.length
-        self.start: datetime = step.window.start_at or flow_start
+        self.length = step.window.length // _US
+        self.start = to_us(step.window.start_at or flow_start)
         clock = step.clock
         if isinstance(clock, EventClockConfig):
             self.dt_getter = clock.dt_getter
-            self.wait = clock.wait_for_system_duration
+            self.wait = clock.wait_for_system_duration // _US
         elif isinstance(clock, SystemClockConfig):
             self.dt_getter = None
-            self.wait = _ZERO
+            self.wait = 0
         else:
             raise TypeError(f"{self.name}: unsupported clock configuration {clock!r}")
         self.step = step
+        self._fold = self._folder(step)
+        self._collect = isinstance(step, plan.CollectWindow)
         self.state: dict[Any, KeyWindows] = {}
-        self._heap: list[tuple[datetime, int, Any]] = []
-        self._scheduled: dict[Any, datetime] = {}
+        self._heap: list[tuple[int, int, Any]] = []
+        # Per key its live heap entry (deadline, seq, key); the heap may also hold superseded ones.
+        self._scheduled: dict[Any, tuple[int, int, Any]] = {}
         self._seq = 0
         self.late_dropped = 0
 
     def rebase(self, flow_start: datetime) -> None:
         """Use the flow start a recovery store recorded, so window boundaries stay put."""
         if self.step.window.start_at is None:  # type: ignore[attr-defined]
-            self.start = flow_start
+            self.start = to_us(flow_start)
 
     def restore(self, states: dict[Any, Any]) -> None:
         for key, kw in states.items():
@@ -90,59 +119,72 @@ class WindowLogic(KeyedLogic):
 
     # -- time ------------------------------------------------------------------------------
 
-    def _event_time(self, value: Any) -> datetime:
-        t = self.dt_getter(value)  # type: ignore[misc]
+    def _checked_event_time(self, t: Any, value: Any) -> int:
+        """``t`` (what the clock's getter returned for ``value``) in microseconds, or a clear
+        error for anything but an aware UTC datetime."""
         if not isinstance(t, datetime):
             raise TypeError(
                 f"{self.name}: the clock's dt_getter must return a datetime, got {describe(t)} "
                 f"for the value {describe(value)}"
             )
-        if t.tzinfo is not UTC:
-            offset = t.utcoffset()
-            if offset is None:
-                raise ValueError(
-                    f"{self.name}: the clock's dt_getter returned the naive datetime {t!r} for "
-                    f"the value {describe(value)}; event times must be timezone-aware UTC, "
-                    "e.g. datetime(..., tzinfo=timezone.utc)"
-                )
-            if offset != _ZERO:
-                raise ValueError(
-                    f"{self.name}: the clock's dt_getter returned {t!r}, which is not UTC, for "
-                    f"the value {describe(value)}; convert it with .astimezone(timezone.utc)"
-                )
-        return t
-
-    def _end(self, index: int) -> datetime:
-        return self.start + (index + 1) * self.length
+        offset = t.utcoffset()
+        if offset is None:
+            raise ValueError(
+                f"{self.name}: the clock's dt_getter returned the naive datetime {t!r} for "
+                f"the value {describe(value)}; event times must be timezone-aware UTC, "
+                "e.g. datetime(..., tzinfo=timezone.utc)"
+            )
+        if offset != _ZERO:
+            raise ValueError(
+                f"{self.name}: the clock's dt_getter returned {t!r}, which is not UTC, for "
+                f"the value {describe(value)}; convert it with .astimezone(timezone.utc)"
+            )
+        return (t - _EPOCH) // _US
 
     # -- folding ---------------------------------------------------------------------------
 
-    def _fold(self, windows: dict[int, Any], index: int, t: datetime, value: Any) -> None:
-        step = self.step
+    @staticmethod
+    def _folder(step: plan.WindowStep) -> Any:
+        """``fold(windows, index, t, value)`` for the step's kind, chosen once."""
         if isinstance(step, plan.ReduceWindow):
-            if index in windows:
-                windows[index] = step.reducer(windows[index], value)
-            else:
-                windows[index] = value
+            reducer = step.reducer
+
+            def fold(windows: dict[int, Any], index: int, t: int, value: Any) -> None:
+                acc = windows.get(index, _MISSING)
+                windows[index] = value if acc is _MISSING else reducer(acc, value)
+
         elif isinstance(step, plan.FoldWindow):
-            acc = windows[index] if index in windows else step.builder()
-            windows[index] = step.folder(acc, value)
+            builder, folder = step.builder, step.folder
+
+            def fold(windows: dict[int, Any], index: int, t: int, value: Any) -> None:
+                acc = windows.get(index, _MISSING)
+                windows[index] = folder(builder() if acc is _MISSING else acc, value)
+
         else:
-            windows.setdefault(index, []).append((t, value))
+
+            def fold(windows: dict[int, Any], index: int, t: int, value: Any) -> None:
+                if index in windows:
+                    windows[index].append((t, value))
+                else:
+                    windows[index] = [(t, value)]
+
+        return fold
 
     def _result(self, acc: Any) -> Any:
-        if isinstance(self.step, plan.CollectWindow):
+        if self._collect:
             return [value for _, value in sorted(acc, key=_by_time)]
         return acc
 
     # -- closing ---------------------------------------------------------------------------
 
-    def _close_due(self, key: Any, kw: KeyWindows, watermark: datetime, out: list[Any]) -> None:
+    def _close_due(self, key: Any, kw: KeyWindows, watermark: int, out: list[Any]) -> None:
         windows = kw.windows
         if self.touched is not None:
             self.touched.add(key)
+        start, length = self.start, self.length
         for index in sorted(windows):
-            if self._end(index) > watermark:
+            if start + (index + 1) * length > watermark:
+                kw.first = index
                 break
             out.append((key, self._result(windows.pop(index))))
 
@@ -152,43 +194,74 @@ class WindowLogic(KeyedLogic):
             del self.state[key]
             self._scheduled.pop(key, None)
             return
-        first_end = self._end(min(kw.windows))
+        first_end = self.start + (kw.first + 1) * self.length
         deadline = kw.seen_at + (first_end - kw.watermark_base)
-        if self._scheduled.get(key) != deadline:
-            self._scheduled[key] = deadline
+        scheduled = self._scheduled.get(key)
+        if scheduled is None or scheduled[0] != deadline:
             self._seq += 1
-            heapq.heappush(self._heap, (deadline, self._seq, key))
+            entry = (deadline, self._seq, key)
+            self._scheduled[key] = entry
+            heap = self._heap
+            if len(heap) > 2 * len(self._scheduled) + 1024:
+                # Most entries are superseded schedules: rebuild from the live ones rather
+                # than pop them one by one later.
+                heap[:] = self._scheduled.values()
+                heapq.heapify(heap)
+            else:
+                heapq.heappush(heap, entry)
 
     # -- the KeyedLogic interface ----------------------------------------------------------
 
     def on_batch(self, batch: list[tuple[Any, Any]]) -> list[Any]:
-        now = utcnow()
+        # The per-item path, with the common cases inlined: an aware UTC event time, a fold
+        # into an open window, nothing due. Times are int microseconds (see to_us).
+        if self.touched is not None:
+            self.touched.update(map(_key_of, batch))
+        now = to_us(utcnow())
         state = self.state
         length = self.length
         start = self.start
         wait = self.wait
-        event_clock = self.dt_getter is not None
+        fold = self._fold
+        getter = self.dt_getter
         out: list[Any] = []
         unsettled: dict[Any, KeyWindows] = {}
         for key, value in batch:
-            t = self._event_time(value) if event_clock else now
+            if getter is None:
+                t = now
+            else:
+                event_at = getter(value)
+                if type(event_at) is datetime and event_at.tzinfo is UTC:
+                    t = (event_at - _EPOCH) // _US
+                else:
+                    t = self._checked_event_time(event_at, value)
+            candidate = t - wait
             kw = state.get(key)
             if kw is None:
-                kw = state[key] = KeyWindows(t - wait, now)
+                kw = state[key] = KeyWindows(candidate, now)
+                watermark = candidate
             else:
-                candidate = t - wait
-                if candidate > kw.watermark(now):
-                    kw.watermark_base = candidate
+                watermark = kw.watermark_base + (now - kw.seen_at)
+                if candidate > watermark:
+                    kw.watermark_base = watermark = candidate
                     kw.seen_at = now
-            watermark = kw.watermark(now)
             index = (t - start) // length
-            if self._end(index) <= watermark:
+            windows = kw.windows
+            if start + (index + 1) * length <= watermark:
                 self.late_dropped += 1
-                log.debug("%s: dropped late value %r of key %r at %s", self.name, value, key, t)
+                log.debug("%s: dropped late value %r of key %r at %s", self.name, value, key, from_us(t))
             else:
-                self._fold(kw.windows, index, t, value)
-            self._close_due(key, kw, watermark, out)
-            if kw.windows:
+                if not windows or index < kw.first:
+                    kw.first = index
+                fold(windows, index, t, value)
+            if windows:
+                if start + (kw.first + 1) * length <= watermark:
+                    self._close_due(key, kw, watermark, out)
+                    if not windows:
+                        del state[key]
+                        self._scheduled.pop(key, None)
+                        unsettled.pop(key, None)
+                        continue
                 unsettled[key] = kw
             else:
                 # Freed at once, not at the end of the batch, so results never depend on
@@ -201,18 +274,20 @@ class WindowLogic(KeyedLogic):
         return out
 
     def next_deadline(self) -> datetime | None:
-        return self._heap[0][0] if self._heap else None
+        return from_us(self._heap[0][0]) if self._heap else None
 
     def on_tick(self, now: datetime) -> list[Any]:
         out: list[Any] = []
         heap = self._heap
-        while heap and heap[0][0] <= now:
-            deadline, _, key = heapq.heappop(heap)
-            if self._scheduled.get(key) != deadline:
+        now_us = to_us(now)
+        while heap and heap[0][0] <= now_us:
+            entry = heapq.heappop(heap)
+            key = entry[2]
+            if self._scheduled.get(key) is not entry:
                 continue  # superseded by a later schedule
             del self._scheduled[key]
             kw = self.state[key]
-            self._close_due(key, kw, kw.watermark(now), out)
+            self._close_due(key, kw, kw.watermark(now_us), out)
             self._settle(key, kw)
         return out
 
