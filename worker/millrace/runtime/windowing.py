@@ -218,6 +218,8 @@ class WindowLogic(KeyedLogic):
         if self.touched is not None:
             self.touched.update(map(_key_of, batch))
         now = to_us(utcnow())
+        if self.dt_getter is None:
+            batch = self._system_clock_fast_path(batch, now)
         state = self.state
         length = self.length
         start = self.start
@@ -272,6 +274,27 @@ class WindowLogic(KeyedLogic):
         for key, kw in unsettled.items():
             self._settle(key, kw)
         return out
+
+    def _system_clock_fast_path(self, batch: list[tuple[Any, Any]], now: int) -> list[tuple[Any, Any]]:
+        """On the system clock every item of a batch falls in the current window and every
+        key's watermark is now: fold the items of keys whose first open window is the current
+        one right here (nothing can be late or due for them, their timer stands), and return
+        the rest (new keys, keys with an older window to close) for the general path."""
+        index = (now - self.start) // self.length
+        state = self.state
+        fold = self._fold
+        reducer = self.step.reducer if isinstance(self.step, plan.ReduceWindow) else None
+        rest: list[tuple[Any, Any]] = []
+        for item in batch:
+            kw = state.get(item[0])
+            if kw is None or kw.first != index or not kw.windows:
+                rest.append(item)
+            elif reducer is not None:
+                windows = kw.windows
+                windows[index] = reducer(windows[index], item[1])
+            else:
+                fold(kw.windows, index, now, item[1])
+        return rest
 
     def next_deadline(self) -> datetime | None:
         return from_us(self._heap[0][0]) if self._heap else None
