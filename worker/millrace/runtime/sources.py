@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import islice
+from operator import itemgetter
 from time import monotonic
 from typing import Any
 
@@ -25,6 +26,9 @@ _EMPTY = object()
 
 # About how long a reader may spend filling one batch from a source that is slow per item.
 BATCH_SECONDS = 0.01
+_TUPLE = {tuple}
+_PAIR = {2}
+_second = itemgetter(1)
 
 
 class Reader:
@@ -44,13 +48,22 @@ class Reader:
 
 
 class ManualReader(Reader):
-    """Reads ``(state, item)`` 2-tuples, or a bare ``None`` for "nothing yet"."""
+    """Reads ``(state, item)`` 2-tuples, or a bare ``None`` for "nothing yet".
+
+    Items are pulled in chunks (1, 2, 4, ... up to the batch limit, with a look at the clock
+    between chunks: a source that takes its time per item ends its batch after about
+    :data:`BATCH_SECONDS`, so its items flow on and epochs close on time). A chunk of valid
+    pairs is checked and unpacked by C loops; only a chunk holding a ``None`` or something
+    malformed is walked item by item. Pairs pulled after a ``None`` wait in ``_pending`` for
+    the next read, so none is lost or reordered.
+    """
 
     def __init__(self, name: str, iterator: Iterator[Any], resume_state: Any) -> None:
         self.name = name
         self._it = iterator
         self._state = resume_state
         self._ahead: Any = _EMPTY
+        self._pending: list[Any] = []
 
     @property
     def state(self) -> Any:
@@ -62,46 +75,57 @@ class ManualReader(Reader):
             f"got {describe(got)}"
         )
 
+    def _take(self, want: int) -> list[Any]:
+        pending = self._pending
+        if not pending:
+            return list(islice(self._it, want))
+        got = pending[:want]
+        del pending[:want]
+        if len(got) < want:
+            got.extend(islice(self._it, want - len(got)))
+        return got
+
     def read(self, limit: int) -> list[Any]:
-        """Up to ``limit`` items, in chunks of 1, 2, 4, ... with a look at the clock between
-        chunks: a source that takes its time per item (a slow API, a sleeping generator) ends
-        its batch after about :data:`BATCH_SECONDS`, so its items flow on and epochs close on
-        time, while a fast source still fills whole batches at a dozen clock reads each."""
         if self.exhausted:
             return []
         items: list[Any] = []
-        append = items.append
         last = None
         if self._ahead is not _EMPTY:
             last = self._ahead
-            append(last[1])
+            items.append(last[1])
             self._ahead = _EMPTY
             limit -= 1
         started = monotonic()
         chunk = 1
+        paused = False
         while limit > 0:
             want = min(chunk, limit)
-            taken = 0
-            for got in islice(self._it, want):
-                if type(got) is tuple and len(got) == 2:
-                    append(got[1])
-                    last = got
-                    taken += 1
-                elif got is None:
-                    break
-                else:
-                    raise self._bad(got)
+            got = self._take(want)
+            if got and set(map(type, got)) == _TUPLE and set(map(len, got)) == _PAIR:
+                items.extend(map(_second, got))
+                last = got[-1]
             else:
-                if taken < want:
-                    self.exhausted = True
+                for position, one in enumerate(got):
+                    if type(one) is tuple and len(one) == 2:
+                        items.append(one[1])
+                        last = one
+                    elif one is None:
+                        # Nothing yet: stop here; what was pulled after it comes next time.
+                        self._pending[:0] = [x for x in got[position + 1:] if x is not None]
+                        paused = True
+                        break
+                    else:
+                        raise self._bad(one)
+                if paused:
                     break
-                limit -= want
-                if monotonic() - started < BATCH_SECONDS:
-                    chunk *= 2
-                    continue
+            if len(got) < want:
+                self.exhausted = True
+                break
+            limit -= want
+            if monotonic() - started >= BATCH_SECONDS:
                 self._look_ahead()
                 break
-            break  # a bare None: nothing more for now
+            chunk *= 2
         else:
             self._look_ahead()
         if last is not None:
@@ -109,13 +133,13 @@ class ManualReader(Reader):
         return items
 
     def _look_ahead(self) -> None:
-        got = next(self._it, _EMPTY)
-        if got is _EMPTY:
+        got = self._take(1)
+        if not got:
             self.exhausted = True
-        elif type(got) is tuple and len(got) == 2:
-            self._ahead = got
-        elif got is not None:
-            raise self._bad(got)
+        elif type(got[0]) is tuple and len(got[0]) == 2:
+            self._ahead = got[0]
+        elif got[0] is not None:
+            raise self._bad(got[0])
 
 
 class TestingReader(Reader):
