@@ -34,9 +34,9 @@ counted. Results go to ``--results`` (markdown) and ``--chart`` (PNG).
 
 How the engines differ where their APIs differ (details in the engine modules):
 
-- word count: millrace's ``reduce`` emits only when ``is_complete`` says so, never at the end
-  of input (the 0.14 API), so millrace counts with ``stateful_map`` and its sink keeps each
-  word's last count; Bytewax uses ``reduce_final``, which emits once at the end;
+- word count: final counts, once per word at the end of input: Bytewax's ``reduce_final``,
+  millrace's ``reduce_window`` over a system-clock window longer than the run (in the 0.14
+  API ``reduce`` emits only when ``is_complete`` says so, never at the end of input);
 - inputs: millrace reads ``ManualInputConfig`` (one item at a time, as its API has it),
   Bytewax custom sources hand out batches of 1,000; sinks: millrace's is called per item,
   Bytewax's per batch;

@@ -95,13 +95,6 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-def running_count(total: int | None, one: int) -> tuple[int, int]:
-    """``stateful_map`` mapper: a word's count so far (Bytewax starts the state at ``None``,
-    millrace at ``zero()``)."""
-    total = (total or 0) + one
-    return total, total
-
-
 def event_time(at: datetime) -> datetime:
     return at
 
