@@ -6,7 +6,8 @@ their UTF-8 bytes instead; ``int`` keys go to ``key % worker_count``.
 
 from __future__ import annotations
 
-from operator import itemgetter
+from itertools import compress
+from operator import itemgetter, not_
 from typing import Any
 from zlib import crc32
 
@@ -18,6 +19,10 @@ _KEY_TYPE_SET = frozenset(KEY_TYPES)
 # Caching owners keeps routing to one dict lookup per item for the usual small key spaces;
 # the cap keeps memory bounded when keys never repeat.
 _CACHE_LIMIT = 1 << 17
+# Up to this many workers a batch is split by one C pass per worker; beyond, item by item.
+_PASSES_UP_TO = 8
+_TUPLE = {tuple}
+_PAIR = {2}
 
 
 def stable_hash(key: str) -> int:
@@ -65,7 +70,12 @@ def check_pairs(batch: list[Any], step_name: str) -> None:
 
 
 class Router:
-    """Splits batches of keyed items by owning worker, caching each key's owner."""
+    """Splits batches of keyed items by owning worker, caching each key's owner.
+
+    A well-formed batch is checked, looked up and split by C loops (``map``, ``compress``):
+    a few passes over the batch instead of a Python loop per item. Anything unusual (a bad
+    item, many workers) takes the item-by-item path, which also names a bad item.
+    """
 
     def __init__(self, worker_count: int) -> None:
         self.worker_count = worker_count
@@ -73,6 +83,25 @@ class Router:
 
     def split(self, batch: list[Any], step_name: str) -> list[list[Any]]:
         """``batch`` as one list per worker; raises on a malformed item."""
+        count = self.worker_count
+        if count > _PASSES_UP_TO or not batch or set(map(type, batch)) != _TUPLE or set(map(len, batch)) != _PAIR:
+            return self._split_each(batch, step_name)
+        keys = list(map(_key_of, batch))
+        if not set(map(type, keys)) <= _KEY_TYPE_SET:
+            return self._split_each(batch, step_name)
+        owners = self._owners
+        if len(owners) > _CACHE_LIMIT:
+            owners.clear()
+        dests = list(map(owners.get, keys))
+        if None in dests:
+            for key in {key for key, dest in zip(keys, dests) if dest is None}:
+                owners[key] = owner(key, count)
+            dests = list(map(owners.__getitem__, keys))
+        if count == 2:
+            return [list(compress(batch, map(not_, dests))), list(compress(batch, dests))]
+        return [list(compress(batch, map(worker.__eq__, dests))) for worker in range(count)]
+
+    def _split_each(self, batch: list[Any], step_name: str) -> list[list[Any]]:
         parts: list[list[Any]] = [[] for _ in range(self.worker_count)]
         owners = self._owners
         if len(owners) > _CACHE_LIMIT:
