@@ -6,8 +6,8 @@ their UTF-8 bytes instead; ``int`` keys go to ``key % worker_count``.
 
 from __future__ import annotations
 
-from itertools import compress
-from operator import itemgetter, not_
+from itertools import compress, repeat
+from operator import itemgetter, mod, not_
 from typing import Any
 from zlib import crc32
 
@@ -23,6 +23,7 @@ _CACHE_LIMIT = 1 << 17
 _PASSES_UP_TO = 8
 _TUPLE = {tuple}
 _PAIR = {2}
+_INT = {int}
 
 
 def stable_hash(key: str) -> int:
@@ -87,16 +88,20 @@ class Router:
         if count > _PASSES_UP_TO or not batch or set(map(type, batch)) != _TUPLE or set(map(len, batch)) != _PAIR:
             return self._split_each(batch, step_name)
         keys = list(map(_key_of, batch))
-        if not set(map(type, keys)) <= _KEY_TYPE_SET:
+        key_types = set(map(type, keys))
+        if key_types == _INT:
+            dests = list(map(mod, keys, repeat(count)))  # no cache needed: key % count
+        elif key_types <= _KEY_TYPE_SET:
+            owners = self._owners
+            if len(owners) > _CACHE_LIMIT:
+                owners.clear()
+            dests = list(map(owners.get, keys))
+            if None in dests:
+                for key in {key for key, dest in zip(keys, dests) if dest is None}:
+                    owners[key] = owner(key, count)
+                dests = list(map(owners.__getitem__, keys))
+        else:
             return self._split_each(batch, step_name)
-        owners = self._owners
-        if len(owners) > _CACHE_LIMIT:
-            owners.clear()
-        dests = list(map(owners.get, keys))
-        if None in dests:
-            for key in {key for key, dest in zip(keys, dests) if dest is None}:
-                owners[key] = owner(key, count)
-            dests = list(map(owners.__getitem__, keys))
         if count == 2:
             return [list(compress(batch, map(not_, dests))), list(compress(batch, dests))]
         return [list(compress(batch, map(worker.__eq__, dests))) for worker in range(count)]
