@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from operator import itemgetter
+from collections.abc import Callable
 from typing import Any
 
 from .. import plan
@@ -24,6 +25,10 @@ class KeyedLogic:
     state: dict[Any, Any]
     #: Keys whose state changed since the last snapshot; ``None`` when nothing is recorded.
     touched: set[Any] | None = None
+
+    #: ``export(state_of_a_key)``: what a snapshot stores of a key's state (``restore`` takes
+    #: it back); ``None`` stores the state itself.
+    export: Callable[[Any], Any] | None = None
 
     def restore(self, states: dict[Any, Any]) -> None:
         """Take the keyed state a recovery store kept."""

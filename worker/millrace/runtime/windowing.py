@@ -112,8 +112,21 @@ class WindowLogic(KeyedLogic):
         if self.step.window.start_at is None:  # type: ignore[attr-defined]
             self.start = to_us(flow_start)
 
+    @staticmethod
+    def export(kw: KeyWindows) -> tuple[int, int, dict[int, Any]]:
+        """A key's windows as a snapshot stores them: plain ints and the accumulators, which
+        are quick to encode."""
+        return (kw.watermark_base, kw.seen_at, kw.windows)
+
     def restore(self, states: dict[Any, Any]) -> None:
-        for key, kw in states.items():
+        for key, stored in states.items():
+            if isinstance(stored, KeyWindows):
+                kw = stored  # written by an earlier millrace
+            else:
+                base, seen, windows = stored
+                kw = KeyWindows(base, seen)
+                kw.windows = windows
+                kw.first = min(windows) if windows else 0
             self.state[key] = kw
             self._settle(key, kw)
 

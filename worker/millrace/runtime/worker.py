@@ -548,12 +548,17 @@ class Worker:
         changes: dict[str, list[tuple[Any, bytes | None]]] = {}
         settled = self._settled
         self._settled = {}
+        dump = store.dump_state
         for logic in self.logics:
             touched = logic.touched or set()
             state = logic.state
-            changes[logic.step_id] = [
-                (key, store.dump_state(state[key]) if key in state else None) for key in touched
-            ]
+            export = logic.export
+            if export is None:
+                changes[logic.step_id] = [(key, dump(state[key]) if key in state else None) for key in touched]
+            else:
+                changes[logic.step_id] = [
+                    (key, dump(export(state[key])) if key in state else None) for key in touched
+                ]
             self._settled[logic.step_id] = touched
             logic.touched = set()
         try:
