@@ -401,3 +401,36 @@ def test_a_random_kill_of_a_2x2_cluster_loses_nothing(procs, tmp_path, seed):
         assert all(first_epochs[item] >= resumed_at for item in repeated), (
             "an item before the resume point was emitted again"
         )
+
+
+def test_states_of_every_kind_come_back_as_they_were():
+    from collections import namedtuple
+
+    from millrace.runtime.store import dump_state, load_state
+
+    Point = namedtuple("Point", "x y")
+    for value in [0, 10**30, -1.5, "word", b"raw", None, True, (1, "a"), [1, [2]], {"k": {1: 2}},
+                  {1, 2}, frozenset({"a"}), Point(1, 2), datetime(2024, 1, 1, tzinfo=timezone.utc),
+                  {"window": [(datetime(2024, 1, 1, tzinfo=timezone.utc), 1)]}]:
+        back = load_state(dump_state(value))
+        assert back == value and type(back) is type(value), value
+    closure = load_state(dump_state(lambda x: x + 1))
+    assert closure(1) == 2
+
+
+def test_window_state_written_by_an_earlier_millrace_is_read(tmp_path):
+    """Stores of earlier builds hold pickled KeyWindows objects; they restore as they were."""
+    from millrace import plan
+    from millrace.runtime.store import dump_state, load_state
+    from millrace.runtime.windowing import KeyWindows, WindowLogic
+
+    kw = KeyWindows(1_000_000, 2_000_000)
+    kw.windows = {3: ["a"], 1: ["b"]}
+    step = plan.CollectWindow(step_id="w", clock=EventClockConfig(lambda v: v, timedelta(0)),
+                              window=TumblingWindowConfig(timedelta(seconds=1)))
+    logic = WindowLogic(step, datetime(2024, 1, 1, tzinfo=timezone.utc))
+    logic.restore({"old": load_state(dump_state(kw)), "new": load_state(dump_state(logic.export(kw)))})
+    for key in ("old", "new"):
+        restored = logic.state[key]
+        assert (restored.watermark_base, restored.seen_at, restored.windows, restored.first) == (
+            1_000_000, 2_000_000, {3: ["a"], 1: ["b"]}, 1)
