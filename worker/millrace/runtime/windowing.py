@@ -292,21 +292,31 @@ class WindowLogic(KeyedLogic):
         """On the system clock every item of a batch falls in the current window and every
         key's watermark is now: fold the items of keys whose first open window is the current
         one right here (nothing can be late or due for them, their timer stands), and return
-        the rest (new keys, keys with an older window to close) for the general path."""
+        the rest (new keys, keys with an older window to close) for the general path.
+
+        A key in ``state`` always has an open window (keys without one are dropped at once),
+        so ``first`` is the index of a window that exists."""
         index = (now - self.start) // self.length
         state = self.state
-        fold = self._fold
-        reducer = self.step.reducer if isinstance(self.step, plan.ReduceWindow) else None
         rest: list[tuple[Any, Any]] = []
-        for item in batch:
-            kw = state.get(item[0])
-            if kw is None or kw.first != index or not kw.windows:
-                rest.append(item)
-            elif reducer is not None:
-                windows = kw.windows
-                windows[index] = reducer(windows[index], item[1])
-            else:
-                fold(kw.windows, index, now, item[1])
+        keep = rest.append
+        if isinstance(self.step, plan.ReduceWindow):
+            reducer = self.step.reducer
+            for item in batch:
+                kw = state.get(item[0])
+                if kw is not None and kw.first == index:
+                    windows = kw.windows
+                    windows[index] = reducer(windows[index], item[1])
+                else:
+                    keep(item)
+        else:
+            fold = self._fold
+            for item in batch:
+                kw = state.get(item[0])
+                if kw is not None and kw.first == index:
+                    fold(kw.windows, index, now, item[1])
+                else:
+                    keep(item)
         return rest
 
     def next_deadline(self) -> datetime | None:
