@@ -44,6 +44,23 @@ def test_the_wheel_holds_both_entrypoints_and_no_dev_dependencies(installed):
     assert missing.returncode != 0
 
 
+def pod_env(installed: Path, flow: Path, secret: Path, state: Path, termination_log: Path) -> dict[str, str]:
+    """What the operator's StatefulSet gives a worker (docs/pod-contract.md), for pod 0 of 1."""
+    return {
+        "PATH": f"{installed}:/usr/bin:/bin",
+        "MILLRACE_POD_NAME": "sums-0",
+        "MILLRACE_POD_INDEX": "0",
+        "MILLRACE_NAMESPACE": "jobs",
+        "MILLRACE_SERVICE": "sums",
+        "MILLRACE_PROCESSES": "1",
+        "MILLRACE_WORKERS_PER_PROCESS": "2",
+        "MILLRACE_FLOW_FILE": str(flow),
+        "MILLRACE_CLUSTER_SECRET_FILE": str(secret),
+        "MILLRACE_STATE_DIR": str(state),
+        "MILLRACE_TERMINATION_LOG": str(termination_log),
+    }
+
+
 def test_a_worker_with_a_pods_environment_runs_a_flow(installed, tmp_path):
     flow = tmp_path / "flow.py"
     flow.write_text(
@@ -59,19 +76,7 @@ def test_a_worker_with_a_pods_environment_runs_a_flow(installed, tmp_path):
     secret.write_text("k3y")
     state = tmp_path / "state"
     state.mkdir()
-    env = {
-        "PATH": str(installed),
-        "MILLRACE_POD_NAME": "sums-0",
-        "MILLRACE_POD_INDEX": "0",
-        "MILLRACE_NAMESPACE": "jobs",
-        "MILLRACE_SERVICE": "sums",
-        "MILLRACE_PROCESSES": "1",
-        "MILLRACE_WORKERS_PER_PROCESS": "2",
-        "MILLRACE_FLOW_FILE": str(flow),
-        "MILLRACE_CLUSTER_SECRET_FILE": str(secret),
-        "MILLRACE_STATE_DIR": str(state),
-        "MILLRACE_TERMINATION_LOG": str(tmp_path / "termination-log"),
-    }
+    env = pod_env(installed, flow, secret, state, tmp_path / "termination-log")
     done = subprocess.run([str(installed / "millrace-worker")], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["('a', 4)"]
@@ -96,16 +101,8 @@ def test_the_worker_and_operator_tools_run_on_a_read_only_root_filesystem(instal
     (tmp_path / "key").write_text("k3y")
     volumes = tmp_path / "volumes"
     volumes.mkdir()
-    env = {
-        "PATH": f"{installed}:/usr/bin:/bin",
-        "TMPDIR": str(volumes / "tmp"),
-        "MILLRACE_POD_NAME": "sums-0", "MILLRACE_POD_INDEX": "0", "MILLRACE_NAMESPACE": "jobs",
-        "MILLRACE_SERVICE": "sums", "MILLRACE_PROCESSES": "1", "MILLRACE_WORKERS_PER_PROCESS": "2",
-        "MILLRACE_FLOW_FILE": str(flow),
-        "MILLRACE_CLUSTER_SECRET_FILE": str(tmp_path / "key"),
-        "MILLRACE_STATE_DIR": str(volumes / "state"),
-        "MILLRACE_TERMINATION_LOG": str(volumes / "termination-log"),
-    }
+    env = pod_env(installed, flow, tmp_path / "key", volumes / "state", volumes / "termination-log")
+    env["TMPDIR"] = str(volumes / "tmp")
     script = (
         'mount --bind / / && mount -o remount,bind,ro / && mount -t tmpfs tmpfs "$VOLUMES" '
         '&& mkdir "$VOLUMES/tmp" "$VOLUMES/state" '
