@@ -20,7 +20,7 @@ from millrace.inputs import ManualInputConfig, TestingInputConfig
 from millrace.outputs import TestingEpochOutputConfig, TestingOutputConfig
 from millrace.recovery import KafkaRecoveryConfig, SqliteRecoveryConfig
 from millrace.runtime.store import RecoveryError
-from millrace.window import EventClockConfig, TumblingWindowConfig
+from millrace.window import EventClockConfig, SystemClockConfig, TumblingWindowConfig
 
 from .conftest import SUPPORT, Procs
 from .test_cluster import free_ports
@@ -111,13 +111,34 @@ def test_garbage_collection_keeps_each_keys_last_write(tmp_path):
 
 def test_a_forgotten_key_is_recorded_as_a_discard(tmp_path):
     flow = Dataflow()
-    flow.input("inp", TestingInputConfig([("k", 1), ("k", 2)]))
+    flow.input("inp", TestingInputConfig([("k", 1), ("other", 5), ("k", 2)]))
     flow.stateful_map("forget", lambda: 0, lambda s, v: (None if v == 2 else s + v, v))
     flow.capture(TestingOutputConfig([]))
     run(flow, tmp_path)
     with sqlite3.connect(tmp_path / "worker-0.sqlite3") as conn:
         rows = conn.execute("SELECT key, epoch, state FROM state").fetchall()
-    assert ("k", 1, None) in rows
+    assert ("k", 2, None) in rows
+
+
+def test_a_step_left_without_any_state_is_one_marker_not_a_row_per_key(tmp_path):
+    keys = [(f"k{i}", 1) for i in range(50)]
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(keys))
+    flow.reduce_window("count", SystemClockConfig(), TumblingWindowConfig(timedelta(days=1)), lambda a, b: a + b)
+    flow.capture(TestingOutputConfig([]))
+    run(flow, tmp_path)
+    with sqlite3.connect(tmp_path / "worker-0.sqlite3") as conn:
+        forgotten = conn.execute("SELECT COUNT(*) FROM state WHERE state IS NULL").fetchone()[0]
+        cleared = conn.execute("SELECT step_id FROM cleared").fetchall()
+    assert forgotten == 0 and cleared == [("count",)]
+    # Run again: the closed windows stay closed, nothing is emitted twice.
+    out: list = []
+    rerun = Dataflow()
+    rerun.input("inp", TestingInputConfig(keys))
+    rerun.reduce_window("count", SystemClockConfig(), TumblingWindowConfig(timedelta(days=1)), lambda a, b: a + b)
+    rerun.capture(TestingOutputConfig(out))
+    run(rerun, tmp_path)
+    assert out == []
 
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)

@@ -2,7 +2,9 @@
 
 A worker's file holds its input states and the state of every key it touched, each row
 tagged with the epoch at whose end it was written (``NULL`` state: the key was forgotten),
-plus the last epoch the worker finished. Rows are kept until a newer row of the same key is
+plus the last epoch the worker finished. A step that holds no state at all at the end of an
+epoch (every window closed at the end of input, say) is recorded by one ``cleared`` row
+instead of a forgotten-row per key: it hides every older row of the step. Rows are kept until a newer row of the same key is
 safe — the whole cluster has finished that newer epoch — so that the state as of any epoch a
 restart could resume from is always there. Each key's last write is kept.
 
@@ -37,6 +39,8 @@ CREATE TABLE state (
     PRIMARY KEY (step_id, key, epoch)
 ) WITHOUT ROWID;
 """
+# Added after format 1 was first written; created in older files when they are opened.
+_CLEARED = "CREATE TABLE IF NOT EXISTS cleared (step_id TEXT NOT NULL, epoch INTEGER NOT NULL, PRIMARY KEY (step_id, epoch))"
 
 
 class RecoveryError(RuntimeError):
@@ -171,6 +175,7 @@ class WorkerStore:
                     ],
                 )
                 self.conn.execute("COMMIT")
+            self.conn.execute(_CLEARED)
         except sqlite3.DatabaseError as exc:
             raise RecoveryError(f"cannot write the recovery store {self.path}: {exc}") from None
 
@@ -190,9 +195,11 @@ class WorkerStore:
             """
             SELECT s.step_id, s.key, s.state FROM state AS s
             WHERE s.epoch = (SELECT MAX(epoch) FROM state
-                             WHERE step_id = s.step_id AND key = s.key AND epoch <= ?)
+                             WHERE step_id = s.step_id AND key = s.key AND epoch <= :last)
+              AND s.epoch > COALESCE((SELECT MAX(epoch) FROM cleared
+                                      WHERE step_id = s.step_id AND epoch <= :last), -1)
             """,
-            (last,),
+            {"last": last},
         )
         for step_id, key, blob in rows:
             if blob is not None:
@@ -205,11 +212,13 @@ class WorkerStore:
         inputs: dict[str, Any],
         changes: dict[str, list[tuple[Any, bytes | None]]],
         settled: dict[str, Iterable[Any]],
+        cleared: Iterable[str] = (),
     ) -> None:
         """Record the end of ``epoch`` in one transaction.
 
         ``settled`` holds, per step, the keys last written in ``epoch - 1``, which the whole
-        cluster has finished: their older rows can no longer be needed.
+        cluster has finished: their older rows can no longer be needed. ``cleared`` names the
+        steps that hold no state at all now (their ``changes`` are left out).
         """
         conn = self.conn
         try:
@@ -228,6 +237,14 @@ class WorkerStore:
                     "DELETE FROM state WHERE step_id = ? AND key = ? AND epoch < ?",
                     [(step_id, key, epoch - 1) for key in keys],
                 )
+            conn.executemany("INSERT OR REPLACE INTO cleared VALUES (?, ?)", [(step_id, epoch) for step_id in cleared])
+            # A clear the whole cluster has finished hides everything older for good.
+            conn.execute(
+                "DELETE FROM state WHERE epoch < :settled AND step_id IN "
+                "(SELECT step_id FROM cleared WHERE epoch = :settled)",
+                {"settled": epoch - 1},
+            )
+            conn.execute("DELETE FROM cleared WHERE epoch < ?", (epoch - 1,))
             conn.execute("DELETE FROM inputs WHERE epoch < ?", (epoch - 1,))
             conn.execute(
                 "INSERT OR REPLACE INTO progress VALUES (?, ?)", (self.worker_index, epoch)
@@ -246,6 +263,7 @@ class WorkerStore:
             conn.execute("BEGIN")
             conn.execute("DELETE FROM state")
             conn.execute("DELETE FROM inputs")
+            conn.execute("DELETE FROM cleared")
             conn.executemany(
                 "INSERT INTO inputs VALUES (?, ?, ?)",
                 [(step_id, epoch, dump_state(state)) for step_id, state in inputs.items()],

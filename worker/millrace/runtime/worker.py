@@ -549,10 +549,18 @@ class Worker:
         settled = self._settled
         self._settled = {}
         dump = store.dump_state
+        cleared = []
         for logic in self.logics:
             touched = logic.touched or set()
             state = logic.state
             export = logic.export
+            if not state and touched:
+                # Nothing held at all (the end of input closed every window): one marker
+                # instead of a forgotten-row per key.
+                cleared.append(logic.step_id)
+                self._settled[logic.step_id] = set()
+                logic.touched = set()
+                continue
             if export is None:
                 changes[logic.step_id] = [(key, dump(state[key]) if key in state else None) for key in touched]
             else:
@@ -562,7 +570,7 @@ class Worker:
             self._settled[logic.step_id] = touched
             logic.touched = set()
         try:
-            self.store.snapshot(epoch, inputs, changes, settled)
+            self.store.snapshot(epoch, inputs, changes, settled, cleared)
         except Exception as exc:
             annotate(exc, f"the snapshot of epoch {epoch} to {self.store.path}", self.index)
             raise
