@@ -68,7 +68,7 @@ sys.path.insert(0, str(BENCH))
 import workloads_data as wd  # noqa: E402
 
 ENGINES = ("millrace", "bytewax")
-LABEL = {"millrace": "millrace", "bytewax": "Bytewax"}
+LABEL = {"millrace": "millrace", "bytewax": "Bytewax", "python": "plain loop"}
 RUN_TIMEOUT_S = 1800
 
 
@@ -81,11 +81,12 @@ class Workload:
     letter: str
     measures: tuple[str, ...]  # run on both engines
     millrace_only: tuple[str, ...] = ()  # reference figures of millrace alone
+    ceiling: bool = False  # also time a plain Python loop calling the same functions
 
 
 WORKLOADS: dict[str, Workload] = {w.name: w for w in [
-    Workload("stateless", "a", ("stateless",)),
-    Workload("wordcount", "b", ("wordcount",)),
+    Workload("stateless", "a", ("stateless",), ceiling=True),
+    Workload("wordcount", "b", ("wordcount",), ceiling=True),
     Workload("windowed", "c", ("windowed",)),
     Workload("stateless-2p", "d", ("stateless-2p",), ("stateless",)),
     Workload("wordcount-2p", "d", ("wordcount-2p",), ("wordcount",)),
@@ -164,7 +165,8 @@ class Bench:
         """``repeat`` rounds; in each, every engine runs every measure once (alternating, so
         that a slow spell of the machine hits both)."""
         wanted = [(e, m) for m in w.measures for e in ENGINES] + [
-            ("millrace", m) for m in w.millrace_only]
+            ("millrace", m) for m in w.millrace_only] + [
+            ("python", m) for m in w.measures if w.ceiling]
         for round_ in range(1, self.repeat + 1):
             for engine, measure in wanted:
                 runs = self.runs.get((engine, measure), Runs())
@@ -236,9 +238,15 @@ def rows_for(bench: Bench, w: Workload) -> tuple[list[Row], list[Bar]]:
     if w.name in ("stateless", "wordcount", "windowed"):
         goal = {"stateless": 2.0, "wordcount": 8.0, "windowed": 8.0}[w.name]
         ratio = _div(m(w.name), b(w.name))
-        return ([Row(f"{w.name}, 1 process", _ips(m(w.name)), _ips(b(w.name)), _x(ratio),
-                     f">= {goal:g}x", _verdict(ratio, lambda r: r >= goal))],
-                [Bar("ratio", f"{w.letter} {w.name}", ratio, target=goal)])
+        rows = [Row(f"{w.name}, 1 process", _ips(m(w.name)), _ips(b(w.name)), _x(ratio),
+                    f">= {goal:g}x", _verdict(ratio, lambda r: r >= goal))]
+        if w.ceiling:
+            loop = bench.median("python", w.name)
+            rows.append(Row(
+                f"ceiling: a plain loop calling the same functions, {_ips(loop)}; each engine "
+                "as a share of it", _pct(_div(m(w.name), loop)), _pct(_div(b(w.name), loop)),
+                _x(_div(loop, b(w.name))), "the most any engine can reach", "info"))
+        return rows, [Bar("ratio", f"{w.letter} {w.name}", ratio, target=goal)]
     if w.name.endswith("-2p"):
         one = w.millrace_only[0]
         two, two_bw, one_m = m(w.name), b(w.name), m(one)
@@ -307,7 +315,7 @@ def machine_facts(pythons: dict[str, str], versions: dict[str, str],
     return [
         ("CPU", cpu),
         ("cores", str(os.cpu_count())),
-        ("Python", f"{platform.python_version()} (millrace), {bw_python} (Bytewax)"),
+        ("Python", f"{platform.python_version()} (millrace, plain loop), {bw_python} (Bytewax)"),
         ("millrace commit", commit),
         ("Bytewax", versions.get("bytewax", "not run")),
         ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
@@ -414,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--scale must be > 0 and --repeat >= 1")
 
     ensure_bytewax(args.bytewax_python, args.bytewax_python == default_bw)
-    pythons = {"millrace": sys.executable, "bytewax": str(args.bytewax_python)}
+    pythons = {"millrace": sys.executable, "bytewax": str(args.bytewax_python), "python": sys.executable}
     source_at_start = millrace_source()
     bench = Bench(args.scale, args.repeat, pythons)
     selected = [WORKLOADS[n] for n in (args.only or WORKLOADS)]

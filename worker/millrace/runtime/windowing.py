@@ -303,10 +303,15 @@ class WindowLogic(KeyedLogic):
         if isinstance(self.step, plan.ReduceWindow):
             reducer = self.step.reducer
             for item in batch:
-                kw = state.get(item[0])
-                if kw is not None and kw.first == index:
+                key, value = item
+                try:
+                    kw = state[key]  # a subscript: cheaper than .get() when the key is there
+                except KeyError:
+                    keep(item)
+                    continue
+                if kw.first == index:
                     windows = kw.windows
-                    windows[index] = reducer(windows[index], item[1])
+                    windows[index] = reducer(windows[index], value)
                 else:
                     keep(item)
         else:
