@@ -77,9 +77,13 @@ async def _a_dataflow_life(cluster) -> None:
     await until(lambda: all(obj(cluster, PODS, f"wc-{i}") is None for i in range(2)))
     # Claim templates are immutable: the StatefulSet is replaced.
     await patch_spec({"recovery": {"enabled": True, "volumeSize": "2Gi"}})
-    await until(lambda: obj(cluster, STATEFULSETS, "wc") is None
-                or obj(cluster, STATEFULSETS, "wc")["spec"].get("volumeClaimTemplates"))
-    await until(lambda: obj(cluster, STATEFULSETS, "wc") is not None)
+
+    def replaced() -> bool:
+        sts = obj(cluster, STATEFULSETS, "wc")
+        claims = (sts or {}).get("spec", {}).get("volumeClaimTemplates") or [{}]
+        return claims[0].get("spec", {}).get("resources", {}).get("requests", {}).get("storage") == "2Gi"
+
+    await until(replaced)
     # A failure, announced by a Warning event.
     message = "millrace: failed: ZeroDivisionError: division by zero"
     await play_kubelet(cluster, "wc", ready=False, crash_loop=(1, message, 5))
