@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import kubernetes
@@ -41,7 +41,9 @@ def _announce(body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) ->
     """A Kubernetes event on every phase change, so ``kubectl describe df`` tells the story."""
     if new.get("phase") != old.get("phase"):
         kind = "Warning" if new.get("phase") == "Failed" else "Normal"
-        kopf.event(body, type=kind, reason=str(new.get("phase")), message=str(new.get("message", "")))
+        # kopf reads the object reference (apiVersion, kind, metadata) off any mapping.
+        kopf.event(cast(kopf.Body, body), type=kind, reason=str(new.get("phase")),
+                   message=str(new.get("message", "")))
 
 
 def _reconcile_into(body: dict[str, Any], patch: kopf.Patch) -> None:
@@ -70,12 +72,13 @@ def dataflow_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "pods", labels={DATAFLOW_LABEL: kopf.PRESENT})
-def pod_changed(meta: kopf.Meta, namespace: str, **_: Any) -> None:
+def pod_changed(meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
     """Follow the pods: reconcile their Dataflow and write its status."""
+    assert namespace is not None  # pods are namespaced
     name = meta["labels"][DATAFLOW_LABEL]
     custom = kubernetes.client.CustomObjectsApi()
     try:
-        body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        body = cast(dict[str, Any], custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
     except kubernetes.client.rest.ApiException as exc:
         if exc.status == 404:
             return  # the Dataflow is gone; its pods go with it

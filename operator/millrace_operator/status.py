@@ -58,7 +58,7 @@ def _condition(previous: list[dict[str, Any]], kind: str, value: bool, reason: s
         "status": status,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),
+        "lastTransitionTime": now if changed or old is None else old.get("lastTransitionTime", now),
         "observedGeneration": generation,
     }
 

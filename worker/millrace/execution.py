@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 
@@ -205,9 +205,10 @@ def _spawned_main(
 ) -> None:
     """The body of each process :func:`spawn_cluster` starts."""
     try:
-        if isinstance(payload, bytes):
-            payload = cloudpickle.loads(payload)
-        flow, epoch_config, recovery_config = payload
+        loaded = cloudpickle.loads(payload) if isinstance(payload, bytes) else payload
+        flow, epoch_config, recovery_config = cast(
+            "tuple[Dataflow, EpochConfig | None, RecoveryConfig | None]", loaded
+        )
         cluster_main(
             flow,
             addresses,
@@ -297,7 +298,7 @@ def spawn_cluster(
     except BaseException:
         _stop_all(procs)
         raise
-    failures = []
+    failures: list[Any] = []
     while len(failures) < proc_count:
         try:
             failures.append(errors.get(timeout=0.2 if failures else 1.0))

@@ -17,7 +17,7 @@ import json
 import marshal
 import pickle
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -211,7 +211,7 @@ class WorkerStore:
         epoch: int,
         inputs: dict[str, Any],
         changes: dict[str, list[tuple[Any, bytes | None]]],
-        settled: dict[str, Iterable[Any]],
+        settled: Mapping[str, Iterable[Any]],
         cleared: Iterable[str] = (),
     ) -> None:
         """Record the end of ``epoch`` in one transaction.

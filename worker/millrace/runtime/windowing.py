@@ -10,6 +10,7 @@ every key.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 import logging
 from datetime import datetime, timedelta, timezone
 from operator import itemgetter
@@ -89,6 +90,7 @@ class WindowLogic(KeyedLogic):
         self.length = step.window.length // _US
         self.start = to_us(step.window.start_at or flow_start)
         clock = step.clock
+        self.dt_getter: Callable[[Any], datetime] | None
         if isinstance(clock, EventClockConfig):
             self.dt_getter = clock.dt_getter
             self.wait = clock.wait_for_system_duration // _US
@@ -317,9 +319,9 @@ class WindowLogic(KeyedLogic):
         else:
             fold = self._fold
             for item in batch:
-                kw = state.get(item[0])
-                if kw is not None and kw.first == index:
-                    fold(kw.windows, index, now, item[1])
+                found = state.get(item[0])
+                if found is not None and found.first == index:
+                    fold(found.windows, index, now, item[1])
                 else:
                     keep(item)
         return rest

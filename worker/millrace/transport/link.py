@@ -310,7 +310,7 @@ class ZmqLink:
         try:
             frame = frames.open_frame(self.key, parts, self.proc_count)
         except frames.BadFrame as exc:
-            if exc.kind == frames.HELLO and not self._ready.is_set():
+            if exc.kind == frames.HELLO and exc.sender is not None and not self._ready.is_set():
                 self._exchange.fail(
                     f"process {self.proc_id} refused process {exc.sender} "
                     f"({self.addresses[exc.sender]}): its HELLO failed authentication, so "
