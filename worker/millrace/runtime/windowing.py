@@ -70,11 +70,6 @@ class KeyWindows:
         self.watermark_base, self.seen_at = to_us(base), to_us(seen)
         self.first = min(self.windows) if self.windows else 0
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, KeyWindows):
-            return NotImplemented
-        return (self.watermark_base, self.seen_at, self.windows) == (other.watermark_base, other.seen_at, other.windows)
-
     def watermark(self, now: int) -> int:
         return self.watermark_base + (now - self.seen_at)
 
