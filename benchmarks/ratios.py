@@ -40,24 +40,9 @@ from millrace.execution import PeriodicEpochConfig, run_main, spawn_cluster
 from millrace.inputs import ManualInputConfig, TestingBuilderInputConfig, TestingInputConfig
 from millrace.outputs import ManualOutputConfig
 from millrace.recovery import SqliteRecoveryConfig
+from workloads_data import add, inc, is_even, to_pair  # the user functions vs_bytewax.py calls too
 
 # -- the user functions every variant calls ----------------------------------------------------
-
-
-def inc(x: int) -> int:
-    return x + 1
-
-
-def is_even(x: int) -> bool:
-    return x % 2 == 0
-
-
-def to_pair(word: str) -> tuple[str, int]:
-    return word, 1
-
-
-def add(a: int, b: int) -> int:
-    return a + b
 
 
 def never(acc: int) -> bool:
