@@ -17,7 +17,8 @@ import json
 import marshal
 import pickle
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -220,18 +221,8 @@ class WorkerStore:
         cluster has finished: their older rows can no longer be needed. ``cleared`` names the
         steps that hold no state at all now (their ``changes`` are left out).
         """
-        conn = self.conn
-        try:
-            conn.execute("BEGIN")
-            conn.executemany(
-                "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?)",
-                [(step_id, epoch, dump_state(state)) for step_id, state in inputs.items()],
-            )
-            for step_id, rows in changes.items():
-                conn.executemany(
-                    "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?)",
-                    [(step_id, key, epoch, blob) for key, blob in rows],
-                )
+        with self._transaction() as conn:
+            self._write_epoch(conn, epoch, inputs, changes)
             for step_id, keys in settled.items():
                 conn.executemany(
                     "DELETE FROM state WHERE step_id = ? AND key = ? AND epoch < ?",
@@ -246,37 +237,44 @@ class WorkerStore:
             )
             conn.execute("DELETE FROM cleared WHERE epoch < ?", (epoch - 1,))
             conn.execute("DELETE FROM inputs WHERE epoch < ?", (epoch - 1,))
-            conn.execute(
-                "INSERT OR REPLACE INTO progress VALUES (?, ?)", (self.worker_index, epoch)
-            )
+
+    def rescale(self, worker_count: int, epoch: int, inputs: dict[str, Any], keyed: dict[str, dict[Any, Any]]) -> None:
+        """Rewrite this file for a cluster of ``worker_count`` workers: the keyed states this
+        worker owns now and its input states, as of the end of ``epoch``, in one transaction."""
+        changes: dict[str, list[tuple[Any, bytes | None]]] = {
+            step_id: [(key, dump_state(state)) for key, state in states.items()]
+            for step_id, states in keyed.items()
+        }
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM state")
+            conn.execute("DELETE FROM inputs")
+            conn.execute("DELETE FROM cleared")
+            self._write_epoch(conn, epoch, inputs, changes)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('worker_count', ?)", (str(worker_count),))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One all-or-nothing write: committed at the end, rolled back on any exception."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN")
+            yield conn
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
 
-    def rescale(self, worker_count: int, epoch: int, inputs: dict[str, Any], keyed: dict[str, dict[Any, Any]]) -> None:
-        """Rewrite this file for a cluster of ``worker_count`` workers: the keyed states this
-        worker owns now and its input states, as of the end of ``epoch``, in one transaction."""
-        conn = self.conn
-        try:
-            conn.execute("BEGIN")
-            conn.execute("DELETE FROM state")
-            conn.execute("DELETE FROM inputs")
-            conn.execute("DELETE FROM cleared")
+    def _write_epoch(self, conn: sqlite3.Connection, epoch: int, inputs: dict[str, Any],
+                     changes: dict[str, list[tuple[Any, bytes | None]]]) -> None:
+        """The rows of the end of ``epoch``: input states, keyed states, this worker's progress."""
+        conn.executemany(
+            "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?)",
+            [(step_id, epoch, dump_state(state)) for step_id, state in inputs.items()],
+        )
+        for step_id, rows in changes.items():
             conn.executemany(
-                "INSERT INTO inputs VALUES (?, ?, ?)",
-                [(step_id, epoch, dump_state(state)) for step_id, state in inputs.items()],
+                "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?)",
+                [(step_id, key, epoch, blob) for key, blob in rows],
             )
-            for step_id, states in keyed.items():
-                conn.executemany(
-                    "INSERT INTO state VALUES (?, ?, ?, ?)",
-                    [(step_id, key, epoch, dump_state(state)) for key, state in states.items()],
-                )
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('worker_count', ?)", (str(worker_count),))
-            conn.execute("INSERT OR REPLACE INTO progress VALUES (?, ?)", (self.worker_index, epoch))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        conn.execute("INSERT OR REPLACE INTO progress VALUES (?, ?)", (self.worker_index, epoch))
