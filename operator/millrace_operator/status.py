@@ -74,7 +74,11 @@ def compute_status(df: dict[str, Any], pods: list[dict[str, Any]], now: str) -> 
     phase, reason, message = "Pending", "Starting", f"{ready} of {spec.processes} processes ready"
 
     if previous.get("templateHash") == current and previous.get("phase") in TERMINAL:
-        phase, reason, message = previous["phase"], "Finished", previous.get("message", "")
+        # A finished run stays as it ended: phase, message and the reason of its condition.
+        phase, message = previous["phase"], previous.get("message", "")
+        kind = "Failed" if phase == "Failed" else "Completed"
+        reason = next((c.get("reason") for c in previous.get("conditions") or []
+                       if c.get("type") == kind and c.get("status") == "True"), None) or "Finished"
     elif spec.suspend:
         phase, reason, message = "Suspended", "Suspended", "spec.suspend is true"
     else:

@@ -109,6 +109,16 @@ def test_a_lost_peer_is_not_a_failure_but_a_crash_loop_is():
     assert failed["reason"] == "CrashLoop" and "ZeroDivisionError" in failed["message"]
 
 
+def test_a_failed_run_keeps_its_reason_on_every_later_reconcile():
+    df = dataflow()
+    boom = "millrace: failed: ZeroDivisionError: division by zero"
+    df["status"] = status.compute_status(df, [pod(df, 0, last=(1, boom), waiting="CrashLoopBackOff", restarts=3)], NOW)
+    again = status.compute_status(df, [], "2026-01-01T00:05:00Z")  # the pods are gone (replicas 0)
+    failed = next(c for c in again["conditions"] if c["type"] == "Failed")
+    assert again["phase"] == "Failed" and failed["reason"] == "CrashLoop"
+    assert "ZeroDivisionError" in failed["message"] and failed["lastTransitionTime"] == NOW
+
+
 def test_suspended_scales_to_zero():
     df = dataflow(suspend=True)
     st = status.compute_status(df, [], NOW)
