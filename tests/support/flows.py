@@ -17,6 +17,17 @@ T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 KEYS = ["apple", "banana", "cherry", "date", "elder", 1, 2, 3, 17, -4]
 
 
+def _refuse_to_load() -> None:
+    raise ValueError("unloadable on purpose")
+
+
+class Unloadable:
+    """Pickles fine and fails when unpickled: data a peer cannot decode."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _refuse_to_load, ()
+
+
 def keyed_items(n: int = 600) -> list[tuple[Any, int]]:
     return [(KEYS[(i * 7) % len(KEYS)], i % 13) for i in range(n)]
 

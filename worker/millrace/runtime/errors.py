@@ -19,6 +19,25 @@ def bad_keyed_item(step_name: str, item: Any) -> TypeError:
     )
 
 
+def cannot_travel(step_name: str, items: list[Any], dest: int, exc: Exception) -> TypeError:
+    """The error for items bound for ``step_name`` on worker ``dest`` of another process that
+    cannot be pickled; it names the first such item."""
+    import pickle
+
+    culprit: Any = items
+    for item in items:
+        try:
+            pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            culprit = item
+            break
+    return TypeError(
+        f"{step_name}: the item {_short(culprit)} must move to worker {dest} in another process, "
+        f"but it cannot be pickled ({type(exc).__name__}: {exc}); on a cluster of processes the "
+        "keys and values reaching a stateful step must be picklable"
+    )
+
+
 def annotate(exc: BaseException, step_name: str, worker_index: int) -> None:
     """Attach a note naming the step and worker, once, so the exception keeps its own type."""
     notes = getattr(exc, "__notes__", ())

@@ -30,7 +30,7 @@ from .. import plan
 from ..dataflow import Dataflow
 from .chain import Op, compile_op
 from .epochs import EpochPolicy
-from .errors import annotate
+from .errors import annotate, cannot_travel
 from . import store
 from .exchange import DATA, DONE, MARK, MIGRATE, PROGRESS, STOP, Exchange, Message
 from .keyed import KeyedLogic, ReduceLogic, StatefulMapLogic
@@ -219,7 +219,12 @@ class Worker:
                 if dest == self.index:
                     self._apply(target, part, epoch)
                 else:
-                    self.exchange.send(dest, (DATA, target, epoch, part))
+                    try:
+                        self.exchange.send(dest, (DATA, target, epoch, part))
+                    except Exception as exc:
+                        error = cannot_travel(segment.target_name, part, dest, exc)
+                        annotate(error, segment.target_name, self.index)
+                        raise error from exc
 
     def _apply(self, target: int, batch: list[Any], epoch: int) -> None:
         logic = self.logics[target]

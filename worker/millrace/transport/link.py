@@ -1,11 +1,12 @@
 """One process's connections to the rest of its cluster, over ZeroMQ.
 
 Each process binds one PULL socket at its own address and connects one PUSH socket to every
-peer. A sender thread owns the PUSH sockets: it pickles what the workers queue, in batches per
-peer, and seals every frame with the cluster's MAC. A receiver thread owns the PULL socket: it
-authenticates each frame before decoding it, drops and logs anything malformed, and hands
-messages to local workers. Per pair of processes there is one socket and one thread on each
-side, so frames arrive in the order they were sent.
+peer. A worker pickles its own messages (so a value that cannot travel fails in the worker
+that sent it, naming its step); a sender thread owns the PUSH sockets and seals every frame
+with the cluster's MAC. A receiver thread owns the PULL socket: it authenticates each frame
+before decoding it, drops and logs anything malformed, and hands messages to local workers.
+Per pair of processes there is one socket and one thread on each side, so frames arrive in
+the order they were sent.
 
 Lifecycle: :meth:`start` binds and connects and sends HELLO; :meth:`wait_ready` returns once a
 HELLO came from every peer (or raises, naming who did not answer); :meth:`close` says BYE and
@@ -36,7 +37,7 @@ log = logging.getLogger("millrace.transport")
 _STOP = object()
 # Per-peer socket buffers, in frames; each frame holds up to a few batches.
 _HWM = 64
-# How many queued messages the sender may coalesce into one frame per peer.
+# How many frames the receiver takes in a row before it looks at its other duties.
 _COALESCE = 64
 # Outbound messages queued beyond this make workers stop reading input for a while.
 OUTBOUND_LIMIT = 256
@@ -158,7 +159,10 @@ class ZmqLink:
     # -- the RemoteLink interface used by Exchange -----------------------------------------
 
     def send(self, dest: int, msg: Message) -> None:
-        self._outbound.put((dest // self.workers_per_proc, frames.MESSAGE, (dest, msg)))
+        """Queue ``msg`` for worker ``dest``; pickled here, in the sending worker's thread, so
+        an unpicklable value raises to that worker."""
+        payload = frames.dump_messages([(dest, msg)])
+        self._outbound.put((dest // self.workers_per_proc, frames.MESSAGE, payload))
 
     def congested(self) -> bool:
         return self._outbound.qsize() > OUTBOUND_LIMIT
@@ -201,47 +205,20 @@ class ZmqLink:
 
     def _send_loop(self) -> None:
         seq = {peer: 0 for peer in self.peers}
-        stop = False
-        while not stop:
-            first = self._outbound.get()
-            if first is _STOP:
-                break
-            batch = [first]
-            # Coalesce what is already queued into one frame per peer and kind.
-            while len(batch) < _COALESCE:
-                try:
-                    item = self._outbound.get_nowait()
-                except queue.Empty:
-                    break
+        try:
+            while True:
+                item = self._outbound.get()
                 if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
-            for peer, kind, payload in self._frames_of(batch):
+                    return
+                peer, kind, payload = item
+                if kind == frames.MESSAGE and self._failing.is_set():
+                    continue  # after a failure only ABORT matters
                 seq[peer] += 1
                 self._send(peer, frames.seal(self.key, kind, self.proc_id, 0, seq[peer], payload))
-
-    def _frames_of(self, batch: list[Any]) -> list[tuple[int, int, bytes]]:
-        """Group consecutive messages for the same peer into one MESSAGE frame."""
-        out: list[tuple[int, int, bytes]] = []
-        pending: dict[int, list[tuple[int, Any]]] = {}
-        failing = self._failing.is_set()
-
-        def flush(peer: int) -> None:
-            messages = pending.pop(peer, None)
-            if messages:
-                out.append((peer, frames.MESSAGE, frames.dump_messages(messages)))
-
-        for peer, kind, payload in batch:
-            if kind == frames.MESSAGE:
-                if not failing:  # after a failure only ABORT matters
-                    pending.setdefault(peer, []).append(payload)
-            else:
-                flush(peer)
-                out.append((peer, kind, payload))
-        for peer in list(pending):
-            flush(peer)
-        return out
+        except Exception as exc:  # a bug here must not leave the peers waiting forever
+            log.exception("process %d: sender failed", self.proc_id)
+            assert self._exchange is not None
+            self._exchange.fail(f"process {self.proc_id}: the network sender failed: {exc!r}")
 
     def _send(self, peer: int, parts: list[bytes]) -> None:
         push = self._push[peer]
@@ -330,7 +307,16 @@ class ZmqLink:
             try:
                 messages = frames.load_messages(frame.payload)
             except frames.BadFrame as exc:
-                self._drop(str(exc))
+                if self.key is None:
+                    self._drop(str(exc))  # unauthenticated: as likely garbage as a peer's data
+                else:
+                    # A peer holding the secret sent it: dropping it would lose data.
+                    self._failing.set()
+                    self._exchange.fail(
+                        f"process {self.proc_id} cannot decode data that process {frame.sender} "
+                        f"({self.addresses[frame.sender]}) sent: {exc}; do all processes run the "
+                        "same code and library versions?"
+                    )
                 return
             for dest, msg in messages:
                 if self._exchange.is_local(dest):
