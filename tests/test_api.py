@@ -12,7 +12,8 @@ from datetime import timedelta
 import pytest
 
 from millrace.dataflow import Dataflow
-from millrace.execution import PeriodicEpochConfig, TestingEpochConfig, run_main
+from millrace.execution import PeriodicEpochConfig, TestingEpochConfig, run_main, spawn_cluster
+from millrace.testing import doctest_ctx
 from millrace.inputs import (
     KafkaInputConfig,
     ManualInputConfig,
@@ -320,11 +321,21 @@ def test_a_stateful_step_names_the_bad_item(bad, step):
             "the_step", SystemClockConfig(), TumblingWindowConfig(timedelta(1)), list, lambda a, v: a
         ),
     }
-    with pytest.raises(TypeError) as info:
-        run([adders[step]], [("ok", 1), bad])
-    message = str(info.value)
-    assert "(key, value) 2-tuple" in message and "'the_step'" in message
-    assert repr(bad) in message
+    for shape in ("run_main", "cluster"):
+        with pytest.raises(TypeError) as info:
+            if shape == "run_main":
+                run([adders[step]], [("ok", 1), bad])
+            else:
+                # Two processes (threads here) of one worker: the item is routed, or rejected
+                # while routed, and named either way.
+                flow = Dataflow()
+                flow.input("inp", TestingInputConfig([("ok", 1), bad]))
+                adders[step](flow)
+                flow.capture(TestingOutputConfig([]))
+                spawn_cluster(flow, proc_count=2, mp_ctx=doctest_ctx)
+        message = str(info.value)
+        assert "(key, value) 2-tuple" in message and "'the_step'" in message, shape
+        assert repr(bad) in message, shape
 
 
 def test_filter_must_return_a_bool():

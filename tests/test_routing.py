@@ -23,7 +23,14 @@ def test_each_item_goes_to_its_owner_in_order(batch, workers):
     assert router.split(batch, "reduce 'r'") == parts
 
 
-@pytest.mark.parametrize("bad", [("k",), ("k", 1, 2), ["k", 1], (1.5, 1), (True, 1), "k1", None])
-def test_a_malformed_item_is_named_with_its_step(bad):
+@pytest.mark.parametrize("bad", [(1.5, 1), (True, 1), ((1, 2), 3), (None, 1), (), 5, None])
+def test_an_item_that_cannot_be_routed_is_named_with_its_step(bad):
     with pytest.raises(TypeError, match="reduce 'r'"):
         Router(2).split([("a", 1), bad, ("b", 2)], "reduce 'r'")
+
+
+@pytest.mark.parametrize("bad", [("k",), ("k", 1, 2), ["k", 1], "k1"])
+def test_an_item_with_a_routable_first_element_goes_to_its_owner(bad):
+    # The receiving step rejects it (tests/test_api.py::test_a_stateful_step_names_the_bad_item).
+    parts = Router(2).split([("a", 1), bad], "reduce 'r'")
+    assert bad in parts[owner("k", 2)]

@@ -1,7 +1,11 @@
 """The keyed, stateful steps that are not windows: ``reduce`` and ``stateful_map``.
 
 Each holds one state per key in ``self.state``; a forgotten key is removed from it. Items
-arrive already checked to be ``(key, value)`` with a ``str`` or ``int`` key, in epoch order.
+arrive in epoch order, unchecked: each step rejects, by name, an item that is not a tuple or
+whose key is not a ``str`` or ``int`` (:func:`~.errors.bad_keyed_item`) inside its own loop,
+where the test costs less than a separate pass over the batch. A tuple of the wrong length
+fails the loop's unpacking with a ``ValueError``, which the worker turns into that same
+``TypeError`` (see :func:`~.routing.check_pairs`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import plan
-from .errors import describe
+from .errors import bad_keyed_item, describe
 
 _key_of = itemgetter(0)
 
@@ -34,8 +38,9 @@ class KeyedLogic:
         """Take the keyed state a recovery store kept."""
         self.state.update(states)
 
-    def on_batch(self, batch: list[tuple[Any, Any]]) -> list[Any]:
-        """Apply ``batch`` in order; return what the step emits."""
+    def on_batch(self, batch: list[Any]) -> list[Any]:
+        """Apply ``batch`` in order and return what the step emits; raise the
+        :func:`~.errors.bad_keyed_item` error for an item that is not a keyed tuple."""
         raise NotImplementedError
 
     def on_tick(self, now: datetime) -> list[Any]:
@@ -59,14 +64,20 @@ class ReduceLogic(KeyedLogic):
         self.is_complete = step.is_complete
         self.state = {}
 
-    def on_batch(self, batch: list[tuple[Any, Any]]) -> list[Any]:
-        if self.touched is not None:
-            self.touched.update(map(_key_of, batch))
+    def on_batch(self, batch: list[Any]) -> list[Any]:
         state = self.state
         reducer = self.reducer
         is_complete = self.is_complete
         out: list[Any] = []
-        for key, value in batch:
+        # Local names: the type tests below run once per item.
+        tuple_, str_, int_, type_ = tuple, str, int, type
+        for item in batch:
+            if type_(item) is not tuple_:
+                raise bad_keyed_item(self.name, item)
+            key, value = item
+            key_type = type_(key)
+            if key_type is not str_ and key_type is not int_:
+                raise bad_keyed_item(self.name, item)
             # Subscripting beats .get() on this hot path, and try costs nothing when the key
             # is there, which is the common case.
             try:
@@ -86,6 +97,8 @@ class ReduceLogic(KeyedLogic):
                     f"{self.name}: is_complete must return a bool, got {describe(done)} "
                     f"for the accumulator {describe(acc)} of key {key!r}"
                 )
+        if self.touched is not None:
+            self.touched.update(map(_key_of, batch))
         return out
 
 
@@ -97,15 +110,20 @@ class StatefulMapLogic(KeyedLogic):
         self.mapper = step.mapper
         self.state = {}
 
-    def on_batch(self, batch: list[tuple[Any, Any]]) -> list[Any]:
-        if self.touched is not None:
-            self.touched.update(map(_key_of, batch))
+    def on_batch(self, batch: list[Any]) -> list[Any]:
         state = self.state
         builder = self.builder
         mapper = self.mapper
         out: list[Any] = []
         append = out.append
-        for key, value in batch:
+        tuple_, str_, int_, type_ = tuple, str, int, type
+        for item in batch:
+            if type_(item) is not tuple_:
+                raise bad_keyed_item(self.name, item)
+            key, value = item
+            key_type = type_(key)
+            if key_type is not str_ and key_type is not int_:
+                raise bad_keyed_item(self.name, item)
             try:
                 current = state[key]
             except KeyError:
@@ -122,4 +140,6 @@ class StatefulMapLogic(KeyedLogic):
             else:
                 state[key] = new_state
             append((key, output))
+        if self.touched is not None:
+            self.touched.update(map(_key_of, batch))
         return out

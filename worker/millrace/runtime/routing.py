@@ -21,8 +21,6 @@ _KEY_TYPE_SET = frozenset(KEY_TYPES)
 _CACHE_LIMIT = 1 << 17
 # Up to this many workers a batch is split by one C pass per worker; beyond, item by item.
 _PASSES_UP_TO = 8
-_TUPLE = {tuple}
-_PAIR = {2}
 _INT = {int}
 
 
@@ -49,7 +47,8 @@ def check_keyed(batch: list[Any], step_name: str) -> None:
     """Raise a :class:`TypeError` naming ``step_name`` unless every item of ``batch`` is a
     tuple whose first element is a ``str`` or ``int`` key (see :func:`check_pairs`).
 
-    The common case runs as two passes in C, so valid batches cost a few ns per item.
+    Two passes in C for a valid batch; the window steps use it, while ``reduce`` and
+    ``stateful_map`` test each item inside their own loops, which costs less.
     """
     if not batch:
         return
@@ -73,7 +72,7 @@ def check_pairs(batch: list[Any], step_name: str) -> None:
 class Router:
     """Splits batches of keyed items by owning worker, caching each key's owner.
 
-    A well-formed batch is checked, looked up and split by C loops (``map``, ``compress``):
+    A batch's keys are looked up and the batch split by C loops (``map``, ``compress``):
     a few passes over the batch instead of a Python loop per item. Anything unusual (a bad
     item, many workers) takes the item-by-item path, which also names a bad item.
     """
@@ -83,11 +82,21 @@ class Router:
         self._owners: dict[Any, int] = {}
 
     def split(self, batch: list[Any], step_name: str) -> list[list[Any]]:
-        """``batch`` as one list per worker; raises on a malformed item."""
+        """``batch`` as one list per worker.
+
+        Raises for an item that cannot be routed: one without a first element, or whose first
+        element is not a ``str`` or ``int``. Items are not checked further here: a list or a
+        tuple of the wrong length goes where its first element says, and the step that
+        receives it rejects it by name (see :mod:`.keyed`), which spares every valid item two
+        passes.
+        """
         count = self.worker_count
-        if count > _PASSES_UP_TO or not batch or set(map(type, batch)) != _TUPLE or set(map(len, batch)) != _PAIR:
+        if count > _PASSES_UP_TO or not batch:
             return self._split_each(batch, step_name)
-        keys = list(map(_key_of, batch))
+        try:
+            keys = list(map(_key_of, batch))
+        except Exception:  # an item with no first element: the item path names it
+            return self._split_each(batch, step_name)
         key_types = set(map(type, keys))
         if key_types == _INT:
             dests = list(map(mod, keys, repeat(count)))  # no cache needed: key % count

@@ -20,6 +20,7 @@ from .. import plan
 from ..window import EventClockConfig, SystemClockConfig, TumblingWindowConfig
 from .errors import describe
 from .keyed import KeyedLogic
+from .routing import check_keyed
 
 log = logging.getLogger("millrace.window")
 UTC = timezone.utc
@@ -225,6 +226,7 @@ class WindowLogic(KeyedLogic):
     def on_batch(self, batch: list[tuple[Any, Any]]) -> list[Any]:
         # The per-item path, with the common cases inlined: an aware UTC event time, a fold
         # into an open window, nothing due. Times are int microseconds (see to_us).
+        check_keyed(batch, self.name)
         if self.touched is not None:
             self.touched.update(map(_key_of, batch))
         now = to_us(utcnow())

@@ -34,7 +34,7 @@ from .errors import annotate, cannot_travel
 from . import store
 from .exchange import DATA, DONE, MARK, MIGRATE, PROGRESS, STOP, Exchange, Message
 from .keyed import KeyedLogic, ReduceLogic, StatefulMapLogic
-from .routing import Router, check_keyed, check_pairs, owner
+from .routing import Router, check_pairs, owner
 from .sinks import build_sink
 from .sources import Reader, build_reader
 from .windowing import WindowLogic, utcnow
@@ -202,11 +202,6 @@ class Worker:
         if target is None:
             return
         if self.count == 1:
-            try:
-                check_keyed(batch, segment.target_name)
-            except TypeError as exc:
-                annotate(exc, segment.target_name, self.index)
-                raise
             self._apply(target, batch, epoch)
             return
         try:
