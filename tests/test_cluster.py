@@ -176,25 +176,25 @@ def test_spawn_cluster_reraises_a_child_failure():
     assert "map #1 (_explode)" in notes and "worker 1" in notes
 
 
-def test_a_value_that_cannot_be_pickled_fails_the_step_that_sends_it():
+@pytest.mark.parametrize(
+    "value, error, message",
+    [
+        # Pickling fails in the worker that sends it, which names its step and the item.
+        (threading.Lock, TypeError, r"reduce 'r': the item \(1, <unlocked _thread.lock.*cannot be pickled"),
+        # Unpickling fails in the receiver: authenticated data is never dropped.
+        (flows.Unloadable, ClusterError, r"cannot decode data that process \d .*unloadable on purpose"),
+    ],
+    ids=["unpicklable", "unloadable"],
+)
+def test_a_value_that_cannot_travel_fails_the_cluster(value, error, message):
     # Odd keys start on worker 0 (TestingInputConfig gives item i to worker i % 2) and live on
-    # worker 1, in the other process: the lock must be pickled, and cannot be.
+    # worker 1, in the other process.
     flow = Dataflow()
     flow.input("inp", TestingInputConfig(range(10)))
-    flow.map(lambda x: (x + 1, threading.Lock()))
+    flow.map(lambda x: (x + 1, value()))
     flow.reduce("r", lambda a, b: a, lambda a: False)
     flow.capture(TestingOutputConfig([]))
-    with pytest.raises(TypeError, match=r"reduce 'r': the item \(1, <unlocked _thread.lock.*cannot be pickled"):
-        spawn_cluster(flow, proc_count=2)
-
-
-def test_data_that_cannot_be_unpickled_fails_the_cluster():
-    flow = Dataflow()
-    flow.input("inp", TestingInputConfig(range(10)))
-    flow.map(lambda x: (x + 1, flows.Unloadable()))
-    flow.reduce("r", lambda a, b: a, lambda a: False)
-    flow.capture(TestingOutputConfig([]))
-    with pytest.raises(ClusterError, match=r"cannot decode data that process \d .*unloadable on purpose"):
+    with pytest.raises(error, match=message):
         spawn_cluster(flow, proc_count=2)
 
 
