@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 _NOTE_MARK = "millrace: "
@@ -22,8 +23,6 @@ def bad_keyed_item(step_name: str, item: Any) -> TypeError:
 def cannot_travel(step_name: str, items: list[Any], dest: int, exc: Exception) -> TypeError:
     """The error for items bound for ``step_name`` on worker ``dest`` of another process that
     cannot be pickled; it names the first such item."""
-    import pickle
-
     culprit: Any = items
     for item in items:
         try:
