@@ -28,14 +28,14 @@ from typing import Any
 
 from .. import plan
 from ..dataflow import Dataflow
-from .chain import Op, compile_op
+from .chain import Chain, compile_chain
 from .epochs import EpochPolicy
 from .errors import annotate, cannot_travel
 from . import store
 from .exchange import DATA, DONE, MARK, MIGRATE, PROGRESS, STOP, Exchange, Message
 from .keyed import KeyedLogic, ReduceLogic, StatefulMapLogic
 from .routing import Router, check_pairs, owner
-from .sinks import build_sink
+from .sinks import Sink, build_sink
 from .sources import Reader, build_reader
 from .windowing import WindowLogic, utcnow
 
@@ -68,10 +68,12 @@ class Stopped(Exception):
 class Segment:
     """Stateless steps and the stateful step (by index) that receives their output, if any."""
 
-    __slots__ = ("ops", "target", "target_name")
+    __slots__ = ("steps", "sinks", "chain", "target", "target_name")
 
     def __init__(self) -> None:
-        self.ops: list[Op] = []
+        self.steps: list[plan.Step] = []
+        self.sinks: list[Sink | None] = []
+        self.chain: Chain | None = None  # the steps fused, once the whole flow is built
         self.target: int | None = None
         self.target_name = ""
 
@@ -163,9 +165,12 @@ class Worker:
                     sink = self._guard(
                         step.name, build_sink, step.config, self.index, self.count, step.name
                     )
-                op = compile_op(step, sink)
                 for segment in open_segments:
-                    segment.ops.append(op)
+                    segment.steps.append(step)
+                    segment.sinks.append(sink)
+        for segment in [s for _, s in self.input_steps] + self.after:
+            if segment.steps:
+                segment.chain = compile_chain(segment.steps, segment.sinks)
 
     def _open_inputs(self, resume_states: dict[str, Any]) -> None:
         for step, segment in self.input_steps:
@@ -190,12 +195,16 @@ class Worker:
     # -- moving batches --------------------------------------------------------------------
 
     def _push(self, segment: Segment, batch: list[Any], epoch: int) -> None:
-        for op in segment.ops:
+        chain = segment.chain
+        if chain is not None:
             try:
-                batch = op.run(batch, epoch)
+                batch = chain.run(batch, epoch)
             except Exception as exc:
-                annotate(exc, op.name, self.index)
-                raise
+                error = chain.explain(exc)
+                annotate(error, chain.step_of(error) or "a stateless step", self.index)
+                if error is exc:
+                    raise
+                raise error from None
             if not batch:
                 return
         target = segment.target

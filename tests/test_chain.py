@@ -1,0 +1,162 @@
+"""Stateless steps fused into one generated loop: same results, and every failure still names
+the step it came from."""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+
+from millrace import plan
+from millrace.dataflow import Dataflow
+from millrace.execution import run_main
+from millrace.inputs import TestingInputConfig
+from millrace.outputs import TestingEpochOutputConfig, TestingOutputConfig
+from millrace.runtime.chain import compile_chain
+from millrace.runtime.sinks import Sink
+
+
+class ListSink(Sink):
+    def __init__(self) -> None:
+        self.batches: list[tuple[list, int]] = []
+
+    def write(self, batch: list, epoch: int) -> None:
+        self.batches.append((list(batch), epoch))
+
+
+def double(x):
+    return x * 2
+
+
+def test_every_kind_of_step_in_one_chain():
+    seen: list = []
+    sink = ListSink()
+    steps = [
+        plan.Map(1, double),
+        plan.FlatMap(2, lambda x: [x, x + 1]),
+        plan.Filter(3, lambda x: x % 3 != 0),
+        plan.Inspect(4, seen.append),
+        plan.InspectEpoch(5, lambda epoch, x: seen.append((epoch, x))),
+        plan.Capture(6, TestingOutputConfig([])),
+        plan.Map(7, str),
+    ]
+    chain = compile_chain(steps, [None] * 5 + [sink, None])
+    assert chain.run([1, 2, 3], 4) == ["2", "4", "5", "7"]
+    assert sink.batches == [([2, 4, 5, 7], 4)]
+    assert seen == [2, (4, 2), 4, (4, 4), 5, (4, 5), 7, (4, 7)]
+
+
+def test_a_batch_that_empties_skips_the_capture_and_what_follows():
+    sink = ListSink()
+    after: list = []
+    chain = compile_chain(
+        [plan.Filter(1, lambda x: False), plan.Capture(2, TestingOutputConfig([])), plan.Inspect(3, after.append)],
+        [None, sink, None],
+    )
+    assert chain.run([1, 2], 0) == []
+    assert sink.batches == [] and after == []
+
+
+def test_only_maps_and_only_a_capture():
+    assert compile_chain([plan.Map(1, double), plan.Map(2, str)]).run([1, 2], 0) == ["2", "4"]
+    sink = ListSink()
+    assert compile_chain([plan.Capture(1, TestingOutputConfig([]))], [sink]).run([1], 3) == [1]
+    assert sink.batches == [([1], 3)]
+
+
+def test_a_capture_without_its_sink_is_refused():
+    with pytest.raises(ValueError, match=r"capture #1 .* needs its sink"):
+        compile_chain([plan.Capture(1, TestingOutputConfig([]))])
+
+
+def fail_on(bad):
+    def fn(x):
+        if x == bad:
+            raise LookupError(f"no {x}")
+        return x
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["map", "second map", "third map", "filter", "flat_map", "inspect", "inspect_epoch", "capture"],
+)
+def test_the_failing_step_is_named_wherever_it_sits(kind):
+    """Each kind of step, between others that work, raises on the item 2: the note names it."""
+    out: list = []
+
+    def failing_capture(worker_index, worker_count):
+        return fail_on(2)
+
+    builders = {
+        "map": lambda f: f.map(fail_on(2)),
+        "second map": lambda f: (f.map(str), f.map(fail_on("2"))),
+        "third map": lambda f: (f.map(str), f.map(int), f.map(fail_on(2))),
+        "filter": lambda f: f.filter(lambda x: fail_on(2)(x) is not None),
+        "flat_map": lambda f: f.flat_map(lambda x: [fail_on(2)(x)]),
+        "inspect": lambda f: f.inspect(fail_on(2)),
+        "inspect_epoch": lambda f: f.inspect_epoch(lambda epoch, x: fail_on(2)(x)),
+    }
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([1, 2, 3]))
+    flow.map(lambda x: x)
+    if kind == "capture":
+        from millrace.outputs import ManualOutputConfig
+
+        flow.capture(ManualOutputConfig(failing_capture))
+        expected = "capture #2 (ManualOutputConfig)"
+    else:
+        builders[kind](flow)
+        flow.map(lambda x: x)
+        flow.capture(TestingOutputConfig(out))
+        position = {"map": 2, "second map": 3, "third map": 4}.get(kind, 2)
+        expected = f"{kind.split()[-1]} #{position}"
+    with pytest.raises(LookupError, match="no 2") as info:
+        run_main(flow)
+    (note,) = info.value.__notes__
+    assert note.startswith(f"millrace: raised in {expected}"), note
+    assert note.endswith("on worker 0")
+
+
+def test_a_traceback_shows_the_generated_line():
+    chain = compile_chain([plan.Map(1, double), plan.Map(2, fail_on(4))])
+    with pytest.raises(LookupError) as info:
+        chain.run([1, 2], 0)
+    assert chain.step_of(info.value) == "map #2 (fail_on.<locals>.fn)"
+    text = "".join(traceback.format_exception(info.value))
+    assert "_f1(" in text and "<millrace chain" in text
+
+
+def test_a_flat_map_result_that_cannot_be_iterated_gets_a_clear_error():
+    chain = compile_chain([plan.Map(1, double), plan.FlatMap(2, lambda x: x if x > 2 else [x])])
+    with pytest.raises(TypeError) as info:
+        chain.run([1, 2], 0)
+    error = chain.explain(info.value)
+    assert str(error) == "flat_map #2 (test_a_flat_map_result_that_cannot_be_iterated_gets_a_clear_error.<locals>.<lambda>) must return an iterable, got 4 for the item 4"
+    assert chain.step_of(error) == chain.names[1]
+
+
+def test_a_type_error_while_iterating_a_flat_map_result_keeps_its_own_message():
+    def bad_generator(x):
+        yield x
+        raise TypeError("the generator's own mistake")
+
+    chain = compile_chain([plan.FlatMap(1, bad_generator)])
+    with pytest.raises(TypeError) as info:
+        chain.run([1], 0)
+    assert chain.explain(info.value) is info.value
+    assert chain.step_of(info.value) == chain.names[0]
+
+
+def test_epochs_reach_the_capture_of_a_fused_chain():
+    out: list = []
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(range(4)))
+    flow.flat_map(lambda x: [x] * x)
+    flow.filter(lambda x: x != 2)
+    flow.capture(TestingEpochOutputConfig(out))
+    from millrace.execution import TestingEpochConfig
+
+    run_main(flow, epoch_config=TestingEpochConfig())
+    assert out == [(1, 1), (3, 3), (3, 3), (3, 3)]
