@@ -22,6 +22,7 @@ from millrace.execution import cluster_main, run_main, spawn_cluster
 from millrace.inputs import TestingInputConfig
 from millrace.outputs import TestingOutputConfig
 from millrace.runtime.errors import ClusterError
+from millrace.transport.link import Listener
 from millrace.testing import doctest_ctx
 from millrace.transport import frames
 from millrace.transport.addresses import free_ports
@@ -174,6 +175,30 @@ def test_spawn_cluster_reraises_a_child_failure():
         spawn_cluster(flow, proc_count=2, worker_count_per_proc=2)
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "map #1 (_explode)" in notes and "worker 1" in notes
+
+
+def test_a_process_that_fails_before_the_cluster_forms_calls_off_the_start():
+    """Process 1 cannot load the flow, so it never binds a port: process 0, which did, is told
+    the start is off instead of waiting for addresses, and the original error is raised."""
+    guard = flows.LoadsOutside("millrace-proc-1")
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(range(10)))
+    flow.map(lambda x, guard=guard: x)
+    flow.capture(TestingOutputConfig([]))
+    with pytest.raises(ValueError, match="cannot load in millrace-proc-1 on purpose"):
+        spawn_cluster(flow, proc_count=2)
+
+
+def test_a_listener_binds_a_port_the_system_picks_and_refuses_a_taken_one():
+    first = Listener.any_port(0)
+    try:
+        with pytest.raises(ClusterError, match=rf"process 3 cannot listen on 127.0.0.1:{first.port}: "):
+            Listener(f"tcp://127.0.0.1:{first.port}", f"127.0.0.1:{first.port}", 3)
+    finally:
+        first.close()
+    again = Listener(f"tcp://127.0.0.1:{first.port}", f"127.0.0.1:{first.port}", 0)
+    assert again.port == first.port  # closed means free again
+    again.close()
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,25 @@ class Unloadable:
         return _refuse_to_load, ()
 
 
+def _load_outside(process_name: str) -> "LoadsOutside":
+    import multiprocessing
+
+    if multiprocessing.current_process().name == process_name:
+        raise ValueError(f"cannot load in {process_name} on purpose")
+    return LoadsOutside(process_name)
+
+
+class LoadsOutside:
+    """Unpickles everywhere except in the process named ``process_name``: a flow holding one
+    fails to start in that process alone."""
+
+    def __init__(self, process_name: str) -> None:
+        self.process_name = process_name
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return _load_outside, (self.process_name,)
+
+
 def keyed_items(n: int = 600) -> list[tuple[Any, int]]:
     return [(KEYS[(i * 7) % len(KEYS)], i % 13) for i in range(n)]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import secrets
 import time
 import warnings
@@ -197,26 +198,41 @@ def cluster_main(
 
 def _spawned_main(
     payload: bytes | tuple[Dataflow, Any, Any],
-    addresses: list[str],
     proc_id: int,
+    proc_count: int,
     worker_count_per_proc: int,
     secret: bytes,
     errors: Any,
+    ports: Any,
+    inbox: Any,
 ) -> None:
-    """The body of each process :func:`spawn_cluster` starts."""
+    """The body of each process :func:`spawn_cluster` starts: bind a port, report it on
+    ``ports``, take the cluster's addresses from ``inbox`` (``None``: the start was called
+    off), and run."""
+    from .transport.link import Listener
+
     try:
         loaded = cloudpickle.loads(payload) if isinstance(payload, bytes) else payload
         flow, epoch_config, recovery_config = cast(
             "tuple[Dataflow, EpochConfig | None, RecoveryConfig | None]", loaded
         )
-        cluster_main(
+        addresses: list[str] = []
+        listener = None
+        if proc_count > 1:
+            listener = Listener.any_port(proc_id)
+            ports.put((proc_id, listener.port))
+            addresses = _addresses_from(inbox, listener)
+        cluster.run_process(
             flow,
             addresses,
             proc_id,
+            workers_per_proc=worker_count_per_proc,
             epoch_config=epoch_config,
             recovery_config=recovery_config,
-            worker_count_per_proc=worker_count_per_proc,
             secret=secret,
+            connect_timeout=_seconds(None),
+            cluster_id=os.environ.get(CLUSTER_ID_ENV, ""),
+            listener=listener,
         )
     except BaseException as exc:
         try:
@@ -225,6 +241,23 @@ def _spawned_main(
             blob = cloudpickle.dumps(ClusterError(f"process {proc_id}: {type(exc).__name__}: {exc}"))
         errors.put((proc_id, blob))
         raise SystemExit(1) from None
+
+
+def _addresses_from(inbox: Any, listener: Any) -> list[str]:
+    """The address list :func:`spawn_cluster` sends once every process has bound its port."""
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            addresses = inbox.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                addresses = None
+                break
+    if addresses is None:
+        listener.close()
+        raise ClusterError("spawn_cluster called off the start: another process failed first")
+    return cast("list[str]", addresses)
 
 
 def spawn_cluster(
@@ -239,7 +272,8 @@ def spawn_cluster(
     """Run ``flow`` on ``proc_count`` local processes of ``worker_count_per_proc`` workers each;
     return when all have finished.
 
-    Ports are chosen free, so clusters can run side by side, and a fresh secret authenticates
+    Each process binds a port the system picks before it learns the others', so clusters run
+    side by side and never race another program for a port; a fresh secret authenticates
     the cluster's traffic. The flow travels with cloudpickle, so lambdas and closures work. A
     failing process stops the others, and its exception is raised here.
 
@@ -259,8 +293,6 @@ def spawn_cluster(
     >>> out
     [('a', 4)]
     """
-    from .transport.addresses import free_ports
-
     if type(proc_count) is not int or proc_count < 1:
         raise ValueError(f"proc_count must be a positive int, got {proc_count!r}")
     if type(worker_count_per_proc) is not int or worker_count_per_proc < 1:
@@ -279,13 +311,14 @@ def spawn_cluster(
         # Real processes get the flow as cloudpickle bytes, so lambdas and closures travel;
         # thread "processes" share it as it is, plain output lists included.
         payload = cloudpickle.dumps(payload)
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(proc_count)]
     secret = secrets.token_bytes(32)
-    errors = ctx.Queue()
+    errors, ports = ctx.Queue(), ctx.Queue()
+    inboxes = [ctx.Queue() for _ in range(proc_count)]
     procs = [
         ctx.Process(
             target=_spawned_main,
-            args=(payload, addresses, proc_id, worker_count_per_proc, secret, errors),
+            args=(payload, proc_id, proc_count, worker_count_per_proc, secret, errors, ports,
+                  inboxes[proc_id]),
             name=f"millrace-proc-{proc_id}",
             daemon=False,
         )
@@ -294,6 +327,8 @@ def spawn_cluster(
     for proc in procs:
         proc.start()
     try:
+        if proc_count > 1:
+            _hand_out_addresses(procs, ports, inboxes)
         _wait_all(procs)
     except BaseException:
         _stop_all(procs)
@@ -305,6 +340,24 @@ def spawn_cluster(
         except Exception:
             break
     _raise_failure(procs, failures)
+
+
+def _hand_out_addresses(procs: list[Any], ports: Any, inboxes: list[Any]) -> None:
+    """Once every process has bound a port, send each the whole address list; if one fails
+    before that, call the start off (each inbox gets ``None``)."""
+    bound: dict[int, int] = {}
+    while len(bound) < len(procs):
+        try:
+            proc_id, port = ports.get(timeout=0.1)
+            bound[proc_id] = port
+        except queue.Empty:
+            if any(proc.exitcode is not None for proc in procs):
+                for inbox in inboxes:
+                    inbox.put(None)
+                return
+    addresses = [f"127.0.0.1:{bound[proc_id]}" for proc_id in range(len(procs))]
+    for inbox in inboxes:
+        inbox.put(addresses)
 
 
 def _wait_all(procs: list[Any]) -> None:

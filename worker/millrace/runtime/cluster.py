@@ -14,6 +14,7 @@ from .errors import ClusterError, where
 from .exchange import Exchange
 from .windowing import utcnow
 from .worker import Stopped, Worker, check_flow
+from ..transport.link import Listener, ZmqLink
 
 if TYPE_CHECKING:
     from ..dataflow import Dataflow
@@ -46,21 +47,28 @@ def run_process(
     secret: bytes | None,
     connect_timeout: float,
     cluster_id: str = "",
+    listener: Listener | None = None,
 ) -> None:
-    check_flow(flow)
-    epoch_policy(epoch_config)  # reject a bad config before connecting to anyone
-    recovery_dir = check_recovery(recovery_config)
-    proc_count = max(1, len(addresses))
-    if not 0 <= proc_id < proc_count:
-        raise ValueError(f"proc_id must be in 0..{proc_count - 1} for {proc_count} addresses, got {proc_id}")
-    if type(workers_per_proc) is not int or workers_per_proc < 1:
-        raise ValueError(f"worker_count_per_proc must be a positive int, got {workers_per_proc!r}")
-
-    link = None
-    if proc_count > 1:
-        from ..transport.link import ZmqLink
-
-        link = ZmqLink(addresses, proc_id, workers_per_proc, secret, connect_timeout, cluster_id)
+    """Run process ``proc_id`` of the cluster at ``addresses`` until the flow ends everywhere.
+    ``listener``: this process's socket, already bound at its address (the link closes it)."""
+    try:
+        check_flow(flow)
+        epoch_policy(epoch_config)  # reject a bad config before connecting to anyone
+        recovery_dir = check_recovery(recovery_config)
+        proc_count = max(1, len(addresses))
+        if not 0 <= proc_id < proc_count:
+            raise ValueError(f"proc_id must be in 0..{proc_count - 1} for {proc_count} addresses, got {proc_id}")
+        if type(workers_per_proc) is not int or workers_per_proc < 1:
+            raise ValueError(f"worker_count_per_proc must be a positive int, got {workers_per_proc!r}")
+        link = None
+        if proc_count > 1:
+            link = ZmqLink(
+                addresses, proc_id, workers_per_proc, secret, connect_timeout, cluster_id, listener
+            )
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        raise
     exchange = Exchange(
         proc_count * workers_per_proc,
         first=proc_id * workers_per_proc,
@@ -68,8 +76,8 @@ def run_process(
         remote=link,
     )
     if link is not None:
-        link.start(exchange)
         try:
+            link.start(exchange)
             link.wait_ready()
         except BaseException:
             link.close(clean=False)

@@ -48,9 +48,41 @@ INBOX_LIMIT = 128
 _BYE_GRACE = 2.0
 
 
+class Listener:
+    """A process's PULL socket, bound at ``endpoint`` (``address`` names it in errors).
+
+    A link normally binds its own at :meth:`ZmqLink.start`. ``spawn_cluster`` binds one in each
+    child first, on any free port (:meth:`any_port`), and only then hands out the address
+    list: a port chosen free and bound later could be taken by another program in between.
+    """
+
+    def __init__(self, endpoint: str, address: str, proc_id: int) -> None:
+        self.ctx = zmq.Context()
+        self.socket = self.ctx.socket(zmq.PULL)
+        self.socket.setsockopt(zmq.RCVHWM, _HWM)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise ClusterError(f"process {proc_id} cannot listen on {address}: {exc}") from None
+        bound = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.port = int(bound.rsplit(":", 1)[1])
+
+    @classmethod
+    def any_port(cls, proc_id: int) -> Listener:
+        """Bound on loopback, on a port the system picks."""
+        return cls("tcp://127.0.0.1:*", "127.0.0.1 (any free port)", proc_id)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.ctx.term()
+
+
 class ZmqLink:
     """Process ``proc_id`` of the cluster at ``addresses``, each running ``workers_per_proc``
-    workers. ``secret`` (bytes) authenticates every frame; ``None`` runs unauthenticated."""
+    workers. ``secret`` (bytes) authenticates every frame; ``None`` runs unauthenticated.
+    ``listener``: this process's socket, already bound at its address (the link owns it)."""
 
     def __init__(
         self,
@@ -60,6 +92,7 @@ class ZmqLink:
         secret: bytes | None,
         connect_timeout: float,
         cluster_id: str = "",
+        listener: Listener | None = None,
     ) -> None:
         self.hosts = check_addresses(addresses)
         # Which run of which cluster this process belongs to (the operator passes its pod
@@ -72,7 +105,7 @@ class ZmqLink:
         self.key = frames.derive_key(secret)
         self.connect_timeout = connect_timeout
         self.peers = [p for p in range(self.proc_count) if p != proc_id]
-        self._ctx = zmq.Context()
+        self._listener = listener
         self._outbound: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._push: dict[int, zmq.Socket] = {}
         self._monitors: dict[zmq.Socket, int] = {}
@@ -93,21 +126,15 @@ class ZmqLink:
 
     def start(self, exchange: Exchange) -> None:
         self._exchange = exchange
-        host, port = self.hosts[self.proc_id]
-        pull = self._ctx.socket(zmq.PULL)
-        pull.setsockopt(zmq.RCVHWM, _HWM)
-        pull.setsockopt(zmq.LINGER, 0)
-        try:
-            pull.bind(bind_endpoint(host, port))
-        except zmq.ZMQError as exc:
-            pull.close()
-            self._ctx.term()
-            raise ClusterError(
-                f"process {self.proc_id} cannot listen on {self.addresses[self.proc_id]}: {exc}"
-            ) from None
-        self._pull = pull
+        if self._listener is None:
+            host, port = self.hosts[self.proc_id]
+            self._listener = Listener(
+                bind_endpoint(host, port), self.addresses[self.proc_id], self.proc_id
+            )
+        ctx = self._listener.ctx
+        self._pull = self._listener.socket
         for peer in self.peers:
-            push = self._ctx.socket(zmq.PUSH)
+            push = ctx.socket(zmq.PUSH)
             push.setsockopt(zmq.SNDHWM, _HWM)
             push.setsockopt(zmq.SNDTIMEO, 100)
             push.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -197,9 +224,8 @@ class ZmqLink:
             # After a failure the ABORT frames must still get out; after a clean end
             # everything was delivered already (the peers said BYE).
             push.close(linger=1000)
-        if self._pull is not None:
-            self._pull.close(linger=0)
-        self._ctx.term()
+        if self._listener is not None:
+            self._listener.close()
 
     # -- threads ---------------------------------------------------------------------------
 
