@@ -263,6 +263,15 @@ def statefulset(df: Manifest) -> Manifest:
     return sts
 
 
+def stale_children(df: Manifest) -> list[tuple[str, str]]:
+    """``(kind, name)`` of children an earlier spec of ``df`` may have had and this one has
+    not: the flow's ConfigMap once the flow comes from a module instead of code."""
+    name, _ = _meta(df)
+    if parse_spec(df.get("spec")).code is None:
+        return [("ConfigMap", configmap_name(name))]
+    return []
+
+
 def children(df: Manifest, key: str) -> list[Manifest]:
     """Every child of ``df``, in the order they should be created."""
     built = [cluster_secret(df, key), flow_configmap(df), service(df), network_policy(df), statefulset(df)]

@@ -1,7 +1,7 @@
 """One reconcile of a Dataflow: bring its children to the desired state and compute its status.
 
 Level-based and idempotent: it reads what exists, creates what is missing, patches what
-differs, and can run any number of times. A change of the pod template restarts every pod at
+differs, deletes what the spec no longer has, and can run any number of times. A change of the pod template restarts every pod at
 once (the StatefulSet uses the OnDelete strategy and the operator deletes the old pods), so
 old and new address lists never form one cluster.
 """
@@ -51,6 +51,9 @@ def reconcile(api: Api, df: Manifest, now: str) -> Manifest:
             api.apply(child, patch=False)
         elif child["kind"] != "StatefulSet":
             api.apply(child)
+    for kind, child_name in manifests.stale_children(df):
+        if api.get(kind, namespace, child_name) is not None:
+            api.delete(kind, namespace, child_name)
     selector = manifests.selector(name)
     status = compute_status(df, api.pods(namespace, selector), now)
     sts = next(child for child in desired if child["kind"] == "StatefulSet")

@@ -2,7 +2,7 @@
 
 The needed permissions are not written down by hand: the operator runs a whole Dataflow life
 (create, pods coming and going, a spec change that restarts every pod, a claim-template change
-that replaces the StatefulSet, a failure, deletion of children) against kmock, which records every
+that replaces the StatefulSet, a flow moving from code to a module, a failure, deletion of children) against kmock, which records every
 request; each request maps to an RBAC (apiGroup, resource, verb). The chart's rules, rendered by
 helm for the cluster-wide and for the namespaced install, must equal that set.
 """
@@ -18,7 +18,7 @@ import pytest
 from tests.support.helm import render, require_helm
 
 from .kopf_harness import (  # noqa: F401 - cluster is a fixture
-    DATAFLOWS, PODS, STATEFULSETS, TEST_AGENT, Operator, as_test, cluster, dataflow, login, obj, phase, play_kubelet, until,
+    CONFIGMAPS, DATAFLOWS, PODS, STATEFULSETS, TEST_AGENT, Operator, as_test, cluster, dataflow, login, obj, phase, play_kubelet, until,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -84,6 +84,13 @@ async def _a_dataflow_life(cluster) -> None:
         return claims[0].get("spec", {}).get("resources", {}).get("requests", {}).get("storage") == "2Gi"
 
     await until(replaced)
+    # The flow moves from code to a module: its ConfigMap is deleted, the pods restarted.
+    def template() -> dict[str, Any]:
+        return (obj(cluster, STATEFULSETS, "wc") or {}).get("spec", {}).get("template", {})
+
+    before = template()
+    await patch_spec({"flow": {"code": None, "module": "flows.count:flow"}})
+    await until(lambda: obj(cluster, CONFIGMAPS, "wc-flow") is None and template() != before)
     # A failure, announced by a Warning event.
     message = "millrace: failed: ZeroDivisionError: division by zero"
     await play_kubelet(cluster, "wc", ready=False, crash_loop=(1, message, 5))

@@ -144,3 +144,18 @@ def test_turning_recovery_on_replaces_the_statefulset():
     assert ("StatefulSet", "ns", "df") not in api.objects  # deleted: claim templates are immutable
     reconcile(api, df, NOW)
     assert api.objects[("StatefulSet", "ns", "df")]["spec"]["volumeClaimTemplates"]
+
+
+def test_switching_from_code_to_a_module_deletes_the_flow_configmap():
+    api, df = FakeApi(), dataflow()
+    reconcile(api, df, NOW)
+    assert ("ConfigMap", "ns", "df-flow") in api.objects
+    df["spec"]["flow"] = {"module": "flows.count:flow"}
+    reconcile(api, df, NOW)
+    assert ("ConfigMap", "ns", "df-flow") not in api.objects
+    before = copy.deepcopy(api.objects)
+    reconcile(api, df, NOW)  # nothing left to delete: nothing changes
+    assert api.objects == before
+    df["spec"]["flow"] = {"code": "flow = 2"}
+    reconcile(api, df, NOW)
+    assert api.objects[("ConfigMap", "ns", "df-flow")]["data"] == {"flow.py": "flow = 2"}

@@ -75,8 +75,12 @@ derives these from the operator's own requests and fails when they differ.
   resources: [statefulsets]
   verbs: [get, create, patch, delete]
 - apiGroups: [""]
-  resources: [services, configmaps]
+  resources: [services]
   verbs: [create, patch]
+# get and delete: a flow's ConfigMap goes when the flow comes from a module instead of code.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, patch, delete]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [create, patch]
