@@ -376,6 +376,30 @@ def test_hostile_frames_are_logged(procs, tmp_path):
     assert Counter(_read_outputs(out)) == _expected_sums(2, 100)
 
 
+def test_an_authentic_replayed_frame_is_dropped_and_a_skipped_one_fails_the_cluster(procs, tmp_path):
+    """Frames carry per-sender sequence numbers under the cluster's MAC. A copy of a frame
+    already received (seq 1, the HELLO) is dropped: nothing is lost. A frame that skips numbers
+    means frames, and their items, went missing: the cluster fails, naming them."""
+    key = frames.derive_key(b"s3cret")
+    started, addresses, out = _cluster(
+        procs, tmp_path, "sum", extra=("--count", "400", "--delay", "0.02")
+    )
+    host, port = addresses.split(",")[0].split(":")
+    time.sleep(1.0)
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://{host}:{port}")
+    push.send_multipart(frames.seal(key, frames.BYE, 1, 0, 1, b""))
+    time.sleep(0.5)
+    push.send_multipart(frames.seal(key, frames.BYE, 1, 0, 10**9, b""))
+    push.close(linger=1000)
+    ctx.term()
+    results = [proc.communicate(timeout=60) for proc in started]
+    assert all(proc.returncode != 0 for proc in started)
+    assert "replayed frame 1 from process 1" in results[0][1]
+    assert "lost frames" in results[0][1] and f"..{10**9 - 1} from process 1" in results[0][1]
+
+
 def test_a_peer_with_the_wrong_secret_is_refused_on_both_sides(procs, tmp_path):
     started, _, _ = _cluster(
         procs,

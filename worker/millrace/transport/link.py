@@ -4,7 +4,9 @@ Each process binds one PULL socket at its own address and connects one PUSH sock
 peer. A worker pickles its own messages (so a value that cannot travel fails in the worker
 that sent it, naming its step); a sender thread owns the PUSH sockets and seals every frame
 with the cluster's MAC. A receiver thread owns the PULL socket: it authenticates each frame
-before decoding it, drops and logs anything malformed, and hands messages to local workers.
+before decoding it, drops and logs anything malformed or replayed, and hands messages to local
+workers; an authentic frame that skips some of its sender's sequence numbers fails the cluster,
+since the skipped frames' items are lost.
 Per pair of processes there is one socket and one thread on each side, so frames arrive in
 the order they were sent.
 
@@ -325,8 +327,20 @@ class ZmqLink:
         if frame.sender == self.proc_id:
             self._drop("it claims to come from this very process")
             return
-        if frame.seq <= self._last_seq.get(frame.sender, 0):
-            self._drop(f"replayed or reordered frame {frame.seq} from process {frame.sender}")
+        last = self._last_seq.get(frame.sender, 0)
+        if frame.seq <= last:
+            self._drop(f"replayed frame {frame.seq} from process {frame.sender}")
+            return
+        if frame.seq != last + 1 and self.key is not None:
+            # An authentic frame skipped some: they were lost (a send failed) or are late (a
+            # reconnect can deliver an old connection's frames after a new one's). Either way
+            # their items would be missing or out of order, so the cluster fails instead.
+            self._failing.set()
+            self._exchange.fail(
+                f"process {self.proc_id} lost frames {last + 1}..{frame.seq - 1} from process "
+                f"{frame.sender} ({self.addresses[frame.sender]}): its connection was "
+                "interrupted, and the items in them cannot be recovered"
+            )
             return
         self._last_seq[frame.sender] = frame.seq
         if frame.kind == frames.MESSAGE:
