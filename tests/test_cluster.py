@@ -325,6 +325,20 @@ def test_ctrl_c_stops_the_whole_cluster(procs, tmp_path):
     assert procs.leftovers() == []
 
 
+def _inject(addresses: str, *messages: list[bytes], pause: float = 0.5) -> None:
+    """As an outsider, send ``messages`` (each a list of frame parts) to process 0's port,
+    ``pause`` seconds apart, and disconnect."""
+    host, port = addresses.split(",")[0].split(":")
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://{host}:{port}")
+    for parts in messages:
+        push.send_multipart(parts)
+        time.sleep(pause)
+    push.close(linger=1000)
+    ctx.term()
+
+
 def test_hostile_bytes_are_dropped_and_the_flow_finishes(procs, tmp_path):
     started, addresses, out = _cluster(
         procs, tmp_path, "sum", extra=("--count", "150", "--delay", "0.02")
@@ -336,21 +350,15 @@ def test_hostile_bytes_are_dropped_and_the_flow_finishes(procs, tmp_path):
         with socket.create_connection((host, int(port)), timeout=5) as raw:
             raw.sendall(payload)
     # Well-formed ZeroMQ, but malformed or forged millrace frames.
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.connect(f"tcp://{host}:{port}")
-    forged = frames.seal(b"k" * 32, frames.MESSAGE, 1, 0, 10**9, b"\x80\x04N.")
-    for parts in (
+    _inject(
+        addresses,
         [b"hello"],
         [frames.MAGIC, b"short", b"", b""],
         [frames.MAGIC, b"\x09" * 15, b"x", b"y"],
-        forged,
+        frames.seal(b"k" * 32, frames.MESSAGE, 1, 0, 10**9, b"\x80\x04N."),
         frames.seal(b"k" * 32, frames.ABORT, 1, 0, 10**9, b"stop everything"),
-    ):
-        push.send_multipart(parts)
-    time.sleep(0.5)
-    push.close(linger=1000)
-    ctx.term()
+        pause=0.1,
+    )
     for proc in started:
         stdout, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 0, stderr
@@ -361,14 +369,8 @@ def test_hostile_frames_are_logged(procs, tmp_path):
     started, addresses, out = _cluster(
         procs, tmp_path, "sum", extra=("--count", "100", "--delay", "0.02")
     )
-    host, port = addresses.split(",")[0].split(":")
     time.sleep(1.0)
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.connect(f"tcp://{host}:{port}")
-    push.send_multipart(frames.seal(b"x" * 32, frames.MESSAGE, 1, 0, 10**9, b"garbage"))
-    push.close(linger=1000)
-    ctx.term()
+    _inject(addresses, frames.seal(b"x" * 32, frames.MESSAGE, 1, 0, 10**9, b"garbage"))
     results = [proc.communicate(timeout=60) for proc in started]
     assert [proc.returncode for proc in started] == [0, 0]
     assert "dropped a frame" in results[0][1]
@@ -384,16 +386,12 @@ def test_an_authentic_replayed_frame_is_dropped_and_a_skipped_one_fails_the_clus
     started, addresses, out = _cluster(
         procs, tmp_path, "sum", extra=("--count", "400", "--delay", "0.02")
     )
-    host, port = addresses.split(",")[0].split(":")
     time.sleep(1.0)
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.connect(f"tcp://{host}:{port}")
-    push.send_multipart(frames.seal(key, frames.BYE, 1, 0, 1, b""))
-    time.sleep(0.5)
-    push.send_multipart(frames.seal(key, frames.BYE, 1, 0, 10**9, b""))
-    push.close(linger=1000)
-    ctx.term()
+    _inject(
+        addresses,
+        frames.seal(key, frames.BYE, 1, 0, 1, b""),
+        frames.seal(key, frames.BYE, 1, 0, 10**9, b""),
+    )
     results = [proc.communicate(timeout=60) for proc in started]
     assert all(proc.returncode != 0 for proc in started)
     assert "replayed frame 1 from process 1" in results[0][1]
