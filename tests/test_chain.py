@@ -160,3 +160,21 @@ def test_epochs_reach_the_capture_of_a_fused_chain():
 
     run_main(flow, epoch_config=TestingEpochConfig())
     assert out == [(1, 1), (3, 3), (3, 3), (3, 3)]
+
+
+def test_chains_of_one_shape_share_their_code_and_keep_their_own_names():
+    """A process that builds many flows compiles each shape of chain once: the number of
+    generated sources (kept in linecache for tracebacks) does not grow with the flows."""
+    import linecache
+
+    def above(k):
+        return lambda x: x > k
+
+    compile_chain([plan.Map(1, double), plan.Filter(2, above(0))])
+    before = len(linecache.cache)
+    chains = [compile_chain([plan.Map(1, double), plan.Filter(2 + k, above(k))]) for k in range(50)]
+    assert len(linecache.cache) == before
+    assert [chain.run([1, 2, 3], 0) for chain in chains[:5]] == [[2, 4, 6], [2, 4, 6], [4, 6], [4, 6], [6]]
+    odd = compile_chain([plan.Map(1, double), plan.Filter(7, lambda x: None)])
+    with pytest.raises(TypeError, match=r"^filter #7 \(.*<lambda>\) must return a bool, got None for the item 2$"):
+        odd.run([1], 0)

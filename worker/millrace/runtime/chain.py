@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import linecache
 from collections.abc import Callable, Sequence
-from itertools import count
+from dataclasses import dataclass, field
+from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
@@ -36,8 +37,14 @@ from .sinks import Sink
 Batch = list[Any]
 BatchFn = Callable[[Batch, int], Batch]
 
-_ITEM_STEPS = (plan.Map, plan.Filter, plan.FlatMap, plan.Inspect, plan.InspectEpoch)
-_serial = count()
+_KINDS: dict[type, str] = {
+    plan.Map: "map",
+    plan.Filter: "filter",
+    plan.FlatMap: "flat_map",
+    plan.Inspect: "inspect",
+    plan.InspectEpoch: "inspect_epoch",
+    plan.Capture: "capture",
+}
 
 
 def _not_bool(step_name: str, verdict: Any, item: Any) -> TypeError:
@@ -52,18 +59,96 @@ def _not_iterable(step_name: str, result: Any, item: Any) -> TypeError:
     )
 
 
-class _Source:
-    """Lines of the generated function; each remembers the step (by index) it belongs to."""
+@dataclass
+class _Template:
+    """The generated code for one sequence of step kinds, shared by every chain of that shape
+    (so a process that builds many flows compiles, and keeps in ``linecache``, each shape once).
 
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.step_at: list[int | None] = []
+    ``factory(_not_bool, names, *fns)`` returns the batch function. Per line of the source:
+    the index of the step it belongs to; per step: the variable holding its input item; per
+    flat_map: the line of the ``for`` that iterates its result (where a non-iterable fails)."""
+
+    kinds: tuple[str, ...]
+    lines: list[str] = field(default_factory=list)
+    step_at: list[int | None] = field(default_factory=list)
+    input_of: dict[int, str] = field(default_factory=dict)
+    iterated_at: dict[int, int] = field(default_factory=dict)
+    filename: str = ""
+    factory: Callable[..., BatchFn] | None = None
 
     def add(self, depth: int, text: str, step: int | None = None) -> int:
         """Append a line; return its line number (1-based, as tracebacks count)."""
         self.lines.append("    " * depth + text)
         self.step_at.append(step)
         return len(self.lines)
+
+
+@lru_cache(maxsize=256)
+def _template(kinds: tuple[str, ...]) -> _Template:
+    t = _Template(kinds)
+    params = "".join(f", _f{index}" for index in range(len(kinds)))
+    t.add(0, f"def _factory(_not_bool, _names{params}):")
+    t.add(1, "def run(batch, epoch):")
+    pending: list[int] = []  # item steps not yet written out
+    for index, kind in enumerate(kinds):
+        if kind == "capture":
+            _write_items(t, pending)
+            pending = []
+            t.add(2, "if not batch: return batch")
+            t.add(2, f"_f{index}(batch, epoch)", index)
+        else:
+            pending.append(index)
+    _write_items(t, pending)
+    t.add(2, "return batch")
+    t.add(1, "return run")
+    t.filename = f"<millrace chain: {' -> '.join(kinds)}>"
+    lines = [line + "\n" for line in t.lines]
+    # Registered so that a traceback through a chain shows its lines.
+    linecache.cache[t.filename] = (sum(map(len, lines)), None, lines, t.filename)
+    namespace: dict[str, Any] = {}
+    exec(compile("".join(lines), t.filename, "exec"), namespace)
+    t.factory = namespace["_factory"]
+    return t
+
+
+def _write_items(t: _Template, indices: list[int]) -> None:
+    """Lines that take ``batch`` through the item steps at ``indices``."""
+    if not indices:
+        return
+    if all(t.kinds[index] == "map" for index in indices):
+        # Only maps: a comprehension of nested calls, each call on its own line so that a
+        # traceback still tells them apart.
+        t.add(2, "batch = [")
+        for index in reversed(indices):
+            t.add(3, f"_f{index}(", index)
+        t.add(3, "_item" + ")" * len(indices))
+        t.add(3, "for _item in batch]")
+        return
+    t.add(2, "_out = []")
+    t.add(2, "for _item in batch:")
+    depth, item = 3, "_item"
+    for index in indices:
+        kind = t.kinds[index]
+        t.input_of[index] = item
+        if kind == "map":
+            t.add(depth, f"_i{index} = _f{index}({item})", index)
+            item = f"_i{index}"
+        elif kind == "filter":
+            t.add(depth, f"_keep = _f{index}({item})", index)
+            t.add(depth, "if _keep is not True:", index)
+            t.add(depth + 1, "if _keep is False: continue", index)
+            t.add(depth + 1, f"raise _not_bool(_names[{index}], _keep, {item})", index)
+        elif kind == "flat_map":
+            t.add(depth, f"_r{index} = _f{index}({item})", index)
+            t.iterated_at[t.add(depth, f"for _i{index} in _r{index}:", index)] = index
+            depth += 1
+            item = f"_i{index}"
+        elif kind == "inspect":
+            t.add(depth, f"_f{index}({item})", index)
+        else:
+            t.add(depth, f"_f{index}(epoch, {item})", index)
+    t.add(depth, f"_out.append({item})")
+    t.add(2, "batch = _out")
 
 
 class Chain:
@@ -73,107 +158,43 @@ class Chain:
     """
 
     def __init__(self, steps: Sequence[plan.Step], sinks: Sequence[Sink | None] = ()) -> None:
-        self.names = [step.name for step in steps]
-        self._src = src = _Source()
-        # Per step: the variable holding its input item, and for a flat_map the line of the
-        # ``for`` that iterates its result (the one place a non-iterable result fails).
-        self._input_of: dict[int, str] = {}
-        self._iterated_at: dict[int, int] = {}
-        values: list[Any] = []
+        self.names = tuple(step.name for step in steps)
+        fns: list[Any] = []
         for index, step in enumerate(steps):
-            if isinstance(step, _ITEM_STEPS):
-                values.append(step.fn)
-            elif isinstance(step, plan.Capture):
+            if isinstance(step, plan.Capture):
                 sink = sinks[index] if index < len(sinks) else None
                 if sink is None:
                     raise ValueError(f"{step.name} needs its sink")
-                values.append(sink.write)
+                fns.append(sink.write)
+            elif type(step) in _KINDS:
+                fns.append(step.fn)  # type: ignore[attr-defined]
             else:
                 raise TypeError(f"not a stateless step: {step!r}")
-        params = ", ".join(f"_f{index}" for index in range(len(steps)))
-        src.add(0, f"def _factory(_not_bool, {params}):")
-        src.add(1, "def run(batch, epoch):")
-        pending: list[int] = []  # item steps not yet written out
-        for index, step in enumerate(steps):
-            if isinstance(step, plan.Capture):
-                self._write_items(pending, steps)
-                pending = []
-                src.add(2, "if not batch: return batch")
-                src.add(2, f"_f{index}(batch, epoch)", index)
-            else:
-                pending.append(index)
-        self._write_items(pending, steps)
-        src.add(2, "return batch")
-        src.add(1, "return run")
-
-        self._filename = f"<millrace chain {next(_serial)}: {' -> '.join(self.names)}>"
-        lines = [line + "\n" for line in src.lines]
-        # Registered so that a traceback through the chain shows its lines.
-        linecache.cache[self._filename] = (sum(map(len, lines)), None, lines, self._filename)
-        namespace: dict[str, Any] = {}
-        exec(compile("".join(lines), self._filename, "exec"), namespace)
-        self.run: BatchFn = namespace["_factory"](_not_bool, *values)
-
-    def _write_items(self, run: list[int], steps: Sequence[plan.Step]) -> None:
-        """Lines that take ``batch`` through the item steps ``run`` (indices into ``steps``)."""
-        src = self._src
-        if not run:
-            return
-        if all(isinstance(steps[index], plan.Map) for index in run):
-            # Only maps: a comprehension of nested calls, each call on its own line so that a
-            # traceback still tells them apart.
-            src.add(2, "batch = [")
-            for index in reversed(run):
-                src.add(3, f"_f{index}(", index)
-            src.add(3, "_item" + ")" * len(run))
-            src.add(3, "for _item in batch]")
-            return
-        src.add(2, "_out = []")
-        src.add(2, "for _item in batch:")
-        depth, item = 3, "_item"
-        for index in run:
-            step = steps[index]
-            self._input_of[index] = item
-            if isinstance(step, plan.Map):
-                src.add(depth, f"_i{index} = _f{index}({item})", index)
-                item = f"_i{index}"
-            elif isinstance(step, plan.Filter):
-                src.add(depth, f"_keep = _f{index}({item})", index)
-                src.add(depth, "if _keep is not True:", index)
-                src.add(depth + 1, "if _keep is False: continue", index)
-                src.add(depth + 1, f"raise _not_bool({step.name!r}, _keep, {item})", index)
-            elif isinstance(step, plan.FlatMap):
-                src.add(depth, f"_r{index} = _f{index}({item})", index)
-                self._iterated_at[src.add(depth, f"for _i{index} in _r{index}:", index)] = index
-                depth += 1
-                item = f"_i{index}"
-            elif isinstance(step, plan.Inspect):
-                src.add(depth, f"_f{index}({item})", index)
-            else:
-                src.add(depth, f"_f{index}(epoch, {item})", index)
-        src.add(depth, f"_out.append({item})")
-        src.add(2, "batch = _out")
+        self._template = _template(tuple(_KINDS[type(step)] for step in steps))
+        assert self._template.factory is not None
+        self.run: BatchFn = self._template.factory(_not_bool, self.names, *fns)
 
     def step_of(self, exc: BaseException) -> str | None:
         """The name of the step that raised ``exc`` (``None``: not raised inside the chain)."""
         tb = self._traceback_entry(exc)
         if tb is None:
             return None
-        index = self._src.step_at[tb.tb_lineno - 1]
+        index = self._template.step_at[tb.tb_lineno - 1]
         return None if index is None else self.names[index]
 
     def explain(self, exc: BaseException) -> BaseException:
         """``exc``, or a clearer error when a flat_map returned something that is not iterable."""
         tb = self._traceback_entry(exc)
-        if not isinstance(exc, TypeError) or tb is None or tb.tb_lineno not in self._iterated_at:
+        t = self._template
+        if not isinstance(exc, TypeError) or tb is None or tb.tb_lineno not in t.iterated_at:
             return exc
-        index = self._iterated_at[tb.tb_lineno]
+        index = t.iterated_at[tb.tb_lineno]
         local = tb.tb_frame.f_locals
         result = local[f"_r{index}"]
         try:
             iter(result)
         except TypeError:
-            error = _not_iterable(self.names[index], result, local[self._input_of[index]])
+            error = _not_iterable(self.names[index], result, local[t.input_of[index]])
             return error.with_traceback(exc.__traceback__)
         return exc  # the TypeError came from iterating a result that is iterable
 
@@ -183,7 +204,7 @@ class Chain:
         found = None
         tb = exc.__traceback__
         while tb is not None:
-            if tb.tb_frame.f_code.co_filename == self._filename:
+            if tb.tb_frame.f_code.co_filename == self._template.filename:
                 found = tb
             tb = tb.tb_next
         return found
