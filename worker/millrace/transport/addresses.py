@@ -59,7 +59,9 @@ def connect_endpoint(host: str, port: int) -> str:
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports that were free a moment ago, for local clusters."""
+    """``count`` distinct ports that were free a moment ago, for tests and benchmarks that start
+    ``cluster_main`` processes by hand. Another program may take one before it is bound, which
+    is why :func:`~millrace.execution.spawn_cluster` has each process bind first instead."""
     sockets = []
     try:
         for _ in range(count):
