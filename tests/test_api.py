@@ -7,7 +7,7 @@ import multiprocessing
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -310,15 +310,18 @@ def test_the_reference_documents_first_example_runs(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [5, ("k",), ("k", 1, 2), (1.5, 1), (None, 1), ((1, 2), 3), (True, 1), ["k", 1]])
-@pytest.mark.parametrize("step", ["reduce", "stateful_map", "fold_window"])
+@pytest.mark.parametrize("step", ["reduce", "stateful_map", "fold_window", "collect_window_event"])
 def test_a_stateful_step_names_the_bad_item(bad, step):
-    from millrace.window import SystemClockConfig, TumblingWindowConfig
+    from millrace.window import EventClockConfig, SystemClockConfig, TumblingWindowConfig
 
     adders = {
         "reduce": lambda f: f.reduce("the_step", lambda a, b: a, lambda a: False),
         "stateful_map": lambda f: f.stateful_map("the_step", lambda: 0, lambda s, v: (s, v)),
         "fold_window": lambda f: f.fold_window(
             "the_step", SystemClockConfig(), TumblingWindowConfig(timedelta(1)), list, lambda a, v: a
+        ),
+        "collect_window_event": lambda f: f.collect_window(
+            "the_step", EventClockConfig(lambda v: datetime.now(timezone.utc)), TumblingWindowConfig(timedelta(1))
         ),
     }
     for shape in ("run_main", "cluster"):

@@ -10,15 +10,24 @@ fails the loop's unpacking with a ``ValueError``, which the worker turns into th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from operator import itemgetter
-from collections.abc import Callable
 from typing import Any
 
 from .. import plan
 from .errors import bad_keyed_item, describe
 
 _key_of = itemgetter(0)
+
+
+class _Forgotten:
+    def __repr__(self) -> str:
+        return "FORGOTTEN"
+
+
+#: What :meth:`KeyedLogic.exports` gives for a key that holds no state now.
+FORGOTTEN: Any = _Forgotten()
 
 
 class KeyedLogic:
@@ -37,6 +46,22 @@ class KeyedLogic:
     def restore(self, states: dict[Any, Any]) -> None:
         """Take the keyed state a recovery store kept."""
         self.state.update(states)
+
+    def rebase(self, flow_start: datetime) -> None:
+        """Use the flow start a recovery store recorded (windows keep their boundaries)."""
+
+    def is_empty(self) -> bool:
+        """Whether no key holds any state."""
+        return not self.state
+
+    def exports(self, keys: Iterable[Any]) -> list[tuple[Any, Any]]:
+        """What a snapshot stores of each of ``keys``: its state (through :attr:`export`), or
+        :data:`FORGOTTEN` for a key that holds none now."""
+        state = self.state
+        export = self.export
+        if export is None:
+            return [(key, state[key] if key in state else FORGOTTEN) for key in keys]
+        return [(key, export(state[key]) if key in state else FORGOTTEN) for key in keys]
 
     def on_batch(self, batch: list[Any]) -> list[Any]:
         """Apply ``batch`` in order and return what the step emits; raise the

@@ -1,6 +1,8 @@
-"""Windowed steps: ``reduce_window``, ``fold_window`` and ``collect_window``.
+"""Windowed steps on the event clock: ``reduce_window``, ``fold_window`` and
+``collect_window`` with :class:`~millrace.window.EventClockConfig` (the system clock is
+:mod:`.system_windows`), and the time arithmetic both share.
 
-Per key, a clock gives each value a time and a watermark; tumbling windows hold one accumulator
+Per key, the clock gives each value a time and a watermark; tumbling windows hold one accumulator
 each. A window closes, emitting ``(key, result)``, once the key's watermark reaches its end; a
 value whose window has already closed is late and dropped. A key with no open window is
 removed entirely. A heap of per-key deadlines lets time alone close windows without visiting
@@ -17,7 +19,7 @@ from operator import itemgetter
 from typing import Any
 
 from .. import plan
-from ..window import EventClockConfig, SystemClockConfig, TumblingWindowConfig
+from ..window import EventClockConfig, TumblingWindowConfig
 from .errors import describe
 from .keyed import KeyedLogic
 from .routing import check_keyed
@@ -48,6 +50,16 @@ def from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
+def duration_us(d: timedelta) -> int:
+    return d // _US
+
+
+def collected(acc: list[tuple[int, Any]]) -> list[Any]:
+    """A ``collect_window`` result: the values of ``(time, value)`` pairs in time order
+    (stable, so values of the same time keep their arrival order)."""
+    return [value for _, value in sorted(acc, key=_by_time)]
+
+
 class KeyWindows:
     """A key's clock and open windows; the unit that is snapshotted per key.
 
@@ -76,25 +88,20 @@ class KeyWindows:
 
 
 class WindowLogic(KeyedLogic):
-    """One windowed step on one worker."""
+    """One windowed step on the event clock, on one worker."""
 
     def __init__(self, step: plan.WindowStep, flow_start: datetime) -> None:
         self.name = step.name
         self.step_id = step.step_id
         if not isinstance(step.window, TumblingWindowConfig):
             raise TypeError(f"{self.name}: unsupported window configuration {step.window!r}")
-        self.length = step.window.length // _US
+        self.length = duration_us(step.window.length)
         self.start = to_us(step.window.start_at or flow_start)
         clock = step.clock
-        self.dt_getter: Callable[[Any], datetime] | None
-        if isinstance(clock, EventClockConfig):
-            self.dt_getter = clock.dt_getter
-            self.wait = clock.wait_for_system_duration // _US
-        elif isinstance(clock, SystemClockConfig):
-            self.dt_getter = None
-            self.wait = 0
-        else:
+        if not isinstance(clock, EventClockConfig):
             raise TypeError(f"{self.name}: unsupported clock configuration {clock!r}")
+        self.dt_getter: Callable[[Any], datetime] = clock.dt_getter
+        self.wait = duration_us(clock.wait_for_system_duration)
         self.step = step
         self._fold = self._folder(step)
         self._collect = isinstance(step, plan.CollectWindow)
@@ -182,9 +189,7 @@ class WindowLogic(KeyedLogic):
         return fold
 
     def _result(self, acc: Any) -> Any:
-        if self._collect:
-            return [value for _, value in sorted(acc, key=_by_time)]
-        return acc
+        return collected(acc) if self._collect else acc
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -230,8 +235,6 @@ class WindowLogic(KeyedLogic):
         if self.touched is not None:
             self.touched.update(map(_key_of, batch))
         now = to_us(utcnow())
-        if self.dt_getter is None:
-            batch = self._system_clock_fast_path(batch, now)
         state = self.state
         length = self.length
         start = self.start
@@ -241,14 +244,11 @@ class WindowLogic(KeyedLogic):
         out: list[Any] = []
         unsettled: dict[Any, KeyWindows] = {}
         for key, value in batch:
-            if getter is None:
-                t = now
+            event_at = getter(value)
+            if type(event_at) is datetime and event_at.tzinfo is UTC:
+                t = (event_at - _EPOCH) // _US
             else:
-                event_at = getter(value)
-                if type(event_at) is datetime and event_at.tzinfo is UTC:
-                    t = (event_at - _EPOCH) // _US
-                else:
-                    t = self._checked_event_time(event_at, value)
+                t = self._checked_event_time(event_at, value)
             candidate = t - wait
             kw = state.get(key)
             if kw is None:
@@ -286,42 +286,6 @@ class WindowLogic(KeyedLogic):
         for key, kw in unsettled.items():
             self._settle(key, kw)
         return out
-
-    def _system_clock_fast_path(self, batch: list[tuple[Any, Any]], now: int) -> list[tuple[Any, Any]]:
-        """On the system clock every item of a batch falls in the current window and every
-        key's watermark is now: fold the items of keys whose first open window is the current
-        one right here (nothing can be late or due for them, their timer stands), and return
-        the rest (new keys, keys with an older window to close) for the general path.
-
-        A key in ``state`` always has an open window (keys without one are dropped at once),
-        so ``first`` is the index of a window that exists."""
-        index = (now - self.start) // self.length
-        state = self.state
-        rest: list[tuple[Any, Any]] = []
-        keep = rest.append
-        if isinstance(self.step, plan.ReduceWindow):
-            reducer = self.step.reducer
-            for item in batch:
-                key, value = item
-                try:
-                    kw = state[key]  # a subscript: cheaper than .get() when the key is there
-                except KeyError:
-                    keep(item)
-                    continue
-                if kw.first == index:
-                    windows = kw.windows
-                    windows[index] = reducer(windows[index], value)
-                else:
-                    keep(item)
-        else:
-            fold = self._fold
-            for item in batch:
-                found = state.get(item[0])
-                if found is not None and found.first == index:
-                    fold(found.windows, index, now, item[1])
-                else:
-                    keep(item)
-        return rest
 
     def next_deadline(self) -> datetime | None:
         return from_us(self._heap[0][0]) if self._heap else None

@@ -28,15 +28,17 @@ from typing import Any
 
 from .. import plan
 from ..dataflow import Dataflow
+from ..window import SystemClockConfig
 from .chain import Chain, compile_chain
 from .epochs import EpochPolicy
 from .errors import annotate, cannot_travel
 from . import store
 from .exchange import DATA, DONE, MARK, MIGRATE, PROGRESS, STOP, Exchange, Message
-from .keyed import KeyedLogic, ReduceLogic, StatefulMapLogic
+from .keyed import FORGOTTEN, KeyedLogic, ReduceLogic, StatefulMapLogic
 from .routing import Router, check_pairs, owner
 from .sinks import Sink, build_sink
 from .sources import Reader, build_reader
+from .system_windows import SystemClockWindowLogic
 from .windowing import WindowLogic, utcnow
 
 _IDLE_SLEEP_MAX = 0.01
@@ -102,6 +104,8 @@ def build_logic(step: plan.StatefulStep, flow_start: datetime) -> KeyedLogic:
     if isinstance(step, plan.StatefulMap):
         return StatefulMapLogic(step)
     if isinstance(step, plan.WindowStep):
+        if isinstance(step.clock, SystemClockConfig):
+            return SystemClockWindowLogic(step, flow_start)
         return WindowLogic(step, flow_start)
     raise TypeError(f"unknown stateful step {step!r}")
 
@@ -472,8 +476,7 @@ class Worker:
         old_count, resume, flow_start = self._agree_on_resume(db_dir)
         if flow_start is not None:
             for logic in self.logics:
-                if isinstance(logic, WindowLogic):
-                    logic.rebase(flow_start)
+                logic.rebase(flow_start)
         self.store = store.WorkerStore(db_dir, self.index, self.count, self._step_ids(), flow_start or self.flow_start)
         input_states, keyed = self.store.load(resume) if info is not None else ({}, {})
         if old_count not in (None, self.count):
@@ -561,21 +564,17 @@ class Worker:
         cleared = []
         for logic in self.logics:
             touched = logic.touched or set()
-            state = logic.state
-            export = logic.export
-            if not state and touched:
+            if touched and logic.is_empty():
                 # Nothing held at all (the end of input closed every window): one marker
                 # instead of a forgotten-row per key.
                 cleared.append(logic.step_id)
                 self._settled[logic.step_id] = set()
                 logic.touched = set()
                 continue
-            if export is None:
-                changes[logic.step_id] = [(key, dump(state[key]) if key in state else None) for key in touched]
-            else:
-                changes[logic.step_id] = [
-                    (key, dump(export(state[key])) if key in state else None) for key in touched
-                ]
+            changes[logic.step_id] = [
+                (key, None if state is FORGOTTEN else dump(state))
+                for key, state in logic.exports(touched)
+            ]
             self._settled[logic.step_id] = touched
             logic.touched = set()
         try:

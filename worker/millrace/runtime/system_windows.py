@@ -1,0 +1,186 @@
+"""Windowed steps on the system clock: ``reduce_window``, ``fold_window`` and
+``collect_window`` with :class:`~millrace.window.SystemClockConfig`.
+
+On the system clock an item is timed when it reaches the step, so every key's watermark is the
+same: now. A window closes for every key at once, when the clock passes its end, and no item is
+ever late. So the state is kept window by window, ``{window index: {key: accumulator}}``, and
+folding an item costs one dict lookup and one store, as in a plain loop; the event clock
+(:mod:`.windowing`) needs a clock and a dict of windows per key instead.
+
+Snapshots store a key's state in the event clock's per-key form, ``(watermark, seen_at,
+{window index: accumulator})``, so stores of either kind restore here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from operator import itemgetter
+from typing import Any
+
+from .. import plan
+from ..window import TumblingWindowConfig
+from .errors import bad_keyed_item
+from .keyed import FORGOTTEN, KeyedLogic
+from .windowing import KeyWindows, collected, duration_us, from_us, to_us, utcnow
+
+_key_of = itemgetter(0)
+
+
+class SystemClockWindowLogic(KeyedLogic):
+    """One windowed step on the system clock, on one worker."""
+
+    def __init__(
+        self, step: plan.WindowStep, flow_start: datetime, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        self.name = step.name
+        self.step_id = step.step_id
+        if not isinstance(step.window, TumblingWindowConfig):
+            raise TypeError(f"{self.name}: unsupported window configuration {step.window!r}")
+        self.window = step.window
+        self.length = duration_us(step.window.length)
+        self.start = to_us(step.window.start_at or flow_start)
+        self.step = step
+        self._collect = isinstance(step, plan.CollectWindow)
+        #: Open windows by index, each ``{key: accumulator}`` in the order keys first came.
+        self.open: dict[int, dict[Any, Any]] = {}
+        # The newest window the clock has reached; every older one is closed, and items never
+        # go into an older one, even if the system clock steps back.
+        self._newest = -(1 << 62)
+        self._deadline: datetime | None = None
+        self._clock = clock
+
+    def rebase(self, flow_start: datetime) -> None:
+        if self.window.start_at is None:
+            self.start = to_us(flow_start)
+
+    # -- the KeyedLogic interface ----------------------------------------------------------
+
+    def on_batch(self, batch: list[Any]) -> list[Any]:
+        now = to_us(self._clock())
+        index = (now - self.start) // self.length
+        out: list[Any] = []
+        self._advance(index, out)
+        index = self._newest
+        windows = self.open.get(index)
+        if windows is None:
+            windows = self.open[index] = {}
+            self._deadline = None
+        step = self.step
+        if isinstance(step, plan.ReduceWindow):
+            self._reduce(windows, batch, step.reducer)
+        elif isinstance(step, plan.FoldWindow):
+            self._fold(windows, batch, step.builder, step.folder)
+        else:
+            self._append(windows, batch, now)
+        if self.touched is not None:
+            self.touched.update(map(_key_of, batch))
+        return out
+
+    def next_deadline(self) -> datetime | None:
+        if self._deadline is None and self.open:
+            self._deadline = from_us(self.start + (min(self.open) + 1) * self.length)
+        return self._deadline
+
+    def on_tick(self, now: datetime) -> list[Any]:
+        out: list[Any] = []
+        self._advance((to_us(now) - self.start) // self.length, out)
+        return out
+
+    def on_eof(self) -> list[Any]:
+        out: list[Any] = []
+        self._close_before(None, out)
+        return out
+
+    def is_empty(self) -> bool:
+        return not any(self.open.values())
+
+    def exports(self, keys: Iterable[Any]) -> list[tuple[Any, Any]]:
+        now = to_us(self._clock())
+        open_windows = sorted(self.open.items())
+        exported: list[tuple[Any, Any]] = []
+        for key in keys:
+            windows = {index: accs[key] for index, accs in open_windows if key in accs}
+            exported.append((key, (now, now, windows) if windows else FORGOTTEN))
+        return exported
+
+    def restore(self, states: dict[Any, Any]) -> None:
+        for key, stored in states.items():
+            # A pickled KeyWindows comes from an earlier millrace; a tuple from exports().
+            windows = stored.windows if isinstance(stored, KeyWindows) else stored[2]
+            for index, acc in windows.items():
+                self.open.setdefault(index, {})[key] = acc
+        self._deadline = None
+
+    # -- folding: one loop per kind, each checking items where it takes them apart ---------
+
+    def _reduce(self, windows: dict[Any, Any], batch: list[Any], reducer: Any) -> None:
+        tuple_, str_, int_, type_ = tuple, str, int, type
+        for item in batch:
+            if type_(item) is not tuple_:
+                raise bad_keyed_item(self.name, item)
+            key, value = item
+            key_type = type_(key)
+            if key_type is not str_ and key_type is not int_:
+                raise bad_keyed_item(self.name, item)
+            try:
+                acc = windows[key]
+            except KeyError:
+                windows[key] = value
+            else:
+                windows[key] = reducer(acc, value)
+
+    def _fold(self, windows: dict[Any, Any], batch: list[Any], builder: Any, folder: Any) -> None:
+        tuple_, str_, int_, type_ = tuple, str, int, type
+        for item in batch:
+            if type_(item) is not tuple_:
+                raise bad_keyed_item(self.name, item)
+            key, value = item
+            key_type = type_(key)
+            if key_type is not str_ and key_type is not int_:
+                raise bad_keyed_item(self.name, item)
+            try:
+                acc = windows[key]
+            except KeyError:
+                acc = builder()
+            windows[key] = folder(acc, value)
+
+    def _append(self, windows: dict[Any, Any], batch: list[Any], now: int) -> None:
+        tuple_, str_, int_, type_ = tuple, str, int, type
+        for item in batch:
+            if type_(item) is not tuple_:
+                raise bad_keyed_item(self.name, item)
+            key, value = item
+            key_type = type_(key)
+            if key_type is not str_ and key_type is not int_:
+                raise bad_keyed_item(self.name, item)
+            try:
+                windows[key].append((now, value))
+            except KeyError:
+                windows[key] = [(now, value)]
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def _advance(self, index: int, out: list[Any]) -> None:
+        """The clock is in window ``index``: close every older window."""
+        if index > self._newest:
+            self._close_before(index, out)
+            self._newest = index
+
+    def _close_before(self, index: int | None, out: list[Any]) -> None:
+        """Emit and drop every window older than ``index`` (``None``: every window), oldest
+        first, each in the order its keys first came."""
+        open_windows = self.open
+        due = sorted(i for i in open_windows if index is None or i < index)
+        if not due:
+            return
+        touched = self.touched
+        for i in due:
+            accs = open_windows.pop(i)
+            if touched is not None:
+                touched.update(accs)
+            if self._collect:
+                out.extend((key, collected(acc)) for key, acc in accs.items())
+            else:
+                out.extend(accs.items())
+        self._deadline = None
