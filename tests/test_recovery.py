@@ -120,6 +120,62 @@ def test_a_forgotten_key_is_recorded_as_a_discard(tmp_path):
     assert ("k", 2, None) in rows
 
 
+def test_a_discard_is_dropped_once_the_cluster_is_past_it(tmp_path):
+    # "k" is forgotten in epoch 1; epochs 2.. write only "other". A restart resumes at the
+    # earliest after the last settled epoch, where "k" holds nothing either way.
+    items = [("k", 1), ("k", 2)] + [("other", i) for i in range(5)]
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(items))
+    flow.stateful_map("forget", lambda: 0, lambda s, v: (None if v == 2 else s + v, v))
+    flow.capture(TestingOutputConfig([]))
+    run(flow, tmp_path)
+    with sqlite3.connect(tmp_path / "worker-0.sqlite3") as conn:
+        keys = {key for (key,) in conn.execute("SELECT key FROM state")}
+    assert keys == {"other"}
+
+
+def test_the_state_as_of_the_settled_epoch_survives_garbage_collection(tmp_path):
+    """Store level: after the snapshot of epoch e, the state as of e - 1 (where a restart
+    may resume) and as of e both load, whatever was written, forgotten or cleared."""
+    from datetime import datetime, timezone
+
+    from millrace.runtime.store import WorkerStore, dump_state
+
+    store = WorkerStore(tmp_path, 0, 1, ["inp", "s", "w"], datetime(2024, 1, 1, tzinfo=timezone.utc))
+    history: list[dict[str, dict]] = []
+    state: dict[str, dict] = {"s": {}, "w": {}}
+    writes = [
+        {"s": {"a": 1, "b": 1, 2: 1}, "w": {"x": 1}},
+        {"s": {"a": 2, "b": None}, "w": "cleared"},
+        {"s": {2: 5}, "w": {"y": 3}},
+        {"s": {"b": 7, "a": None}, "w": {}},
+        {"s": {}, "w": "cleared"},
+        {"s": {"a": 9}, "w": {}},
+    ]
+    for epoch, write in enumerate(writes):
+        changes, cleared = {}, []
+        for step, rows in write.items():
+            if rows == "cleared":
+                cleared.append(step)
+                state[step] = {}
+                continue
+            changes[step] = [(k, None if v is None else dump_state(v)) for k, v in rows.items()]
+            for k, v in rows.items():
+                if v is None:
+                    state[step].pop(k, None)
+                else:
+                    state[step][k] = v
+        store.snapshot(epoch, {"inp": epoch}, changes, cleared)
+        history.append({step: dict(held) for step, held in state.items()})
+        for resume in (epoch, epoch + 1):
+            if resume == 0:
+                continue
+            inputs, keyed = store.load(resume)
+            expected = {step: held for step, held in history[resume - 1].items() if held}
+            assert (inputs, keyed) == ({"inp": resume - 1}, expected), (epoch, resume)
+    store.close()
+
+
 def test_a_step_left_without_any_state_is_one_marker_not_a_row_per_key(tmp_path):
     keys = [(f"k{i}", 1) for i in range(50)]
     flow = Dataflow()

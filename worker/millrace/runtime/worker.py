@@ -142,7 +142,6 @@ class Worker:
         self._deferred: list[Message] = []
         self._migrated: list[tuple[str, Any, Any]] = []
         self._migration_senders: set[int] = set()
-        self._settled: dict[str, set[Any]] = {}
         self._build(flow, flow_start)
 
     # -- compiling the plan ----------------------------------------------------------------
@@ -558,8 +557,6 @@ class Worker:
         for (step, _), (reader, _) in zip(self.input_steps, self.inputs):
             inputs[step.step_id] = reader.state
         changes: dict[str, list[tuple[Any, bytes | None]]] = {}
-        settled = self._settled
-        self._settled = {}
         dump = store.dump_state
         cleared = []
         for logic in self.logics:
@@ -568,17 +565,15 @@ class Worker:
                 # Nothing held at all (the end of input closed every window): one marker
                 # instead of a forgotten-row per key.
                 cleared.append(logic.step_id)
-                self._settled[logic.step_id] = set()
                 logic.touched = set()
                 continue
             changes[logic.step_id] = [
                 (key, None if state is FORGOTTEN else dump(state))
                 for key, state in logic.exports(touched)
             ]
-            self._settled[logic.step_id] = touched
             logic.touched = set()
         try:
-            self.store.snapshot(epoch, inputs, changes, settled, cleared)
+            self.store.snapshot(epoch, inputs, changes, cleared)
         except Exception as exc:
             annotate(exc, f"the snapshot of epoch {epoch} to {self.store.path}", self.index)
             raise
