@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import islice
-from operator import itemgetter
+from operator import countOf, itemgetter
 from time import monotonic
 from typing import Any
 
@@ -26,8 +26,6 @@ _EMPTY = object()
 
 # About how long a reader may spend filling one batch from a source that is slow per item.
 BATCH_SECONDS = 0.01
-_TUPLE = {tuple}
-_PAIR = {2}
 _second = itemgetter(1)
 
 
@@ -101,7 +99,8 @@ class ManualReader(Reader):
         while limit > 0:
             want = min(chunk, limit)
             got = self._take(want)
-            if got and set(map(type, got)) == _TUPLE and set(map(len, got)) == _PAIR:
+            n = len(got)
+            if n and countOf(map(type, got), tuple) == n and countOf(map(len, got), 2) == n:
                 items.extend(map(_second, got))
                 last = got[-1]
             else:
