@@ -43,24 +43,6 @@ def owner(key: Any, worker_count: int) -> int:
     raise TypeError(f"a key must be a str or an int, got {key!r}")
 
 
-def check_keyed(batch: list[Any], step_name: str) -> None:
-    """Raise a :class:`TypeError` naming ``step_name`` unless every item of ``batch`` is a
-    tuple whose first element is a ``str`` or ``int`` key (see :func:`check_pairs`).
-
-    Two passes in C for a valid batch; the window steps use it, while ``reduce`` and
-    ``stateful_map`` test each item inside their own loops, which costs less.
-    """
-    if not batch:
-        return
-    # Tuples of the wrong length are left to the step's unpacking, which fails for them
-    # anyway (see Worker._apply); checking lengths here would cost every valid item.
-    if set(map(type, batch)) == {tuple} and set(map(type, map(_key_of, batch))) <= _KEY_TYPE_SET:
-        return
-    for item in batch:
-        if type(item) is not tuple or len(item) != 2 or type(item[0]) not in KEY_TYPES:
-            raise bad_keyed_item(step_name, item)
-
-
 def check_pairs(batch: list[Any], step_name: str) -> None:
     """After a step's unpacking failed: raise the TypeError for a tuple that is not a pair,
     if there is one (otherwise the ValueError came from user code and stands)."""

@@ -20,9 +20,8 @@ from typing import Any
 
 from .. import plan
 from ..window import EventClockConfig, TumblingWindowConfig
-from .errors import describe
+from .errors import bad_keyed_item, describe
 from .keyed import KeyedLogic
-from .routing import check_keyed
 
 log = logging.getLogger("millrace.window")
 UTC = timezone.utc
@@ -231,9 +230,6 @@ class WindowLogic(KeyedLogic):
     def on_batch(self, batch: list[tuple[Any, Any]]) -> list[Any]:
         # The per-item path, with the common cases inlined: an aware UTC event time, a fold
         # into an open window, nothing due. Times are int microseconds (see to_us).
-        check_keyed(batch, self.name)
-        if self.touched is not None:
-            self.touched.update(map(_key_of, batch))
         now = to_us(utcnow())
         state = self.state
         length = self.length
@@ -243,7 +239,14 @@ class WindowLogic(KeyedLogic):
         getter = self.dt_getter
         out: list[Any] = []
         unsettled: dict[Any, KeyWindows] = {}
-        for key, value in batch:
+        tuple_, str_, int_, type_ = tuple, str, int, type
+        for item in batch:
+            if type_(item) is not tuple_:
+                raise bad_keyed_item(self.name, item)
+            key, value = item
+            key_type = type_(key)
+            if key_type is not str_ and key_type is not int_:
+                raise bad_keyed_item(self.name, item)
             event_at = getter(value)
             if type(event_at) is datetime and event_at.tzinfo is UTC:
                 t = (event_at - _EPOCH) // _US
@@ -285,6 +288,8 @@ class WindowLogic(KeyedLogic):
                 unsettled.pop(key, None)
         for key, kw in unsettled.items():
             self._settle(key, kw)
+        if self.touched is not None:
+            self.touched.update(map(_key_of, batch))
         return out
 
     def next_deadline(self) -> datetime | None:
