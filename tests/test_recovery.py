@@ -93,6 +93,24 @@ def test_a_finished_flow_run_again_emits_nothing(tmp_path):
     assert again == []
 
 
+def test_what_a_store_holds_beyond_the_resume_epoch_is_forgotten(tmp_path):
+    """In a cluster a worker may have written epoch e when a peer that had not is killed: the
+    restart runs e again, and whatever the first run of e wrote (here: a state of "c" that
+    the second run of e does not touch) must not come back on a later restart."""
+    from millrace.runtime.store import dump_state
+
+    outs: list[list] = [[], [], []]
+    with pytest.raises(Crash):
+        run(sums_flow(outs[0], crash_at=3), tmp_path)  # epochs 0-4 done
+    with sqlite3.connect(tmp_path / "worker-0.sqlite3") as conn:
+        (step_id,) = conn.execute("SELECT DISTINCT step_id FROM state").fetchone()
+        conn.execute("INSERT INTO state VALUES (?, 'c', 5, ?)", (step_id, dump_state(999)))
+    with pytest.raises(Crash):
+        run(sums_flow(outs[1], crash_at=200), tmp_path)  # epoch 5 again, then a crash in 6
+    run(sums_flow(outs[2]), tmp_path)
+    assert outs[0] + outs[1] + outs[2] == clean_output()
+
+
 def test_garbage_collection_keeps_each_keys_last_write(tmp_path):
     items = [("once", 1)] + [("often", i) for i in range(30)]
     flow = Dataflow()

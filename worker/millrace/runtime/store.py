@@ -215,6 +215,19 @@ class WorkerStore:
                 keyed.setdefault(step_id, {})[key] = load_state(blob)
         return inputs, keyed
 
+    def rewind(self, resume_epoch: int) -> None:
+        """Forget what this worker wrote for ``resume_epoch`` and later. A worker may finish
+        an epoch that a peer had not when the cluster stopped; the restart runs that epoch
+        again, and its second run need not touch the same keys, so rows of its first run
+        would otherwise come back as the state of keys it never wrote."""
+        with self._transaction() as conn:
+            for table in ("state", "cleared", "inputs"):
+                conn.execute(f"DELETE FROM {table} WHERE epoch >= ?", (resume_epoch,))
+            conn.execute(
+                "UPDATE progress SET epoch = ? WHERE worker = ? AND epoch >= ?",
+                (resume_epoch - 1, self.worker_index, resume_epoch),
+            )
+
     def snapshot(
         self,
         epoch: int,

@@ -481,6 +481,8 @@ class Worker:
         if old_count not in (None, self.count):
             keyed = self._migrate(keyed, old_count)
             self.store.rescale(self.count, resume - 1, input_states, keyed)
+        elif info is not None:
+            self.store.rewind(resume)
         for logic in self.logics:
             logic.restore(keyed.get(logic.step_id, {}))
             logic.touched = set()
