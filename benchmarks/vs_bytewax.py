@@ -210,6 +210,10 @@ def _mb(v: float | None) -> str:
     return "FAIL" if v is None else f"{v:,.1f} MB"
 
 
+def _secs(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f} s"
+
+
 def _pct(v: float | None) -> str:
     return "FAIL" if v is None else f"{v:.1%}"
 
@@ -277,7 +281,12 @@ def rows_for(bench: Bench, w: Workload) -> tuple[list[Row], list[Bar]]:
              Row("wordcount, 1 s epochs, snapshot at each", _ips(m("recovery")),
                  _ips(b("recovery")), _x(_div(m("recovery"), b("recovery"))), "—", "info"),
              Row("cost of recovery (1 - with/without)", _pct(cost_m), _pct(cost_b), "—",
-                 "< 15%", _verdict(cost_m, lambda c: c < 0.15))],
+                 "< 15%", _verdict(cost_m, lambda c: c < 0.15)),
+             # How many snapshots a run holds depends on how long it runs: one per second,
+             # and the last one at the end of input.
+             Row("length of a run with recovery (a snapshot each second and at the end)",
+                 _secs(m("recovery", "seconds")), _secs(b("recovery", "seconds")), "—", "—",
+                 "info")],
             [Bar("recovery", "f recovery cost (%)",
                  None if cost_m is None else 100 * cost_m,
                  None if cost_b is None else 100 * cost_b, target=15)])
