@@ -40,7 +40,14 @@ class SystemClockWindowLogic(KeyedLogic):
         self.window = step.window
         self.length = duration_us(step.window.length)
         self.start = to_us(step.window.start_at or flow_start)
-        self.step = step
+        # The kind of step, told by which of these is set (collect_window: none).
+        self._reducer: Callable[[Any, Any], Any] | None = None
+        self._builder: Callable[[], Any] | None = None
+        self._folder: Callable[[Any, Any], Any] | None = None
+        if isinstance(step, plan.ReduceWindow):
+            self._reducer = step.reducer
+        elif isinstance(step, plan.FoldWindow):
+            self._builder, self._folder = step.builder, step.folder
         self._collect = isinstance(step, plan.CollectWindow)
         #: Open windows by index, each ``{key: accumulator}`` in the order keys first came.
         self.open: dict[int, dict[Any, Any]] = {}
@@ -66,13 +73,7 @@ class SystemClockWindowLogic(KeyedLogic):
         if windows is None:
             windows = self.open[index] = {}
             self._deadline = None
-        step = self.step
-        if isinstance(step, plan.ReduceWindow):
-            self._reduce(windows, batch, step.reducer)
-        elif isinstance(step, plan.FoldWindow):
-            self._fold(windows, batch, step.builder, step.folder)
-        else:
-            self._append(windows, batch, now)
+        self._fold(windows, batch, now)
         if self.touched is not None:
             self.touched.update(map(_key_of, batch))
         return out
@@ -112,9 +113,12 @@ class SystemClockWindowLogic(KeyedLogic):
                 self.open.setdefault(index, {})[key] = acc
         self._deadline = None
 
-    # -- folding: one loop per kind, each checking items where it takes them apart ---------
+    # -- folding ---------------------------------------------------------------------------
 
-    def _reduce(self, windows: dict[Any, Any], batch: list[Any], reducer: Any) -> None:
+    def _fold(self, windows: dict[Any, Any], batch: list[Any], now: int) -> None:
+        """Fold ``batch`` into the window ``windows``, checking each item where it is taken
+        apart (a separate pass over the batch would cost more)."""
+        reducer, builder, folder = self._reducer, self._builder, self._folder
         tuple_, str_, int_, type_ = tuple, str, int, type
         for item in batch:
             if type_(item) is not tuple_:
@@ -123,41 +127,24 @@ class SystemClockWindowLogic(KeyedLogic):
             key_type = type_(key)
             if key_type is not str_ and key_type is not int_:
                 raise bad_keyed_item(self.name, item)
-            try:
-                acc = windows[key]
-            except KeyError:
-                windows[key] = value
+            if reducer is not None:
+                try:
+                    acc = windows[key]
+                except KeyError:
+                    windows[key] = value
+                else:
+                    windows[key] = reducer(acc, value)
+            elif folder is not None:
+                try:
+                    acc = windows[key]
+                except KeyError:
+                    acc = builder()  # type: ignore[misc]
+                windows[key] = folder(acc, value)
             else:
-                windows[key] = reducer(acc, value)
-
-    def _fold(self, windows: dict[Any, Any], batch: list[Any], builder: Any, folder: Any) -> None:
-        tuple_, str_, int_, type_ = tuple, str, int, type
-        for item in batch:
-            if type_(item) is not tuple_:
-                raise bad_keyed_item(self.name, item)
-            key, value = item
-            key_type = type_(key)
-            if key_type is not str_ and key_type is not int_:
-                raise bad_keyed_item(self.name, item)
-            try:
-                acc = windows[key]
-            except KeyError:
-                acc = builder()
-            windows[key] = folder(acc, value)
-
-    def _append(self, windows: dict[Any, Any], batch: list[Any], now: int) -> None:
-        tuple_, str_, int_, type_ = tuple, str, int, type
-        for item in batch:
-            if type_(item) is not tuple_:
-                raise bad_keyed_item(self.name, item)
-            key, value = item
-            key_type = type_(key)
-            if key_type is not str_ and key_type is not int_:
-                raise bad_keyed_item(self.name, item)
-            try:
-                windows[key].append((now, value))
-            except KeyError:
-                windows[key] = [(now, value)]
+                try:
+                    windows[key].append((now, value))
+                except KeyError:
+                    windows[key] = [(now, value)]
 
     # -- closing ---------------------------------------------------------------------------
 
