@@ -122,6 +122,13 @@ def test_exports_give_each_key_its_open_windows_or_forgotten():
     assert (key_a, state_a[2], key_gone, gone) == ("a", {1: 2}, "gone", FORGOTTEN)
 
 
+def test_exports_gather_a_keys_windows_when_several_are_open():
+    w, _ = logic()
+    w.restore({"a": (0, 0, {3: 30, 1: 10}), "b": (0, 0, {3: 5})})
+    exported = {key: state if state is FORGOTTEN else state[2] for key, state in w.exports(["a", "b", "c"])}
+    assert exported == {"a": {1: 10, 3: 30}, "b": {3: 5}, "c": FORGOTTEN}
+
+
 @pytest.mark.parametrize("kind", ["reduce", "fold", "collect"])
 def test_a_snapshot_restores_to_the_same_windows(kind):
     w, clock = logic(kind)
