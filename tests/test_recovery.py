@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,6 +94,28 @@ def test_a_finished_flow_run_again_emits_nothing(tmp_path):
     assert again == []
 
 
+def stored(db_dir: Path, worker: int = 0) -> tuple[dict, dict]:
+    """What a restart would load from worker ``worker``'s store: (inputs, keyed states)."""
+    from millrace.runtime.store import WorkerStore, inspect
+
+    info = inspect(db_dir, worker)
+    assert info is not None and info.progress is not None
+    store = WorkerStore(db_dir, worker, info.worker_count, info.step_ids, info.flow_start)
+    try:
+        return store.load(info.progress + 1)
+    finally:
+        store.close()
+
+
+def chunk_rows(db_dir: Path, worker: int = 0) -> list[tuple[str, int, bool, Any]]:
+    """Every chunk of a store: (step id, epoch, full, (changed, forgotten))."""
+    from millrace.runtime.store import load_state
+
+    with sqlite3.connect(db_dir / f"worker-{worker}.sqlite3") as conn:
+        rows = conn.execute("SELECT step_id, epoch, full, state FROM chunks ORDER BY step_id, epoch")
+        return [(step_id, epoch, bool(full), load_state(blob)) for step_id, epoch, full, blob in rows]
+
+
 def test_what_a_store_holds_beyond_the_resume_epoch_is_forgotten(tmp_path):
     """In a cluster a worker may have written epoch e when a peer that had not is killed: the
     restart runs e again, and whatever the first run of e wrote (here: a state of "c" that
@@ -103,87 +126,81 @@ def test_what_a_store_holds_beyond_the_resume_epoch_is_forgotten(tmp_path):
     with pytest.raises(Crash):
         run(sums_flow(outs[0], crash_at=3), tmp_path)  # epochs 0-4 done
     with sqlite3.connect(tmp_path / "worker-0.sqlite3") as conn:
-        (step_id,) = conn.execute("SELECT DISTINCT step_id FROM state").fetchone()
-        conn.execute("INSERT INTO state VALUES (?, 'c', 5, ?)", (step_id, dump_state(999)))
+        (step_id,) = conn.execute("SELECT DISTINCT step_id FROM chunks").fetchone()
+        conn.execute("INSERT INTO chunks VALUES (?, 5, 0, ?)", (step_id, dump_state(({"c": 999}, []))))
     with pytest.raises(Crash):
         run(sums_flow(outs[1], crash_at=200), tmp_path)  # epoch 5 again, then a crash in 6
     run(sums_flow(outs[2]), tmp_path)
     assert outs[0] + outs[1] + outs[2] == clean_output()
 
 
-def test_garbage_collection_keeps_each_keys_last_write(tmp_path):
+def test_garbage_collection_keeps_what_a_restart_needs_and_little_more(tmp_path):
     items = [("once", 1)] + [("often", i) for i in range(30)]
     flow = Dataflow()
     flow.input("inp", TestingInputConfig(items))
     flow.stateful_map("sums", lambda: 0, lambda total, v: (total + v, total + v))
     flow.capture(TestingOutputConfig([]))
     run(flow, tmp_path)
+    inputs, keyed = stored(tmp_path)
+    assert list(keyed.values()) == [{"once": 1, "often": sum(range(30))}]
+    # Two keys, one changing each epoch: a full chunk every third epoch, and what follows.
+    chunks = chunk_rows(tmp_path)
+    assert 1 <= len(chunks) <= 4 and chunks[0][2], chunks
     with sqlite3.connect(tmp_path / "worker-0.sqlite3") as conn:
-        rows = conn.execute("SELECT key, epoch FROM state ORDER BY key, epoch").fetchall()
-        inputs = conn.execute("SELECT epoch FROM inputs").fetchall()
-    assert ("once", 0) in rows  # written once, long ago, still there
-    often = [epoch for key, epoch in rows if key == "often"]
-    assert often == [29, 30]  # superseded rows are gone; the newest stay
-    assert len(inputs) <= 2
+        assert len(conn.execute("SELECT epoch FROM inputs").fetchall()) <= 2
 
 
-def test_a_forgotten_key_is_recorded_as_a_discard(tmp_path):
-    flow = Dataflow()
-    flow.input("inp", TestingInputConfig([("k", 1), ("other", 5), ("k", 2)]))
-    flow.stateful_map("forget", lambda: 0, lambda s, v: (None if v == 2 else s + v, v))
-    flow.capture(TestingOutputConfig([]))
-    run(flow, tmp_path)
-    with sqlite3.connect(tmp_path / "worker-0.sqlite3") as conn:
-        rows = conn.execute("SELECT key, epoch, state FROM state").fetchall()
-    assert ("k", 2, None) in rows
-
-
-def test_a_discard_is_dropped_once_the_cluster_is_past_it(tmp_path):
-    # "k" is forgotten in epoch 1; epochs 2.. write only "other". A restart resumes at the
-    # earliest after the last settled epoch, where "k" holds nothing either way.
-    items = [("k", 1), ("k", 2)] + [("other", i) for i in range(5)]
+def test_a_forgotten_key_stays_forgotten(tmp_path):
+    # "k" is forgotten in epoch 1; epochs 2.. write only "other".
+    items = [("k", 1), ("k", 2)] + [("other", i) for i in (10, 20, 30, 40)]
     flow = Dataflow()
     flow.input("inp", TestingInputConfig(items))
     flow.stateful_map("forget", lambda: 0, lambda s, v: (None if v == 2 else s + v, v))
     flow.capture(TestingOutputConfig([]))
     run(flow, tmp_path)
-    with sqlite3.connect(tmp_path / "worker-0.sqlite3") as conn:
-        keys = {key for (key,) in conn.execute("SELECT key FROM state")}
-    assert keys == {"other"}
+    _, keyed = stored(tmp_path)
+    assert list(keyed.values()) == [{"other": 100}]
+    forgotten_in = [epoch for _, epoch, full, (_, forgotten) in chunk_rows(tmp_path) if "k" in forgotten]
+    assert forgotten_in in ([], [1])  # a discard, until a full chunk makes it needless
 
 
 def test_the_state_as_of_the_settled_epoch_survives_garbage_collection(tmp_path):
     """Store level: after the snapshot of epoch e, the state as of e - 1 (where a restart
-    may resume) and as of e both load, whatever was written, forgotten or cleared."""
+    may resume) and as of e both load, whatever was written, forgotten or emptied, in full
+    chunks or in changes."""
     from datetime import datetime, timezone
 
-    from millrace.runtime.store import WorkerStore, dump_state
+    from millrace.runtime.store import Chunk, WorkerStore
 
     store = WorkerStore(tmp_path, 0, 1, ["inp", "s", "w"], datetime(2024, 1, 1, tzinfo=timezone.utc))
     history: list[dict[str, dict]] = []
     state: dict[str, dict] = {"s": {}, "w": {}}
+    # Per epoch and step: changes (None: forgotten), or "full" with every key it holds.
     writes = [
-        {"s": {"a": 1, "b": 1, 2: 1}, "w": {"x": 1}},
-        {"s": {"a": 2, "b": None}, "w": "cleared"},
-        {"s": {2: 5}, "w": {"y": 3}},
-        {"s": {"b": 7, "a": None}, "w": {}},
-        {"s": {}, "w": "cleared"},
-        {"s": {"a": 9}, "w": {}},
+        {"s": {"a": 1, "b": 1, 2: 1}, "w": ("full", {"x": 1})},
+        {"s": {"a": 2, "b": None}, "w": ("full", {})},
+        {"s": ("full", {"a": 2, 2: 5}), "w": {"y": 3}},
+        {"s": {"b": 7, "a": None}},
+        {"s": {}, "w": ("full", {})},
+        {"s": {"a": 9}, "w": {"z": 1}},
+        {"s": ("full", {"a": 9, "b": 7, 2: 5}), "w": {"z": None}},
+        {"w": {"q": 4}},
     ]
     for epoch, write in enumerate(writes):
-        changes, cleared = {}, []
+        chunks = {}
         for step, rows in write.items():
-            if rows == "cleared":
-                cleared.append(step)
-                state[step] = {}
+            if isinstance(rows, tuple):
+                state[step] = dict(rows[1])
+                chunks[step] = Chunk(dict(rows[1]), [], full=True)
                 continue
-            changes[step] = [(k, None if v is None else dump_state(v)) for k, v in rows.items()]
             for k, v in rows.items():
                 if v is None:
                     state[step].pop(k, None)
                 else:
                     state[step][k] = v
-        store.snapshot(epoch, {"inp": epoch}, changes, cleared)
+            chunks[step] = Chunk({k: v for k, v in rows.items() if v is not None},
+                                 [k for k, v in rows.items() if v is None], full=False)
+        store.snapshot(epoch, {"inp": epoch}, chunks)
         history.append({step: dict(held) for step, held in state.items()})
         for resume in (epoch, epoch + 1):
             if resume == 0:
@@ -194,17 +211,69 @@ def test_the_state_as_of_the_settled_epoch_survives_garbage_collection(tmp_path)
     store.close()
 
 
-def test_a_step_left_without_any_state_is_one_marker_not_a_row_per_key(tmp_path):
+FORMAT_1 = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE progress (worker INTEGER PRIMARY KEY, epoch INTEGER NOT NULL);
+CREATE TABLE inputs (step_id TEXT NOT NULL, epoch INTEGER NOT NULL, state BLOB, PRIMARY KEY (step_id, epoch));
+CREATE TABLE state (step_id TEXT NOT NULL, key NOT NULL, epoch INTEGER NOT NULL, state BLOB,
+                    PRIMARY KEY (step_id, key, epoch)) WITHOUT ROWID;
+CREATE TABLE cleared (step_id TEXT NOT NULL, epoch INTEGER NOT NULL, PRIMARY KEY (step_id, epoch));
+"""
+
+
+def test_a_format_1_store_is_rewritten_and_resumes_where_it_was(tmp_path):
+    """Format 1 kept a row per key and epoch; opening such a file rewrites it as full chunks
+    as of its last two epochs, and both load as they did."""
+    import json
+    from datetime import datetime, timezone
+
+    from millrace.runtime.store import WorkerStore, dump_state
+
+    path = tmp_path / "worker-0.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(FORMAT_1)
+        conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+            ("format", "1"), ("worker_index", "0"), ("worker_count", "1"),
+            ("step_ids", json.dumps(["inp", "s", "w"])), ("flow_start", "2024-01-01T00:00:00+00:00")])
+        conn.execute("INSERT INTO progress VALUES (0, 3)")
+        conn.executemany("INSERT INTO inputs VALUES ('inp', ?, ?)", [(2, dump_state(3)), (3, dump_state(4))])
+        conn.executemany("INSERT INTO state VALUES (?, ?, ?, ?)", [
+            ("s", "a", 2, dump_state(5)), ("s", "a", 3, dump_state(6)),
+            ("s", "b", 1, dump_state(7)), ("s", "b", 3, None),  # forgotten in epoch 3
+            ("s", 4, 0, dump_state([1, 2])),
+            ("w", "c", 1, dump_state((0, 0, {1: 3}))),  # the step was emptied in epoch 3
+        ])
+        conn.execute("INSERT INTO cleared VALUES ('w', 3)")
+    store = WorkerStore(tmp_path, 0, 1, ["inp", "s", "w"], datetime(2024, 1, 1, tzinfo=timezone.utc))
+    try:
+        assert store.load(3) == ({"inp": 3}, {"s": {"a": 5, "b": 7, 4: [1, 2]}, "w": {"c": (0, 0, {1: 3})}})
+        assert store.load(4) == ({"inp": 4}, {"s": {"a": 6, 4: [1, 2]}})
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        version = conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()[0]
+    assert version == "2" and "state" not in tables and "cleared" not in tables
+    # And the flow goes on from there.
+    out: list = []
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([("a", 1)] * 6))
+    flow.stateful_map("s", lambda: 0, lambda total, v: (total + v, total + v))
+    flow.inspect(out.append)
+    flow.reduce("w", lambda a, b: a + b, lambda acc: False)
+    flow.capture(TestingOutputConfig([]))
+    run(flow, tmp_path)
+    assert out == [("a", 7), ("a", 8)]  # items 4 and 5; "a" was 6 as of epoch 3
+
+
+def test_a_step_left_without_any_state_is_one_empty_chunk(tmp_path):
     keys = [(f"k{i}", 1) for i in range(50)]
     flow = Dataflow()
     flow.input("inp", TestingInputConfig(keys))
     flow.reduce_window("count", SystemClockConfig(), TumblingWindowConfig(timedelta(days=1)), lambda a, b: a + b)
     flow.capture(TestingOutputConfig([]))
     run(flow, tmp_path)
-    with sqlite3.connect(tmp_path / "worker-0.sqlite3") as conn:
-        forgotten = conn.execute("SELECT COUNT(*) FROM state WHERE state IS NULL").fetchone()[0]
-        cleared = conn.execute("SELECT step_id FROM cleared").fetchall()
-    assert forgotten == 0 and cleared == [("count",)]
+    assert chunk_rows(tmp_path)[-1][2:] == (True, ({}, []))
     # Run again: the closed windows stay closed, nothing is emitted twice.
     out: list = []
     rerun = Dataflow()

@@ -10,7 +10,7 @@ fails the loop's unpacking with a ``ValueError``, which the worker turns into th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 from operator import itemgetter
 from typing import Any
@@ -53,6 +53,10 @@ class KeyedLogic:
     def is_empty(self) -> bool:
         """Whether no key holds any state."""
         return not self.state
+
+    def keys(self) -> Collection[Any]:
+        """Every key that holds state."""
+        return self.state.keys()
 
     def exports(self, keys: Iterable[Any]) -> list[tuple[Any, Any]]:
         """What a snapshot stores of each of ``keys``: its state (through :attr:`export`), or

@@ -13,8 +13,9 @@ Snapshots store a key's state in the event clock's per-key form, ``(watermark, s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -95,6 +96,11 @@ class SystemClockWindowLogic(KeyedLogic):
 
     def is_empty(self) -> bool:
         return not any(self.open.values())
+
+    def keys(self) -> Collection[Any]:
+        if len(self.open) == 1:
+            return next(iter(self.open.values())).keys()
+        return dict.fromkeys(chain.from_iterable(self.open.values())).keys()
 
     def exports(self, keys: Iterable[Any]) -> list[tuple[Any, Any]]:
         now = to_us(self._clock())

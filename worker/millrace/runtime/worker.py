@@ -142,6 +142,8 @@ class Worker:
         self._deferred: list[Message] = []
         self._migrated: list[tuple[str, Any, Any]] = []
         self._migration_senders: set[int] = set()
+        # Per step: how many keys its chunks since its last full one wrote (see _chunk).
+        self._keys_since_full: dict[str, int] = {}
         self._build(flow, flow_start)
 
     # -- compiling the plan ----------------------------------------------------------------
@@ -558,24 +560,34 @@ class Worker:
         inputs = {}
         for (step, _), (reader, _) in zip(self.input_steps, self.inputs):
             inputs[step.step_id] = reader.state
-        changes: dict[str, list[tuple[Any, bytes | None]]] = {}
-        dump = store.dump_state
-        cleared = []
+        chunks = {}
         for logic in self.logics:
             touched = logic.touched or set()
-            if touched and logic.is_empty():
-                # Nothing held at all (the end of input closed every window): one marker
-                # instead of a forgotten-row per key.
-                cleared.append(logic.step_id)
-                logic.touched = set()
-                continue
-            changes[logic.step_id] = [
-                (key, None if state is FORGOTTEN else dump(state))
-                for key, state in logic.exports(touched)
-            ]
             logic.touched = set()
+            if touched:
+                chunks[logic.step_id] = self._chunk(logic, touched)
         try:
-            self.store.snapshot(epoch, inputs, changes, cleared)
+            self.store.snapshot(epoch, inputs, chunks)
         except Exception as exc:
             annotate(exc, f"the snapshot of epoch {epoch} to {self.store.path}", self.index)
             raise
+
+    def _chunk(self, logic: KeyedLogic, touched: set[Any]) -> store.Chunk:
+        """What ``logic``'s keys did this epoch: the changed ones, or every key it holds when
+        the chunks since its last full one add up to more keys than that (a restart replays
+        them all), and always after a restart (the older chunks are not counted)."""
+        step_id = logic.step_id
+        held = logic.keys()
+        since_full = self._keys_since_full.get(step_id, len(held)) + len(touched)
+        if since_full > len(held):
+            self._keys_since_full[step_id] = 0
+            return store.Chunk(dict(logic.exports(held)), [], full=True)
+        self._keys_since_full[step_id] = since_full
+        changed = {}
+        forgotten = []
+        for key, state in logic.exports(touched):
+            if state is FORGOTTEN:
+                forgotten.append(key)
+            else:
+                changed[key] = state
+        return store.Chunk(changed, forgotten, full=False)
