@@ -427,6 +427,74 @@ def test_processes_of_different_cluster_ids_refuse_each_other(procs, tmp_path):
         assert "cluster id" in stderr and "df-" in stderr
 
 
+class _Failures:
+    """What a link under test reports to its exchange."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def fail(self, reason: str, from_remote: bool = False) -> None:
+        self.reasons.append(reason)
+
+
+def _formed_link(monkeypatch, connected: bool):
+    """A link of process 0 of two whose peer said HELLO, connected to it or not; no sockets."""
+    import zmq
+
+    from millrace.transport import link as link_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(link_module.time, "monotonic", lambda: clock[0])
+    link = link_module.ZmqLink(["127.0.0.1:1", "127.0.0.1:2"], 0, 1, b"s", 5.0)
+    failures = _Failures()
+    link._exchange = failures  # type: ignore[assignment]
+    if connected:
+        link._on_connection(1, zmq.EVENT_CONNECTED)
+    link._hellos.add(1)
+    link._formed()
+    return link, failures, clock
+
+
+@pytest.mark.parametrize("late_connect", [False, True])
+def test_a_peer_that_said_hello_but_cannot_be_reached_is_lost(monkeypatch, late_connect):
+    """A peer may say HELLO and die before our connection to it is made (or while it drops,
+    before the cluster formed): no later event tells, so the link must judge it itself."""
+    import zmq
+
+    link, failures, clock = _formed_link(monkeypatch, connected=False)
+    if late_connect:
+        link._on_connection(1, zmq.EVENT_CONNECTED)  # slow, but there
+    clock[0] += 5.1
+    link._judge_suspects()
+    if late_connect:
+        assert failures.reasons == []
+    else:
+        assert len(failures.reasons) == 1
+        assert "lost process 1 (127.0.0.1:2): it said HELLO but could not be reached" in failures.reasons[0]
+
+
+def test_a_dropped_connection_after_the_cluster_formed_loses_the_peer(monkeypatch):
+    import zmq
+
+    link, failures, clock = _formed_link(monkeypatch, connected=True)
+    link._on_connection(1, zmq.EVENT_DISCONNECTED)
+    link._on_connection(1, zmq.EVENT_CONNECTED)  # a reconnect does not make up for lost frames
+    clock[0] += 2.1
+    link._judge_suspects()
+    assert len(failures.reasons) == 1 and "its connection closed before the flow finished" in failures.reasons[0]
+
+
+def test_a_peer_that_said_bye_is_not_lost(monkeypatch):
+    import zmq
+
+    link, failures, clock = _formed_link(monkeypatch, connected=True)
+    link._byes.add(1)
+    link._on_connection(1, zmq.EVENT_DISCONNECTED)
+    clock[0] += 10
+    link._judge_suspects()
+    assert failures.reasons == []
+
+
 def test_unreachable_peers_are_named(tmp_path):
     ports = free_ports(3)
     addresses = [f"127.0.0.1:{port}" for port in ports]

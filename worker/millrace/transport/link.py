@@ -48,6 +48,10 @@ OUTBOUND_LIMIT = 256
 INBOX_LIMIT = 128
 # How long a dropped connection may wait for the peer's BYE before the peer counts as lost.
 _BYE_GRACE = 2.0
+# How long after the cluster formed a connection to a peer may still be missing: a peer can
+# say HELLO (on its connection to us) and die before ours to it was made or while it dropped,
+# and no later event would tell.
+_CONNECT_GRACE = 5.0
 
 
 class Listener:
@@ -121,6 +125,10 @@ class ZmqLink:
         self._closing = threading.Event()
         self._last_seq: dict[int, int] = {}
         self._suspects: dict[int, float] = {}
+        # Peers our PUSH socket is connected to now (ZeroMQ reconnects by itself).
+        self._connected: set[int] = set()
+        # Suspects that a connection clears: not connected when the cluster formed.
+        self._unconnected: set[int] = set()
         self._threads: list[threading.Thread] = []
         self.dropped_frames = 0
 
@@ -145,7 +153,7 @@ class ZmqLink:
             # answers, while a vanished host is noticed within the timeout.
             push.setsockopt(zmq.HEARTBEAT_IVL, 1000)
             push.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
-            monitor = push.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            monitor = push.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
             self._monitors[monitor] = peer
             peer_host, peer_port = self.hosts[peer]
             try:
@@ -396,22 +404,43 @@ class ZmqLink:
             return
         self._hellos.add(frame.sender)
         if len(self._hellos) == len(self.peers):
-            self._ready.set()
+            self._formed()
+
+    def _formed(self) -> None:
+        """Every peer said HELLO. Any of them our connection does not reach now must be
+        reached soon, or it is lost."""
+        deadline = time.monotonic() + _CONNECT_GRACE
+        for peer in self.peers:
+            if peer not in self._connected:
+                self._unconnected.add(peer)
+                self._suspects.setdefault(peer, deadline)
+        self._ready.set()
 
     def _on_monitor_event(self, monitor: zmq.Socket, peer: int) -> None:
-        assert self._exchange is not None
         while True:
             try:
                 event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
-            if event["event"] != zmq.EVENT_DISCONNECTED:
-                continue
-            if not self._ready.is_set() or peer in self._byes or self._failing.is_set():
-                continue  # still connecting, or the peer has finished: not a loss
-            # A finishing peer closes right after its BYE, which travels on the other
-            # connection and may come a moment after this event: wait for it briefly.
-            self._suspects.setdefault(peer, time.monotonic() + _BYE_GRACE)
+            self._on_connection(peer, event["event"])
+
+    def _on_connection(self, peer: int, event: int) -> None:
+        """Our connection to ``peer`` was made (``EVENT_CONNECTED``) or dropped."""
+        if event == zmq.EVENT_CONNECTED:
+            self._connected.add(peer)
+            if peer in self._unconnected:
+                self._unconnected.discard(peer)
+                self._suspects.pop(peer, None)
+            return
+        if event != zmq.EVENT_DISCONNECTED:
+            return
+        self._connected.discard(peer)
+        if not self._ready.is_set() or peer in self._byes or self._failing.is_set():
+            return  # still connecting (judged when the cluster forms), or the peer has finished
+        # A finishing peer closes right after its BYE, which travels on the other
+        # connection and may come a moment after this event: wait for it briefly.
+        self._unconnected.discard(peer)
+        self._suspects.setdefault(peer, time.monotonic() + _BYE_GRACE)
 
     def _judge_suspects(self) -> None:
         assert self._exchange is not None
@@ -421,8 +450,13 @@ class ZmqLink:
                 del self._suspects[peer]
             elif now >= deadline:
                 del self._suspects[peer]
+                how = (
+                    f"it said HELLO but could not be reached within {_CONNECT_GRACE:g} s after"
+                    if peer in self._unconnected else "its connection closed before"
+                )
+                self._unconnected.discard(peer)
                 self._failing.set()
                 self._exchange.fail(
-                    f"lost process {peer} ({self.addresses[peer]}): its connection closed "
-                    "before the flow finished (the process died or the network failed)"
+                    f"lost process {peer} ({self.addresses[peer]}): {how} the flow finished "
+                    "(the process died or the network failed)"
                 )
