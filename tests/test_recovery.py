@@ -17,6 +17,7 @@ import pytest
 
 from millrace.dataflow import Dataflow
 from millrace.execution import TestingEpochConfig, run_main, spawn_cluster
+from millrace.testing import doctest_ctx
 from millrace.inputs import ManualInputConfig, TestingInputConfig
 from millrace.outputs import TestingEpochOutputConfig, TestingOutputConfig
 from millrace.recovery import KafkaRecoveryConfig, SqliteRecoveryConfig
@@ -438,6 +439,38 @@ def test_a_cluster_resumes_after_a_crash(tmp_path):
     for key, running in combined:
         reached[key] = max(reached.get(key, 0), running)
     assert reached == totals
+
+
+def _two_worker_run(out, db_dir: Path) -> None:
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([("a", 1), ("b", 2), ("a", 3)]))
+    flow.stateful_map("sums", lambda: 0, lambda total, v: (total + v, total + v))
+    flow.capture(TestingOutputConfig(out))
+    run_main_like = dict(epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(db_dir))
+    # One process of two worker threads, run in this process so that ``out`` fills.
+    spawn_cluster(flow, proc_count=1, worker_count_per_proc=2, mp_ctx=doctest_ctx, **run_main_like)
+
+
+def test_a_store_left_empty_by_a_kill_during_its_creation_is_no_store(tmp_path):
+    """A process killed while creating its store leaves an SQLite file without tables; its
+    peers' stores hold no snapshot yet. The restart starts over instead of refusing."""
+    from datetime import datetime, timezone
+
+    from millrace.runtime.store import WorkerStore
+
+    WorkerStore(tmp_path, 0, 2, ["inp", "sums"], datetime(2024, 1, 1, tzinfo=timezone.utc)).close()
+    with sqlite3.connect(tmp_path / "worker-1.sqlite3") as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+    out: list = []
+    _two_worker_run(out, tmp_path)
+    assert sorted(out) == [("a", 1), ("a", 4), ("b", 2)]
+
+
+def test_a_lost_store_is_refused_once_anything_was_snapshotted(tmp_path):
+    _two_worker_run([], tmp_path)
+    (tmp_path / "worker-1.sqlite3").unlink()
+    with pytest.raises(RecoveryError, match=r"workers \[1\] have no store while workers \[0\] of 2 do"):
+        _two_worker_run([], tmp_path)
 
 
 def test_missing_directory_is_named(tmp_path):

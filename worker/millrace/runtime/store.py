@@ -122,14 +122,23 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
+def _is_empty(conn: sqlite3.Connection) -> bool:
+    """Whether a database has no tables at all, as a file a process was killed while
+    creating is left (SQLite writes the file before the schema is committed)."""
+    return conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+
+
 def inspect(db_dir: Path, worker_index: int) -> StoreInfo | None:
-    """Read a worker file without changing it; ``None`` when there is none."""
+    """Read a worker file without changing it; ``None`` when there is none (or only an
+    empty one)."""
     path = store_path(db_dir, worker_index)
     if not path.exists():
         return None
     try:
         conn = _connect(path, readonly=True)
         try:
+            if _is_empty(conn):
+                return None  # its worker was stopped while creating it: nothing was written
             meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
             row = conn.execute(
                 "SELECT epoch FROM progress WHERE worker = ?", (worker_index,)
@@ -174,9 +183,9 @@ class WorkerStore:
     ) -> None:
         self.path = store_path(db_dir, worker_index)
         self.worker_index = worker_index
-        fresh = not self.path.exists()
         try:
             self.conn = _connect(self.path, readonly=False)
+            fresh = _is_empty(self.conn)
             self.conn.execute("PRAGMA journal_mode = WAL")
             # WAL with NORMAL sync survives a killed process; only a power loss can cost the
             # last committed epoch, which a restart then replays.

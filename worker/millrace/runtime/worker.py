@@ -510,14 +510,16 @@ class Worker:
                 f"this run has {self.count}; millrace cannot shrink a recovered cluster, so "
                 f"resume with at least {old_count} workers"
             )
-        if sorted(stored) != list(range(old_count)):
-            missing = [w for w in range(old_count) if w not in stored]
+        missing = [w for w in range(old_count) if w not in stored]
+        # Without any snapshot, a missing store loses nothing: its worker was stopped before
+        # the cluster's first epoch ended (while creating it, say).
+        if missing and any(summary.progress >= 0 for summary in stored.values()):
             raise store.RecoveryError(
                 f"recovery directory {db_dir}: workers {missing} have no store while workers "
                 f"{sorted(stored)} of {old_count} do; a store was lost, so resuming would be wrong"
             )
         resume = min(summary.progress for summary in stored.values()) + 1
-        return old_count, resume, stored[0].flow_start
+        return old_count, resume, next(iter(stored.values())).flow_start
 
     def _migrate(self, keyed: dict[str, dict[Any, Any]], old_count: int) -> dict[str, dict[Any, Any]]:
         """Send every key's state to its owner among ``self.count`` workers; return what this
