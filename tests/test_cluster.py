@@ -470,7 +470,7 @@ def test_a_peer_that_said_hello_but_cannot_be_reached_is_lost(monkeypatch, late_
         assert failures.reasons == []
     else:
         assert len(failures.reasons) == 1
-        assert "lost process 1 (127.0.0.1:2): it said HELLO but could not be reached" in failures.reasons[0]
+        assert "lost process 1 (127.0.0.1:2): it said HELLO, but could not be reached within 5 s after the cluster formed" in failures.reasons[0]
 
 
 def test_a_dropped_connection_after_the_cluster_formed_loses_the_peer(monkeypatch):

@@ -450,13 +450,14 @@ class ZmqLink:
                 del self._suspects[peer]
             elif now >= deadline:
                 del self._suspects[peer]
-                how = (
-                    f"it said HELLO but could not be reached within {_CONNECT_GRACE:g} s after"
-                    if peer in self._unconnected else "its connection closed before"
+                what = (
+                    f"it said HELLO, but could not be reached within {_CONNECT_GRACE:g} s after "
+                    "the cluster formed" if peer in self._unconnected
+                    else "its connection closed before the flow finished"
                 )
                 self._unconnected.discard(peer)
                 self._failing.set()
                 self._exchange.fail(
-                    f"lost process {peer} ({self.addresses[peer]}): {how} the flow finished "
-                    "(the process died or the network failed)"
+                    f"lost process {peer} ({self.addresses[peer]}): {what} (the process died "
+                    "or the network failed)"
                 )
