@@ -17,7 +17,7 @@ from millrace.outputs import TestingOutputConfig
 from millrace.runtime.keyed import FORGOTTEN
 from millrace.runtime.store import dump_state, load_state
 from millrace.runtime.system_windows import SystemClockWindowLogic
-from millrace.runtime.windowing import KeyWindows, WindowLogic, to_us
+from millrace.runtime.windowing import KeyWindows, WindowLogic
 from millrace.window import EventClockConfig, SystemClockConfig, TumblingWindowConfig
 
 T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
