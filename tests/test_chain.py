@@ -178,3 +178,69 @@ def test_chains_of_one_shape_share_their_code_and_keep_their_own_names():
     odd = compile_chain([plan.Map(1, double), plan.Filter(7, lambda x: None)])
     with pytest.raises(TypeError, match=r"^filter #7 \(.*<lambda>\) must return a bool, got None for the item 2$"):
         odd.run([1], 0)
+
+
+# -- a keyed step at the end of the loop ---------------------------------------------------------
+
+
+def reduce_logic(reducer=lambda a, b: a + b, is_complete=lambda acc: acc >= 10):
+    from millrace.runtime.keyed import ReduceLogic
+
+    return ReduceLogic(plan.Reduce("r", reducer, is_complete))
+
+
+def test_items_go_from_the_last_stateless_step_into_the_keyed_state():
+    logic = reduce_logic()
+    logic.touched = set()
+    chain = compile_chain([plan.Map(1, lambda w: (w, 5)), plan.Filter(2, lambda kv: kv[0] != "x")], keyed=logic)
+    assert chain.run(["a", "x", "b", "a"], 0) == [("a", 10)]  # what the reduce emits
+    assert logic.state == {"b": 5} and logic.touched == {"a", "b"}
+    # The step's own batches run the same code.
+    assert logic.on_batch([("b", 5), ("c", 1)]) == [("b", 10)]
+    assert logic.state == {"c": 1}
+
+
+def test_a_batch_emptied_before_the_keyed_step_emits_nothing():
+    sink = ListSink()
+    logic = reduce_logic()
+    chain = compile_chain(
+        [plan.Filter(1, lambda x: False), plan.Capture(2, TestingOutputConfig([])), plan.Map(3, lambda x: (x, 1))],
+        [None, sink, None],
+        keyed=logic,
+    )
+    assert chain.run([1, 2], 0) == []
+    assert sink.batches == [] and logic.state == {}
+
+
+@pytest.mark.parametrize("bad", [("k",), ("k", 1, 2)])
+def test_a_tuple_of_the_wrong_length_from_a_map_is_named_by_the_keyed_step(bad):
+    chain = compile_chain([plan.Map(1, lambda x: x)], keyed=reduce_logic())
+    with pytest.raises(ValueError) as info:
+        chain.run([("ok", 1), bad], 0)
+    error = chain.explain(info.value)
+    assert isinstance(error, TypeError)
+    assert str(error) == f"reduce 'r' requires a (key, value) 2-tuple with a str or int key, got {bad!r} of type tuple"
+    assert chain.step_of(error) == "reduce 'r'"
+
+
+def test_a_value_error_of_the_reducer_stays_its_own_and_names_the_step():
+    def reducer(a, b):
+        raise ValueError("the reducer's own mistake")
+
+    chain = compile_chain([plan.Map(1, lambda x: x)], keyed=reduce_logic(reducer))
+    with pytest.raises(ValueError) as info:
+        chain.run([("k", 1), ("k", 2)], 0)
+    assert chain.explain(info.value) is info.value
+    assert chain.step_of(info.value) == "reduce 'r'"
+
+
+def test_a_flow_on_one_worker_fuses_and_still_names_every_failure():
+    out: list = []
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(["a", "b", "a", "bad"]))
+    flow.map(lambda w: (w, 1) if w != "bad" else (w, 1, 2))
+    flow.reduce("count", lambda a, b: a + b, lambda acc: False)
+    flow.capture(TestingOutputConfig(out))
+    with pytest.raises(TypeError, match=r"reduce 'count' requires a \(key, value\) 2-tuple .* \('bad', 1, 2\)") as info:
+        run_main(flow)
+    assert info.value.__notes__ == ["millrace: raised in reduce 'count' on worker 0"]

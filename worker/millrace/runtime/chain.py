@@ -6,6 +6,11 @@ no list per step, and each user function is called from Python bytecode, which C
 does without a C-level call (``list(map(fn, batch))`` pays for one per item). A ``capture``
 ends the loop: it writes the batch built so far, and a new loop carries it on.
 
+A keyed step may end the loop too, when its items need not move to another worker first (one
+worker in all): it gives its per-item code as :class:`LoopCode`, and each item goes from the
+last stateless step straight into its state. The function then returns what the keyed step
+emits. Keyed steps run their own batches through the same code (a chain of no stateless steps).
+
 The happy path has no bookkeeping of which step runs. When something raises, the generated
 function's line number in the traceback says which step it was (every line belongs to one
 step), and the failing frame's locals give the value an error message shows.
@@ -28,14 +33,63 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from .. import plan
-from .errors import describe
+from .errors import bad_keyed_item, describe
 from .sinks import Sink
 
 Batch = list[Any]
 BatchFn = Callable[[Batch, int], Batch]
+
+
+@dataclass(frozen=True)
+class LoopCode:
+    """A keyed step's code for the generated loop (see :func:`keyed_loop`, which writes the
+    part every keyed step shares).
+
+    The code sees the step's logic object as ``_k``. ``setup`` runs once per batch, after the
+    stateless steps' captures: it binds the step's locals and ``_emit``, the list of what the
+    step emits. ``body`` runs per item, ``{item}`` standing for the variable that holds it;
+    nesting is four spaces. ``body[unpack]`` unpacks the ``(key, value)`` pair, so a
+    ``ValueError`` there means a tuple of the wrong length.
+    """
+
+    kind: str
+    setup: tuple[str, ...]
+    body: tuple[str, ...]
+    unpack: int
+
+
+class KeyedStep(Protocol):
+    """What a keyed step that ends a chain provides (:class:`~.keyed.KeyedLogic` does)."""
+
+    name: str
+    loop_code: LoopCode | None
+
+
+def keyed_loop(kind: str, setup: Sequence[str], per_key: Sequence[str]) -> LoopCode:
+    """The :class:`LoopCode` of a keyed step whose ``per_key`` lines update the state of
+    ``_key`` with ``_value``.
+
+    Every item is checked where it is taken apart (a separate pass would cost more than the
+    test): one that is not a tuple, or whose key is not a ``str`` or ``int``, fails with the
+    step's :func:`~.errors.bad_keyed_item` error (``_k.bad_item``). A key whose state changed
+    joins ``_k.touched`` while a recovery store wants to know.
+    """
+    return LoopCode(
+        kind,
+        ("_touched = _k.touched", *setup),
+        (
+            "if _type({item}) is not _tuple: raise _k.bad_item({item})",
+            "_key, _value = {item}",
+            "_key_type = _type(_key)",
+            "if _key_type is not _str and _key_type is not _int: raise _k.bad_item({item})",
+            *per_key,
+            "if _touched is not None: _touched.add(_key)",
+        ),
+        unpack=1,
+    )
 
 _KINDS: dict[type, str] = {
     plan.Map: "map",
@@ -64,15 +118,19 @@ class _Template:
     """The generated code for one sequence of step kinds, shared by every chain of that shape
     (so a process that builds many flows compiles, and keeps in ``linecache``, each shape once).
 
-    ``factory(_not_bool, names, *fns)`` returns the batch function. Per line of the source:
-    the index of the step it belongs to; per step: the variable holding its input item; per
-    flat_map: the line of the ``for`` that iterates its result (where a non-iterable fails)."""
+    ``factory(_not_bool, names, *fns)`` returns the batch function (with a ``terminal``, the
+    last of ``fns`` is the keyed step). Per line of the source: the index of the step it
+    belongs to; per step: the variable holding its input item; per flat_map: the line of the
+    ``for`` that iterates its result (where a non-iterable fails); for the keyed step: the line
+    that unpacks its pair."""
 
     kinds: tuple[str, ...]
+    terminal: LoopCode | None = None
     lines: list[str] = field(default_factory=list)
     step_at: list[int | None] = field(default_factory=list)
     input_of: dict[int, str] = field(default_factory=dict)
     iterated_at: dict[int, int] = field(default_factory=dict)
+    unpacked_at: dict[int, int] = field(default_factory=dict)
     filename: str = ""
     factory: Callable[..., BatchFn] | None = None
 
@@ -84,24 +142,33 @@ class _Template:
 
 
 @lru_cache(maxsize=256)
-def _template(kinds: tuple[str, ...]) -> _Template:
-    t = _Template(kinds)
-    params = "".join(f", _f{index}" for index in range(len(kinds)))
-    t.add(0, f"def _factory(_not_bool, _names{params}):")
+def _template(kinds: tuple[str, ...], terminal: LoopCode | None = None) -> _Template:
+    t = _Template(kinds, terminal)
+    names = [f"_f{index}" for index in range(len(kinds))]
+    if terminal is not None:
+        names.append("_k")
+    t.add(0, f"def _factory(_not_bool, _names, {', '.join(names)}):")
     t.add(1, "def run(batch, epoch):")
+    # What a batch that empties before the keyed step gives: it emits nothing.
+    empty = "batch" if terminal is None else "[]"
     pending: list[int] = []  # item steps not yet written out
     for index, kind in enumerate(kinds):
         if kind == "capture":
             _write_items(t, pending)
             pending = []
-            t.add(2, "if not batch: return batch")
+            t.add(2, f"if not batch: return {empty}")
             t.add(2, f"_f{index}(batch, epoch)", index)
         else:
             pending.append(index)
-    _write_items(t, pending)
-    t.add(2, "return batch")
+    if terminal is None:
+        _write_items(t, pending)
+        t.add(2, "return batch")
+    else:
+        _write_items(t, pending, terminal)
+        t.add(2, "return _emit")
     t.add(1, "return run")
-    t.filename = f"<millrace chain: {' -> '.join(kinds)}>"
+    shape = list(kinds) + ([terminal.kind] if terminal is not None else [])
+    t.filename = f"<millrace chain: {' -> '.join(shape)}>"
     lines = [line + "\n" for line in t.lines]
     # Registered so that a traceback through a chain shows its lines.
     linecache.cache[t.filename] = (sum(map(len, lines)), None, lines, t.filename)
@@ -111,11 +178,12 @@ def _template(kinds: tuple[str, ...]) -> _Template:
     return t
 
 
-def _write_items(t: _Template, indices: list[int]) -> None:
-    """Lines that take ``batch`` through the item steps at ``indices``."""
-    if not indices:
+def _write_items(t: _Template, indices: list[int], terminal: LoopCode | None = None) -> None:
+    """Lines that take ``batch`` through the item steps at ``indices``, then (with a
+    ``terminal``) into the keyed step."""
+    if not indices and terminal is None:
         return
-    if all(t.kinds[index] == "map" for index in indices):
+    if terminal is None and all(t.kinds[index] == "map" for index in indices):
         # Only maps: a comprehension of nested calls, each call on its own line so that a
         # traceback still tells them apart.
         t.add(2, "batch = [")
@@ -124,7 +192,14 @@ def _write_items(t: _Template, indices: list[int]) -> None:
         t.add(3, "_item" + ")" * len(indices))
         t.add(3, "for _item in batch]")
         return
-    t.add(2, "_out = []")
+    if terminal is None:
+        t.add(2, "_out = []")
+    else:
+        keyed = len(t.kinds)
+        # Builtins as locals: the keyed code tests types once per item.
+        t.add(2, "_type, _tuple, _str, _int = type, tuple, str, int", keyed)
+        for line in terminal.setup:
+            t.add(2, line, keyed)
     t.add(2, "for _item in batch:")
     depth, item = 3, "_item"
     for index in indices:
@@ -147,17 +222,33 @@ def _write_items(t: _Template, indices: list[int]) -> None:
             t.add(depth, f"_f{index}({item})", index)
         else:
             t.add(depth, f"_f{index}(epoch, {item})", index)
-    t.add(depth, f"_out.append({item})")
-    t.add(2, "batch = _out")
+    if terminal is None:
+        t.add(depth, f"_out.append({item})")
+        t.add(2, "batch = _out")
+        return
+    keyed = len(t.kinds)
+    t.input_of[keyed] = item
+    for position, line in enumerate(terminal.body):
+        stripped = line.lstrip(" ")
+        nesting = (len(line) - len(stripped)) // 4
+        number = t.add(depth + nesting, stripped.replace("{item}", item), keyed)
+        if position == terminal.unpack:
+            t.unpacked_at[number] = keyed
 
 
 class Chain:
-    """One compiled run of stateless steps: ``run(batch, epoch)`` returns the batch that comes
-    out of the last step; :meth:`step_of` and :meth:`explain` turn an exception from ``run``
-    into the step it came from and the message it deserves.
+    """One compiled run of stateless steps, maybe ending in a keyed step: ``run(batch,
+    epoch)`` returns the batch that comes out of the last step (the keyed step's output);
+    :meth:`step_of` and :meth:`explain` turn an exception from ``run`` into the step it came
+    from and the message it deserves.
     """
 
-    def __init__(self, steps: Sequence[plan.Step], sinks: Sequence[Sink | None] = ()) -> None:
+    def __init__(
+        self,
+        steps: Sequence[plan.Step],
+        sinks: Sequence[Sink | None] = (),
+        keyed: KeyedStep | None = None,
+    ) -> None:
         self.names = tuple(step.name for step in steps)
         fns: list[Any] = []
         for index, step in enumerate(steps):
@@ -170,7 +261,14 @@ class Chain:
                 fns.append(step.fn)  # type: ignore[attr-defined]
             else:
                 raise TypeError(f"not a stateless step: {step!r}")
-        self._template = _template(tuple(_KINDS[type(step)] for step in steps))
+        terminal = None
+        if keyed is not None:
+            terminal = keyed.loop_code
+            if terminal is None:
+                raise TypeError(f"{keyed.name} has no code for a fused loop")
+            self.names += (keyed.name,)
+            fns.append(keyed)
+        self._template = _template(tuple(_KINDS[type(step)] for step in steps), terminal)
         assert self._template.factory is not None
         self.run: BatchFn = self._template.factory(_not_bool, self.names, *fns)
 
@@ -183,10 +281,17 @@ class Chain:
         return None if index is None else self.names[index]
 
     def explain(self, exc: BaseException) -> BaseException:
-        """``exc``, or a clearer error when a flat_map returned something that is not iterable."""
+        """``exc``, or a clearer error when a flat_map returned something that is not
+        iterable, or a tuple of the wrong length reached the keyed step."""
         tb = self._traceback_entry(exc)
         t = self._template
-        if not isinstance(exc, TypeError) or tb is None or tb.tb_lineno not in t.iterated_at:
+        if tb is None:
+            return exc
+        if isinstance(exc, ValueError) and tb.tb_lineno in t.unpacked_at:
+            index = t.unpacked_at[tb.tb_lineno]
+            error = bad_keyed_item(self.names[index], tb.tb_frame.f_locals[t.input_of[index]])
+            return error.with_traceback(exc.__traceback__)
+        if not isinstance(exc, TypeError) or tb.tb_lineno not in t.iterated_at:
             return exc
         index = t.iterated_at[tb.tb_lineno]
         local = tb.tb_frame.f_locals
@@ -210,6 +315,9 @@ class Chain:
         return found
 
 
-def compile_chain(steps: Sequence[plan.Step], sinks: Sequence[Sink | None] = ()) -> Chain:
-    """The fused batch function of ``steps`` (``sinks[i]``: the worker's writer of a capture)."""
-    return Chain(steps, sinks)
+def compile_chain(
+    steps: Sequence[plan.Step], sinks: Sequence[Sink | None] = (), keyed: KeyedStep | None = None
+) -> Chain:
+    """The fused batch function of ``steps`` (``sinks[i]``: the worker's writer of a capture),
+    ending in ``keyed``'s loop code if given."""
+    return Chain(steps, sinks, keyed)

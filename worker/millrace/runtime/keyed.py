@@ -1,24 +1,22 @@
 """The keyed, stateful steps that are not windows: ``reduce`` and ``stateful_map``.
 
 Each holds one state per key in ``self.state``; a forgotten key is removed from it. Items
-arrive in epoch order, unchecked: each step rejects, by name, an item that is not a tuple or
-whose key is not a ``str`` or ``int`` (:func:`~.errors.bad_keyed_item`) inside its own loop,
-where the test costs less than a separate pass over the batch. A tuple of the wrong length
-fails the loop's unpacking with a ``ValueError``, which the worker turns into that same
-``TypeError`` (see :func:`~.routing.check_pairs`).
+arrive in epoch order, unchecked. A step's per-item code is :class:`~.chain.LoopCode`: the
+worker runs it inside the loop of the stateless steps before the step when nothing has to move
+between workers, and :meth:`KeyedLogic.on_batch` runs it over a batch otherwise. Either way
+each item is checked where it is taken apart, and a bad one is rejected by the step's name
+(:func:`~.errors.bad_keyed_item`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
-from operator import itemgetter
 from typing import Any
 
 from .. import plan
+from .chain import BatchFn, LoopCode, compile_chain, keyed_loop
 from .errors import bad_keyed_item, describe
-
-_key_of = itemgetter(0)
 
 
 class _Forgotten:
@@ -38,6 +36,10 @@ class KeyedLogic:
     state: dict[Any, Any]
     #: Keys whose state changed since the last snapshot; ``None`` when nothing is recorded.
     touched: set[Any] | None = None
+    #: The step's per-item code, for a loop generated with the steps before it; ``None``:
+    #: the step has its own :meth:`on_batch` only.
+    loop_code: LoopCode | None = None
+    _own_loop: BatchFn | None = None
 
     #: ``export(state_of_a_key)``: what a snapshot stores of a key's state (``restore`` takes
     #: it back); ``None`` stores the state itself.
@@ -69,8 +71,18 @@ class KeyedLogic:
 
     def on_batch(self, batch: list[Any]) -> list[Any]:
         """Apply ``batch`` in order and return what the step emits; raise the
-        :func:`~.errors.bad_keyed_item` error for an item that is not a keyed tuple."""
-        raise NotImplementedError
+        :func:`~.errors.bad_keyed_item` error for an item that is not a keyed tuple (a
+        tuple of the wrong length: a ``ValueError`` from unpacking it)."""
+        run = self._own_loop
+        if run is None:
+            if self.loop_code is None:
+                raise NotImplementedError
+            run = self._own_loop = compile_chain([], keyed=self).run
+        return run(batch, 0)
+
+    def bad_item(self, item: Any) -> TypeError:
+        """The error for an item that is not a ``(key, value)`` tuple with a str or int key."""
+        return bad_keyed_item(self.name, item)
 
     def on_tick(self, now: datetime) -> list[Any]:
         """Emit what time alone has made ready (windows); most steps have nothing."""
@@ -86,6 +98,32 @@ class KeyedLogic:
 
 
 class ReduceLogic(KeyedLogic):
+    loop_code = keyed_loop(
+        "reduce",
+        setup=(
+            "_emit = []",
+            "_state, _reducer, _is_complete = _k.state, _k.reducer, _k.is_complete",
+        ),
+        # Subscripting beats .get() on this hot path, and try costs nothing when the key is
+        # there, which is the common case.
+        per_key=(
+            "try:",
+            "    _acc = _state[_key]",
+            "except KeyError:",
+            "    _acc = _value",
+            "else:",
+            "    _acc = _reducer(_acc, _value)",
+            "_done = _is_complete(_acc)",
+            "if _done is False:",
+            "    _state[_key] = _acc",
+            "elif _done is True:",
+            "    _emit.append((_key, _acc))",
+            "    _state.pop(_key, None)",
+            "else:",
+            "    raise _k.not_bool(_done, _acc, _key)",
+        ),
+    )
+
     def __init__(self, step: plan.Reduce) -> None:
         self.name = step.name
         self.step_id = step.step_id
@@ -93,45 +131,34 @@ class ReduceLogic(KeyedLogic):
         self.is_complete = step.is_complete
         self.state = {}
 
-    def on_batch(self, batch: list[Any]) -> list[Any]:
-        state = self.state
-        reducer = self.reducer
-        is_complete = self.is_complete
-        out: list[Any] = []
-        # Local names: the type tests below run once per item.
-        tuple_, str_, int_, type_ = tuple, str, int, type
-        for item in batch:
-            if type_(item) is not tuple_:
-                raise bad_keyed_item(self.name, item)
-            key, value = item
-            key_type = type_(key)
-            if key_type is not str_ and key_type is not int_:
-                raise bad_keyed_item(self.name, item)
-            # Subscripting beats .get() on this hot path, and try costs nothing when the key
-            # is there, which is the common case.
-            try:
-                acc = state[key]
-            except KeyError:
-                acc = value
-            else:
-                acc = reducer(acc, value)
-            done = is_complete(acc)
-            if done is False:
-                state[key] = acc
-            elif done is True:
-                out.append((key, acc))
-                state.pop(key, None)
-            else:
-                raise TypeError(
-                    f"{self.name}: is_complete must return a bool, got {describe(done)} "
-                    f"for the accumulator {describe(acc)} of key {key!r}"
-                )
-        if self.touched is not None:
-            self.touched.update(map(_key_of, batch))
-        return out
+    def not_bool(self, done: Any, acc: Any, key: Any) -> TypeError:
+        return TypeError(
+            f"{self.name}: is_complete must return a bool, got {describe(done)} "
+            f"for the accumulator {describe(acc)} of key {key!r}"
+        )
 
 
 class StatefulMapLogic(KeyedLogic):
+    loop_code = keyed_loop(
+        "stateful_map",
+        setup=("_emit = []", "_state, _builder, _mapper = _k.state, _k.builder, _k.mapper"),
+        per_key=(
+            "try:",
+            "    _current = _state[_key]",
+            "except KeyError:",
+            "    _current = _builder()",
+            "_result = _mapper(_current, _value)",
+            "if _type(_result) is not _tuple or len(_result) != 2:",
+            "    raise _k.not_a_pair(_result, _key)",
+            "_new_state, _output = _result",
+            "if _new_state is None:",
+            "    _state.pop(_key, None)",
+            "else:",
+            "    _state[_key] = _new_state",
+            "_emit.append((_key, _output))",
+        ),
+    )
+
     def __init__(self, step: plan.StatefulMap) -> None:
         self.name = step.name
         self.step_id = step.step_id
@@ -139,36 +166,8 @@ class StatefulMapLogic(KeyedLogic):
         self.mapper = step.mapper
         self.state = {}
 
-    def on_batch(self, batch: list[Any]) -> list[Any]:
-        state = self.state
-        builder = self.builder
-        mapper = self.mapper
-        out: list[Any] = []
-        append = out.append
-        tuple_, str_, int_, type_ = tuple, str, int, type
-        for item in batch:
-            if type_(item) is not tuple_:
-                raise bad_keyed_item(self.name, item)
-            key, value = item
-            key_type = type_(key)
-            if key_type is not str_ and key_type is not int_:
-                raise bad_keyed_item(self.name, item)
-            try:
-                current = state[key]
-            except KeyError:
-                current = builder()
-            result = mapper(current, value)
-            if type(result) is not tuple or len(result) != 2:
-                raise TypeError(
-                    f"{self.name}: the mapper must return a (new_state, output) 2-tuple, "
-                    f"got {describe(result)} for key {key!r}"
-                )
-            new_state, output = result
-            if new_state is None:
-                state.pop(key, None)
-            else:
-                state[key] = new_state
-            append((key, output))
-        if self.touched is not None:
-            self.touched.update(map(_key_of, batch))
-        return out
+    def not_a_pair(self, result: Any, key: Any) -> TypeError:
+        return TypeError(
+            f"{self.name}: the mapper must return a (new_state, output) 2-tuple, "
+            f"got {describe(result)} for key {key!r}"
+        )

@@ -16,16 +16,52 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 from itertools import chain
-from operator import itemgetter
 from typing import Any
 
 from .. import plan
 from ..window import TumblingWindowConfig
-from .errors import bad_keyed_item
+from .chain import keyed_loop
 from .keyed import FORGOTTEN, KeyedLogic
 from .windowing import KeyWindows, collected, duration_us, from_us, to_us, utcnow
 
-_key_of = itemgetter(0)
+_SETUP = ("_emit, _windows, _now = _k.begin_batch()",)
+
+# Per kind: fold ``_value`` into ``_key``'s accumulator in the current window, ``_windows``.
+_LOOPS = {
+    "reduce_window": keyed_loop(
+        "reduce_window",
+        (*_SETUP, "_reducer = _k.reducer"),
+        (
+            "try:",
+            "    _acc = _windows[_key]",
+            "except KeyError:",
+            "    _windows[_key] = _value",
+            "else:",
+            "    _windows[_key] = _reducer(_acc, _value)",
+        ),
+    ),
+    "fold_window": keyed_loop(
+        "fold_window",
+        (*_SETUP, "_builder, _folder = _k.builder, _k.folder"),
+        (
+            "try:",
+            "    _acc = _windows[_key]",
+            "except KeyError:",
+            "    _acc = _builder()",
+            "_windows[_key] = _folder(_acc, _value)",
+        ),
+    ),
+    "collect_window": keyed_loop(
+        "collect_window",
+        _SETUP,
+        (
+            "try:",
+            "    _windows[_key].append((_now, _value))",
+            "except KeyError:",
+            "    _windows[_key] = [(_now, _value)]",
+        ),
+    ),
+}
 
 
 class SystemClockWindowLogic(KeyedLogic):
@@ -41,14 +77,20 @@ class SystemClockWindowLogic(KeyedLogic):
         self.window = step.window
         self.length = duration_us(step.window.length)
         self.start = to_us(step.window.start_at or flow_start)
-        # The kind of step, told by which of these is set (collect_window: none).
-        self._reducer: Callable[[Any, Any], Any] | None = None
-        self._builder: Callable[[], Any] | None = None
-        self._folder: Callable[[Any, Any], Any] | None = None
+        # The user's functions of the kind of step this is (collect_window has none).
+        self.reducer: Callable[[Any, Any], Any] | None = None
+        self.builder: Callable[[], Any] | None = None
+        self.folder: Callable[[Any, Any], Any] | None = None
         if isinstance(step, plan.ReduceWindow):
-            self._reducer = step.reducer
+            self.reducer = step.reducer
+            self.loop_code = _LOOPS["reduce_window"]
         elif isinstance(step, plan.FoldWindow):
-            self._builder, self._folder = step.builder, step.folder
+            self.builder, self.folder = step.builder, step.folder
+            self.loop_code = _LOOPS["fold_window"]
+        elif isinstance(step, plan.CollectWindow):
+            self.loop_code = _LOOPS["collect_window"]
+        else:
+            raise TypeError(f"{self.name}: unknown kind of window step {step!r}")
         self._collect = isinstance(step, plan.CollectWindow)
         #: Open windows by index, each ``{key: accumulator}`` in the order keys first came.
         self.open: dict[int, dict[Any, Any]] = {}
@@ -64,20 +106,18 @@ class SystemClockWindowLogic(KeyedLogic):
 
     # -- the KeyedLogic interface ----------------------------------------------------------
 
-    def on_batch(self, batch: list[Any]) -> list[Any]:
+    def begin_batch(self) -> tuple[list[Any], dict[Any, Any], int]:
+        """Before a batch: close the windows the clock has left; return what they emit, the
+        window the batch goes into (``{key: accumulator}``) and the clock in microseconds."""
         now = to_us(self._clock())
-        index = (now - self.start) // self.length
         out: list[Any] = []
-        self._advance(index, out)
+        self._advance((now - self.start) // self.length, out)
         index = self._newest
         windows = self.open.get(index)
         if windows is None:
             windows = self.open[index] = {}
             self._deadline = None
-        self._fold(windows, batch, now)
-        if self.touched is not None:
-            self.touched.update(map(_key_of, batch))
-        return out
+        return out, windows, now
 
     def next_deadline(self) -> datetime | None:
         if self._deadline is None and self.open:
@@ -122,39 +162,6 @@ class SystemClockWindowLogic(KeyedLogic):
             for index, acc in windows.items():
                 self.open.setdefault(index, {})[key] = acc
         self._deadline = None
-
-    # -- folding ---------------------------------------------------------------------------
-
-    def _fold(self, windows: dict[Any, Any], batch: list[Any], now: int) -> None:
-        """Fold ``batch`` into the window ``windows``, checking each item where it is taken
-        apart (a separate pass over the batch would cost more)."""
-        reducer, builder, folder = self._reducer, self._builder, self._folder
-        tuple_, str_, int_, type_ = tuple, str, int, type
-        for item in batch:
-            if type_(item) is not tuple_:
-                raise bad_keyed_item(self.name, item)
-            key, value = item
-            key_type = type_(key)
-            if key_type is not str_ and key_type is not int_:
-                raise bad_keyed_item(self.name, item)
-            if reducer is not None:
-                try:
-                    acc = windows[key]
-                except KeyError:
-                    windows[key] = value
-                else:
-                    windows[key] = reducer(acc, value)
-            elif folder is not None:
-                try:
-                    acc = windows[key]
-                except KeyError:
-                    acc = builder()  # type: ignore[misc]
-                windows[key] = folder(acc, value)
-            else:
-                try:
-                    windows[key].append((now, value))
-                except KeyError:
-                    windows[key] = [(now, value)]
 
     # -- closing ---------------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ class Stopped(Exception):
 class Segment:
     """Stateless steps and the stateful step (by index) that receives their output, if any."""
 
-    __slots__ = ("steps", "sinks", "chain", "target", "target_name")
+    __slots__ = ("steps", "sinks", "chain", "target", "target_name", "fused")
 
     def __init__(self) -> None:
         self.steps: list[plan.Step] = []
@@ -78,6 +78,8 @@ class Segment:
         self.chain: Chain | None = None  # the steps fused, once the whole flow is built
         self.target: int | None = None
         self.target_name = ""
+        #: Whether ``chain`` ends in the target's own loop, so it returns what the target emits.
+        self.fused = False
 
 
 def check_flow(flow: Dataflow) -> None:
@@ -174,7 +176,13 @@ class Worker:
                     segment.steps.append(step)
                     segment.sinks.append(sink)
         for segment in [s for _, s in self.input_steps] + self.after:
-            if segment.steps:
+            logic = None if segment.target is None else self.logics[segment.target]
+            # With one worker no item moves, so the target's per-item code can run inside
+            # the loop of the steps before it (no list in between: see chain.py).
+            if self.count == 1 and logic is not None and logic.loop_code is not None:
+                segment.chain = compile_chain(segment.steps, segment.sinks, logic)
+                segment.fused = True
+            elif segment.steps:
                 segment.chain = compile_chain(segment.steps, segment.sinks)
 
     def _open_inputs(self, resume_states: dict[str, Any]) -> None:
@@ -201,6 +209,7 @@ class Worker:
 
     def _push(self, segment: Segment, batch: list[Any], epoch: int) -> None:
         chain = segment.chain
+        target = segment.target
         if chain is not None:
             try:
                 batch = chain.run(batch, epoch)
@@ -212,7 +221,10 @@ class Worker:
                 raise error from None
             if not batch:
                 return
-        target = segment.target
+            if segment.fused:  # the batch is what the target emitted
+                assert target is not None
+                self._push(self.after[target], batch, epoch)
+                return
         if target is None:
             return
         if self.count == 1:
