@@ -244,3 +244,39 @@ def test_a_flow_on_one_worker_fuses_and_still_names_every_failure():
     with pytest.raises(TypeError, match=r"reduce 'count' requires a \(key, value\) 2-tuple .* \('bad', 1, 2\)") as info:
         run_main(flow)
     assert info.value.__notes__ == ["millrace: raised in reduce 'count' on worker 0"]
+
+
+def test_a_loop_on_a_cluster_keeps_its_own_keys_and_hands_out_the_rest():
+    from millrace.runtime.routing import Router, owner
+
+    words = [f"w{i}" for i in range(40)]
+    logic = reduce_logic(is_complete=lambda acc: False)
+    chain = compile_chain([plan.Map(1, lambda x: x)], keyed=logic, router=Router(3, me=1))
+    items = [(word, 1) for word in words] + [(n, 1) for n in range(-5, 5)]
+    emitted, parts = chain.run(items, 0)
+    assert emitted == [] and parts[1] == []
+    for dest in (0, 2):
+        assert parts[dest] == [item for item in items if owner(item[0], 3) == dest]
+    assert logic.state == {key: 1 for key, _ in items if owner(key, 3) == 1}
+    # A second batch finds the owners it cached, and a bad key is still named by the step.
+    assert chain.run(items, 0)[1] == parts
+    with pytest.raises(TypeError, match=r"reduce 'r' requires a \(key, value\) 2-tuple .* \(1\.5, 1\)"):
+        chain.run([(1.5, 1)], 0)
+
+
+def test_a_stateful_map_that_forgets_a_key_starts_it_again_from_the_builder():
+    from millrace.runtime.keyed import StatefulMapLogic
+
+    built: list = []
+
+    def builder():
+        built.append(1)
+        return 0
+
+    def mapper(total, value):
+        total += value
+        return (None if total >= 3 else total), total
+
+    logic = StatefulMapLogic(plan.StatefulMap("s", builder, mapper))
+    assert logic.on_batch([("a", 1), ("a", 2), ("a", 1), ("b", 5)]) == [("a", 1), ("a", 3), ("a", 1), ("b", 5)]
+    assert logic.state == {"a": 1} and len(built) == 3

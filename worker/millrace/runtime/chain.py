@@ -6,10 +6,11 @@ no list per step, and each user function is called from Python bytecode, which C
 does without a C-level call (``list(map(fn, batch))`` pays for one per item). A ``capture``
 ends the loop: it writes the batch built so far, and a new loop carries it on.
 
-A keyed step may end the loop too, when its items need not move to another worker first (one
-worker in all): it gives its per-item code as :class:`LoopCode`, and each item goes from the
-last stateless step straight into its state. The function then returns what the keyed step
-emits. Keyed steps run their own batches through the same code (a chain of no stateless steps).
+A keyed step may end the loop too: it gives its per-item code as :class:`LoopCode`, and each
+item goes from the last stateless step straight into its state. The function then returns
+what the keyed step emits. On a cluster the loop routes: an item whose key another worker owns
+goes into that worker's part instead, and the function returns the parts too. Keyed steps run
+the batches they receive through the same code (a chain of no stateless steps).
 
 The happy path has no bookkeeping of which step runs. When something raises, the generated
 function's line number in the traceback says which step it was (every line belongs to one
@@ -42,23 +43,24 @@ from .sinks import Sink
 Batch = list[Any]
 BatchFn = Callable[[Batch, int], Batch]
 
+#: A value no user function gives; keyed code sees it as ``_MISSING`` (``.get()`` defaults).
+MISSING: Any = object()
+
 
 @dataclass(frozen=True)
 class LoopCode:
-    """A keyed step's code for the generated loop (see :func:`keyed_loop`, which writes the
-    part every keyed step shares).
+    """A keyed step's code for the generated loop.
 
-    The code sees the step's logic object as ``_k``. ``setup`` runs once per batch, after the
-    stateless steps' captures: it binds the step's locals and ``_emit``, the list of what the
-    step emits. ``body`` runs per item, ``{item}`` standing for the variable that holds it;
-    nesting is four spaces. ``body[unpack]`` unpacks the ``(key, value)`` pair, so a
-    ``ValueError`` there means a tuple of the wrong length.
+    The code sees the step's logic object as ``_k`` (and :data:`MISSING` as ``_MISSING``).
+    ``setup`` runs once per batch, after the stateless steps' captures: it binds the step's
+    locals and ``_emit``, the list of what the step emits. ``per_key`` runs per item, once the
+    loop has checked the item and unpacked it into ``_key`` and ``_value``; nesting is four
+    spaces.
     """
 
     kind: str
     setup: tuple[str, ...]
-    body: tuple[str, ...]
-    unpack: int
+    per_key: tuple[str, ...]
 
 
 class KeyedStep(Protocol):
@@ -68,28 +70,19 @@ class KeyedStep(Protocol):
     loop_code: LoopCode | None
 
 
-def keyed_loop(kind: str, setup: Sequence[str], per_key: Sequence[str]) -> LoopCode:
-    """The :class:`LoopCode` of a keyed step whose ``per_key`` lines update the state of
-    ``_key`` with ``_value``.
+class KeyRouter(Protocol):
+    """Which worker owns a key, for a loop that routes (:class:`~.routing.Router` is one)."""
 
-    Every item is checked where it is taken apart (a separate pass would cost more than the
-    test): one that is not a tuple, or whose key is not a ``str`` or ``int``, fails with the
-    step's :func:`~.errors.bad_keyed_item` error (``_k.bad_item``). A key whose state changed
-    joins ``_k.touched`` while a recovery store wants to know.
-    """
-    return LoopCode(
-        kind,
-        ("_touched = _k.touched", *setup),
-        (
-            "if _type({item}) is not _tuple: raise _k.bad_item({item})",
-            "_key, _value = {item}",
-            "_key_type = _type(_key)",
-            "if _key_type is not _str and _key_type is not _int: raise _k.bad_item({item})",
-            *per_key,
-            "if _touched is not None: _touched.add(_key)",
-        ),
-        unpack=1,
-    )
+    worker_count: int
+    #: The worker the loop runs on: its keys stay, the others' go into their parts.
+    me: int
+    #: Known owners of ``str`` keys (an ``int`` key's owner is ``key % worker_count``).
+    owners: dict[Any, int]
+
+    def owner_of(self, key: Any) -> int:
+        """The owner of the ``str`` key ``key``, now known."""
+        ...
+
 
 _KINDS: dict[type, str] = {
     plan.Map: "map",
@@ -126,6 +119,7 @@ class _Template:
 
     kinds: tuple[str, ...]
     terminal: LoopCode | None = None
+    routed: bool = False
     lines: list[str] = field(default_factory=list)
     step_at: list[int | None] = field(default_factory=list)
     input_of: dict[int, str] = field(default_factory=dict)
@@ -142,15 +136,20 @@ class _Template:
 
 
 @lru_cache(maxsize=256)
-def _template(kinds: tuple[str, ...], terminal: LoopCode | None = None) -> _Template:
-    t = _Template(kinds, terminal)
+def _template(
+    kinds: tuple[str, ...], terminal: LoopCode | None = None, routed: bool = False
+) -> _Template:
+    t = _Template(kinds, terminal, routed)
     names = [f"_f{index}" for index in range(len(kinds))]
     if terminal is not None:
         names.append("_k")
+    if routed:
+        names.append("_r")
     t.add(0, f"def _factory(_not_bool, _names, {', '.join(names)}):")
     t.add(1, "def run(batch, epoch):")
-    # What a batch that empties before the keyed step gives: it emits nothing.
-    empty = "batch" if terminal is None else "[]"
+    # What a batch that empties before the keyed step gives: it emits nothing (and sends
+    # nothing).
+    empty = "batch" if terminal is None else "[], []" if routed else "[]"
     pending: list[int] = []  # item steps not yet written out
     for index, kind in enumerate(kinds):
         if kind == "capture":
@@ -165,14 +164,16 @@ def _template(kinds: tuple[str, ...], terminal: LoopCode | None = None) -> _Temp
         t.add(2, "return batch")
     else:
         _write_items(t, pending, terminal)
-        t.add(2, "return _emit")
+        t.add(2, "return _emit, _parts" if routed else "return _emit")
     t.add(1, "return run")
     shape = list(kinds) + ([terminal.kind] if terminal is not None else [])
+    if routed:
+        shape[-1] += " (routed)"
     t.filename = f"<millrace chain: {' -> '.join(shape)}>"
     lines = [line + "\n" for line in t.lines]
     # Registered so that a traceback through a chain shows its lines.
     linecache.cache[t.filename] = (sum(map(len, lines)), None, lines, t.filename)
-    namespace: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"MISSING": MISSING}
     exec(compile("".join(lines), t.filename, "exec"), namespace)
     t.factory = namespace["_factory"]
     return t
@@ -197,9 +198,13 @@ def _write_items(t: _Template, indices: list[int], terminal: LoopCode | None = N
     else:
         keyed = len(t.kinds)
         # Builtins as locals: the keyed code tests types once per item.
-        t.add(2, "_type, _tuple, _str, _int = type, tuple, str, int", keyed)
+        t.add(2, "_type, _tuple, _str, _int, _MISSING = type, tuple, str, int, MISSING", keyed)
+        t.add(2, "_touched = _k.touched", keyed)
         for line in terminal.setup:
             t.add(2, line, keyed)
+        if t.routed:
+            t.add(2, "_count, _me, _owners_get, _owner_of = _r.worker_count, _r.me, _r.owners.get, _r.owner_of", keyed)
+            t.add(2, "_parts = [[] for _ in range(_count)]", keyed)
     t.add(2, "for _item in batch:")
     depth, item = 3, "_item"
     for index in indices:
@@ -226,14 +231,41 @@ def _write_items(t: _Template, indices: list[int], terminal: LoopCode | None = N
         t.add(depth, f"_out.append({item})")
         t.add(2, "batch = _out")
         return
+    _write_keyed(t, depth, item, terminal)
+
+
+def _write_keyed(t: _Template, depth: int, item: str, terminal: LoopCode) -> None:
+    """Lines that check ``item``, unpack it, route it if the loop routes, and run the keyed
+    step's code on it.
+
+    Each item is checked where it is taken apart (a separate pass would cost more than the
+    test): one that is not a tuple, or whose key is not a ``str`` or ``int``, fails with the
+    step's :func:`~.errors.bad_keyed_item` error (``_k.bad_item``); a tuple of the wrong
+    length fails its unpacking (see :meth:`Chain.explain`). A key whose state changed joins
+    ``_k.touched`` while a recovery store wants to know.
+    """
     keyed = len(t.kinds)
     t.input_of[keyed] = item
-    for position, line in enumerate(terminal.body):
+    t.add(depth, f"if _type({item}) is not _tuple: raise _k.bad_item({item})", keyed)
+    t.unpacked_at[t.add(depth, f"_key, _value = {item}", keyed)] = keyed
+    t.add(depth, "_key_type = _type(_key)", keyed)
+    if not t.routed:
+        t.add(depth, f"if _key_type is not _str and _key_type is not _int: raise _k.bad_item({item})", keyed)
+    else:
+        t.add(depth, "if _key_type is _str:", keyed)
+        t.add(depth + 1, "_dest = _owners_get(_key)", keyed)
+        t.add(depth + 1, "if _dest is None: _dest = _owner_of(_key)", keyed)
+        t.add(depth, "elif _key_type is _int:", keyed)
+        t.add(depth + 1, "_dest = _key % _count", keyed)
+        t.add(depth, "else:", keyed)
+        t.add(depth + 1, f"raise _k.bad_item({item})", keyed)
+        t.add(depth, "if _dest != _me:", keyed)
+        t.add(depth + 1, f"_parts[_dest].append({item})", keyed)
+        t.add(depth + 1, "continue", keyed)
+    for line in terminal.per_key:
         stripped = line.lstrip(" ")
-        nesting = (len(line) - len(stripped)) // 4
-        number = t.add(depth + nesting, stripped.replace("{item}", item), keyed)
-        if position == terminal.unpack:
-            t.unpacked_at[number] = keyed
+        t.add(depth + (len(line) - len(stripped)) // 4, stripped, keyed)
+    t.add(depth, "if _touched is not None: _touched.add(_key)", keyed)
 
 
 class Chain:
@@ -248,6 +280,7 @@ class Chain:
         steps: Sequence[plan.Step],
         sinks: Sequence[Sink | None] = (),
         keyed: KeyedStep | None = None,
+        router: KeyRouter | None = None,
     ) -> None:
         self.names = tuple(step.name for step in steps)
         fns: list[Any] = []
@@ -268,9 +301,17 @@ class Chain:
                 raise TypeError(f"{keyed.name} has no code for a fused loop")
             self.names += (keyed.name,)
             fns.append(keyed)
-        self._template = _template(tuple(_KINDS[type(step)] for step in steps), terminal)
+        if router is not None:
+            if keyed is None:
+                raise TypeError("only a chain that ends in a keyed step routes")
+            fns.append(router)
+        self._template = _template(
+            tuple(_KINDS[type(step)] for step in steps), terminal, router is not None
+        )
         assert self._template.factory is not None
-        self.run: BatchFn = self._template.factory(_not_bool, self.names, *fns)
+        #: ``run(batch, epoch)``: the batch out of the last step; with a router, also the
+        #: items every worker owns, ``(emitted, parts)`` (this worker's part stays empty).
+        self.run: Callable[[Batch, int], Any] = self._template.factory(_not_bool, self.names, *fns)
 
     def step_of(self, exc: BaseException) -> str | None:
         """The name of the step that raised ``exc`` (``None``: not raised inside the chain)."""
@@ -316,8 +357,12 @@ class Chain:
 
 
 def compile_chain(
-    steps: Sequence[plan.Step], sinks: Sequence[Sink | None] = (), keyed: KeyedStep | None = None
+    steps: Sequence[plan.Step],
+    sinks: Sequence[Sink | None] = (),
+    keyed: KeyedStep | None = None,
+    router: KeyRouter | None = None,
 ) -> Chain:
     """The fused batch function of ``steps`` (``sinks[i]``: the worker's writer of a capture),
-    ending in ``keyed``'s loop code if given."""
-    return Chain(steps, sinks, keyed)
+    ending in ``keyed``'s loop code if given, which keeps only the keys ``router`` says
+    this worker owns if given."""
+    return Chain(steps, sinks, keyed, router)

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import plan
-from .chain import BatchFn, LoopCode, compile_chain, keyed_loop
+from .chain import BatchFn, LoopCode, compile_chain
 from .errors import bad_keyed_item, describe
 
 
@@ -98,15 +98,15 @@ class KeyedLogic:
 
 
 class ReduceLogic(KeyedLogic):
-    loop_code = keyed_loop(
+    loop_code = LoopCode(
         "reduce",
-        setup=(
+        (
             "_emit = []",
             "_state, _reducer, _is_complete = _k.state, _k.reducer, _k.is_complete",
         ),
         # Subscripting beats .get() on this hot path, and try costs nothing when the key is
         # there, which is the common case.
-        per_key=(
+        (
             "try:",
             "    _acc = _state[_key]",
             "except KeyError:",
@@ -139,13 +139,15 @@ class ReduceLogic(KeyedLogic):
 
 
 class StatefulMapLogic(KeyedLogic):
-    loop_code = keyed_loop(
+    loop_code = LoopCode(
         "stateful_map",
-        setup=("_emit = []", "_state, _builder, _mapper = _k.state, _k.builder, _k.mapper"),
-        per_key=(
-            "try:",
-            "    _current = _state[_key]",
-            "except KeyError:",
+        ("_emit = []", "_state, _builder, _mapper = _k.state, _k.builder, _k.mapper", "_get = _state.get"),
+        # A mapper that returns None as the state forgets the key, so keys are often missing:
+        # .get() costs a little more than subscripting a key that is there, but raising a
+        # KeyError costs about ten times that.
+        (
+            "_current = _get(_key, _MISSING)",
+            "if _current is _MISSING:",
             "    _current = _builder()",
             "_result = _mapper(_current, _value)",
             "if _type(_result) is not _tuple or len(_result) != 2:",

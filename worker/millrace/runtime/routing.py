@@ -57,11 +57,24 @@ class Router:
     A batch's keys are looked up and the batch split by C loops (``map``, ``compress``):
     a few passes over the batch instead of a Python loop per item. Anything unusual (a bad
     item, many workers) takes the item-by-item path, which also names a bad item.
+
+    A loop that routes item by item itself (see :mod:`.chain`) reads :attr:`owners` and
+    calls :meth:`owner_of` for a ``str`` key it does not find there.
     """
 
-    def __init__(self, worker_count: int) -> None:
+    def __init__(self, worker_count: int, me: int = 0) -> None:
         self.worker_count = worker_count
-        self._owners: dict[Any, int] = {}
+        self.me = me
+        #: The owner of every key seen lately (bounded: cleared when it grows too large).
+        self.owners: dict[Any, int] = {}
+
+    def owner_of(self, key: Any) -> int:
+        """The owner of ``key``, cached in :attr:`owners`."""
+        owners = self.owners
+        if len(owners) > _CACHE_LIMIT:
+            owners.clear()
+        index = owners[key] = owner(key, self.worker_count)
+        return index
 
     def split(self, batch: list[Any], step_name: str) -> list[list[Any]]:
         """``batch`` as one list per worker.
@@ -83,14 +96,10 @@ class Router:
         if key_types == _INT:
             dests = list(map(mod, keys, repeat(count)))  # no cache needed: key % count
         elif key_types <= _KEY_TYPE_SET:
-            owners = self._owners
-            if len(owners) > _CACHE_LIMIT:
-                owners.clear()
-            dests = list(map(owners.get, keys))
+            dests = list(map(self.owners.get, keys))
             if None in dests:
-                for key in {key for key, dest in zip(keys, dests) if dest is None}:
-                    owners[key] = owner(key, count)
-                dests = list(map(owners.__getitem__, keys))
+                missing = {key: self.owner_of(key) for key, dest in zip(keys, dests) if dest is None}
+                dests = [missing[key] if dest is None else dest for key, dest in zip(keys, dests)]
         else:
             return self._split_each(batch, step_name)
         if count == 2:
@@ -99,9 +108,7 @@ class Router:
 
     def _split_each(self, batch: list[Any], step_name: str) -> list[list[Any]]:
         parts: list[list[Any]] = [[] for _ in range(self.worker_count)]
-        owners = self._owners
-        if len(owners) > _CACHE_LIMIT:
-            owners.clear()
+        owners = self.owners
         appenders = [part.append for part in parts]
         for item in batch:
             if type(item) is tuple and len(item) == 2:
@@ -112,7 +119,7 @@ class Router:
                     # entry of the int 1.
                     index = owners.get(key)
                     if index is None:
-                        index = owners[key] = owner(key, self.worker_count)
+                        index = self.owner_of(key)
                     appenders[index](item)
                     continue
             raise bad_keyed_item(step_name, item)

@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import plan
 from ..window import TumblingWindowConfig
-from .chain import keyed_loop
+from .chain import LoopCode
 from .keyed import FORGOTTEN, KeyedLogic
 from .windowing import KeyWindows, collected, duration_us, from_us, to_us, utcnow
 
@@ -28,7 +28,7 @@ _SETUP = ("_emit, _windows, _now = _k.begin_batch()",)
 
 # Per kind: fold ``_value`` into ``_key``'s accumulator in the current window, ``_windows``.
 _LOOPS = {
-    "reduce_window": keyed_loop(
+    "reduce_window": LoopCode(
         "reduce_window",
         (*_SETUP, "_reducer = _k.reducer"),
         (
@@ -40,7 +40,7 @@ _LOOPS = {
             "    _windows[_key] = _reducer(_acc, _value)",
         ),
     ),
-    "fold_window": keyed_loop(
+    "fold_window": LoopCode(
         "fold_window",
         (*_SETUP, "_builder, _folder = _k.builder, _k.folder"),
         (
@@ -51,7 +51,7 @@ _LOOPS = {
             "_windows[_key] = _folder(_acc, _value)",
         ),
     ),
-    "collect_window": keyed_loop(
+    "collect_window": LoopCode(
         "collect_window",
         _SETUP,
         (

@@ -70,7 +70,7 @@ class Stopped(Exception):
 class Segment:
     """Stateless steps and the stateful step (by index) that receives their output, if any."""
 
-    __slots__ = ("steps", "sinks", "chain", "target", "target_name", "fused")
+    __slots__ = ("steps", "sinks", "chain", "target", "target_name", "fused", "routed")
 
     def __init__(self) -> None:
         self.steps: list[plan.Step] = []
@@ -78,8 +78,10 @@ class Segment:
         self.chain: Chain | None = None  # the steps fused, once the whole flow is built
         self.target: int | None = None
         self.target_name = ""
-        #: Whether ``chain`` ends in the target's own loop, so it returns what the target emits.
+        #: Whether ``chain`` ends in the target's own loop, so it returns what the target
+        #: emits; and whether that loop routes, so it returns ``(emitted, parts)``.
         self.fused = False
+        self.routed = False
 
 
 def check_flow(flow: Dataflow) -> None:
@@ -133,7 +135,7 @@ class Worker:
         self.flow_start = flow_start
         self.recovery_dir = recovery_dir
         self.store: store.WorkerStore | None = None
-        self.router = Router(self.count)
+        self.router = Router(self.count, index)
         self.logics: list[KeyedLogic] = []
         self.after: list[Segment] = []
         self.input_steps: list[tuple[plan.Input, Segment]] = []
@@ -177,11 +179,13 @@ class Worker:
                     segment.sinks.append(sink)
         for segment in [s for _, s in self.input_steps] + self.after:
             logic = None if segment.target is None else self.logics[segment.target]
-            # With one worker no item moves, so the target's per-item code can run inside
-            # the loop of the steps before it (no list in between: see chain.py).
-            if self.count == 1 and logic is not None and logic.loop_code is not None:
-                segment.chain = compile_chain(segment.steps, segment.sinks, logic)
+            # The target's per-item code runs inside the loop of the steps before it (no list
+            # in between: see chain.py); with more than one worker that loop routes.
+            if logic is not None and logic.loop_code is not None:
+                router = self.router if self.count > 1 else None
+                segment.chain = compile_chain(segment.steps, segment.sinks, logic, router)
                 segment.fused = True
+                segment.routed = router is not None
             elif segment.steps:
                 segment.chain = compile_chain(segment.steps, segment.sinks)
 
@@ -212,18 +216,23 @@ class Worker:
         target = segment.target
         if chain is not None:
             try:
-                batch = chain.run(batch, epoch)
+                result = chain.run(batch, epoch)
             except Exception as exc:
                 error = chain.explain(exc)
                 annotate(error, chain.step_of(error) or "a stateless step", self.index)
                 if error is exc:
                     raise
                 raise error from None
-            if not batch:
-                return
-            if segment.fused:  # the batch is what the target emitted
+            if segment.fused:  # the result is what the target emitted (and sends)
                 assert target is not None
-                self._push(self.after[target], batch, epoch)
+                if segment.routed:
+                    result, parts = result
+                    self._send(segment, target, parts, epoch)
+                if result:
+                    self._push(self.after[target], result, epoch)
+                return
+            batch = result
+            if not batch:
                 return
         if target is None:
             return
@@ -235,17 +244,22 @@ class Worker:
         except TypeError as exc:
             annotate(exc, segment.target_name, self.index)
             raise
+        mine = parts[self.index]
+        if mine:
+            parts[self.index] = []
+            self._apply(target, mine, epoch)
+        self._send(segment, target, parts, epoch)
+
+    def _send(self, segment: Segment, target: int, parts: list[list[Any]], epoch: int) -> None:
+        """Send each other worker its part of a batch for ``target``."""
         for dest, part in enumerate(parts):
             if part:
-                if dest == self.index:
-                    self._apply(target, part, epoch)
-                else:
-                    try:
-                        self.exchange.send(dest, (DATA, target, epoch, part))
-                    except Exception as exc:
-                        error = cannot_travel(segment.target_name, part, dest, exc)
-                        annotate(error, segment.target_name, self.index)
-                        raise error from exc
+                try:
+                    self.exchange.send(dest, (DATA, target, epoch, part))
+                except Exception as exc:
+                    error = cannot_travel(segment.target_name, part, dest, exc)
+                    annotate(error, segment.target_name, self.index)
+                    raise error from exc
 
     def _apply(self, target: int, batch: list[Any], epoch: int) -> None:
         logic = self.logics[target]
