@@ -3,7 +3,11 @@
 A frame is a ZeroMQ multipart message ``[MAGIC, header, payload, mac]``. The header says what
 the frame is, who sent it, to which worker, and its sequence number; the MAC is an HMAC-SHA256
 of header and payload under the cluster secret. :func:`open_frame` checks all of that before
-the payload is touched, and only :data:`MESSAGE` payloads are ever unpickled, after that check.
+the payload is touched, and only :data:`MESSAGE` payloads are ever decoded, after that check.
+
+A :data:`MESSAGE` payload is one tag byte and the encoded messages: :mod:`marshal` when they
+hold only the built-in types it takes as they are (a batch of ``(str, int)`` pairs, say),
+which encodes and decodes faster than :mod:`pickle`, and ``pickle`` for anything else.
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import marshal
 import pickle
 import struct
 from dataclasses import dataclass
 from typing import Any
 
-MAGIC = b"MRC1"
+MAGIC = b"MRC2"  # MRC1: payloads without a tag byte
 
 HELLO = 1  # payload: JSON of the sender's view of the cluster shape
 MESSAGE = 2  # payload: a pickled worker message (see millrace.runtime.exchange)
@@ -112,15 +117,30 @@ def parse_hello(payload: bytes) -> dict[str, int | str]:
         raise BadFrame(f"malformed HELLO payload: {exc}") from None
 
 
+_MARSHAL = b"M"
+_PICKLE = b"P"
+
+
 def dump_messages(messages: list[tuple[int, Any]]) -> bytes:
-    """Pickle ``(destination worker, message)`` pairs bound for one process."""
-    return pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
+    """Encode ``(destination worker, message)`` pairs bound for one process."""
+    try:
+        # marshal refuses every subclass and every type it does not know (ValueError), so
+        # what it encodes decodes as exactly the same types.
+        return _MARSHAL + marshal.dumps(messages)
+    except ValueError:
+        return _PICKLE + pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def load_messages(payload: bytes) -> list[tuple[int, Any]]:
-    """Unpickle an authenticated MESSAGE payload (see the module docstring)."""
+    """Decode an authenticated MESSAGE payload (see the module docstring)."""
+    tag, body = payload[:1], memoryview(payload)[1:]
     try:
-        messages = pickle.loads(payload)
+        if tag == _MARSHAL:
+            messages = marshal.loads(body)
+        elif tag == _PICKLE:
+            messages = pickle.loads(body)
+        else:
+            raise ValueError(f"unknown encoding tag {bytes(tag)!r}")
     except Exception as exc:
         raise BadFrame(f"undecodable message: {type(exc).__name__}: {exc}") from None
     if type(messages) is not list or not all(
