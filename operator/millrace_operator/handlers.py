@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
+from collections import defaultdict
 from typing import Any, cast
 
 import kopf
@@ -21,6 +23,12 @@ from .spec import SpecError
 
 GROUP, VERSION, PLURAL = "millrace.dev", "v1alpha1", "dataflows"
 log = logging.getLogger("millrace.operator")
+
+
+# kopf runs the Dataflow's handlers and its pods' handlers concurrently (in threads). Two
+# reconciles of one Dataflow at once could each patch the StatefulSet's template to what its
+# own view of the spec says, and delete the pods the other just made: one at a time instead.
+_reconciling: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
 
 def now() -> str:
@@ -49,7 +57,8 @@ def _announce(body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) ->
 def _reconcile_into(body: dict[str, Any], patch: kopf.Patch) -> None:
     df = {"metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
     try:
-        status = reconcile(Kube(), df, now())
+        with _reconciling[df["metadata"].get("namespace", "default"), df["metadata"]["name"]]:
+            status = reconcile(Kube(), df, now())
     except SpecError as exc:
         status = {
             "phase": "Failed",
@@ -77,15 +86,17 @@ def pod_changed(meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
     assert namespace is not None  # pods are namespaced
     name = meta["labels"][DATAFLOW_LABEL]
     custom = kubernetes.client.CustomObjectsApi()
-    try:
-        body = cast(dict[str, Any], custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
-    except kubernetes.client.rest.ApiException as exc:
-        if exc.status == 404:
-            return  # the Dataflow is gone; its pods go with it
-        raise
-    try:
-        status = reconcile(Kube(), body, now())
-    except SpecError:
-        return  # the Dataflow's own handler reports it
+    with _reconciling[namespace, name]:
+        try:
+            # Read under the lock: the newest spec, not one an earlier reconcile has undone.
+            body = cast(dict[str, Any], custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+        except kubernetes.client.rest.ApiException as exc:
+            if exc.status == 404:
+                return  # the Dataflow is gone; its pods go with it
+            raise
+        try:
+            status = reconcile(Kube(), body, now())
+        except SpecError:
+            return  # the Dataflow's own handler reports it
     custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
     _announce(body, body.get("status") or {}, status)

@@ -6,6 +6,7 @@ reading and patching it, so every reconcile is idempotent.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import kubernetes
@@ -83,6 +84,21 @@ class Kube:
         found = self.core.list_namespaced_pod(namespace, label_selector=label_selector)
         return [self._plain(pod) for pod in found.items]
 
+    def claims(self, namespace: str, selector: dict[str, str]) -> list[Manifest]:
+        label_selector = ",".join(f"{key}={value}" for key, value in selector.items())
+        found = self.core.list_namespaced_persistent_volume_claim(namespace, label_selector=label_selector)
+        return [self._plain(claim) for claim in found.items]
+
+    def resize_claim(self, namespace: str, name: str, size: str) -> str | None:
+        body = {"spec": {"resources": {"requests": {"storage": size}}}}
+        try:
+            self.core.patch_namespaced_persistent_volume_claim(name, namespace, body)
+        except ApiException as exc:
+            if exc.status in (403, 422):  # e.g. a storage class without volume expansion
+                return _reason(exc)
+            raise
+        return None
+
     def delete_pods(self, namespace: str, selector: dict[str, str]) -> None:
         """Delete every pod of the selector, one by one (needs only the ``delete`` verb)."""
         for pod in self.pods(namespace, selector):
@@ -91,3 +107,11 @@ class Kube:
             except ApiException as exc:
                 if exc.status != 404:
                     raise
+
+
+def _reason(exc: ApiException) -> str:
+    """The API server's message in an error response, or the error itself."""
+    try:
+        return str(json.loads(exc.body or "")["message"])
+    except (TypeError, ValueError, KeyError):
+        return f"{exc.status} {exc.reason}"

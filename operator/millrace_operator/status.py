@@ -119,6 +119,19 @@ def compute_status(df: dict[str, Any], pods: list[dict[str, Any]], now: str) -> 
     return status
 
 
+def volume_size_condition(df: dict[str, Any], problem: tuple[str, str] | None, now: str) -> dict[str, Any]:
+    """The ``VolumeSize`` condition of a Dataflow with recovery volumes: whether every claim
+    has ``recovery.volumeSize``; ``problem`` is ``(reason, message)`` when not."""
+    previous = (df.get("status") or {}).get("conditions") or []
+    generation = (df.get("metadata") or {}).get("generation")
+    if problem is None:
+        size = parse_spec(df.get("spec")).recovery.volume_size
+        return _condition(previous, "VolumeSize", True, "Applied",
+                          f"every recovery volume claims {size}", generation, now)
+    reason, message = problem
+    return _condition(previous, "VolumeSize", False, reason, message, generation, now)
+
+
 def desired_replicas(df: dict[str, Any], status: dict[str, Any]) -> int:
     """Pods to run: none when suspended or finished for the current template."""
     spec = parse_spec(df.get("spec"))

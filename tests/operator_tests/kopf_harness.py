@@ -26,6 +26,7 @@ SECRETS = kmock.resource("", "v1", "secrets")
 PODS = kmock.resource("", "v1", "pods")
 NETWORKPOLICIES = kmock.resource("networking.k8s.io", "v1", "networkpolicies")
 EVENTS = kmock.resource("", "v1", "events")
+CLAIMS = kmock.resource("", "v1", "persistentvolumeclaims")
 
 
 def dataflow(name: str = "wc", **spec: Any) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def cluster(kmock: kmock.KubernetesEmulator):  # noqa: F811 - kmock's own fixtur
     )
     for resource, kind in [(STATEFULSETS, "StatefulSet"), (SERVICES, "Service"), (CONFIGMAPS, "ConfigMap"),
                            (SECRETS, "Secret"), (PODS, "Pod"),
-                           (NETWORKPOLICIES, "NetworkPolicy"), (EVENTS, "Event")]:
+                           (NETWORKPOLICIES, "NetworkPolicy"), (EVENTS, "Event"), (CLAIMS, "PersistentVolumeClaim")]:
         kmock.resources[resource] = kmock.ResourceInfo(
             kind=kind, namespaced=True, verbs={"get", "list", "watch", "create", "patch", "update", "delete", "deletecollection"},
         )
@@ -137,6 +138,19 @@ async def play_kubelet(cluster, name: str, **kwargs: Any) -> None:
     core = as_test(kubernetes.client.CoreV1Api)
     for index in range(sts["spec"]["replicas"]):
         await asyncio.to_thread(core.create_namespaced_pod, "jobs", pod(name, index, sts["spec"]["template"], **kwargs))
+
+
+async def play_claims(cluster, name: str) -> None:
+    """Create the claims of the StatefulSet's claim templates, as its controller would."""
+    sts = obj(cluster, STATEFULSETS, name)
+    core = as_test(kubernetes.client.CoreV1Api)
+    for template in sts["spec"].get("volumeClaimTemplates") or []:
+        for index in range(sts["spec"]["replicas"]):
+            claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                     "metadata": {"name": f"{template['metadata']['name']}-{name}-{index}", "namespace": "jobs",
+                                  "labels": dict(template["metadata"].get("labels") or {})},
+                     "spec": template["spec"]}
+            await asyncio.to_thread(core.create_namespaced_persistent_volume_claim, "jobs", claim)
 
 
 # Requests the tests make while playing the controllers and the user carry this user agent, so

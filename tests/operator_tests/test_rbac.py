@@ -2,7 +2,7 @@
 
 The needed permissions are not written down by hand: the operator runs a whole Dataflow life
 (create, pods coming and going, a spec change that restarts every pod, a claim-template change
-that replaces the StatefulSet, a flow moving from code to a module, a failure, deletion of children) against kmock, which records every
+that replaces the StatefulSet, a larger volume size that grows the claims, a flow moving from code to a module, a failure, deletion of children) against kmock, which records every
 request; each request maps to an RBAC (apiGroup, resource, verb). The chart's rules, rendered by
 helm for the cluster-wide and for the namespaced install, must equal that set.
 """
@@ -18,7 +18,7 @@ import pytest
 from tests.support.helm import render, require_helm
 
 from .kopf_harness import (  # noqa: F401 - cluster is a fixture
-    CONFIGMAPS, DATAFLOWS, PODS, STATEFULSETS, TEST_AGENT, Operator, as_test, cluster, dataflow, login, obj, phase, play_kubelet, until,
+    CLAIMS, CONFIGMAPS, DATAFLOWS, PODS, STATEFULSETS, TEST_AGENT, Operator, as_test, cluster, dataflow, login, obj, phase, play_claims, play_kubelet, until,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -75,15 +75,27 @@ async def _a_dataflow_life(cluster) -> None:
     await patch_spec({"processes": 3})
     await until(lambda: obj(cluster, STATEFULSETS, "wc")["spec"]["replicas"] == 3)
     await until(lambda: all(obj(cluster, PODS, f"wc-{i}") is None for i in range(2)))
-    # Claim templates are immutable: the StatefulSet is replaced.
-    await patch_spec({"recovery": {"enabled": True, "volumeSize": "2Gi"}})
+    # Claim templates are immutable: another storage class replaces the StatefulSet.
+    await patch_spec({"recovery": {"enabled": True, "storageClassName": "standard"}})
 
     def replaced() -> bool:
         sts = obj(cluster, STATEFULSETS, "wc")
         claims = (sts or {}).get("spec", {}).get("volumeClaimTemplates") or [{}]
-        return claims[0].get("spec", {}).get("resources", {}).get("requests", {}).get("storage") == "2Gi"
+        return claims[0].get("spec", {}).get("storageClassName") == "standard"
 
     await until(replaced)
+    # A larger size: the claims grow in place.
+    await play_claims(cluster, "wc")
+    await patch_spec({"recovery": {"enabled": True, "volumeSize": "3Gi"}})
+
+    def grown() -> bool:
+        claim = obj(cluster, CLAIMS, "recovery-wc-0") or {}
+        conditions = ((obj(cluster, DATAFLOWS, "wc") or {}).get("status") or {}).get("conditions") or []
+        # The condition is written once the whole reconcile is done (the StatefulSet too).
+        return claim.get("spec", {}).get("resources", {}).get("requests", {}).get("storage") == "3Gi" and any(
+            c["type"] == "VolumeSize" and c["message"].endswith("3Gi") for c in conditions)
+
+    await until(grown)
     # The flow moves from code to a module: its ConfigMap is deleted, the pods restarted.
     def template() -> dict[str, Any]:
         return (obj(cluster, STATEFULSETS, "wc") or {}).get("spec", {}).get("template", {})

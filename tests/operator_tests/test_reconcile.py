@@ -44,6 +44,17 @@ class FakeApi:
         self.deleted_pods += len(self.pods_by_name)
         self.pods_by_name.clear()
 
+    def claims(self, namespace, selector):
+        return [copy.deepcopy(c) for (kind, _, _), c in self.objects.items() if kind == "PersistentVolumeClaim"]
+
+    def resize_claim(self, namespace, name, size):
+        if self.expansion_refused:
+            return "only dynamically provisioned pvc can be resized"
+        self.objects[("PersistentVolumeClaim", namespace, name)]["spec"]["resources"]["requests"]["storage"] = size
+        return None
+
+    expansion_refused = False
+
     # -- the StatefulSet controller's and kubelet's part -------------------------------------
 
     def run_pods(self, ready=True, terminated=None):
@@ -144,6 +155,89 @@ def test_turning_recovery_on_replaces_the_statefulset():
     assert ("StatefulSet", "ns", "df") not in api.objects  # deleted: claim templates are immutable
     reconcile(api, df, NOW)
     assert api.objects[("StatefulSet", "ns", "df")]["spec"]["volumeClaimTemplates"]
+
+
+def _as_the_api_server_stores_it(api: FakeApi) -> None:
+    """What a real API server adds to the claim templates it stores, and the claims the
+    StatefulSet controller makes from them (kmock and FakeApi do neither)."""
+    sts = api.objects[("StatefulSet", "ns", "df")]
+    for template in sts["spec"]["volumeClaimTemplates"]:
+        template.update(apiVersion="v1", kind="PersistentVolumeClaim", status={"phase": "Pending"})
+        template["spec"]["volumeMode"] = "Filesystem"
+        size = template["spec"]["resources"]["requests"]["storage"]
+        template["spec"]["resources"]["requests"]["storage"] = {"1024Mi": "1Gi"}.get(size, size)
+        for ordinal in range(sts["spec"]["replicas"]):
+            name = f"{template['metadata']['name']}-df-{ordinal}"
+            api.objects[("PersistentVolumeClaim", "ns", name)] = {
+                "metadata": {"name": name}, "spec": copy.deepcopy(template["spec"])}
+
+
+def _volume_size(status: dict) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == "VolumeSize")
+
+
+def test_a_statefulset_as_the_api_server_stores_it_is_kept():
+    """Server defaults in the stored claim templates (and a size in another notation) are no
+    change: the StatefulSet, and the recovery state in its volumes, stay."""
+    api, df = FakeApi(), dataflow(recovery={"enabled": True, "volumeSize": "1024Mi"})
+    reconcile(api, df, NOW)
+    _as_the_api_server_stores_it(api)
+    status = reconcile(api, df, NOW)
+    assert ("StatefulSet", "ns", "df") in api.objects
+    assert _volume_size(status)["status"] == "True"
+
+
+def test_a_larger_volume_size_grows_the_claims_and_keeps_the_statefulset():
+    api, df = FakeApi(), dataflow(recovery={"enabled": True, "volumeSize": "1Gi"})
+    reconcile(api, df, NOW)
+    _as_the_api_server_stores_it(api)
+    sts_before = copy.deepcopy(api.objects[("StatefulSet", "ns", "df")]["spec"]["volumeClaimTemplates"])
+    df["spec"]["recovery"]["volumeSize"] = "5Gi"
+    status = reconcile(api, df, NOW)
+    assert api.objects[("StatefulSet", "ns", "df")]["spec"]["volumeClaimTemplates"] == sts_before
+    sizes = {name: c["spec"]["resources"]["requests"]["storage"]
+             for (kind, _, name), c in api.objects.items() if kind == "PersistentVolumeClaim"}
+    assert sizes == {f"recovery-df-{i}": "5Gi" for i in range(3)}
+    assert _volume_size(status)["status"] == "True"
+    assert _volume_size(status)["message"] == "every recovery volume claims 5Gi"
+
+
+def test_a_smaller_volume_size_is_refused_and_nothing_shrinks():
+    api, df = FakeApi(), dataflow(recovery={"enabled": True, "volumeSize": "2Gi"})
+    reconcile(api, df, NOW)
+    _as_the_api_server_stores_it(api)
+    before = copy.deepcopy(api.objects)
+    df["spec"]["recovery"]["volumeSize"] = "1Gi"
+    status = reconcile(api, df, NOW)
+    condition = _volume_size(status)
+    assert (condition["status"], condition["reason"]) == ("False", "ShrinkRefused")
+    assert "recovery.volumeSize 1Gi is smaller than the claims recovery-df-0 (2Gi)" in condition["message"]
+    claims = {k: v for k, v in api.objects.items() if k[0] == "PersistentVolumeClaim"}
+    assert len(claims) == 3 and claims == {k: v for k, v in before.items() if k[0] == "PersistentVolumeClaim"}
+    key = ("StatefulSet", "ns", "df")
+    assert api.objects[key]["spec"]["volumeClaimTemplates"] == before[key]["spec"]["volumeClaimTemplates"]
+    assert status["phase"] == "Pending"  # the flow runs on with the volumes it has
+
+
+def test_a_storage_class_that_cannot_expand_is_reported():
+    api, df = FakeApi(), dataflow(recovery={"enabled": True, "volumeSize": "1Gi"})
+    reconcile(api, df, NOW)
+    _as_the_api_server_stores_it(api)
+    api.expansion_refused = True
+    df["spec"]["recovery"]["volumeSize"] = "3Gi"
+    condition = _volume_size(reconcile(api, df, NOW))
+    assert (condition["status"], condition["reason"]) == ("False", "ResizeFailed")
+    assert "recovery-df-0: only dynamically provisioned pvc can be resized" in condition["message"]
+    assert ("StatefulSet", "ns", "df") in api.objects
+
+
+def test_another_storage_class_replaces_the_statefulset():
+    api, df = FakeApi(), dataflow(recovery={"enabled": True, "volumeSize": "1Gi"})
+    reconcile(api, df, NOW)
+    _as_the_api_server_stores_it(api)
+    df["spec"]["recovery"]["storageClassName"] = "fast"
+    reconcile(api, df, NOW)
+    assert ("StatefulSet", "ns", "df") not in api.objects
 
 
 def test_switching_from_code_to_a_module_deletes_the_flow_configmap():

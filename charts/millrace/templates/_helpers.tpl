@@ -90,6 +90,10 @@ derives these from the operator's own requests and fails when they differ.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch, delete]
+# A larger recovery.volumeSize grows the Dataflow's claims in place.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [list, patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
