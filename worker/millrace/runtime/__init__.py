@@ -2,8 +2,10 @@
 
 - :mod:`.routing`: which worker owns a key; the same answer in every process.
 - :mod:`.sources` and :mod:`.sinks`: per-worker readers and writers built from the configs.
-- :mod:`.chain`: stateless steps fused into one call per batch.
-- :mod:`.keyed` and :mod:`.windowing`: the keyed, stateful steps.
+- :mod:`.chain`: stateless steps fused into one loop per batch, ending in the per-item code
+  of the keyed step they feed (routing each item on a cluster).
+- :mod:`.keyed`, :mod:`.system_windows` and :mod:`.windowing`: the keyed, stateful steps.
+- :mod:`.store`: the recovery store (SQLite).
 - :mod:`.epochs`: when an epoch ends at the input.
 - :mod:`.worker`: one worker's loop (batches, exchange, epoch progress).
 - :mod:`.errors`: how failures are named and carried.
