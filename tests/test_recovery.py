@@ -165,6 +165,49 @@ def test_a_forgotten_key_stays_forgotten(tmp_path):
     assert forgotten_in in ([], [1])  # a discard, until a full chunk makes it needless
 
 
+REFILLED = [("a", 1), ("b", 2), ("a", -1), ("b", -2), ("c", 5), ("a", 7), ("c", 1), ("a", 1)]
+
+
+def refilled_flow(out, crash_at: int | None = None) -> Dataflow:
+    """Running sums that forget a key at zero: the state is empty after item 3, and fills
+    again from item 4 on (one item per epoch)."""
+
+    def add(total, item):
+        if crash_at is not None and item == crash_at:
+            raise Crash(f"crash at {item!r}")
+        total += item[0]
+        return (None if total == 0 else total), total
+
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([(key, (v, i)) for i, (key, v) in enumerate(REFILLED)]))
+    flow.stateful_map("sums", lambda: 0, add)
+    flow.capture(TestingEpochOutputConfig(out))
+    return flow
+
+
+@pytest.mark.parametrize("n", range(len(REFILLED)))
+def test_a_state_that_empties_and_fills_again_resumes_anywhere(tmp_path, n):
+    """A step that holds nothing when an epoch starts records no changed keys in it: its
+    snapshot is every key it holds then, as one full chunk."""
+    clean: list = []
+    run_main(refilled_flow(clean), epoch_config=TestingEpochConfig())
+    first: list = []
+    with pytest.raises(Crash):
+        run(refilled_flow(first, crash_at=(REFILLED[n][1], n)), tmp_path)
+    second: list = []
+    run(refilled_flow(second), tmp_path)
+    assert first + second == clean
+
+
+def test_an_epoch_that_starts_without_state_is_snapshotted_whole(tmp_path):
+    run(refilled_flow([]), tmp_path)
+    chunks = {epoch: (full, changed, forgotten) for _, epoch, full, (changed, forgotten) in chunk_rows(tmp_path)}
+    # Epoch 4 began with nothing held ("a" and "b" were forgotten in epochs 2 and 3).
+    assert chunks[4] == (True, {"c": 5}, [])
+    _, keyed = stored(tmp_path)
+    assert list(keyed.values()) == [{"a": 8, "c": 6}]
+
+
 def test_the_state_as_of_the_settled_epoch_survives_garbage_collection(tmp_path):
     """Store level: after the snapshot of epoch e, the state as of e - 1 (where a restart
     may resume) and as of e both load, whatever was written, forgotten or emptied, in full

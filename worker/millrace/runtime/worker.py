@@ -513,7 +513,7 @@ class Worker:
             self.store.rewind(resume)
         for logic in self.logics:
             logic.restore(keyed.get(logic.step_id, {}))
-            logic.touched = set()
+            self._track(logic)
         self.epoch = resume
         return input_states
 
@@ -590,15 +590,30 @@ class Worker:
             inputs[step.step_id] = reader.state
         chunks = {}
         for logic in self.logics:
-            touched = logic.touched or set()
-            logic.touched = set()
-            if touched:
+            touched = logic.touched
+            if touched is None:
+                if not logic.is_empty():
+                    chunks[logic.step_id] = self._full_chunk(logic)
+            elif touched:
                 chunks[logic.step_id] = self._chunk(logic, touched)
+            self._track(logic)
         try:
             self.store.snapshot(epoch, inputs, chunks)
         except Exception as exc:
             annotate(exc, f"the snapshot of epoch {epoch} to {self.store.path}", self.index)
             raise
+
+    @staticmethod
+    def _track(logic: KeyedLogic) -> None:
+        """Start recording which keys of ``logic`` change this epoch, unless it holds no
+        state: then every key it holds at the epoch's end is new, its snapshot is all of them
+        (:meth:`_full_chunk`), and the per-item record would cost time for nothing. (The first
+        epoch of a fresh run is all of a short run, and holds most of its items.)"""
+        logic.touched = None if logic.is_empty() else set()
+
+    def _full_chunk(self, logic: KeyedLogic) -> store.Chunk:
+        self._keys_since_full[logic.step_id] = 0
+        return store.Chunk(dict(logic.exports(logic.keys())), [], full=True)
 
     def _chunk(self, logic: KeyedLogic, touched: set[Any]) -> store.Chunk:
         """What ``logic``'s keys did this epoch: the changed ones, or every key it holds when
@@ -608,8 +623,7 @@ class Worker:
         held = logic.keys()
         since_full = self._keys_since_full.get(step_id, len(held)) + len(touched)
         if since_full > len(held):
-            self._keys_since_full[step_id] = 0
-            return store.Chunk(dict(logic.exports(held)), [], full=True)
+            return self._full_chunk(logic)
         self._keys_since_full[step_id] = since_full
         changed = {}
         forgotten = []
