@@ -7,8 +7,8 @@ import ast
 import multiprocessing
 import os
 import signal
+import queue
 import socket
-import sys
 import threading
 import time
 from collections import Counter
@@ -175,6 +175,36 @@ def test_spawn_cluster_reraises_a_child_failure():
         spawn_cluster(flow, proc_count=2, worker_count_per_proc=2)
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "map #1 (_explode)" in notes and "worker 1" in notes
+
+
+class _Exited:
+    def __init__(self, exitcode: int | None) -> None:
+        self.exitcode = exitcode
+
+
+class _Reports:
+    """An error queue that counts how often it was asked (and has ``held`` in it)."""
+
+    def __init__(self, *held) -> None:
+        self.held = list(held)
+        self.asked = 0
+
+    def get(self, timeout):
+        self.asked += 1
+        if not self.held:
+            raise queue.Empty
+        return self.held.pop(0)
+
+
+def test_spawn_cluster_waits_for_the_reports_of_failed_processes_only():
+    from millrace.execution import _reports
+
+    clean = _Reports()
+    assert _reports([_Exited(0), _Exited(0)], clean) == [] and clean.asked == 0
+    one = _Reports((1, b"error"))
+    assert _reports([_Exited(0), _Exited(1)], one) == [(1, b"error")] and one.asked == 1
+    killed = _Reports((0, b"error"))  # process 1 was killed and reports nothing
+    assert _reports([_Exited(1), _Exited(-9)], killed) == [(0, b"error")] and killed.asked == 2
 
 
 def test_a_process_that_fails_before_the_cluster_forms_calls_off_the_start():

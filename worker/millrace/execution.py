@@ -333,13 +333,21 @@ def spawn_cluster(
     except BaseException:
         _stop_all(procs)
         raise
-    failures: list[Any] = []
-    while len(failures) < proc_count:
+    _raise_failure(procs, _reports(procs, errors))
+
+
+def _reports(procs: list[Any], errors: Any) -> list[tuple[int, bytes]]:
+    """The errors the processes that failed reported. Only those report (and then exit with
+    code 1), so a clean run returns at once; one killed by a signal never does, so waiting for
+    it is bounded."""
+    failed = sum(1 for proc in procs if proc.exitcode != 0)
+    failures: list[tuple[int, bytes]] = []
+    while len(failures) < failed:
         try:
             failures.append(errors.get(timeout=0.2 if failures else 1.0))
-        except Exception:
+        except queue.Empty:
             break
-    _raise_failure(procs, failures)
+    return failures
 
 
 def _hand_out_addresses(procs: list[Any], ports: Any, inboxes: list[Any]) -> None:
