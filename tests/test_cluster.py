@@ -219,6 +219,17 @@ def test_a_process_that_fails_before_the_cluster_forms_calls_off_the_start():
         spawn_cluster(flow, proc_count=2)
 
 
+def test_free_ports_are_distinct_bindable_and_never_ones_outgoing_connections_take():
+    from millrace.transport.addresses import _ephemeral_range
+
+    low, _ = _ephemeral_range()
+    ports = free_ports(8)
+    assert len(set(ports)) == 8 and all(1024 <= port < low for port in ports)
+    sockets = [socket.create_server(("127.0.0.1", port)) for port in ports]
+    for sock in sockets:
+        sock.close()
+
+
 def test_a_listener_binds_a_port_the_system_picks_and_refuses_a_taken_one():
     first = Listener.any_port(0)
     try:

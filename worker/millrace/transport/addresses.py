@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 import socket
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -58,17 +60,40 @@ def connect_endpoint(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports this machine gives outgoing connections (Linux's default when unknown)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct ports that were free a moment ago, for tests and benchmarks that start
     ``cluster_main`` processes by hand. Another program may take one before it is bound, which
-    is why :func:`~millrace.execution.spawn_cluster` has each process bind first instead."""
-    sockets = []
+    is why :func:`~millrace.execution.spawn_cluster` has each process bind first instead.
+
+    They are taken below the range of ports the system gives outgoing connections: the
+    connections of clusters already running (other tests) take ports from that range at any
+    moment, and one of them could take a port picked there before its process binds it.
+    """
+    low, _ = _ephemeral_range()
+    below = range(max(1024, low - 16384), low)
+    candidates = random.sample(below, min(count * 64, len(below)))
+    sockets: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for port in candidates:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                continue
             sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
+            if len(sockets) == count:
+                return [sock.getsockname()[1] for sock in sockets]
+        raise OSError(f"no {count} free ports found below port {low} on {host}")
     finally:
         for sock in sockets:
             sock.close()
