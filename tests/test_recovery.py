@@ -451,6 +451,68 @@ def test_a_grown_cluster_can_be_recovered_again(tmp_path):
     assert sorted(last) == sorted((f"k{k}", n) for k in range(10) for n in range(7, 10))
 
 
+def _grow_stopped_before_any_rewrite(db_dir: Path, to_count: int) -> None:
+    """What a rescale to ``to_count`` workers stopped before it rewrote any store leaves: the
+    stores of the new workers made (empty), the old ones as they were."""
+    from millrace.runtime.store import WorkerStore, inspect
+
+    info = inspect(db_dir, 0)
+    assert info is not None
+    for worker in range(info.worker_count, to_count):
+        WorkerStore(db_dir, worker, to_count, info.step_ids, datetime.now(timezone.utc)).close()
+
+
+@pytest.mark.parametrize("resumed_with", [3, 1, 2], ids=["same", "back", "other"])
+def test_a_rescale_stopped_before_it_rewrote_a_store_runs_again(tmp_path, resumed_with):
+    def in_threads(out, items, workers):
+        spawn_cluster(counting_flow(out, items), proc_count=1, worker_count_per_proc=workers,
+                      epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path),
+                      mp_ctx=doctest_ctx)
+
+    first: list = []
+    in_threads(first, 60, 1)
+    _grow_stopped_before_any_rewrite(tmp_path, 3)
+    second: list = []
+    in_threads(second, 130, resumed_with)
+    assert sorted(second) == sorted((f"k{k}", n) for k in range(10) for n in range(7, 14))
+    third: list = []
+    in_threads(third, 140, 3)  # and on from there, grown for good
+    assert sorted(third) == [(f"k{k}", 14) for k in range(10)]
+
+
+def test_stores_that_never_took_a_snapshot_start_afresh_whatever_cluster_made_them(tmp_path):
+    from millrace.runtime.store import WorkerStore
+
+    step_ids = ("ticks", "count")
+    WorkerStore(tmp_path, 0, 1, step_ids, datetime.now(timezone.utc)).close()
+    WorkerStore(tmp_path, 1, 4, step_ids, datetime.now(timezone.utc)).close()
+    out: list = []
+    spawn_cluster(counting_flow(out, 20), proc_count=1, worker_count_per_proc=2,
+                  epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path),
+                  mp_ctx=doctest_ctx)
+    assert sorted(out) == sorted((f"k{k}", n) for k in range(10) for n in (1, 2))
+    again: list = []
+    spawn_cluster(counting_flow(again, 30), proc_count=1, worker_count_per_proc=2,
+                  epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path),
+                  mp_ctx=doctest_ctx)
+    assert sorted(again) == [(f"k{k}", 3) for k in range(10)]
+
+
+def test_stores_rewritten_for_different_cluster_sizes_are_refused_and_left_alone(tmp_path):
+    """A rescale stopped while it rewrote the stores: some keys' state may be in none of
+    them, so nothing is guessed."""
+    flow_args = dict(proc_count=1, worker_count_per_proc=2, epoch_config=TestingEpochConfig(),
+                     recovery_config=SqliteRecoveryConfig(tmp_path), mp_ctx=doctest_ctx)
+    spawn_cluster(counting_flow([], 30), **flow_args)
+    with sqlite3.connect(tmp_path / "worker-1.sqlite3") as conn:
+        conn.execute("UPDATE meta SET value = '1' WHERE name = 'worker_count'")
+    conn.close()
+    before = _snapshot_files(tmp_path)
+    with pytest.raises(RecoveryError, match=r"disagree on the worker count \(\[1, 2\]\); a rescale was interrupted"):
+        spawn_cluster(counting_flow([], 60), **flow_args)
+    assert _snapshot_files(tmp_path) == before
+
+
 def test_a_cluster_resumes_after_a_crash(tmp_path):
     import multiprocessing
 

@@ -63,6 +63,11 @@ class _StoreSummary:
         return cls(True, progress, info.worker_count, info.flow_start)
 
 
+def _holds_a_snapshot(db_dir: Path, worker_index: int) -> bool:
+    info = store.inspect(db_dir, worker_index)
+    return info is not None and info.progress is not None and info.progress >= 0
+
+
 class Stopped(Exception):
     """Another worker failed; this one leaves without an error of its own."""
 
@@ -489,6 +494,7 @@ class Worker:
             path.name
             for path in db_dir.glob("worker-*.sqlite3")
             if path.stem.split("-", 1)[1].isdigit() and int(path.stem.split("-", 1)[1]) >= self.count
+            and _holds_a_snapshot(db_dir, int(path.stem.split("-", 1)[1]))
         )
         if strays:
             raise store.RecoveryError(
@@ -509,6 +515,8 @@ class Worker:
         if old_count not in (None, self.count):
             keyed = self._migrate(keyed, old_count)
             self.store.rescale(self.count, resume - 1, input_states, keyed)
+        elif info is not None and info.worker_count != self.count:
+            self.store.rescale(self.count, resume - 1, {}, {})  # it held nothing
         elif info is not None:
             self.store.rewind(resume)
         for logic in self.logics:
@@ -519,15 +527,25 @@ class Worker:
 
     def _agree_on_resume(self, db_dir: Path) -> tuple[int | None, int, datetime | None]:
         """From every worker's store summary: (workers that wrote the stores or None when
-        there are none, the epoch to resume at, the recorded flow start)."""
-        stored = {w: summary for w, summary in sorted(self._progress.items()) if summary.exists}
-        if not stored:
+        there are none, the epoch to resume at, the recorded flow start).
+
+        Only stores with a snapshot say which cluster wrote them. A store without one holds
+        nothing: its worker was stopped in the first epoch, or it was made for a rescale that
+        was stopped before it rewrote any store (the old stores are then whole, and the
+        rescale runs again)."""
+        existing = {w: summary for w, summary in sorted(self._progress.items()) if summary.exists}
+        if not existing:
             return None, 0, None
-        counts = sorted({summary.worker_count for summary in stored.values()})
+        snapshotted = {w: summary for w, summary in existing.items() if summary.progress >= 0}
+        if not snapshotted:
+            return None, 0, next(iter(existing.values())).flow_start
+        counts = sorted({summary.worker_count for summary in snapshotted.values()})
         if len(counts) > 1:
             raise store.RecoveryError(
-                f"recovery directory {db_dir}: the stores of workers {sorted(stored)} disagree on "
-                f"the worker count ({counts}); a rescale was interrupted, start from an empty directory"
+                f"recovery directory {db_dir}: the stores of workers {sorted(snapshotted)} "
+                f"disagree on the worker count ({counts}); a rescale was interrupted while it "
+                "rewrote them, and some keys' state may be in none of them: restore the directory "
+                "from a copy, or start from an empty one"
             )
         (old_count,) = counts
         if old_count > self.count:
@@ -536,16 +554,16 @@ class Worker:
                 f"this run has {self.count}; millrace cannot shrink a recovered cluster, so "
                 f"resume with at least {old_count} workers"
             )
-        missing = [w for w in range(old_count) if w not in stored]
-        # Without any snapshot, a missing store loses nothing: its worker was stopped before
-        # the cluster's first epoch ended (while creating it, say).
-        if missing and any(summary.progress >= 0 for summary in stored.values()):
+        members = {w: summary for w, summary in existing.items() if w < old_count}
+        missing = [w for w in range(old_count) if w not in members]
+        if missing:
             raise store.RecoveryError(
                 f"recovery directory {db_dir}: workers {missing} have no store while workers "
-                f"{sorted(stored)} of {old_count} do; a store was lost, so resuming would be wrong"
+                f"{sorted(members)} of {old_count} do; a store was lost, so resuming would be wrong"
             )
-        resume = min(summary.progress for summary in stored.values()) + 1
-        return old_count, resume, next(iter(stored.values())).flow_start
+        # A member may have no snapshot yet while the others have one of the first epoch.
+        resume = min(summary.progress for summary in members.values()) + 1
+        return old_count, resume, next(iter(snapshotted.values())).flow_start
 
     def _migrate(self, keyed: dict[str, dict[Any, Any]], old_count: int) -> dict[str, dict[Any, Any]]:
         """Send every key's state to its owner among ``self.count`` workers; return what this
