@@ -498,6 +498,63 @@ def test_stores_that_never_took_a_snapshot_start_afresh_whatever_cluster_made_th
     assert sorted(again) == [(f"k{k}", 3) for k in range(10)]
 
 
+class Stopped(Exception):
+    pass
+
+
+@pytest.mark.parametrize("half,worker", [("stage_rescale", 2), ("commit_rescale", 2), ("commit_rescale", 0)],
+                         ids=["staging", "swapping-new", "swapping-old"])
+def test_a_rescale_stopped_while_it_rewrote_the_stores_is_finished_or_run_again(tmp_path, monkeypatch, half, worker):
+    """Worker ``worker`` stops in ``half`` of the rewrite of a 1 -> 3 rescale; the others go
+    on as far as they can. The next start (3 workers) finds every key's state."""
+    from millrace.runtime.store import WorkerStore
+
+    def in_threads(out, items, workers):
+        spawn_cluster(counting_flow(out, items), proc_count=1, worker_count_per_proc=workers,
+                      epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path),
+                      mp_ctx=doctest_ctx)
+
+    in_threads([], 60, 1)
+    original = getattr(WorkerStore, half)
+
+    def stop_one(self, *args):
+        if self.worker_index == worker:
+            raise Stopped(f"worker {worker} stopped in {half}")
+        return original(self, *args)
+
+    monkeypatch.setattr(WorkerStore, half, stop_one)
+    with pytest.raises(Stopped):
+        in_threads([], 130, 3)
+    monkeypatch.setattr(WorkerStore, half, original)
+    second: list = []
+    in_threads(second, 130, 3)
+    assert sorted(second) == sorted((f"k{k}", n) for k in range(10) for n in range(7, 14))
+
+
+def test_a_staged_rescale_stays_beside_the_store_until_it_is_swapped_in(tmp_path):
+    from millrace.runtime.store import WorkerStore, inspect
+
+    step_ids = ("ticks", "count")
+    s = WorkerStore(tmp_path, 0, 1, step_ids, datetime.now(timezone.utc))
+    try:
+        s.snapshot(0, {"ticks": 5}, {})
+        s.stage_rescale(2, 0, {"ticks": 5}, {"count": {"a": 1}})
+        info = inspect(tmp_path, 0)
+        assert (info.worker_count, info.progress, info.staged) == (1, 0, (2, 0))
+        assert s.load(1) == ({"ticks": 5}, {})
+        s.commit_rescale()
+        info = inspect(tmp_path, 0)
+        assert (info.worker_count, info.progress, info.staged) == (2, 0, None)
+        assert s.load(1) == ({"ticks": 5}, {"count": {"a": 1}})
+        s.stage_rescale(3, 0, {}, {})
+        s.drop_rescale()
+        assert inspect(tmp_path, 0).staged is None and s.load(1) == ({"ticks": 5}, {"count": {"a": 1}})
+        with pytest.raises(RecoveryError, match="no staged rescale"):
+            s.commit_rescale()
+    finally:
+        s.close()
+
+
 def test_stores_rewritten_for_different_cluster_sizes_are_refused_and_left_alone(tmp_path):
     """A rescale stopped while it rewrote the stores: some keys' state may be in none of
     them, so nothing is guessed."""

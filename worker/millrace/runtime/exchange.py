@@ -25,6 +25,8 @@ PROGRESS = 4
 # (MIGRATE, sender, entries, final): keyed state moving to its new owner when a recovered
 # cluster has grown; entries are (step_id, key, state); final marks the sender's last one
 MIGRATE = 5
+# (STAGED, sender): sender wrote its store for the grown cluster beside its current one
+STAGED = 6
 
 Message = tuple[Any, ...]
 

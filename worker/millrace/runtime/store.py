@@ -17,6 +17,9 @@ few milliseconds instead of a hundred (format 1 wrote a row per key; such files 
 in this format when opened).
 
 SQLite's transactions make a write all-or-nothing even when the process is killed mid-write.
+A grown cluster rewrites every worker's file in two halves (:meth:`WorkerStore.stage_rescale`,
+then :meth:`WorkerStore.commit_rescale` once every worker has staged), so that a start stopped
+in between leaves each file either as it was or with its new content beside it.
 """
 
 from __future__ import annotations
@@ -51,6 +54,21 @@ CREATE TABLE inputs (
     PRIMARY KEY (step_id, epoch)
 );
 {_CHUNKS};
+"""
+
+
+# The first half of a rescale: a worker's store for the new cluster, written beside the one a
+# restart reads until the second half swaps them (meta ``staged_count`` and ``staged_epoch``
+# say for which count and as of which epoch).
+_STAGED = """
+CREATE TABLE IF NOT EXISTS staged_inputs (
+    step_id TEXT NOT NULL, epoch INTEGER NOT NULL, state BLOB,
+    PRIMARY KEY (step_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS staged_chunks (
+    step_id TEXT NOT NULL, epoch INTEGER NOT NULL, full INTEGER NOT NULL, state BLOB NOT NULL,
+    PRIMARY KEY (step_id, epoch)
+);
 """
 
 
@@ -106,6 +124,8 @@ class StoreInfo:
     step_ids: tuple[str, ...]
     flow_start: datetime
     progress: int | None  # the last epoch this worker finished
+    #: A rescale's first half, written and not yet swapped in: (worker count, as of epoch).
+    staged: tuple[int, int] | None = None
 
 
 def check_dir(db_dir: Path) -> None:
@@ -165,6 +185,8 @@ def inspect(db_dir: Path, worker_index: int) -> StoreInfo | None:
             step_ids=tuple(json.loads(meta["step_ids"])),
             flow_start=datetime.fromisoformat(meta["flow_start"]),
             progress=None if row is None else int(row[0]),
+            staged=(int(meta["staged_count"]), int(meta["staged_epoch"]))
+            if "staged_count" in meta else None,
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise RecoveryError(f"recovery store {path} has damaged metadata ({exc!r})") from None
@@ -271,13 +293,57 @@ class WorkerStore:
 
     def rescale(self, worker_count: int, epoch: int, inputs: dict[str, Any], keyed: dict[str, dict[Any, Any]]) -> None:
         """Rewrite this file for a cluster of ``worker_count`` workers: the keyed states this
-        worker owns now and its input states, as of the end of ``epoch``, in one transaction."""
+        worker owns now and its input states, as of the end of ``epoch``, in one transaction.
+        (A cluster whose state moves between workers rewrites its stores in two halves,
+        :meth:`stage_rescale` and :meth:`commit_rescale`.)"""
+        self.stage_rescale(worker_count, epoch, inputs, keyed)
+        self.commit_rescale()
+
+    def stage_rescale(self, worker_count: int, epoch: int, inputs: dict[str, Any],
+                      keyed: dict[str, dict[Any, Any]]) -> None:
+        """Write what :meth:`rescale` writes beside this file's current content, which stays
+        what a restart reads until :meth:`commit_rescale` (or :meth:`drop_rescale`)."""
         chunks = {step_id: Chunk(states, [], full=True) for step_id, states in keyed.items()}
         with self._transaction() as conn:
+            for statement in _STAGED.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("DELETE FROM staged_inputs")
+            conn.execute("DELETE FROM staged_chunks")
+            conn.executemany("INSERT INTO staged_inputs VALUES (?, ?, ?)", _input_rows(epoch, inputs))
+            conn.executemany("INSERT INTO staged_chunks VALUES (?, ?, ?, ?)", _chunk_rows(epoch, chunks))
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [("staged_count", str(worker_count)), ("staged_epoch", str(epoch))],
+            )
+
+    def commit_rescale(self) -> None:
+        """Swap what :meth:`stage_rescale` wrote in for this file's content, in one
+        transaction."""
+        with self._transaction() as conn:
+            meta = dict(conn.execute(
+                "SELECT name, value FROM meta WHERE name IN ('staged_count', 'staged_epoch')"))
+            if len(meta) != 2:
+                raise RecoveryError(f"recovery store {self.path} holds no staged rescale to commit")
             conn.execute("DELETE FROM chunks")
             conn.execute("DELETE FROM inputs")
-            self._write_epoch(conn, epoch, inputs, chunks)
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('worker_count', ?)", (str(worker_count),))
+            conn.execute("INSERT INTO chunks SELECT * FROM staged_chunks")
+            conn.execute("INSERT INTO inputs SELECT * FROM staged_inputs")
+            conn.execute("INSERT OR REPLACE INTO progress VALUES (?, ?)",
+                         (self.worker_index, int(meta["staged_epoch"])))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('worker_count', ?)", (meta["staged_count"],))
+            self._drop_staged(conn)
+
+    def drop_rescale(self) -> None:
+        """Forget a staged rescale; the file's content stays as it is."""
+        with self._transaction() as conn:
+            self._drop_staged(conn)
+
+    @staticmethod
+    def _drop_staged(conn: sqlite3.Connection) -> None:
+        conn.execute("DROP TABLE IF EXISTS staged_inputs")
+        conn.execute("DROP TABLE IF EXISTS staged_chunks")
+        conn.execute("DELETE FROM meta WHERE name IN ('staged_count', 'staged_epoch')")
 
     def _upgrade(self) -> None:
         """Rewrite a format 1 file in this format: full chunks of its state as of the last
@@ -322,20 +388,22 @@ class WorkerStore:
     def _write_epoch(self, conn: sqlite3.Connection, epoch: int, inputs: dict[str, Any],
                      chunks: dict[str, Chunk]) -> None:
         """The rows of the end of ``epoch``: input states, chunks, this worker's progress."""
-        conn.executemany(
-            "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?)",
-            [(step_id, epoch, dump_state(state)) for step_id, state in inputs.items()],
-        )
+        conn.executemany("INSERT OR REPLACE INTO inputs VALUES (?, ?, ?)", _input_rows(epoch, inputs))
         self._write_chunks(conn, epoch, chunks)
         conn.execute("INSERT OR REPLACE INTO progress VALUES (?, ?)", (self.worker_index, epoch))
 
     @staticmethod
     def _write_chunks(conn: sqlite3.Connection, epoch: int, chunks: dict[str, Chunk]) -> None:
-        conn.executemany(
-            "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)",
-            [(step_id, epoch, int(chunk.full), dump_state((chunk.changed, chunk.forgotten)))
-             for step_id, chunk in chunks.items()],
-        )
+        conn.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)", _chunk_rows(epoch, chunks))
+
+
+def _input_rows(epoch: int, inputs: dict[str, Any]) -> list[tuple[str, int, bytes]]:
+    return [(step_id, epoch, dump_state(state)) for step_id, state in inputs.items()]
+
+
+def _chunk_rows(epoch: int, chunks: dict[str, Chunk]) -> list[tuple[str, int, int, bytes]]:
+    return [(step_id, epoch, int(chunk.full), dump_state((chunk.changed, chunk.forgotten)))
+            for step_id, chunk in chunks.items()]
 
 
 def _load_format_1(conn: sqlite3.Connection, last: int, has_cleared: bool) -> dict[str, dict[Any, Any]]:

@@ -33,7 +33,7 @@ from .chain import Chain, compile_chain
 from .epochs import EpochPolicy
 from .errors import annotate, cannot_travel
 from . import store
-from .exchange import DATA, DONE, MARK, MIGRATE, PROGRESS, STOP, Exchange, Message
+from .exchange import DATA, DONE, MARK, MIGRATE, PROGRESS, STAGED, STOP, Exchange, Message
 from .keyed import FORGOTTEN, KeyedLogic, ReduceLogic, StatefulMapLogic
 from .routing import Router, check_pairs, owner
 from .sinks import Sink, build_sink
@@ -54,13 +54,20 @@ class _StoreSummary:
     progress: int = -1  # the last epoch it finished; -1 for none
     worker_count: int = 0
     flow_start: datetime | None = None
+    staged: tuple[int, int] | None = None  # a rescale's staged half: (worker count, epoch)
 
     @classmethod
     def of(cls, info: store.StoreInfo | None) -> _StoreSummary:
         if info is None:
             return cls(exists=False)
         progress = -1 if info.progress is None else info.progress
-        return cls(True, progress, info.worker_count, info.flow_start)
+        return cls(True, progress, info.worker_count, info.flow_start, info.staged)
+
+    def committed(self) -> _StoreSummary:
+        """This store once its staged rescale is swapped in."""
+        assert self.staged is not None
+        count, epoch = self.staged
+        return _StoreSummary(True, epoch, count, self.flow_start)
 
 
 def _holds_a_snapshot(db_dir: Path, worker_index: int) -> bool:
@@ -151,6 +158,7 @@ class Worker:
         self._deferred: list[Message] = []
         self._migrated: list[tuple[str, Any, Any]] = []
         self._migration_senders: set[int] = set()
+        self._staged_by: set[int] = set()
         # Per step: how many keys its chunks since its last full one wrote (see _chunk).
         self._keys_since_full: dict[str, int] = {}
         self._build(flow, flow_start)
@@ -329,6 +337,8 @@ class Worker:
             self._migrated.extend(entries)
             if final:
                 self._migration_senders.add(sender)
+        elif kind == STAGED:
+            self._staged_by.add(msg[1])
         elif kind == STOP:
             raise Stopped()
         else:
@@ -506,16 +516,28 @@ class Worker:
         if self.count > 1:
             self.exchange.broadcast(self.index, (PROGRESS, self.index, self._progress[self.index]))
             self._gather(lambda: len(self._progress) == self.count, (PROGRESS,))
+        finishing = self._stopped_rescale()
+        if finishing is not None:
+            self._progress = {
+                w: summary.committed() if summary.staged and summary.staged[0] == finishing else summary
+                for w, summary in self._progress.items()
+            }
         old_count, resume, flow_start = self._agree_on_resume(db_dir)
         if flow_start is not None:
             for logic in self.logics:
                 logic.rebase(flow_start)
         self.store = store.WorkerStore(db_dir, self.index, self.count, self._step_ids(), flow_start or self.flow_start)
+        if info is not None and info.staged is not None:
+            if finishing == info.staged[0]:
+                self.store.commit_rescale()
+            else:
+                self.store.drop_rescale()  # no store swapped it in: the current ones are whole
+            info = store.inspect(db_dir, self.index)
         input_states, keyed = self.store.load(resume) if info is not None else ({}, {})
         if old_count not in (None, self.count):
             keyed = self._migrate(keyed, old_count)
-            self.store.rescale(self.count, resume - 1, input_states, keyed)
-        elif info is not None and info.worker_count != self.count:
+            self._rewrite_for_count(resume - 1, input_states, keyed)
+        elif info is not None and info.worker_count != self.count and (info.progress is None or info.progress < 0):
             self.store.rescale(self.count, resume - 1, {}, {})  # it held nothing
         elif info is not None:
             self.store.rewind(resume)
@@ -524,6 +546,34 @@ class Worker:
             self._track(logic)
         self.epoch = resume
         return input_states
+
+    def _rewrite_for_count(self, epoch: int, inputs: dict[str, Any], keyed: dict[str, dict[Any, Any]]) -> None:
+        """Rewrite this worker's store for the grown cluster in two halves: every worker
+        stages its new store beside the current one, and only once all have does any swap it
+        in. A start stopped in between finds either no store swapped (each keeps its current
+        content, and the rescale runs again) or every store swapped or staged (the next start
+        swaps the rest in, :meth:`_stopped_rescale`): never a key whose state is in no store."""
+        assert self.store is not None
+        self.store.stage_rescale(self.count, epoch, inputs, keyed)
+        self._staged_by.add(self.index)
+        self.exchange.broadcast(self.index, (STAGED, self.index))
+        self._gather(lambda: len(self._staged_by) == self.count, (STAGED,))
+        self.store.commit_rescale()
+
+    def _stopped_rescale(self) -> int | None:
+        """The worker count of a rescale that a start stopped while the workers swapped in
+        their staged stores (some have, the others have it staged); ``None`` when there is
+        none to finish."""
+        existing = {w: summary for w, summary in self._progress.items() if summary.exists}
+        targets = {summary.staged[0] for summary in existing.values() if summary.staged is not None}
+        if len(targets) != 1:
+            return None
+        (target,) = targets
+        swapped = any(
+            summary.staged is None and summary.worker_count == target and summary.progress >= 0
+            for summary in existing.values()
+        )
+        return target if swapped else None
 
     def _agree_on_resume(self, db_dir: Path) -> tuple[int | None, int, datetime | None]:
         """From every worker's store summary: (workers that wrote the stores or None when
@@ -561,7 +611,16 @@ class Worker:
                 f"recovery directory {db_dir}: workers {missing} have no store while workers "
                 f"{sorted(members)} of {old_count} do; a store was lost, so resuming would be wrong"
             )
-        # A member may have no snapshot yet while the others have one of the first epoch.
+        # A member may have no snapshot yet while the others have one of the first epoch, no
+        # later one: that store was made again, and what it held is gone.
+        empty = [w for w, summary in members.items() if summary.progress < 0]
+        if empty and any(summary.progress > 0 for summary in members.values()):
+            raise store.RecoveryError(
+                f"recovery directory {db_dir}: the stores of workers {empty} hold no snapshot while "
+                f"the other workers of {old_count} finished epoch "
+                f"{max(summary.progress for summary in members.values())}; a store was lost, so "
+                "resuming would be wrong"
+            )
         resume = min(summary.progress for summary in members.values()) + 1
         return old_count, resume, next(iter(snapshotted.values())).flow_start
 
