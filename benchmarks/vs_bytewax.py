@@ -11,8 +11,8 @@ environment is missing.
 
 Every measurement is a fresh interpreter (``benchmarks/bench_millrace.py MEASURE`` or
 ``benchmarks/bench_bytewax.py MEASURE`` under Bytewax's Python) printing one JSON line; the
-engines alternate run by run, ``--repeat`` times, and tables show medians. Both engines make
-the same seeded data (``benchmarks/workloads_data.py``) and call the same user functions.
+engines alternate run by run, ``--repeat`` times, and tables show medians (throughputs with the
+range of their runs). Both engines make the same seeded data (``benchmarks/workloads_data.py``) and call the same user functions.
 Every run's output digest is checked against one computed here; a figure counts only if all
 its runs are correct, and a wrong or crashed run is a loud FAIL and a non-zero exit.
 
@@ -110,6 +110,11 @@ class Runs:
         """Median of ``key`` over the runs; ``None`` if any run failed."""
         return statistics.median(r[key] for r in self.results) if self.ok else None
 
+    def spread(self, key: str = "items_per_s") -> tuple[float, float] | None:
+        """The lowest and highest ``key`` of the runs; ``None`` if any run failed."""
+        values = [r[key] for r in self.results]
+        return (min(values), max(values)) if self.ok else None
+
 
 class Bench:
     """Runs measurements in fresh interpreters and checks each one."""
@@ -177,6 +182,16 @@ class Bench:
         runs = self.runs.get((engine, measure))
         return runs.median(key) if runs else None
 
+    def throughput(self, engine: str, measure: str) -> str:
+        """The median items/s of ``engine`` on ``measure``, with the range of its runs (on a
+        shared machine they can differ by half)."""
+        runs = self.runs.get((engine, measure))
+        spread = runs.spread() if runs else None
+        text = _ips(self.median(engine, measure))
+        if spread is None or len(runs.results) < 2:  # type: ignore[union-attr]
+            return text
+        return f"{text} (runs {_short(spread[0])}–{_short(spread[1])})"
+
 
 # -- verdicts ----------------------------------------------------------------------------------
 
@@ -204,6 +219,10 @@ class Bar:
 
 def _ips(v: float | None) -> str:
     return "FAIL" if v is None else f"{v:,.0f} items/s"
+
+
+def _short(v: float) -> str:
+    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.0f}k"
 
 
 def _mb(v: float | None) -> str:
@@ -242,7 +261,8 @@ def rows_for(bench: Bench, w: Workload) -> tuple[list[Row], list[Bar]]:
     if w.name in ("stateless", "wordcount", "windowed"):
         goal = {"stateless": 2.0, "wordcount": 8.0, "windowed": 8.0}[w.name]
         ratio = _div(m(w.name), b(w.name))
-        rows = [Row(f"{w.name}, 1 process", _ips(m(w.name)), _ips(b(w.name)), _x(ratio),
+        rows = [Row(f"{w.name}, 1 process", bench.throughput("millrace", w.name),
+                    bench.throughput("bytewax", w.name), _x(ratio),
                     f">= {goal:g}x", _verdict(ratio, lambda r: r >= goal))]
         if w.ceiling:
             loop = bench.median("python", w.name)
@@ -255,7 +275,8 @@ def rows_for(bench: Bench, w: Workload) -> tuple[list[Row], list[Bar]]:
         one = w.millrace_only[0]
         two, two_bw, one_m = m(w.name), b(w.name), m(one)
         vs_bw, vs_one = _div(two, two_bw), _div(two, one_m)
-        rows = [Row(f"{w.name}: 2 processes", _ips(two), _ips(two_bw), _x(vs_bw),
+        rows = [Row(f"{w.name}: 2 processes", bench.throughput("millrace", w.name),
+                    bench.throughput("bytewax", w.name), _x(vs_bw),
                     "> 1x (ahead)", _verdict(vs_bw, lambda r: r > 1.0))]
         bars = [Bar("ratio", f"{w.letter} {w.name} vs Bytewax 2p", vs_bw, target=1.0)]
         scaling = Row(f"{w.name} vs millrace 1 process ({_ips(one_m)})", _ips(two), "—",
@@ -339,7 +360,9 @@ def write_results(path: Path, command: str, facts: list[tuple[str, str]], scale:
     out += [f"- **{k}**: {v}" for k, v in facts]
     out += ["", "Command:", "", "```sh", command, "```", "",
             f"Scale {scale:g}, median of {repeat} run(s) per figure, each in a fresh "
-            "interpreter, the engines alternating. Every run's output is checked; a figure "
+            "interpreter, the engines alternating; beside a throughput, the lowest and highest "
+            "of its runs (this machine is shared, and runs of one figure can differ by half). "
+            "Every run's output is checked; a figure "
             "with a wrong or failed run shows FAIL. How each workload is built and timed: "
             "the docstrings of `benchmarks/vs_bytewax.py` and `benchmarks/bench_bytewax.py`.",
             ""]
