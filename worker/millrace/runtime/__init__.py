@@ -5,7 +5,8 @@
 - :mod:`.chain`: stateless steps fused into one loop per batch, ending in the per-item code
   of the keyed step they feed (routing each item on a cluster).
 - :mod:`.keyed`, :mod:`.system_windows` and :mod:`.windowing`: the keyed, stateful steps.
-- :mod:`.store`: the recovery store (SQLite).
+- :mod:`.store`: the recovery store (SQLite); :mod:`.resume`: where a recovered cluster
+  resumes, decided alike by every worker from every worker's store summary.
 - :mod:`.epochs`: when an epoch ends at the input.
 - :mod:`.worker`: one worker's loop (batches, exchange, epoch progress).
 - :mod:`.errors`: how failures are named and carried.

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from .errors import annotate, cannot_travel
 from . import store
 from .exchange import DATA, DONE, MARK, MIGRATE, PROGRESS, STAGED, STOP, Exchange, Message
 from .keyed import FORGOTTEN, KeyedLogic, ReduceLogic, StatefulMapLogic
+from .resume import StoreSummary, plan_resume
 from .routing import Router, check_pairs, owner
 from .sinks import Sink, build_sink
 from .sources import Reader, build_reader
@@ -44,30 +44,6 @@ from .windowing import WindowLogic, utcnow
 _IDLE_SLEEP_MAX = 0.01
 # Keyed states per MIGRATE message when a recovered cluster grows: bounds one frame's size.
 _MIGRATE_CHUNK = 10_000
-
-
-@dataclass(frozen=True)
-class _StoreSummary:
-    """What a worker tells the others about its recovery store before anything is loaded."""
-
-    exists: bool
-    progress: int = -1  # the last epoch it finished; -1 for none
-    worker_count: int = 0
-    flow_start: datetime | None = None
-    staged: tuple[int, int] | None = None  # a rescale's staged half: (worker count, epoch)
-
-    @classmethod
-    def of(cls, info: store.StoreInfo | None) -> _StoreSummary:
-        if info is None:
-            return cls(exists=False)
-        progress = -1 if info.progress is None else info.progress
-        return cls(True, progress, info.worker_count, info.flow_start, info.staged)
-
-    def committed(self) -> _StoreSummary:
-        """This store once its staged rescale is swapped in."""
-        assert self.staged is not None
-        count, epoch = self.staged
-        return _StoreSummary(True, epoch, count, self.flow_start)
 
 
 def _holds_a_snapshot(db_dir: Path, worker_index: int) -> bool:
@@ -154,7 +130,7 @@ class Worker:
         self.inputs: list[tuple[Reader, Segment]] = []
         self._marks: dict[tuple[int, int], list[bool]] = {}
         self._dones: dict[int, list[bool]] = {}
-        self._progress: dict[int, Any] = {}
+        self._progress: dict[int, StoreSummary] = {}
         self._deferred: list[Message] = []
         self._migrated: list[tuple[str, Any, Any]] = []
         self._migration_senders: set[int] = set()
@@ -512,23 +488,18 @@ class Worker:
                 f"does not have ({', '.join(strays)}): it was written by a larger cluster, and "
                 "millrace cannot shrink a recovered cluster"
             )
-        self._progress[self.index] = _StoreSummary.of(info)
+        self._progress[self.index] = StoreSummary.of(info)
         if self.count > 1:
             self.exchange.broadcast(self.index, (PROGRESS, self.index, self._progress[self.index]))
             self._gather(lambda: len(self._progress) == self.count, (PROGRESS,))
-        finishing = self._stopped_rescale()
-        if finishing is not None:
-            self._progress = {
-                w: summary.committed() if summary.staged and summary.staged[0] == finishing else summary
-                for w, summary in self._progress.items()
-            }
-        old_count, resume, flow_start = self._agree_on_resume(db_dir)
+        decided = plan_resume(self._progress, self.count, db_dir)
+        old_count, resume, flow_start = decided.old_count, decided.resume, decided.flow_start
         if flow_start is not None:
             for logic in self.logics:
                 logic.rebase(flow_start)
         self.store = store.WorkerStore(db_dir, self.index, self.count, self._step_ids(), flow_start or self.flow_start)
         if info is not None and info.staged is not None:
-            if finishing == info.staged[0]:
+            if decided.finish_rescale == info.staged[0]:
                 self.store.commit_rescale()
             else:
                 self.store.drop_rescale()  # no store swapped it in: the current ones are whole
@@ -552,77 +523,14 @@ class Worker:
         stages its new store beside the current one, and only once all have does any swap it
         in. A start stopped in between finds either no store swapped (each keeps its current
         content, and the rescale runs again) or every store swapped or staged (the next start
-        swaps the rest in, :meth:`_stopped_rescale`): never a key whose state is in no store."""
+        swaps the rest in, :func:`.resume.stopped_rescale`): never a key whose state is in
+        no store."""
         assert self.store is not None
         self.store.stage_rescale(self.count, epoch, inputs, keyed)
         self._staged_by.add(self.index)
         self.exchange.broadcast(self.index, (STAGED, self.index))
         self._gather(lambda: len(self._staged_by) == self.count, (STAGED,))
         self.store.commit_rescale()
-
-    def _stopped_rescale(self) -> int | None:
-        """The worker count of a rescale that a start stopped while the workers swapped in
-        their staged stores (some have, the others have it staged); ``None`` when there is
-        none to finish."""
-        existing = {w: summary for w, summary in self._progress.items() if summary.exists}
-        targets = {summary.staged[0] for summary in existing.values() if summary.staged is not None}
-        if len(targets) != 1:
-            return None
-        (target,) = targets
-        swapped = any(
-            summary.staged is None and summary.worker_count == target and summary.progress >= 0
-            for summary in existing.values()
-        )
-        return target if swapped else None
-
-    def _agree_on_resume(self, db_dir: Path) -> tuple[int | None, int, datetime | None]:
-        """From every worker's store summary: (workers that wrote the stores or None when
-        there are none, the epoch to resume at, the recorded flow start).
-
-        Only stores with a snapshot say which cluster wrote them. A store without one holds
-        nothing: its worker was stopped in the first epoch, or it was made for a rescale that
-        was stopped before it rewrote any store (the old stores are then whole, and the
-        rescale runs again)."""
-        existing = {w: summary for w, summary in sorted(self._progress.items()) if summary.exists}
-        if not existing:
-            return None, 0, None
-        snapshotted = {w: summary for w, summary in existing.items() if summary.progress >= 0}
-        if not snapshotted:
-            return None, 0, next(iter(existing.values())).flow_start
-        counts = sorted({summary.worker_count for summary in snapshotted.values()})
-        if len(counts) > 1:
-            raise store.RecoveryError(
-                f"recovery directory {db_dir}: the stores of workers {sorted(snapshotted)} "
-                f"disagree on the worker count ({counts}); a rescale was interrupted while it "
-                "rewrote them, and some keys' state may be in none of them: restore the directory "
-                "from a copy, or start from an empty one"
-            )
-        (old_count,) = counts
-        if old_count > self.count:
-            raise store.RecoveryError(
-                f"recovery directory {db_dir}: the stores were written by {old_count} workers, "
-                f"this run has {self.count}; millrace cannot shrink a recovered cluster, so "
-                f"resume with at least {old_count} workers"
-            )
-        members = {w: summary for w, summary in existing.items() if w < old_count}
-        missing = [w for w in range(old_count) if w not in members]
-        if missing:
-            raise store.RecoveryError(
-                f"recovery directory {db_dir}: workers {missing} have no store while workers "
-                f"{sorted(members)} of {old_count} do; a store was lost, so resuming would be wrong"
-            )
-        # A member may have no snapshot yet while the others have one of the first epoch, no
-        # later one: that store was made again, and what it held is gone.
-        empty = [w for w, summary in members.items() if summary.progress < 0]
-        if empty and any(summary.progress > 0 for summary in members.values()):
-            raise store.RecoveryError(
-                f"recovery directory {db_dir}: the stores of workers {empty} hold no snapshot while "
-                f"the other workers of {old_count} finished epoch "
-                f"{max(summary.progress for summary in members.values())}; a store was lost, so "
-                "resuming would be wrong"
-            )
-        resume = min(summary.progress for summary in members.values()) + 1
-        return old_count, resume, next(iter(snapshotted.values())).flow_start
 
     def _migrate(self, keyed: dict[str, dict[Any, Any]], old_count: int) -> dict[str, dict[Any, Any]]:
         """Send every key's state to its owner among ``self.count`` workers; return what this

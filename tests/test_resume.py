@@ -1,0 +1,91 @@
+"""Where a recovered cluster resumes: the decision every worker makes from the summaries of all
+stores, without any store or server (the runs behind these cases are in test_recovery.py)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from millrace.runtime.resume import ResumePlan, StoreSummary, plan_resume, stopped_rescale
+from millrace.runtime.store import RecoveryError
+
+WHERE = Path("/db")
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+NONE = StoreSummary(exists=False)
+
+
+def store(progress: int, count: int, staged: tuple[int, int] | None = None) -> StoreSummary:
+    return StoreSummary(True, progress, count, T0, staged)
+
+
+def plan(*summaries: StoreSummary, workers: int | None = None) -> ResumePlan:
+    return plan_resume(dict(enumerate(summaries)), workers or len(summaries), WHERE)
+
+
+def test_no_stores_is_a_fresh_start():
+    assert plan(NONE, NONE) == ResumePlan(None, 0, None)
+
+
+def test_stores_resume_after_the_lowest_epoch_every_worker_finished():
+    assert plan(store(7, 2), store(6, 2)) == ResumePlan(2, 7, T0)
+
+
+def test_a_store_without_a_snapshot_beside_ones_of_the_first_epoch_resumes_at_zero():
+    assert plan(store(0, 2), store(-1, 2)) == ResumePlan(2, 0, T0)
+
+
+def test_stores_without_any_snapshot_start_afresh_whatever_cluster_made_them():
+    assert plan(store(-1, 1), store(-1, 4)) == ResumePlan(None, 0, T0)
+
+
+def test_a_grown_cluster_resumes_from_the_old_workers_stores():
+    assert plan(store(3, 2), store(3, 2), NONE, NONE) == ResumePlan(2, 4, T0)
+
+
+def test_a_new_workers_empty_store_from_a_stopped_rescale_is_not_a_cluster_size():
+    assert plan(store(3, 1), store(-1, 3), store(-1, 3)) == ResumePlan(1, 4, T0)
+    assert plan(store(3, 1), workers=1) == ResumePlan(1, 4, T0)
+
+
+@pytest.mark.parametrize("swapped", [{0}, {1, 2}, {0, 2}])
+def test_a_rescale_stopped_while_stores_were_swapped_is_finished(swapped):
+    """1 -> 3 workers, as of epoch 3: the stores in ``swapped`` hold the new content, the
+    others have it staged."""
+    before = [store(3, 1), store(-1, 3), store(-1, 3)]
+    stores = [store(3, 3) if w in swapped else replace(s, staged=(3, 3)) for w, s in enumerate(before)]
+    assert plan(*stores) == ResumePlan(3, 4, T0, finish_rescale=3)
+
+
+def test_a_rescale_staged_everywhere_and_swapped_nowhere_runs_again():
+    stores = [store(3, 1, staged=(3, 3)), store(-1, 3, staged=(3, 3)), store(-1, 3)]
+    assert stopped_rescale(dict(enumerate(stores))) is None
+    assert plan(*stores) == ResumePlan(1, 4, T0)
+
+
+def test_stores_of_different_sizes_with_nothing_staged_are_refused():
+    with pytest.raises(RecoveryError, match=r"disagree on the worker count \(\[1, 3\]\)"):
+        plan(store(3, 1), store(3, 3), store(3, 3))
+
+
+def test_a_finished_rescale_of_a_larger_cluster_is_not_shrunk():
+    stores = {0: store(3, 3), 1: store(3, 1, staged=(3, 3))}
+    with pytest.raises(RecoveryError, match="written by 3 workers, this run has 2"):
+        plan_resume(stores, 2, WHERE)
+
+
+def test_a_missing_store_is_refused():
+    with pytest.raises(RecoveryError, match=r"workers \[1\] have no store"):
+        plan(store(2, 2), NONE)
+
+
+def test_a_store_made_again_is_refused():
+    with pytest.raises(RecoveryError, match=r"workers \[1\] hold no snapshot while .* finished epoch 5"):
+        plan(store(5, 2), store(-1, 2))
+
+
+def test_fewer_workers_than_wrote_the_stores_is_refused():
+    with pytest.raises(RecoveryError, match="cannot shrink"):
+        plan(store(2, 3), store(2, 3), workers=2)

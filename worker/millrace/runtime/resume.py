@@ -1,0 +1,137 @@
+"""Where a recovered cluster resumes, decided from every worker's store summary.
+
+Each worker reads its own store (in Kubernetes every pod has its own volume), and the workers
+swap summaries of them before anything is loaded or written. Every worker then runs
+:func:`plan_resume` on the same summaries and reaches the same decision, or the same error.
+
+Only a store with a snapshot says which cluster wrote it: one without holds nothing (its
+worker was stopped in the first epoch, or it was made for a rescale that stopped before it
+rewrote anything). A grown cluster rewrites its stores in two halves (staged beside the old
+content, then swapped in once every worker has staged), so a rescale stopped while the stores
+were swapped is finished by the next start: every store not yet swapped has its half staged.
+
+>>> from pathlib import Path
+>>> old = StoreSummary(exists=True, progress=4, worker_count=1, staged=(2, 4))
+>>> new = StoreSummary(exists=True, progress=4, worker_count=2)  # swapped already
+>>> plan_resume({0: old, 1: new}, worker_count=2, where=Path("db"))
+ResumePlan(old_count=2, resume=5, flow_start=None, finish_rescale=2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from .store import RecoveryError, StoreInfo
+
+
+@dataclass(frozen=True)
+class StoreSummary:
+    """What a worker tells the others about its recovery store before anything is loaded."""
+
+    exists: bool
+    progress: int = -1  # the last epoch it finished; -1 for none
+    worker_count: int = 0
+    flow_start: datetime | None = None
+    staged: tuple[int, int] | None = None  # a rescale's staged half: (worker count, epoch)
+
+    @classmethod
+    def of(cls, info: StoreInfo | None) -> StoreSummary:
+        if info is None:
+            return cls(exists=False)
+        progress = -1 if info.progress is None else info.progress
+        return cls(True, progress, info.worker_count, info.flow_start, info.staged)
+
+    def committed(self) -> StoreSummary:
+        """This store once its staged rescale is swapped in."""
+        assert self.staged is not None
+        count, epoch = self.staged
+        return StoreSummary(True, epoch, count, self.flow_start)
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    #: How many workers wrote the stores; ``None``: there is nothing to resume.
+    old_count: int | None
+    #: The first epoch to run.
+    resume: int
+    #: The flow start the stores recorded (windows keep their boundaries), if any.
+    flow_start: datetime | None
+    #: The worker count of a stopped rescale: a worker whose store has that count staged
+    #: swaps it in before loading; any other staged half is dropped.
+    finish_rescale: int | None = None
+
+
+def plan_resume(summaries: Mapping[int, StoreSummary], worker_count: int, where: Path) -> ResumePlan:
+    """The plan of a run of ``worker_count`` workers from the summaries of all of their
+    stores; a :class:`~.store.RecoveryError` naming ``where`` when resuming would be wrong."""
+    finishing = stopped_rescale(summaries)
+    if finishing is not None:
+        summaries = {
+            w: summary.committed() if summary.staged and summary.staged[0] == finishing else summary
+            for w, summary in summaries.items()
+        }
+    old_count, resume, flow_start = _agree(summaries, worker_count, where)
+    return ResumePlan(old_count, resume, flow_start, finishing)
+
+
+def stopped_rescale(summaries: Mapping[int, StoreSummary]) -> int | None:
+    """The worker count of a rescale stopped while the workers swapped in their staged stores
+    (some have, the others have it staged); ``None`` when there is none to finish."""
+    existing = [summary for summary in summaries.values() if summary.exists]
+    targets = {summary.staged[0] for summary in existing if summary.staged is not None}
+    if len(targets) != 1:
+        return None
+    (target,) = targets
+    swapped = any(
+        summary.staged is None and summary.worker_count == target and summary.progress >= 0
+        for summary in existing
+    )
+    return target if swapped else None
+
+
+def _agree(
+    summaries: Mapping[int, StoreSummary], worker_count: int, where: Path
+) -> tuple[int | None, int, datetime | None]:
+    existing = {w: summary for w, summary in sorted(summaries.items()) if summary.exists}
+    if not existing:
+        return None, 0, None
+    snapshotted = {w: summary for w, summary in existing.items() if summary.progress >= 0}
+    if not snapshotted:
+        return None, 0, next(iter(existing.values())).flow_start
+    counts = sorted({summary.worker_count for summary in snapshotted.values()})
+    if len(counts) > 1:
+        raise RecoveryError(
+            f"recovery directory {where}: the stores of workers {sorted(snapshotted)} "
+            f"disagree on the worker count ({counts}); a rescale was interrupted while it "
+            "rewrote them, and some keys' state may be in none of them: restore the directory "
+            "from a copy, or start from an empty one"
+        )
+    (old_count,) = counts
+    if old_count > worker_count:
+        raise RecoveryError(
+            f"recovery directory {where}: the stores were written by {old_count} workers, "
+            f"this run has {worker_count}; millrace cannot shrink a recovered cluster, so "
+            f"resume with at least {old_count} workers"
+        )
+    members = {w: summary for w, summary in existing.items() if w < old_count}
+    missing = [w for w in range(old_count) if w not in members]
+    if missing:
+        raise RecoveryError(
+            f"recovery directory {where}: workers {missing} have no store while workers "
+            f"{sorted(members)} of {old_count} do; a store was lost, so resuming would be wrong"
+        )
+    # A member may have no snapshot yet while the others have one of the first epoch, no
+    # later one: that store was made again, and what it held is gone.
+    empty = [w for w, summary in members.items() if summary.progress < 0]
+    latest = max(summary.progress for summary in members.values())
+    if empty and latest > 0:
+        raise RecoveryError(
+            f"recovery directory {where}: the stores of workers {empty} hold no snapshot while "
+            f"the other workers of {old_count} finished epoch {latest}; a store was lost, so "
+            "resuming would be wrong"
+        )
+    resume = min(summary.progress for summary in members.values()) + 1
+    return old_count, resume, next(iter(snapshotted.values())).flow_start
