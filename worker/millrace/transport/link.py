@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -130,6 +131,8 @@ class ZmqLink:
         # Suspects that a connection clears: not connected when the cluster formed.
         self._unconnected: set[int] = set()
         self._threads: list[threading.Thread] = []
+        # Wakes the receiver out of its poll when the link closes (a byte on ``_wake[1]``).
+        self._wake = socket.socketpair()
         self.dropped_frames = 0
 
     # -- setup -----------------------------------------------------------------------------
@@ -226,8 +229,11 @@ class ZmqLink:
                 )
         self._closing.set()
         self._outbound.put(_STOP)
+        self._wake[1].send(b"x")
         for thread in self._threads:
             thread.join(timeout=5.0)
+        for end in self._wake:
+            end.close()
         for monitor in self._monitors:
             monitor.close(linger=0)
         for push in self._push.values():
@@ -277,6 +283,7 @@ class ZmqLink:
         exchange = self._exchange
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
+        poller.register(self._wake[0], zmq.POLLIN)
         for monitor in self._monitors:
             poller.register(monitor, zmq.POLLIN)
         try:
