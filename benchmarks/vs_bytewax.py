@@ -12,7 +12,7 @@ environment is missing.
 Every measurement is a fresh interpreter (``benchmarks/bench_millrace.py MEASURE`` or
 ``benchmarks/bench_bytewax.py MEASURE`` under Bytewax's Python) printing one JSON line; the
 engines alternate run by run, ``--repeat`` times, and tables show medians (throughputs with the
-range of their runs). Both engines make the same seeded data (``benchmarks/workloads_data.py``) and call the same user functions.
+range of their runs); a ratio is the median over the rounds of the ratio of that round's runs. Both engines make the same seeded data (``benchmarks/workloads_data.py``) and call the same user functions.
 Every run's output digest is checked against one computed here; a figure counts only if all
 its runs are correct, and a wrong or crashed run is a loud FAIL and a non-zero exit.
 
@@ -182,6 +182,17 @@ class Bench:
         runs = self.runs.get((engine, measure))
         return runs.median(key) if runs else None
 
+    def ratio(self, a: tuple[str, str], b: tuple[str, str], key: str = "items_per_s") -> float | None:
+        """``a``'s figure over ``b``'s (each an (engine, measure)): the median over the rounds
+        of the ratio of their runs in that round. Runs of one round ran one after the other,
+        so a slow spell of this shared machine weighs on both sides of a ratio instead of on
+        one side of a median. ``None`` if any run failed."""
+        runs_a, runs_b = self.runs.get(a), self.runs.get(b)
+        if runs_a is None or runs_b is None or not (runs_a.ok and runs_b.ok):
+            return None
+        pairs = list(zip(runs_a.results, runs_b.results))
+        return statistics.median(x[key] / y[key] for x, y in pairs if y[key])
+
     def throughput(self, engine: str, measure: str) -> str:
         """The median items/s of ``engine`` on ``measure``, with the range of its runs (on a
         shared machine they can differ by half)."""
@@ -247,10 +258,6 @@ def _verdict(value: float | None, ok: Callable[[float], bool]) -> str:
     return "PASS" if ok(value) else "MISS"
 
 
-def _div(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else a / b
-
-
 def rows_for(bench: Bench, w: Workload) -> tuple[list[Row], list[Bar]]:
     def m(measure: str, key: str = "items_per_s") -> float | None:
         return bench.median("millrace", measure, key)
@@ -260,7 +267,7 @@ def rows_for(bench: Bench, w: Workload) -> tuple[list[Row], list[Bar]]:
 
     if w.name in ("stateless", "wordcount", "windowed"):
         goal = {"stateless": 2.0, "wordcount": 8.0, "windowed": 8.0}[w.name]
-        ratio = _div(m(w.name), b(w.name))
+        ratio = bench.ratio(("millrace", w.name), ("bytewax", w.name))
         rows = [Row(f"{w.name}, 1 process", bench.throughput("millrace", w.name),
                     bench.throughput("bytewax", w.name), _x(ratio),
                     f">= {goal:g}x", _verdict(ratio, lambda r: r >= goal))]
@@ -268,13 +275,16 @@ def rows_for(bench: Bench, w: Workload) -> tuple[list[Row], list[Bar]]:
             loop = bench.median("python", w.name)
             rows.append(Row(
                 f"ceiling: a plain loop calling the same functions, {_ips(loop)}; each engine "
-                "as a share of it", _pct(_div(m(w.name), loop)), _pct(_div(b(w.name), loop)),
-                _x(_div(loop, b(w.name))), "the most any engine can reach", "info"))
+                "as a share of it", _pct(bench.ratio(("millrace", w.name), ("python", w.name))),
+                _pct(bench.ratio(("bytewax", w.name), ("python", w.name))),
+                _x(bench.ratio(("python", w.name), ("bytewax", w.name))), "the most any engine can reach",
+                "info"))
         return rows, [Bar("ratio", f"{w.letter} {w.name}", ratio, target=goal)]
     if w.name.endswith("-2p"):
         one = w.millrace_only[0]
-        two, two_bw, one_m = m(w.name), b(w.name), m(one)
-        vs_bw, vs_one = _div(two, two_bw), _div(two, one_m)
+        two, one_m = m(w.name), m(one)
+        vs_bw = bench.ratio(("millrace", w.name), ("bytewax", w.name))
+        vs_one = bench.ratio(("millrace", w.name), ("millrace", one))
         rows = [Row(f"{w.name}: 2 processes", bench.throughput("millrace", w.name),
                     bench.throughput("bytewax", w.name), _x(vs_bw),
                     "> 1x (ahead)", _verdict(vs_bw, lambda r: r > 1.0))]
@@ -290,17 +300,18 @@ def rows_for(bench: Bench, w: Workload) -> tuple[list[Row], list[Bar]]:
         return ([Row("peak RSS growth", _mb(grow_m), _mb(grow_b), "—", "< 50 MB",
                      _verdict(grow_m, lambda g: g < 50)),
                  Row("throughput while measuring", _ips(m("rss")), _ips(b("rss")),
-                     _x(_div(m("rss"), b("rss"))), "—", "info")],
+                     _x(bench.ratio(("millrace", "rss"), ("bytewax", "rss"))), "—", "info")],
                 [Bar("rss", "e peak RSS growth (MB)", grow_m, grow_b, target=50)])
     # recovery
-    with_m, with_b = _div(m("recovery"), m("wordcount-1s")), _div(b("recovery"), b("wordcount-1s"))
+    with_m = bench.ratio(("millrace", "recovery"), ("millrace", "wordcount-1s"))
+    with_b = bench.ratio(("bytewax", "recovery"), ("bytewax", "wordcount-1s"))
     cost_m = None if with_m is None else 1 - with_m
     cost_b = None if with_b is None else 1 - with_b
     return ([Row("wordcount, 1 s epochs, no recovery", bench.throughput("millrace", "wordcount-1s"),
-                 bench.throughput("bytewax", "wordcount-1s"), _x(_div(m("wordcount-1s"), b("wordcount-1s"))),
+                 bench.throughput("bytewax", "wordcount-1s"), _x(bench.ratio(("millrace", "wordcount-1s"), ("bytewax", "wordcount-1s"))),
                  "—", "info"),
              Row("wordcount, 1 s epochs, snapshot at each", bench.throughput("millrace", "recovery"),
-                 bench.throughput("bytewax", "recovery"), _x(_div(m("recovery"), b("recovery"))), "—", "info"),
+                 bench.throughput("bytewax", "recovery"), _x(bench.ratio(("millrace", "recovery"), ("bytewax", "recovery"))), "—", "info"),
              Row("cost of recovery (1 - with/without)", _pct(cost_m), _pct(cost_b), "—",
                  "< 15%", _verdict(cost_m, lambda c: c < 0.15)),
              # How many snapshots a run holds depends on how long it runs: one per second,
@@ -362,6 +373,8 @@ def write_results(path: Path, command: str, facts: list[tuple[str, str]], scale:
             f"Scale {scale:g}, median of {repeat} run(s) per figure, each in a fresh "
             "interpreter, the engines alternating; beside a throughput, the lowest and highest "
             "of its runs (this machine is shared, and runs of one figure can differ by half). "
+            "A ratio is the median over the rounds of the ratio of the two runs of that round, "
+            "which ran one after the other. "
             "Every run's output is checked; a figure "
             "with a wrong or failed run shows FAIL. How each workload is built and timed: "
             "the docstrings of `benchmarks/vs_bytewax.py` and `benchmarks/bench_bytewax.py`.",
