@@ -476,11 +476,10 @@ class Worker:
                     f"recovery store {info.path} holds state of steps {unknown} that this flow "
                     "does not have: it was written by a different flow"
                 )
+        numbers = {path.name: path.stem.split("-", 1)[1] for path in db_dir.glob("worker-*.sqlite3")}
         strays = sorted(
-            path.name
-            for path in db_dir.glob("worker-*.sqlite3")
-            if path.stem.split("-", 1)[1].isdigit() and int(path.stem.split("-", 1)[1]) >= self.count
-            and _holds_a_snapshot(db_dir, int(path.stem.split("-", 1)[1]))
+            name for name, number in numbers.items()
+            if number.isdigit() and int(number) >= self.count and _holds_a_snapshot(db_dir, int(number))
         )
         if strays:
             raise store.RecoveryError(
