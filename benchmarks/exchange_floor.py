@@ -1,60 +1,82 @@
-"""What two processes can gain on this machine, with no engine at all.
+"""What two processes can do on this machine with no engine at all.
 
-The multi-process targets of ``ratios.py`` (keyed word count on 2 processes >= 1.3x one
-process; >= 3,000,000 (str, int) items/s crossing between processes) depend on the machine as
-much as on millrace. This script measures the floor any Python engine that moves items between
-processes as pickled batches over ZeroMQ stands on: hand-written programs with nothing but a
-loop, ``pickle`` and a PUSH/PULL socket pair, run side by side with millrace in the same run.
+The multi-process figures of ``ratios.py`` (2 processes against 1; items crossing between
+processes) depend on the machine as much as on millrace. This module holds hand-written
+programs that do exactly the per-item work of those flows, calling the same user functions,
+with nothing but a loop, :mod:`marshal` (what millrace encodes such batches with) and a
+ZeroMQ PUSH/PULL pair: one thread per process, no authentication, no flow control. Each is
+measured as ``ratios.py`` measures millrace: items over the longest single process's span,
+each process timing itself from when both are connected. ``ratios.py`` runs them beside the
+engine, so every multi-process figure comes with what the machine gave a simple program doing
+the same work in the same run. They are references, not ceilings: millrace's generated loops
+and its batching can beat them.
 
-- ``wordcount``: 2,000,000 words from a 10,000-word vocabulary counted in a dict, by one
-  process, and by two processes that each count their own words' half and send the other half
-  (batches of 512) to the other process: the best scaling a keyed word count can show here.
-- ``crossing``: every item goes to the other process; items/s with nothing done per item, and
-  with the work ``stateful_map`` must do per item (a state lookup and store, an output tuple)
-  written inline: the ceiling of the ``exchange`` figure of ``ratios.py``.
+- ``parallel``: two processes that never talk, each running the same CPU-bound loop, against
+  one alone: how much a second process adds here at all (2.0 on two idle cores).
+- ``wordcount``: ``ratios.py``'s scaling word count (each process makes its own share of the
+  words, ``to_pair``, a running count per word, a sink called per item), on 1 process and on
+  2 that send each other the words the other one counts (from batches of 1,024 words).
+- ``crossing``: ``ratios.py``'s exchange flow: every item goes to the other process, into a
+  ``stateful_map`` whose mapper keeps no state, then a sink called per item.
 
-Run: ``.venv/bin/python benchmarks/exchange_floor.py`` (median of 3, about a minute).
+Each figure is the best of :data:`ROUNDS` runs, the sides of a ratio taking turns. Run alone:
+``.venv/bin/python benchmarks/exchange_floor.py`` (median of 3, a few minutes).
 """
 
 from __future__ import annotations
 
 import argparse
+import marshal
 import multiprocessing as mp
-import pickle
-import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from typing import Any
+from zlib import crc32
 
 import zmq
 
 from millrace.transport.addresses import free_ports
+from workloads_data import to_pair
 
-BATCH = 512
-END = b"END"
-
-
-def _words(seed: int, n: int) -> list[str]:
-    rng = random.Random(seed)
-    vocab = [f"word{i}" for i in range(10_000)]
-    return [rng.choice(vocab) for _ in range(n)]
+BATCH = 1024
+VOCABULARY = 10_000
+_END = b"END"
+_READY = b"READY"
 
 
-def _count(state: dict[str, int], pairs: list[tuple[str, int]]) -> None:
-    for key, value in pairs:
-        try:
-            state[key] = state[key] + value
-        except KeyError:
-            state[key] = value
+# -- the user functions of ratios.py's multi-process flows --------------------------------------
 
 
-def _stateful(state: dict[Any, Any], pairs: list[tuple[Any, Any]]) -> None:
-    out = []
-    for key, value in pairs:
-        current = state.get(key)
-        state[key] = current
-        out.append((key, value))
+def word_share(worker_index: int, worker_count: int, total: int) -> Iterator[str]:
+    """A worker's share of ``total`` words; each worker makes only its own."""
+    for i in range(worker_index, total, worker_count):
+        yield f"word{(i * 7919) % VOCABULARY}"
+
+
+def crossing_items(total: int) -> list[tuple[int, str]]:
+    """Item i goes to worker i % 2, and its key to worker key % 2: every item crosses."""
+    return [(i + 1, "v") for i in range(total)]
+
+
+def zero() -> int:
+    return 0
+
+
+def running_total(total: int, one: int) -> tuple[int, int]:
+    return total + one, total + one
+
+
+def no_state() -> None:
+    return None
+
+
+def pass_on(state: None, value: str) -> tuple[None, str]:
+    return None, value
+
+
+# -- one process's part ---------------------------------------------------------------------------
 
 
 class _Peer:
@@ -68,99 +90,198 @@ class _Peer:
         self.push.connect(f"tcp://127.0.0.1:{ports[1 - me]}")
         self.other_done = False
 
-    def send(self, items: list[Any]) -> None:
-        self.push.send(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
+    def meet(self) -> None:
+        """Return once the other process is connected too, so both clocks start together."""
+        self.push.send(_READY)
+        if self.pull.recv() != _READY:
+            raise RuntimeError("the other process sent data before saying it was ready")
 
-    def receive(self, apply: Callable[[list[Any]], None], block: bool) -> int:
-        """Apply what has arrived (everything, until the peer's END, when ``block``)."""
-        got = 0
+    def send(self, items: list[Any]) -> None:
+        self.push.send(marshal.dumps(items))
+
+    def receive(self, apply: Callable[[list[Any]], None], block: bool) -> None:
+        """Apply what has arrived (everything, until the other's END, when ``block``)."""
         while not self.other_done:
             try:
                 frame = self.pull.recv(0 if block else zmq.NOBLOCK)
             except zmq.Again:
-                break
-            if frame == END:
+                return
+            if frame == _END:
                 self.other_done = True
             else:
-                items = pickle.loads(frame)
-                apply(items)
-                got += len(items)
-        return got
+                apply(marshal.loads(frame))
 
-    def finish(self, apply: Callable[[list[Any]], None]) -> int:
-        self.push.send(END)
-        got = self.receive(apply, block=True)
+    def finish(self, apply: Callable[[list[Any]], None]) -> None:
+        self.push.send(_END)
+        self.receive(apply, block=True)
         self.ctx.destroy(linger=1000)
-        return got
 
 
-def _wordcount_half(me: int, ports: list[int], n: int, results: Any) -> None:
-    from zlib import crc32
+class _Keyed:
+    """A ``stateful_map`` step and the per-item sink after it, written out by hand."""
 
-    words = _words(me, n // 2)
-    # Each word's owner, looked up as an engine would from its cache.
-    owners = {w: crc32(w.encode()) & 1 for w in set(words)}
-    peer = _Peer(me, ports)
-    time.sleep(0.3)  # both ends connected before the clock starts
-    state: dict[str, int] = {}
+    def __init__(self, builder: Callable[[], Any], mapper: Callable[[Any, Any], tuple[Any, Any]]) -> None:
+        self.builder = builder
+        self.mapper = mapper
+        self.state: dict[Any, Any] = {}
+        self.count = 0
+
+    def sink(self, item: Any) -> None:
+        self.count += 1
+
+    def apply(self, pairs: Iterable[tuple[Any, Any]]) -> None:
+        state, builder, mapper, sink = self.state, self.builder, self.mapper, self.sink
+        for key, value in pairs:
+            current = state.get(key)
+            if current is None:
+                current = builder()
+            current, out = mapper(current, value)
+            if current is None:
+                state.pop(key, None)
+            else:
+                state[key] = current
+            sink((key, out))
+
+
+def _batches(items: Iterable[Any]) -> Iterator[list[Any]]:
+    it = iter(items)
+    while batch := list(islice(it, BATCH)):
+        yield batch
+
+
+def _wordcount_part(me: int, procs: int, ports: list[int], total: int) -> tuple[int, float]:
+    step = _Keyed(zero, running_total)
+    peer = _Peer(me, ports) if procs == 2 else None
+    if peer is not None:
+        peer.meet()
+    # Each word's process, as an engine caches it; one loop per batch takes each word through
+    # to_pair and either into the count or into the other process's batch, as millrace's
+    # generated loop does.
+    owners: dict[str, int] = {}
+    state, sink = step.state, step.sink
     start = time.perf_counter()
-    for i in range(0, len(words), BATCH):
-        mine: list[tuple[str, int]] = []
+    for words in _batches(word_share(me, procs, total)):
+        if peer is None:
+            step.apply(map(to_pair, words))
+            continue
         theirs: list[tuple[str, int]] = []
-        for w in words[i : i + BATCH]:
-            (mine if owners[w] == me else theirs).append((w, 1))
+        for word in words:
+            pair = to_pair(word)
+            key, value = pair
+            owner = owners.get(key)
+            if owner is None:
+                owner = owners[key] = crc32(key.encode()) & 1
+            if owner != me:
+                theirs.append(pair)
+                continue
+            current = state.get(key)
+            if current is None:
+                current = zero()
+            current, out = running_total(current, value)
+            state[key] = current
+            sink((key, out))
         peer.send(theirs)
-        _count(state, mine)
-        peer.receive(lambda b: _count(state, b), block=False)
-    peer.finish(lambda b: _count(state, b))
-    results.put((start, time.perf_counter()))
+        peer.receive(step.apply, block=False)
+    if peer is not None:
+        peer.finish(step.apply)
+    return step.count, time.perf_counter() - start
 
 
-def _crossing_half(me: int, ports: list[int], n: int, step: str, results: Any) -> None:
-    items = [(i + 1, "v") for i in range(me, n, 2)]
+def _crossing_part(me: int, procs: int, ports: list[int], total: int) -> tuple[int, float]:
+    items = crossing_items(total)[me::2]
+    step = _Keyed(no_state, pass_on)
     peer = _Peer(me, ports)
-    time.sleep(0.3)
-    state: dict[Any, Any] = {}
-    apply = (lambda b: _stateful(state, b)) if step == "stateful" else (lambda b: None)
-    got = 0
+    peer.meet()
     start = time.perf_counter()
-    for i in range(0, len(items), BATCH):
-        peer.send(items[i : i + BATCH])
-        got += peer.receive(apply, block=False)
-    got += peer.finish(apply)
-    results.put((start, time.perf_counter(), got))
+    for batch in _batches(items):
+        peer.send(batch)
+        peer.receive(step.apply, block=False)
+    peer.finish(step.apply)
+    return step.count, time.perf_counter() - start
 
 
-def _two(target: Callable[..., None], *args: Any) -> list[tuple[Any, ...]]:
+def _spin_part(me: int, procs: int, ports: list[int], total: int) -> tuple[int, float]:
+    peer = _Peer(me, ports) if procs == 2 else None
+    if peer is not None:
+        peer.meet()
+    counts: dict[int, int] = {}
+    start = time.perf_counter()
+    for i in range(total):
+        key = i % VOCABULARY
+        counts[key] = counts.get(key, 0) + 1
+    span = time.perf_counter() - start
+    if peer is not None:
+        peer.finish(lambda _: None)
+    return total, span
+
+
+_PARTS = {"wordcount": _wordcount_part, "crossing": _crossing_part, "spin": _spin_part}
+
+
+def _child(part: str, me: int, ports: list[int], total: int, results: Any) -> None:
+    results.put(_PARTS[part](me, 2, ports, total))
+
+
+def _rate(part: str, procs: int, total: int, expected: int) -> float:
+    """Items per second of ``part`` on ``procs`` processes: all their items (which must come
+    to ``expected``) over the longest single process's span."""
+    if procs == 1:
+        spans = [_PARTS[part](0, 1, [], total)]
+    else:
+        spans = _two(part, total)
+    done = sum(count for count, _ in spans)
+    if done != expected:
+        raise RuntimeError(f"{part} on {procs} processes handled {done} items, expected {expected}")
+    return done / max(span for _, span in spans)
+
+
+def _two(part: str, total: int) -> list[tuple[int, float]]:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     ports = free_ports(2)
-    procs = [ctx.Process(target=target, args=(me, ports, *args, results)) for me in range(2)]
-    for proc in procs:
-        proc.start()
-    out = [results.get(timeout=300) for _ in procs]
-    for proc in procs:
-        proc.join(timeout=60)
-    return out
+    children = [ctx.Process(target=_child, args=(part, me, ports, total, results)) for me in range(2)]
+    for child in children:
+        child.start()
+    try:
+        return [results.get(timeout=300) for _ in children]
+    finally:
+        for child in children:
+            child.join(timeout=60)
+            if child.is_alive():
+                child.kill()
 
 
-def wordcount(n: int) -> dict[str, float]:
-    words = _words(0, n)
-    state: dict[str, int] = {}
-    start = time.perf_counter()
-    for i in range(0, len(words), BATCH):
-        _count(state, [(w, 1) for w in words[i : i + BATCH]])
-    one = n / (time.perf_counter() - start)
-    spans = _two(_wordcount_half, n)
-    two = n / (max(end for _, end in spans) - min(start for start, _ in spans))
+# -- what ratios.py reports beside its own figures --------------------------------------------------
+
+# This machine's speed drifts by tens of percent from one second to the next, so each figure
+# is the best of this many runs, the two sides of a ratio taking turns.
+ROUNDS = 3
+
+
+def best_rates(*rates: Callable[[], float], rounds: int = ROUNDS) -> list[float]:
+    """The highest result of each of ``rates`` (items/s), run in turn ``rounds`` times."""
+    best = [0.0] * len(rates)
+    for _ in range(rounds):
+        for index, rate in enumerate(rates):
+            best[index] = max(best[index], rate())
+    return best
+
+
+def parallel(total: int = 6_000_000) -> float:
+    """Throughput of two independent CPU-bound processes over one: this machine's second core."""
+    half = total // 2
+    one, two = best_rates(lambda: _rate("spin", 1, half, half), lambda: _rate("spin", 2, half, total))
+    return two / one
+
+
+def wordcount_scaling(total: int) -> dict[str, float]:
+    one, two = best_rates(lambda: _rate("wordcount", 1, total, total), lambda: _rate("wordcount", 2, total, total))
     return {"one_process": one, "two_processes": two, "scaling": two / one}
 
 
-def crossing(n: int, step: str) -> float:
-    spans = _two(_crossing_half, n, step)
-    moved = sum(got for _, _, got in spans)
-    assert moved == n, (moved, n)
-    return moved / (max(end for _, end, _ in spans) - min(start for start, _, _ in spans))
+def crossing_rate(total: int) -> float:
+    """Items/s of the exchange flow's work, every item crossing (one run)."""
+    return _rate("crossing", 2, total, total)
 
 
 def main() -> None:
@@ -168,14 +289,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0)
     args = parser.parse_args()
-    runs = [wordcount(int(2_000_000 * args.scale)) for _ in range(args.repeat)]
+    cores = statistics.median(parallel() for _ in range(args.repeat))
+    runs = [wordcount_scaling(int(2_000_000 * args.scale)) for _ in range(args.repeat)]
     med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-    bare = statistics.median(crossing(int(3_000_000 * args.scale), "none") for _ in range(args.repeat))
-    stateful = statistics.median(crossing(int(3_000_000 * args.scale), "stateful") for _ in range(args.repeat))
+    moved = statistics.median(
+        best_rates(lambda: crossing_rate(int(3_000_000 * args.scale)))[0] for _ in range(args.repeat)
+    )
     print(f"hand-written programs, no engine; median of {args.repeat}")
+    print(f"  parallel   two independent processes: {cores:.2f}x one")
     print(f"  wordcount  1 process {med['one_process']:,.0f}/s, 2 processes {med['two_processes']:,.0f}/s: "
           f"{med['scaling']:.2f}x")
-    print(f"  crossing   bare {bare:,.0f} items/s, with stateful_map's per-item work {stateful:,.0f} items/s")
+    print(f"  crossing   {moved:,.0f} items/s")
 
 
 if __name__ == "__main__":
