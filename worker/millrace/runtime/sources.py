@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import islice
-from operator import countOf, itemgetter
+from operator import countOf
 from time import monotonic
 from typing import Any
 
@@ -26,7 +26,17 @@ _EMPTY = object()
 
 # About how long a reader may spend filling one batch from a source that is slow per item.
 BATCH_SECONDS = 0.01
-_second = itemgetter(1)
+
+
+def _append_items(pairs: list[tuple[Any, ...]], items: list[Any]) -> bool:
+    """Append the item of each ``(state, item)`` tuple of ``pairs`` to ``items``; ``False``,
+    appending nothing, when a tuple has another length. (One unpacking comprehension costs
+    about a third of two C passes, one checking the lengths and one taking the items.)"""
+    try:
+        items += [item for _, item in pairs]
+    except ValueError:
+        return False
+    return True
 
 
 class Reader:
@@ -51,8 +61,8 @@ class ManualReader(Reader):
     Items are pulled in chunks (1, 2, 4, ... up to the batch limit, with a look at the clock
     between chunks: a source that takes its time per item ends its batch after about
     :data:`BATCH_SECONDS`, so its items flow on and epochs close on time). A chunk of valid
-    pairs is checked and unpacked by C loops; only a chunk holding a ``None`` or something
-    malformed is walked item by item. Pairs pulled after a ``None`` wait in ``_pending`` for
+    tuples is unpacked in one comprehension (which also finds one of the wrong length); only
+    a chunk holding a ``None`` or something malformed is walked item by item. Pairs pulled after a ``None`` wait in ``_pending`` for
     the next read, so none is lost or reordered.
     """
 
@@ -100,8 +110,7 @@ class ManualReader(Reader):
             want = min(chunk, limit)
             got = self._take(want)
             n = len(got)
-            if n and countOf(map(type, got), tuple) == n and countOf(map(len, got), 2) == n:
-                items.extend(map(_second, got))
+            if n and countOf(map(type, got), tuple) == n and _append_items(got, items):
                 last = got[-1]
             else:
                 for position, one in enumerate(got):
