@@ -55,9 +55,15 @@ def word_share(worker_index: int, worker_count: int, total: int) -> Iterator[str
         yield f"word{(i * 7919) % VOCABULARY}"
 
 
-def crossing_items(total: int) -> list[tuple[int, str]]:
-    """Item i goes to worker i % 2, and its key to worker key % 2: every item crosses."""
-    return [(i + 1, "v") for i in range(total)]
+def crossing_items(total: int) -> list[tuple[str, int]]:
+    """``(str, int)`` items that all cross: ``TestingInputConfig`` gives item i to worker
+    i % 2, and its key belongs to the other worker (millrace routes a ``str`` key by the CRC-32
+    of its UTF-8 bytes)."""
+    keys: tuple[list[str], list[str]] = ([], [])
+    for j in range(VOCABULARY):
+        key = f"key{j}"
+        keys[crc32(key.encode()) & 1].append(key)
+    return [(keys[1 - i % 2][(i // 2) % len(keys[1 - i % 2])], i) for i in range(total)]
 
 
 def zero() -> int:
@@ -72,7 +78,7 @@ def no_state() -> None:
     return None
 
 
-def pass_on(state: None, value: str) -> tuple[None, str]:
+def pass_on(state: None, value: int) -> tuple[None, int]:
     return None, value
 
 

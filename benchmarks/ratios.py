@@ -243,7 +243,6 @@ def m_exchange(scale: float) -> dict[str, float]:
     n = int(3_000_000 * scale)
 
     def flow_for(report_dir: str) -> Dataflow:
-        # TestingInputConfig gives item i to worker i % 2; int keys live on key % 2.
         flow = Dataflow()
         flow.input("inp", TestingBuilderInputConfig(lambda: floor.crossing_items(n)))
         flow.stateful_map("seen", floor.no_state, floor.pass_on)
