@@ -31,7 +31,7 @@ BATCH_SECONDS = 0.01
 def _append_items(pairs: list[tuple[Any, ...]], items: list[Any]) -> bool:
     """Append the item of each ``(state, item)`` tuple of ``pairs`` to ``items``; ``False``,
     appending nothing, when a tuple has another length. (One unpacking comprehension costs
-    about a third of two C passes, one checking the lengths and one taking the items.)"""
+    less than half of two C passes, one checking the lengths and one taking the items.)"""
     try:
         items += [item for _, item in pairs]
     except ValueError:
@@ -60,10 +60,10 @@ class ManualReader(Reader):
 
     Items are pulled in chunks (1, 2, 4, ... up to the batch limit, with a look at the clock
     between chunks: a source that takes its time per item ends its batch after about
-    :data:`BATCH_SECONDS`, so its items flow on and epochs close on time). A chunk of valid
-    tuples is unpacked in one comprehension (which also finds one of the wrong length); only
-    a chunk holding a ``None`` or something malformed is walked item by item. Pairs pulled after a ``None`` wait in ``_pending`` for
-    the next read, so none is lost or reordered.
+    :data:`BATCH_SECONDS`, so its items flow on and epochs close on time). A chunk of tuples
+    is unpacked by one comprehension, which also finds a tuple of the wrong length; only a
+    chunk holding a ``None`` or something malformed is walked item by item. Pairs pulled after
+    a ``None`` wait in ``_pending`` for the next read, so none is lost or reordered.
     """
 
     def __init__(self, name: str, iterator: Iterator[Any], resume_state: Any) -> None:
