@@ -5,21 +5,23 @@
     python benchmarks/ratios.py --only stateless wordcount
 
 Every measurement runs in a fresh interpreter, ``--repeat`` times; the table shows medians.
-Within one interpreter, the two sides of each ratio (baseline and engine, 1 and 2
-processes, engine and hand-written program) take turns three times, each keeping its best. Each figure is checked for correctness before it counts. Targets come from the issues:
+Within one interpreter, the two sides of each ratio (baseline and engine, 1 and 2 processes,
+engine and hand-written program) take turns three times, each keeping its best. Each figure
+is checked for correctness before it counts. Targets come from the issues:
 
 - stateless: map(x+1) -> filter(even) over 2,000,000 ints, against a plain loop calling the
   same functions: >= 0.60;
 - wordcount: reduce over 1,000,000 words of 10,000 keys, against a plain dict count: >= 0.25;
 - 2 processes against 1 (steady state, partitioned input): stateless >= 1.6x, wordcount >= 1.3x;
 - exchange: (str, int) items crossing between two processes: >= 3,000,000 items/s;
-  (beside the multi-process figures, what this machine gave in the same run: ``machine_x``,
-  two processes that share nothing against one, and ``by_hand_*``, the same flow's work
-  written by hand with no engine; see ``exchange_floor.py``);
 - memory: peak RSS of a 5,000,000-item run where a fast input feeds a slow step on the other
   process stays bounded (compared with a 500,000-item run);
 - recovery: wordcount with 1-second epochs and snapshots costs <= 15% against no recovery
   (also shown, without a target: the same over four times the words, several epochs).
+
+Beside the multi-process figures, what this machine gave in the same run: ``machine_x``, two
+processes that share nothing against one, and ``by_hand_*``, the same flow's work written by
+hand with no engine (see ``exchange_floor.py``).
 """
 
 from __future__ import annotations
