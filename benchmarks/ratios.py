@@ -21,7 +21,7 @@ is checked for correctness before it counts. Targets come from the issues:
 
 Beside the multi-process figures, what this machine gave in the same run: ``machine_x``, two
 processes that share nothing against one, and ``by_hand_*``, the same flow's work written by
-hand with no engine (see ``exchange_floor.py``).
+hand with no engine (see ``exchange_by_hand.py``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from millrace.execution import PeriodicEpochConfig, run_main, spawn_cluster
 from millrace.inputs import ManualInputConfig, TestingBuilderInputConfig, TestingInputConfig
 from millrace.outputs import ManualOutputConfig
 from millrace.recovery import SqliteRecoveryConfig
-import exchange_floor as floor  # hand-written programs doing the multi-process flows' work
+import by_hand  # hand-written programs doing the multi-process flows' work
 from workloads_data import add, inc, is_even, to_pair  # the user functions vs_bytewax.py calls too
 
 # -- the user functions every variant calls ----------------------------------------------------
@@ -103,7 +103,7 @@ def read_reports(report_dir: str) -> list[dict[str, float]]:
 # Within one process, baseline and engine take turns this many times and each keeps its best
 # time: this machine's speed drifts by tens of percent from one second to the next, and a slow
 # spell then hits both sides instead of deciding the ratio.
-ROUNDS = floor.ROUNDS
+ROUNDS = by_hand.ROUNDS
 
 
 def _best_seconds(*runs: Callable[[], None]) -> list[float]:
@@ -220,24 +220,24 @@ def m_scaling(scale: float) -> dict[str, float]:
 
     def word_input(worker_index: int, worker_count: int, resume_state: Any):
         # Each worker makes only its own share: no work is repeated per process.
-        return zip(repeat(None), floor.word_share(worker_index, worker_count, m))
+        return zip(repeat(None), by_hand.word_share(worker_index, worker_count, m))
 
     def wordcount(report_dir: str) -> Dataflow:
         # Running counts per word come out of a keyed step, so every item is counted.
         flow = Dataflow()
         flow.input("inp", ManualInputConfig(word_input))
         flow.map(to_pair)
-        flow.stateful_map("count", floor.zero, floor.running_total)
+        flow.stateful_map("count", by_hand.zero, by_hand.running_total)
         flow.capture(counting_output(report_dir))
         return flow
 
-    one, two = floor.best_rates(lambda: _cluster_rate(stateless, 1, n // 2), lambda: _cluster_rate(stateless, 2, n // 2))
-    wc_one, wc_two = floor.best_rates(lambda: _cluster_rate(wordcount, 1, m), lambda: _cluster_rate(wordcount, 2, m))
+    one, two = by_hand.best_rates(lambda: _cluster_rate(stateless, 1, n // 2), lambda: _cluster_rate(stateless, 2, n // 2))
+    wc_one, wc_two = by_hand.best_rates(lambda: _cluster_rate(wordcount, 1, m), lambda: _cluster_rate(wordcount, 2, m))
     # In the same run, what the machine gives: a second process that shares nothing, and the
-    # same word count written by hand (see exchange_floor.py).
+    # same word count written by hand (see exchange_by_hand.py).
     return {"stateless_1p": one, "stateless_2p": two, "stateless_x": two / one,
             "wordcount_1p": wc_one, "wordcount_2p": wc_two, "wordcount_x": wc_two / wc_one,
-            "machine_x": floor.parallel(), "by_hand_wordcount_x": floor.wordcount_scaling(m)["scaling"]}
+            "machine_x": by_hand.parallel(), "by_hand_wordcount_x": by_hand.wordcount_scaling(m)["scaling"]}
 
 
 def m_exchange(scale: float) -> dict[str, float]:
@@ -246,13 +246,13 @@ def m_exchange(scale: float) -> dict[str, float]:
 
     def flow_for(report_dir: str) -> Dataflow:
         flow = Dataflow()
-        flow.input("inp", TestingBuilderInputConfig(lambda: floor.crossing_items(n)))
-        flow.stateful_map("seen", floor.no_state, floor.pass_on)
+        flow.input("inp", TestingBuilderInputConfig(lambda: by_hand.crossing_items(n)))
+        flow.stateful_map("seen", by_hand.no_state, by_hand.pass_on)
         flow.capture(counting_output(report_dir))
         return flow
 
-    rate, by_hand = floor.best_rates(lambda: _cluster_rate(flow_for, 2, n), lambda: floor.crossing_rate(n))
-    return {"items_per_s": rate, "by_hand_items_per_s": by_hand}
+    rate, hand = by_hand.best_rates(lambda: _cluster_rate(flow_for, 2, n), lambda: by_hand.crossing_rate(n))
+    return {"items_per_s": rate, "by_hand_items_per_s": hand}
 
 
 def _peak_rss_run(n: int) -> float:

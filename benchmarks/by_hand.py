@@ -20,7 +20,7 @@ and its batching can beat them.
   ``stateful_map`` whose mapper keeps no state, then a sink called per item.
 
 Each figure is the best of :data:`ROUNDS` runs, the sides of a ratio taking turns. Run alone:
-``.venv/bin/python benchmarks/exchange_floor.py`` (median of 3, a few minutes).
+``.venv/bin/python benchmarks/by_hand.py`` (median of 3, a few minutes).
 """
 
 from __future__ import annotations
