@@ -531,6 +531,43 @@ def test_a_rescale_stopped_while_it_rewrote_the_stores_is_finished_or_run_again(
     assert sorted(second) == sorted((f"k{k}", n) for k in range(10) for n in range(7, 14))
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "held,until",
+    [(("PROGRESS", 2, 1), ("MIGRATE", 0, 1)), (("MIGRATE", 1, 2), ("STAGED", 0, 2))],
+    ids=["migration-before-progress", "staged-before-migration"],
+)
+def test_a_rescale_handles_a_faster_workers_next_message_whenever_it_comes(tmp_path, monkeypatch, held, until):
+    """A 2 -> 3 rescale where one worker's message of one phase reaches a peer only after
+    another worker's message of the next phase: (kind, sender, dest) ``held`` is sent once
+    ``until`` has been. Across processes that order happens by chance; the rescale must
+    finish either way."""
+    from millrace.runtime import exchange as ex
+
+    kinds = {"PROGRESS": ex.PROGRESS, "MIGRATE": ex.MIGRATE, "STAGED": ex.STAGED}
+    released = __import__("threading").Event()
+    original = ex.Exchange.send
+
+    def send(self, dest, msg):
+        if (msg[0], msg[1], dest) == (kinds[held[0]], held[1], held[2]):
+            assert released.wait(20), f"{until} was never sent"
+        original(self, dest, msg)
+        if (msg[0], msg[1], dest) == (kinds[until[0]], until[1], until[2]):
+            released.set()
+
+    def in_threads(out, items, workers):
+        spawn_cluster(counting_flow(out, items), proc_count=1, worker_count_per_proc=workers,
+                      epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path),
+                      mp_ctx=doctest_ctx)
+
+    in_threads([], 60, 2)
+    monkeypatch.setattr(ex.Exchange, "send", send)
+    second: list = []
+    in_threads(second, 130, 3)
+    assert released.is_set()
+    assert sorted(second) == sorted((f"k{k}", n) for k in range(10) for n in range(7, 14))
+
+
 def test_a_staged_rescale_stays_beside_the_store_until_it_is_swapped_in(tmp_path):
     from millrace.runtime.store import WorkerStore, inspect
 

@@ -44,6 +44,8 @@ from .windowing import WindowLogic, utcnow
 _IDLE_SLEEP_MAX = 0.01
 # Keyed states per MIGRATE message when a recovered cluster grows: bounds one frame's size.
 _MIGRATE_CHUNK = 10_000
+# What workers tell each other while they recover, before any data flows.
+_RECOVERY_KINDS = frozenset((PROGRESS, MIGRATE, STAGED, STOP))
 
 
 def _holds_a_snapshot(db_dir: Path, worker_index: int) -> bool:
@@ -490,7 +492,7 @@ class Worker:
         self._progress[self.index] = StoreSummary.of(info)
         if self.count > 1:
             self.exchange.broadcast(self.index, (PROGRESS, self.index, self._progress[self.index]))
-            self._gather(lambda: len(self._progress) == self.count, (PROGRESS,))
+            self._gather(lambda: len(self._progress) == self.count)
         decided = plan_resume(self._progress, self.count, db_dir)
         old_count, resume, flow_start = decided.old_count, decided.resume, decided.flow_start
         if flow_start is not None:
@@ -528,7 +530,7 @@ class Worker:
         self.store.stage_rescale(self.count, epoch, inputs, keyed)
         self._staged_by.add(self.index)
         self.exchange.broadcast(self.index, (STAGED, self.index))
-        self._gather(lambda: len(self._staged_by) == self.count, (STAGED,))
+        self._gather(lambda: len(self._staged_by) == self.count)
         self.store.commit_rescale()
 
     def _migrate(self, keyed: dict[str, dict[Any, Any]], old_count: int) -> dict[str, dict[Any, Any]]:
@@ -546,23 +548,25 @@ class Worker:
                     chunk = entries[start:start + _MIGRATE_CHUNK]
                     final = start + _MIGRATE_CHUNK >= len(entries)
                     self.exchange.send(dest, (MIGRATE, self.index, chunk, final))
-        self._gather(lambda: len(self._migration_senders) == old_count, (MIGRATE,))
+        self._gather(lambda: len(self._migration_senders) == old_count)
         owned: dict[str, dict[Any, Any]] = {}
         for step_id, key, state in self._migrated:
             owned.setdefault(step_id, {})[key] = state
         self._migrated = []
         return owned
 
-    def _gather(self, ready: Callable[[], bool], kinds: tuple[int, ...]) -> None:
-        """Handle messages of ``kinds`` until ``ready()``; keep anything else for after the
-        state is loaded (a faster worker may already send data of the resume epoch)."""
+    def _gather(self, ready: Callable[[], bool]) -> None:
+        """Handle recovery messages until ``ready()``; keep data for after the state is
+        loaded. A faster worker may already be in a later phase (its migration may come
+        before the last peer's progress, its STAGED before the last migration) or already
+        send data of the resume epoch."""
         recv = self.exchange.recv
         while not ready():
             msg = recv(self.index, 0.5)
             if msg is None:
                 if self.exchange.stopping.is_set():
                     raise Stopped()
-            elif msg[0] in kinds or msg[0] == STOP:
+            elif msg[0] in _RECOVERY_KINDS:
                 self._handle(msg)
             else:
                 self._deferred.append(msg)
