@@ -441,6 +441,21 @@ def test_an_authentic_replayed_frame_is_dropped_and_a_skipped_one_fails_the_clus
     assert "lost frames" in results[0][1] and f"..{10**9 - 1} from process 1" in results[0][1]
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_without_a_secret_a_frame_that_skips_numbers_still_fails_the_cluster(procs, tmp_path):
+    """Without a secret nothing tells a peer's frame from a forged one, but a well-formed frame
+    that skips sequence numbers still means frames went missing. Accepting it would also make
+    every later frame of the real peer look replayed, and drop them all."""
+    started, addresses, out = _cluster(
+        procs, tmp_path, "sum", extra=("--count", "400", "--delay", "0.02"), env=[{}, {}]
+    )
+    time.sleep(1.0)
+    _inject(addresses, frames.seal(None, frames.MESSAGE, 1, 0, 10**9, b"P\x80\x04N."))
+    results = [proc.communicate(timeout=60) for proc in started]
+    assert all(proc.returncode != 0 for proc in started)
+    assert "lost frames" in results[0][1] and f"..{10**9 - 1} from process 1" in results[0][1]
+
+
 def test_a_peer_with_the_wrong_secret_is_refused_on_both_sides(procs, tmp_path):
     started, _, _ = _cluster(
         procs,

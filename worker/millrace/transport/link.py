@@ -5,8 +5,8 @@ peer. A worker pickles its own messages (so a value that cannot travel fails in 
 that sent it, naming its step); a sender thread owns the PUSH sockets and seals every frame
 with the cluster's MAC. A receiver thread owns the PULL socket: it authenticates each frame
 before decoding it, drops and logs anything malformed or replayed, and hands messages to local
-workers; an authentic frame that skips some of its sender's sequence numbers fails the cluster,
-since the skipped frames' items are lost.
+workers; a frame that skips some of its sender's sequence numbers, or that cannot be decoded,
+fails the cluster, since items are lost.
 Per pair of processes there is one socket and one thread on each side, so frames arrive in
 the order they were sent.
 
@@ -349,10 +349,12 @@ class ZmqLink:
         if frame.seq <= last:
             self._drop(f"replayed frame {frame.seq} from process {frame.sender}")
             return
-        if frame.seq != last + 1 and self.key is not None:
-            # An authentic frame skipped some: they were lost (a send failed) or are late (a
-            # reconnect can deliver an old connection's frames after a new one's). Either way
-            # their items would be missing or out of order, so the cluster fails instead.
+        if frame.seq != last + 1:
+            # A frame skipped some: they were lost (a send failed) or are late (a reconnect can
+            # deliver an old connection's frames after a new one's). Either way their items
+            # would be missing or out of order, so the cluster fails instead. Without a secret
+            # the frame may be forged, but taking it would make every later frame of the real
+            # peer look replayed and drop them all.
             self._failing.set()
             self._exchange.fail(
                 f"process {self.proc_id} lost frames {last + 1}..{frame.seq - 1} from process "
@@ -365,16 +367,14 @@ class ZmqLink:
             try:
                 messages = frames.load_messages(frame.payload)
             except frames.BadFrame as exc:
-                if self.key is None:
-                    self._drop(str(exc))  # unauthenticated: as likely garbage as a peer's data
-                else:
-                    # A peer holding the secret sent it: dropping it would lose data.
-                    self._failing.set()
-                    self._exchange.fail(
-                        f"process {self.proc_id} cannot decode data that process {frame.sender} "
-                        f"({self.addresses[frame.sender]}) sent: {exc}; do all processes run the "
-                        "same code and library versions?"
-                    )
+                # The frame came in its sender's sequence (authenticated, too, with a secret):
+                # dropping it would lose data.
+                self._failing.set()
+                self._exchange.fail(
+                    f"process {self.proc_id} cannot decode data that process {frame.sender} "
+                    f"({self.addresses[frame.sender]}) sent: {exc}; do all processes run the "
+                    "same code and library versions?"
+                )
                 return
             for dest, msg in messages:
                 if self._exchange.is_local(dest):
