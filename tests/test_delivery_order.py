@@ -4,8 +4,9 @@ The transport keeps the order of the messages from one worker to another, and no
 (:mod:`millrace.runtime.exchange`): a worker may hear a fast peer's message of the next phase
 before a slow peer's last one of this phase. Here every message a worker sends waits in a
 queue of its own pair of workers, and one thread delivers the queues' heads in a random order,
-now and then after a pause. The flows of the differential harness, and a cluster that grows
-over a recovery store, must give the same results under every such order.
+now and then after a pause. Under every such order, the flows of the differential harness
+give run_main's results, a cluster grown over its recovery store keeps every key's state, and
+a crashed cluster resumes exactly where it stopped.
 
 Each "process" is a thread (:data:`~millrace.testing.doctest_ctx`), so that the shuffled
 ``Exchange.send`` is the one every worker calls; on a 2-process shape the messages between
@@ -23,7 +24,9 @@ from typing import Any
 
 import pytest
 
+from millrace.dataflow import Dataflow
 from millrace.execution import TestingEpochConfig, run_main, spawn_cluster
+from millrace.inputs import ManualInputConfig
 from millrace.outputs import TestingOutputConfig
 from millrace.recovery import SqliteRecoveryConfig
 from millrace.runtime.exchange import Exchange
@@ -119,3 +122,44 @@ def test_a_grown_cluster_keeps_every_keys_state_in_any_delivery_order(tmp_path, 
     in_threads(counting_flow(second, 130), *after, **options)
     assert sorted(first) == sorted((f"k{k}", n) for k in range(10) for n in range(1, 7))
     assert sorted(second) == sorted((f"k{k}", n) for k in range(10) for n in range(7, 14))
+
+
+class Crash(Exception):
+    pass
+
+
+def crashing_count(out: list, items: int, crash_at: int | None) -> Dataflow:
+    """Worker 0 reads ticks 0..items-1 keyed over 10 keys, one tick per epoch, and fails at
+    tick ``crash_at``; a running count per key."""
+
+    def ticks(worker_index, worker_count, resume_state):
+        if worker_index == 0:
+            for tick in range(resume_state or 0, items):
+                yield tick + 1, (tick, f"k{tick % 10}")
+
+    def crash(item):
+        if item[0] == crash_at:
+            raise Crash(f"crash at tick {crash_at}")
+        return item[1], 1
+
+    flow = Dataflow()
+    flow.input("ticks", ManualInputConfig(ticks))
+    flow.map(crash)
+    flow.stateful_map("count", lambda: 0, lambda seen, one: (seen + one, seen + one))
+    flow.capture(TestingOutputConfig(out))
+    return flow
+
+
+@pytest.mark.parametrize("shuffled", SEEDS, indirect=True, ids=lambda seed: f"seed{seed}")
+@pytest.mark.parametrize("shape", [(1, 3), (2, 2)], ids=lambda shape: f"{shape[0]}x{shape[1]}")
+def test_a_crashed_cluster_resumes_exactly_in_any_delivery_order(tmp_path, shape, shuffled):
+    """Every tick is an epoch and the crash comes while reading tick 70, so ticks 0..69 are
+    settled cluster-wide: the first run emits exactly their counts, the second the rest."""
+    options = dict(epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path))
+    first: list = []
+    with pytest.raises(Crash):
+        in_threads(crashing_count(first, 130, crash_at=70), *shape, **options)
+    second: list = []
+    in_threads(crashing_count(second, 130, crash_at=None), *shape, **options)
+    assert sorted(first) == sorted((f"k{k}", n) for k in range(10) for n in range(1, 8))
+    assert sorted(second) == sorted((f"k{k}", n) for k in range(10) for n in range(8, 14))
