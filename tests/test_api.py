@@ -197,6 +197,48 @@ def test_manual_outputs_get_worker_index_and_epochs():
     assert got == [(0, "a"), "a", (1, "b"), "b"]
 
 
+class _Collector:
+    def __init__(self) -> None:
+        self.got: list = []
+
+    def __call__(self, item) -> None:
+        self.got.append(item)
+
+    def take(self, item) -> None:
+        self.got.append(item)
+
+
+@pytest.mark.parametrize("kind", ["function", "method", "builtin", "callable object"])
+def test_a_manual_output_of_any_callable_kind_gets_every_item_in_order(kind):
+    collector = _Collector()
+    sink = {
+        "function": lambda item: collector.got.append(item),
+        "method": collector.take,
+        "builtin": collector.got.append,
+        "callable object": collector,
+    }[kind]
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(range(2500)))
+    flow.capture(ManualOutputConfig(lambda worker_index, worker_count: sink))
+    flow.capture(ManualEpochOutputConfig(lambda worker_index, worker_count: sink))
+    run_main(flow, epoch_config=TestingEpochConfig())
+    assert collector.got == [got for n in range(2500) for got in (n, (n, n))]
+
+
+def _refuse(item):
+    raise ValueError(f"cannot write {item}")
+
+
+@pytest.mark.parametrize("sink", [_refuse, int], ids=["function", "builtin"])
+def test_an_exception_in_a_manual_output_names_the_capture(sink):
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(["x"]))
+    flow.capture(ManualOutputConfig(lambda worker_index, worker_count: sink))
+    with pytest.raises(ValueError) as info:
+        run_main(flow)
+    assert "capture #1 (ManualOutputConfig)" in info.value.__notes__[0]
+
+
 def test_std_output_prints_each_item(capsys):
     flow = Dataflow()
     flow.input("inp", TestingInputConfig([1, "two", ("k", 3)]))

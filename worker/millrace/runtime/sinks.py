@@ -7,6 +7,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from itertools import repeat
+from types import FunctionType, MethodType
 from typing import Any
 
 from ..outputs import (
@@ -36,13 +37,25 @@ class _CallableSink(Sink):
     def __init__(self, fn: Callable[[Any], Any], with_epoch: bool) -> None:
         self.fn = fn
         self.with_epoch = with_epoch
+        # CPython 3.11 runs a Python function or method called from a Python loop in the same
+        # evaluation loop; map() calls it from C, a new one per item (about 15% of a cheap
+        # sink's cost). A builtin such as print is cheaper through map().
+        self.in_python = isinstance(fn, (FunctionType, MethodType))
 
     def write(self, batch: list[Any], epoch: int) -> None:
+        fn = self.fn
         with OUTPUT_LOCK:
-            if self.with_epoch:
-                deque(map(self.fn, zip(repeat(epoch), batch)), maxlen=0)
+            if self.in_python:
+                if self.with_epoch:
+                    for item in batch:
+                        fn((epoch, item))
+                else:
+                    for item in batch:
+                        fn(item)
+            elif self.with_epoch:
+                deque(map(fn, zip(repeat(epoch), batch)), maxlen=0)
             else:
-                deque(map(self.fn, batch), maxlen=0)
+                deque(map(fn, batch), maxlen=0)
 
 
 class _ListSink(Sink):
