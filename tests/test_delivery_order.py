@@ -33,7 +33,7 @@ from millrace.runtime.exchange import Exchange
 from millrace.testing import doctest_ctx
 
 from .support import flows
-from .test_recovery import counting_flow
+from .test_recovery import Crash, counting_flow
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -122,10 +122,6 @@ def test_a_grown_cluster_keeps_every_keys_state_in_any_delivery_order(tmp_path, 
     in_threads(counting_flow(second, 130), *after, **options)
     assert sorted(first) == sorted((f"k{k}", n) for k in range(10) for n in range(1, 7))
     assert sorted(second) == sorted((f"k{k}", n) for k in range(10) for n in range(7, 14))
-
-
-class Crash(Exception):
-    pass
 
 
 def crashing_count(out: list, items: int, crash_at: int | None) -> Dataflow:
