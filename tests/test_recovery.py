@@ -7,6 +7,7 @@ import ast
 import hashlib
 import random
 import sqlite3
+import threading
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -545,7 +546,7 @@ def test_a_rescale_handles_a_faster_workers_next_message_whenever_it_comes(tmp_p
     from millrace.runtime import exchange as ex
 
     kinds = {"PROGRESS": ex.PROGRESS, "MIGRATE": ex.MIGRATE, "STAGED": ex.STAGED}
-    released = __import__("threading").Event()
+    released = threading.Event()
     original = ex.Exchange.send
 
     def send(self, dest, msg):
