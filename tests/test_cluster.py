@@ -368,6 +368,35 @@ def test_ctrl_c_stops_the_whole_cluster(procs, tmp_path):
     assert procs.leftovers() == []
 
 
+def test_a_killed_spawn_cluster_parent_takes_its_processes_with_it(procs, tmp_path):
+    """spawn_cluster's processes serve the process that started them: once it is gone
+    (SIGKILL, the OOM killer), nobody reads their results or their failure, so they stop."""
+    script = tmp_path / "spawn.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(SUPPORT.parent)!r})\n"
+        "from support.flows import slow_numbers\n"
+        "from millrace.dataflow import Dataflow\n"
+        "from millrace.execution import spawn_cluster\n"
+        "from millrace.outputs import StdOutputConfig\n"
+        "if __name__ == '__main__':\n"
+        "    flow = Dataflow()\n"
+        "    flow.input('inp', slow_numbers(10**9, 0.01))\n"
+        "    flow.capture(StdOutputConfig())\n"
+        "    spawn_cluster(flow, proc_count=2, worker_count_per_proc=1)\n"
+    )
+    parent = procs.start(str(script))
+    assert parent.stdout.readline().startswith("("), "the cluster should be running"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while procs.leftovers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert procs.leftovers() == []
+    # The processes share the parent's stderr, and say why they stopped.
+    assert "the process that ran spawn_cluster" in parent.stderr.read()
+
+
 def _inject(addresses: str, *messages: list[bytes], pause: float = 0.5) -> None:
     """As an outsider, send ``messages`` (each a list of frame parts) to process 0's port,
     ``pause`` seconds apart, and disconnect."""

@@ -10,7 +10,7 @@ import queue
 import secrets
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -233,6 +233,7 @@ def _spawned_main(
             connect_timeout=_seconds(None),
             cluster_id=os.environ.get(CLUSTER_ID_ENV, ""),
             listener=listener,
+            abandoned=_parent_gone(proc_id),
         )
     except BaseException as exc:
         try:
@@ -241,6 +242,25 @@ def _spawned_main(
             blob = cloudpickle.dumps(ClusterError(f"process {proc_id}: {type(exc).__name__}: {exc}"))
         errors.put((proc_id, blob))
         raise SystemExit(1) from None
+
+
+def _parent_gone(proc_id: int) -> Callable[[], str | None] | None:
+    """For a spawned process: the reason to stop once the process that ran spawn_cluster is
+    gone (killed, say), as nobody is left to take the results or a failure. ``None`` for a
+    process that is a thread of the caller (:data:`~millrace.testing.doctest_ctx`)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return None
+
+    def check() -> str | None:
+        if parent.is_alive():
+            return None
+        return (
+            f"process {proc_id}: the process that ran spawn_cluster (pid {parent.pid}) exited, "
+            "so nothing waits for this cluster any more"
+        )
+
+    return check
 
 
 def _addresses_from(inbox: Any, listener: Any) -> list[str]:

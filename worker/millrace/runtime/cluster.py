@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -48,9 +49,12 @@ def run_process(
     connect_timeout: float,
     cluster_id: str = "",
     listener: Listener | None = None,
+    abandoned: Callable[[], str | None] | None = None,
 ) -> None:
     """Run process ``proc_id`` of the cluster at ``addresses`` until the flow ends everywhere.
-    ``listener``: this process's socket, already bound at its address (the link closes it)."""
+    ``listener``: this process's socket, already bound at its address (the link closes it).
+    ``abandoned``: polled while the workers run; a reason it returns (whoever waits for this
+    process is gone) stops the whole cluster."""
     try:
         check_flow(flow)
         epoch_policy(epoch_config)  # reject a bad config before connecting to anyone
@@ -103,7 +107,7 @@ def run_process(
     for thread in threads:
         thread.start()
     try:
-        _supervise(threads, exchange)
+        _supervise(threads, exchange, abandoned)
     except KeyboardInterrupt:
         exchange.fail(f"process {proc_id} was interrupted (Ctrl-C)")
         _join(threads, _STOP_GRACE)
@@ -119,11 +123,16 @@ def run_process(
         raise ClusterError(exchange.reason or "the cluster stopped")
 
 
-def _supervise(threads: list[threading.Thread], exchange: Exchange) -> None:
+def _supervise(
+    threads: list[threading.Thread], exchange: Exchange, abandoned: Callable[[], str | None] | None
+) -> None:
     """Wait for the workers; once the cluster is failing, give them a grace period."""
     for thread in threads:
         while thread.is_alive():
             thread.join(0.1)
+            if abandoned is not None and (reason := abandoned()):
+                log.warning("%s; stopping", reason)  # no one else is left to say it
+                exchange.fail(reason)
             if exchange.stopping.is_set():
                 _join(threads, _STOP_GRACE)
                 return
