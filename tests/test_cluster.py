@@ -336,24 +336,40 @@ def test_a_killed_process_fails_its_peers(procs, tmp_path):
     assert "its connection closed before the flow finished" in stderr
 
 
-def test_ctrl_c_stops_the_whole_cluster(procs, tmp_path):
+def _endless_cluster_script(tmp_path: Path, *body: str) -> str:
+    """A script that runs spawn_cluster on an endless, slow input; ``body`` (lines, after
+    ``flow.input``) finishes the flow and calls spawn_cluster."""
     script = tmp_path / "spawn.py"
-    script.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {str(SUPPORT.parent)!r})\n"
-        "from support.flows import slow_numbers\n"
-        "from millrace.dataflow import Dataflow\n"
-        "from millrace.execution import spawn_cluster\n"
-        "from millrace.outputs import TestingOutputConfig\n"
-        "if __name__ == '__main__':\n"
-        "    flow = Dataflow()\n"
-        "    flow.input('inp', slow_numbers(10**9, 0.01))\n"
-        "    flow.reduce('r', lambda a, b: a + b, lambda a: False)\n"
-        "    flow.capture(TestingOutputConfig([]))\n"
-        "    print('starting', flush=True)\n"
-        "    spawn_cluster(flow, proc_count=2, worker_count_per_proc=2)\n"
-    )
-    parent = procs.start(str(script))
+    script.write_text("\n".join([
+        "import sys",
+        f"sys.path.insert(0, {str(SUPPORT.parent)!r})",
+        "from support.flows import slow_numbers",
+        "from millrace.dataflow import Dataflow",
+        "from millrace.execution import spawn_cluster",
+        "from millrace.outputs import StdOutputConfig, TestingOutputConfig",
+        "if __name__ == '__main__':",
+        "    flow = Dataflow()",
+        "    flow.input('inp', slow_numbers(10**9, 0.01))",
+        *(f"    {line}" for line in body),
+    ]) + "\n")
+    return str(script)
+
+
+def _no_leftovers_within(procs: Procs, seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while procs.leftovers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return procs.leftovers()
+
+
+def test_ctrl_c_stops_the_whole_cluster(procs, tmp_path):
+    parent = procs.start(_endless_cluster_script(
+        tmp_path,
+        "flow.reduce('r', lambda a, b: a + b, lambda a: False)",
+        "flow.capture(TestingOutputConfig([]))",
+        "print('starting', flush=True)",
+        "spawn_cluster(flow, proc_count=2, worker_count_per_proc=2)",
+    ))
     assert parent.stdout.readline().strip() == "starting"
     time.sleep(4.0)  # let the children start and connect
     assert parent.poll() is None
@@ -362,37 +378,21 @@ def test_ctrl_c_stops_the_whole_cluster(procs, tmp_path):
     stdout, stderr = parent.communicate(timeout=30)
     assert parent.returncode != 0
     assert "KeyboardInterrupt" in stderr
-    deadline = time.monotonic() + 10
-    while procs.leftovers() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert procs.leftovers() == []
+    assert _no_leftovers_within(procs, 10) == []
 
 
 def test_a_killed_spawn_cluster_parent_takes_its_processes_with_it(procs, tmp_path):
     """spawn_cluster's processes serve the process that started them: once it is gone
     (SIGKILL, the OOM killer), nobody reads their results or their failure, so they stop."""
-    script = tmp_path / "spawn.py"
-    script.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {str(SUPPORT.parent)!r})\n"
-        "from support.flows import slow_numbers\n"
-        "from millrace.dataflow import Dataflow\n"
-        "from millrace.execution import spawn_cluster\n"
-        "from millrace.outputs import StdOutputConfig\n"
-        "if __name__ == '__main__':\n"
-        "    flow = Dataflow()\n"
-        "    flow.input('inp', slow_numbers(10**9, 0.01))\n"
-        "    flow.capture(StdOutputConfig())\n"
-        "    spawn_cluster(flow, proc_count=2, worker_count_per_proc=1)\n"
-    )
-    parent = procs.start(str(script))
+    parent = procs.start(_endless_cluster_script(
+        tmp_path,
+        "flow.capture(StdOutputConfig())",
+        "spawn_cluster(flow, proc_count=2, worker_count_per_proc=1)",
+    ))
     assert parent.stdout.readline().startswith("("), "the cluster should be running"
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while procs.leftovers() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert procs.leftovers() == []
+    assert _no_leftovers_within(procs, 30) == []
     # The processes share the parent's stderr, and say why they stopped.
     assert "the process that ran spawn_cluster" in parent.stderr.read()
 
