@@ -218,10 +218,11 @@ def _spawned_main(
         )
         addresses: list[str] = []
         listener = None
+        parent_gone = _parent_gone(proc_id)
         if proc_count > 1:
             listener = Listener.any_port(proc_id)
             ports.put((proc_id, listener.port))
-            addresses = _addresses_from(inbox, listener)
+            addresses = _addresses_from(inbox, listener, parent_gone)
         cluster.run_process(
             flow,
             addresses,
@@ -233,7 +234,7 @@ def _spawned_main(
             connect_timeout=_seconds(None),
             cluster_id=os.environ.get(CLUSTER_ID_ENV, ""),
             listener=listener,
-            abandoned=_parent_gone(proc_id),
+            abandoned=parent_gone,
         )
     except BaseException as exc:
         try:
@@ -263,15 +264,14 @@ def _parent_gone(proc_id: int) -> Callable[[], str | None] | None:
     return check
 
 
-def _addresses_from(inbox: Any, listener: Any) -> list[str]:
+def _addresses_from(inbox: Any, listener: Any, parent_gone: Callable[[], str | None] | None) -> list[str]:
     """The address list :func:`spawn_cluster` sends once every process has bound its port."""
-    parent = multiprocessing.parent_process()
     while True:
         try:
             addresses = inbox.get(timeout=1.0)
             break
         except queue.Empty:
-            if parent is not None and not parent.is_alive():
+            if parent_gone is not None and parent_gone():
                 addresses = None
                 break
     if addresses is None:
