@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .engine import check_recovery, epoch_policy
-from .errors import ClusterError, where
+from .errors import ClusterError, PeerLost, where
 from .exchange import Exchange
 from .windowing import utcnow
 from .worker import Stopped, Worker, check_flow
@@ -50,11 +50,18 @@ def run_process(
     cluster_id: str = "",
     listener: Listener | None = None,
     abandoned: Callable[[], str | None] | None = None,
+    on_formed: Callable[[], None] | None = None,
 ) -> None:
     """Run process ``proc_id`` of the cluster at ``addresses`` until the flow ends everywhere.
     ``listener``: this process's socket, already bound at its address (the link closes it).
     ``abandoned``: polled while the workers run; a reason it returns (whoever waits for this
-    process is gone) stops the whole cluster."""
+    process is gone) stops the whole cluster. ``on_formed``: called once every process has
+    joined, before the workers start (a pod becomes ready then).
+
+    A failure raises: the original exception where it happened; elsewhere a
+    :class:`ClusterError`, or a :class:`PeerLost` when a process went away (then forming the
+    cluster again can go on); a ``KeyboardInterrupt`` (Ctrl-C, or a pod's SIGTERM) stops the
+    whole cluster, which the others see as a lost peer."""
     try:
         check_flow(flow)
         epoch_policy(epoch_config)  # reject a bad config before connecting to anyone
@@ -86,6 +93,8 @@ def run_process(
         except BaseException:
             link.close(clean=False)
             raise
+    if on_formed is not None:
+        on_formed()
     flow_start: datetime = utcnow()
     errors: list[tuple[int, BaseException]] = []
 
@@ -108,8 +117,8 @@ def run_process(
         thread.start()
     try:
         _supervise(threads, exchange, abandoned)
-    except KeyboardInterrupt:
-        exchange.fail(f"process {proc_id} was interrupted (Ctrl-C)")
+    except KeyboardInterrupt as exc:
+        exchange.fail(f"process {proc_id} was stopped ({exc or 'Ctrl-C'})", peer_lost=True)
         _join(threads, _STOP_GRACE)
         if link is not None:
             link.close(clean=False)
@@ -120,7 +129,7 @@ def run_process(
     if errors:
         raise errors[0][1]
     if exchange.stopping.is_set():
-        raise ClusterError(exchange.reason or "the cluster stopped")
+        raise (PeerLost if exchange.peer_lost else ClusterError)(exchange.reason or "the cluster stopped")
 
 
 def _supervise(

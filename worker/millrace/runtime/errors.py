@@ -60,3 +60,9 @@ def describe(value: Any) -> str:
 
 class ClusterError(RuntimeError):
     """The cluster stopped because a worker or a peer failed; the message says which and why."""
+
+
+class PeerLost(ClusterError):
+    """The cluster stopped because a peer went away: it was stopped or died, could not be
+    reached, lost frames, or started again. The flow itself did not fail, so a cluster formed
+    again can go on (from its recovery state, when it has one); a pod does just that."""

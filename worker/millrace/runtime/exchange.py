@@ -42,7 +42,7 @@ class RemoteLink(Protocol):
 
     def congested(self) -> bool: ...
 
-    def fail(self, reason: str) -> None: ...
+    def fail(self, reason: str, *, peer_lost: bool = False) -> None: ...
 
 
 class Exchange:
@@ -68,6 +68,8 @@ class Exchange:
         ]
         self.stopping = threading.Event()
         self.reason: str | None = None
+        # Whether the first reason is a peer that went away (see errors.PeerLost).
+        self.peer_lost = False
         self._reason_lock = threading.Lock()
 
     def is_local(self, worker: int) -> bool:
@@ -103,14 +105,16 @@ class Exchange:
             return True
         return self.remote is not None and self.remote.congested()
 
-    def fail(self, reason: str, *, from_remote: bool = False) -> None:
+    def fail(self, reason: str, *, from_remote: bool = False, peer_lost: bool = False) -> None:
         """Stop every worker of this process and, unless the failure came from there, tell
-        the other processes. The first reason wins."""
+        the other processes. The first reason wins. ``peer_lost``: the reason is a process
+        that went away, not a failure of the flow (see :class:`.errors.PeerLost`)."""
         with self._reason_lock:
             if self.reason is None:
                 self.reason = reason
+                self.peer_lost = peer_lost
         self.stopping.set()
         for inbox in self.inboxes:
             inbox.put((STOP,))
         if self.remote is not None and not from_remote:
-            self.remote.fail(reason)
+            self.remote.fail(reason, peer_lost=peer_lost)

@@ -1,8 +1,10 @@
 """The wire format between processes.
 
 A frame is a ZeroMQ multipart message ``[MAGIC, header, payload, mac]``. The header says what
-the frame is, who sent it, to which worker, and its sequence number; the MAC is an HMAC-SHA256
-of header and payload under the cluster secret. :func:`open_frame` checks all of that before
+the frame is, who sent it, to which worker, its sequence number, and the sender's run: a random
+value each process draws when it joins a cluster, so that frames of an earlier run of a peer
+(a pod that restarted, a cluster formed again) are told apart from the current ones. The MAC is
+an HMAC-SHA256 of header and payload under the cluster secret. :func:`open_frame` checks all of that before
 the payload is touched, and only :data:`MESSAGE` payloads are ever decoded, after that check.
 
 A :data:`MESSAGE` payload is one tag byte and the encoded messages: :mod:`marshal` when they
@@ -21,16 +23,23 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-MAGIC = b"MRC2"  # MRC1: payloads without a tag byte
+MAGIC = b"MRC3"  # MRC2: no run in the header; MRC1: payloads without a tag byte
 
 HELLO = 1  # payload: JSON of the sender's view of the cluster shape
 MESSAGE = 2  # payload: a pickled worker message (see millrace.runtime.exchange)
-ABORT = 3  # payload: UTF-8 reason
+ABORT = 3  # payload: a cause byte (LOST or FAILED), then the UTF-8 reason
 BYE = 4  # payload: empty; the sender has finished and sends nothing more
 
 _KINDS = (HELLO, MESSAGE, ABORT, BYE)
-_HEADER = struct.Struct("!BHIQ")  # kind, sender process, destination worker, sequence number
+# kind, sender process, destination worker, sequence number, sender's run
+_HEADER = struct.Struct("!BHIQ8s")
 _MAC_SIZE = 32
+RUN_SIZE = 8
+
+# Why a cluster stops, as an ABORT says it: a peer went away (stopped, died, unreachable), which
+# a cluster formed again can get over, or the flow itself failed, which no new attempt cures.
+LOST = b"L"
+FAILED = b"F"
 
 
 class BadFrame(ValueError):
@@ -52,6 +61,7 @@ class Frame:
     dest: int
     seq: int
     payload: bytes
+    run: bytes
 
 
 def derive_key(secret: bytes | None) -> bytes | None:
@@ -61,8 +71,11 @@ def derive_key(secret: bytes | None) -> bytes | None:
     return hashlib.sha256(b"millrace-cluster-v1\0" + secret).digest()
 
 
-def seal(key: bytes | None, kind: int, sender: int, dest: int, seq: int, payload: bytes) -> list[bytes]:
-    header = _HEADER.pack(kind, sender, dest, seq)
+def seal(
+    key: bytes | None, kind: int, sender: int, dest: int, seq: int, payload: bytes,
+    run: bytes = bytes(RUN_SIZE),
+) -> list[bytes]:
+    header = _HEADER.pack(kind, sender, dest, seq, run)
     # hmac.digest is OpenSSL's one-shot HMAC: no Python-level object per frame.
     mac = hmac.digest(key, header + payload, "sha256") if key is not None else b""
     return [MAGIC, header, payload, mac]
@@ -77,7 +90,7 @@ def open_frame(key: bytes | None, parts: list[bytes], proc_count: int) -> Frame:
         raise BadFrame(f"bad magic {bytes(magic[:8])!r}")
     if len(header) != _HEADER.size:
         raise BadFrame(f"header of {len(header)} bytes, expected {_HEADER.size}")
-    kind, sender, dest, seq = _HEADER.unpack(header)
+    kind, sender, dest, seq, run = _HEADER.unpack(header)
     if kind not in _KINDS:
         raise BadFrame(f"unknown frame kind {kind}")
     if sender >= proc_count:
@@ -91,7 +104,17 @@ def open_frame(key: bytes | None, parts: list[bytes], proc_count: int) -> Frame:
                 kind,
                 sender,
             )
-    return Frame(kind, sender, dest, seq, bytes(payload))
+    return Frame(kind, sender, dest, seq, bytes(payload), run)
+
+
+def abort_payload(reason: str, *, lost: bool) -> bytes:
+    return (LOST if lost else FAILED) + reason.encode("utf-8", "replace")
+
+
+def parse_abort(payload: bytes) -> tuple[str, bool]:
+    """``(reason, lost)`` of an ABORT payload (see :data:`LOST`)."""
+    cause, text = payload[:1], payload[1:].decode("utf-8", "replace")
+    return text, cause == LOST
 
 
 def hello_payload(proc_id: int, proc_count: int, workers_per_proc: int, cluster_id: str) -> bytes:

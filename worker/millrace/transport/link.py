@@ -14,12 +14,21 @@ Lifecycle: :meth:`start` binds and connects and sends HELLO; :meth:`wait_ready` 
 HELLO came from every peer (or raises, naming who did not answer); :meth:`close` says BYE and
 waits for the peers' BYE, so that nothing still in flight is lost. A peer whose connection
 drops before its BYE is lost, and the whole cluster fails.
+
+Runs: each link draws a random run id that every frame it sends carries. A peer's frames count
+only once its HELLO told this link its run, and only frames of that run: what an earlier run of
+the peer still had in flight (a process that started again, a cluster formed again after a loss)
+is dropped, never mixed into this one. The first HELLO of a run is answered with a HELLO, so a
+peer that started after ours went out still gets one. A HELLO of another cluster (another id or
+shape) is refused without failing: a process of an old pod template that is still stopping must
+not keep the new cluster from forming.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import socket
 import struct
 import threading
@@ -28,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from ..runtime.errors import ClusterError
+from ..runtime.errors import ClusterError, PeerLost
 from . import frames
 from .addresses import bind_endpoint, check_addresses, connect_endpoint
 
@@ -113,6 +122,7 @@ class ZmqLink:
         self.proc_count = len(addresses)
         self.workers_per_proc = workers_per_proc
         self.key = frames.derive_key(secret)
+        self.run = secrets.token_bytes(frames.RUN_SIZE)
         self.connect_timeout = connect_timeout
         self.peers = [p for p in range(self.proc_count) if p != proc_id]
         self._listener = listener
@@ -128,6 +138,10 @@ class ZmqLink:
         self._failing = threading.Event()
         self._closing = threading.Event()
         self._last_seq: dict[int, int] = {}
+        # The run of each peer whose HELLO this link accepted, and why others were refused.
+        self._peer_run: dict[int, bytes] = {}
+        self._refused: dict[int, str] = {}
+        self._hello = frames.hello_payload(proc_id, self.proc_count, workers_per_proc, cluster_id)
         self._suspects: dict[int, float] = {}
         # Peers our PUSH socket is connected to now (ZeroMQ reconnects by itself).
         self._connected: set[int] = set()
@@ -170,11 +184,8 @@ class ZmqLink:
                     f"{self.addresses[peer]}: {exc}"
                 ) from None
             self._push[peer] = push
-        hello = frames.hello_payload(
-            self.proc_id, self.proc_count, self.workers_per_proc, self.cluster_id
-        )
         for peer in self.peers:
-            self._outbound.put((peer, frames.HELLO, hello))
+            self._outbound.put((peer, frames.HELLO, self._hello))
         for target, name in ((self._send_loop, "sender"), (self._receive_loop, "receiver")):
             thread = threading.Thread(
                 target=target, name=f"millrace-{name}-{self.proc_id}", daemon=True
@@ -184,7 +195,8 @@ class ZmqLink:
 
     def wait_ready(self) -> None:
         """Return once every peer said HELLO; raise :class:`ClusterError` naming the silent ones
-        after the connect timeout, or at once when the cluster is failing."""
+        after the connect timeout (:class:`PeerLost`: they may come later), or at once when the
+        cluster is failing."""
         assert self._exchange is not None
         deadline = time.monotonic() + self.connect_timeout
         while not self._ready.wait(0.05):
@@ -192,11 +204,14 @@ class ZmqLink:
                 raise ClusterError(self._exchange.reason or "the cluster is stopping")
             if time.monotonic() >= deadline:
                 missing = [p for p in self.peers if p not in self._hellos]
-                raise ClusterError(
+                refused = "".join(
+                    f"; process {p} answered, but {self._refused[p]}" for p in missing if p in self._refused
+                )
+                raise PeerLost(
                     f"process {self.proc_id} could not reach "
                     + ", ".join(f"process {p} at {self.addresses[p]}" for p in missing)
                     + f" within {self.connect_timeout:g} s; are they running, and is the "
-                    "address list the same everywhere?"
+                    "address list the same everywhere?" + refused
                 )
 
     # -- the RemoteLink interface used by Exchange -----------------------------------------
@@ -210,9 +225,9 @@ class ZmqLink:
     def congested(self) -> bool:
         return self._outbound.qsize() > OUTBOUND_LIMIT
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, *, peer_lost: bool = False) -> None:
         self._failing.set()
-        payload = reason.encode("utf-8", "replace")
+        payload = frames.abort_payload(reason, lost=peer_lost)
         for peer in self.peers:
             self._outbound.put((peer, frames.ABORT, payload))
 
@@ -259,7 +274,9 @@ class ZmqLink:
                 if kind == frames.MESSAGE and self._failing.is_set():
                     continue  # after a failure only ABORT matters
                 seq[peer] += 1
-                self._send(peer, frames.seal(self.key, kind, self.proc_id, 0, seq[peer], payload))
+                self._send(
+                    peer, frames.seal(self.key, kind, self.proc_id, 0, seq[peer], payload, self.run)
+                )
         except Exception as exc:  # a bug here must not leave the peers waiting forever
             log.exception("process %d: sender failed", self.proc_id)
             assert self._exchange is not None
@@ -345,7 +362,17 @@ class ZmqLink:
         if frame.sender == self.proc_id:
             self._drop("it claims to come from this very process")
             return
-        last = self._last_seq.get(frame.sender, 0)
+        run = self._peer_run.get(frame.sender)
+        if frame.run != run:
+            if frame.kind == frames.HELLO:
+                self._on_new_run(frame)
+            else:
+                self._drop(
+                    f"a frame of another run of process {frame.sender} (sent before it started "
+                    "again, or before the cluster formed again)"
+                )
+            return
+        last = self._last_seq[frame.sender]
         if frame.seq <= last:
             self._drop(f"replayed frame {frame.seq} from process {frame.sender}")
             return
@@ -359,7 +386,8 @@ class ZmqLink:
             self._exchange.fail(
                 f"process {self.proc_id} lost frames {last + 1}..{frame.seq - 1} from process "
                 f"{frame.sender} ({self.addresses[frame.sender]}): its connection was "
-                "interrupted, and the items in them cannot be recovered"
+                "interrupted, and the items in them cannot be recovered",
+                peer_lost=True,
             )
             return
         self._last_seq[frame.sender] = frame.seq
@@ -381,18 +409,18 @@ class ZmqLink:
                     self._exchange.deliver(dest, msg)
                 else:
                     self._drop(f"message for worker {dest}, which is not in this process")
-        elif frame.kind == frames.HELLO:
-            self._on_hello(frame)
         elif frame.kind == frames.ABORT:
-            reason = frame.payload.decode("utf-8", "replace")
+            reason, lost = frames.parse_abort(frame.payload)
             self._failing.set()
-            self._exchange.fail(reason, from_remote=True)
+            self._exchange.fail(reason, from_remote=True, peer_lost=lost)
         elif frame.kind == frames.BYE:
             self._byes.add(frame.sender)
             if len(self._byes) == len(self.peers):
                 self._all_bye.set()
 
-    def _on_hello(self, frame: frames.Frame) -> None:
+    def _on_new_run(self, frame: frames.Frame) -> None:
+        """A HELLO of a run of ``frame.sender`` this link has not seen: the peer joins, or,
+        once the cluster formed, it started again and what it held of this run is lost."""
         assert self._exchange is not None
         try:
             shape = frames.parse_hello(frame.payload)
@@ -406,12 +434,29 @@ class ZmqLink:
             "cluster_id": self.cluster_id,
         }
         if shape != mine:
+            why = (
+                f"it runs as {shape} where process {self.proc_id} expects {mine}: every process "
+                "must get the same address list, worker count and cluster id"
+            )
+            if self._refused.get(frame.sender) != why:
+                log.warning(
+                    "process %d: refused a HELLO from process %d (%s): %s",
+                    self.proc_id, frame.sender, self.addresses[frame.sender], why,
+                )
+            self._refused[frame.sender] = why
+            return
+        if self._ready.is_set():
+            self._failing.set()
             self._exchange.fail(
-                f"process {frame.sender} ({self.addresses[frame.sender]}) runs as {shape}, but "
-                f"process {self.proc_id} expects {mine}: every process must get the same "
-                "address list, worker count and cluster id"
+                f"process {frame.sender} ({self.addresses[frame.sender]}) started again while "
+                "the cluster ran, so what it held of this run is lost",
+                peer_lost=True,
             )
             return
+        self._refused.pop(frame.sender, None)
+        self._peer_run[frame.sender] = frame.run
+        self._last_seq[frame.sender] = frame.seq
+        self._outbound.put((frame.sender, frames.HELLO, self._hello))
         self._hellos.add(frame.sender)
         if len(self._hellos) == len(self.peers):
             self._formed()
@@ -471,5 +516,6 @@ class ZmqLink:
                 self._failing.set()
                 self._exchange.fail(
                     f"lost process {peer} ({self.addresses[peer]}): {what} (the process died "
-                    "or the network failed)"
+                    "or the network failed)",
+                    peer_lost=True,
                 )
