@@ -58,3 +58,48 @@ def test_a_file_without_a_flow_is_named(tmp_path):
     flow_file.write_text("x = 1\n")
     with pytest.raises(pod.PodConfigError, match="does not define a Dataflow named 'flow'"):
         pod.load_flow(None, flow_file)
+
+
+ENDLESS_FLOW = """
+import itertools, time
+from millrace.dataflow import Dataflow
+from millrace.inputs import ManualInputConfig
+from millrace.outputs import StdOutputConfig
+
+def ticks(worker_index, worker_count, resume_state):
+    for tick in itertools.count(resume_state or 0):
+        time.sleep(0.01)
+        yield tick + 1, tick
+
+flow = Dataflow()
+flow.input("ticks", ManualInputConfig(ticks))
+flow.capture(StdOutputConfig())
+"""
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_stops_the_pod_promptly_and_says_so(tmp_path, procs):
+    """What the kubelet does on a pod deletion: SIGTERM to PID 1. The worker stops at once
+    (no 30 s grace period spent computing), reports it, and is no longer ready."""
+    import signal
+    import time
+
+    flow_file = tmp_path / "flow.py"
+    flow_file.write_text(ENDLESS_FLOW)
+    state = tmp_path / "state"
+    log = tmp_path / "termination-log"
+    env = {**ENV, "MILLRACE_PROCESSES": "1", "MILLRACE_POD_INDEX": "0", "MILLRACE_FLOW": "",
+           "MILLRACE_FLOW_FILE": str(flow_file), "MILLRACE_STATE_DIR": str(state),
+           "MILLRACE_EPOCH_SECONDS": "0.2", "MILLRACE_RECOVERY_DIR": str(tmp_path),
+           "MILLRACE_TERMINATION_LOG": str(log)}
+    proc = procs.start("-m", "millrace.pod", env=env)
+    deadline = time.monotonic() + 60
+    while not (state / pod.READY_FILE).exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr
+    assert log.read_text() == "millrace: stopped: SIGTERM"
+    assert not (state / pod.READY_FILE).exists()
+    assert "stopped (SIGTERM)" in stderr

@@ -8,6 +8,13 @@ Secret. No Kubernetes API access is needed.
 A finished flow leaves a marker in ``$MILLRACE_STATE_DIR`` (an emptyDir that survives container
 restarts), so a restarted container reports completion again instead of re-running the flow.
 The outcome goes to the termination log, where the operator reads it.
+
+A pod outlives its peers' troubles: when a peer goes away (its pod deleted or restarted, its
+process killed, the network cut) the process forms the cluster again with whoever comes back,
+resuming from the recovery volumes, instead of exiting into a crash loop. While it waits it is
+not ready: ``$MILLRACE_STATE_DIR/ready`` (the readiness probe's file) exists only while the
+process is in a formed cluster. SIGTERM (a pod deletion) stops the flow at once, without
+committing the unfinished epoch, and tells the peers, which wait for the pod's replacement.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import logging
 import os
 import re
 import runpy
+import signal
 import socket
 import sys
 import time
@@ -27,14 +35,21 @@ from datetime import timedelta
 from pathlib import Path
 
 from .dataflow import Dataflow
-from .execution import PeriodicEpochConfig, cluster_main
+from .execution import PeriodicEpochConfig
 from .recovery import SqliteRecoveryConfig
+from .runtime import cluster
+from .runtime.errors import PeerLost
 from .transport.addresses import split_address
 
 log = logging.getLogger("millrace.pod")
 
 COMPLETED = "millrace: completed"
 FAILED = "millrace: failed: "
+STOPPED = "millrace: stopped: "
+READY_FILE = "ready"
+# How long a process waits after its cluster broke before it forms it again: the peers that
+# noticed first have closed their sockets by then.
+_REFORM_PAUSE = 1.0
 _MESSAGE_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes of a termination message
 
 
@@ -54,6 +69,7 @@ class PodSettings:
     recovery_dir: Path | None
     state_dir: Path | None
     dns_timeout: float
+    connect_timeout: float
     termination_log: Path
 
 
@@ -143,6 +159,7 @@ def settings_from(env: Mapping[str, str], hostname: str) -> PodSettings:
         recovery_dir=Path(env["MILLRACE_RECOVERY_DIR"]) if env.get("MILLRACE_RECOVERY_DIR") else None,
         state_dir=Path(env["MILLRACE_STATE_DIR"]) if env.get("MILLRACE_STATE_DIR") else None,
         dns_timeout=_float(env, "MILLRACE_DNS_TIMEOUT", 300.0),
+        connect_timeout=_float(env, "MILLRACE_CONNECT_TIMEOUT", 60.0),
         termination_log=Path(env.get("MILLRACE_TERMINATION_LOG") or "/dev/termination-log"),
     )
 
@@ -166,6 +183,17 @@ def load_flow(module: str | None, file: Path | None) -> Dataflow:
             f"{where} does not define a Dataflow named {attribute!r} (got {type(flow).__name__})"
         )
     return flow
+
+
+def _peer_names(addresses: Sequence[str], timeout: float) -> None:
+    """Wait, however long it takes, until every peer's name resolves; say who is missing every
+    ``timeout`` seconds (a pod not yet scheduled, or a StatefulSet/Job still replacing one)."""
+    while True:
+        try:
+            wait_for_names(addresses, timeout)
+            return
+        except PodConfigError as exc:
+            log.warning("%s; still waiting", exc)
 
 
 def wait_for_names(addresses: Sequence[str], timeout: float) -> None:
@@ -195,20 +223,65 @@ def _report(path: Path, message: str) -> None:
         log.debug("cannot write the termination message to %s: %s", path, exc)
 
 
+class _Readiness:
+    """The readiness probe's file: present exactly while this process is in a formed cluster."""
+
+    def __init__(self, state_dir: Path | None) -> None:
+        self.path = state_dir / READY_FILE if state_dir else None
+        self.clear()  # an emptyDir outlives the container: a restarted one starts unready
+
+    def formed(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("ready\n")
+
+    def clear(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
 def run(settings: PodSettings) -> None:
+    """Run this pod's process until the flow ends, forming the cluster again whenever a peer
+    goes away (see the module docstring)."""
     flow = load_flow(settings.flow_module, settings.flow_file)
     secret = settings.secret_file.read_bytes().strip() if settings.secret_file else None
-    if len(settings.addresses) > 1:  # a single process has no peers to find
-        wait_for_names(settings.addresses, settings.dns_timeout)
-    cluster_main(
-        flow,
-        settings.addresses,
-        settings.proc_id,
-        worker_count_per_proc=settings.workers_per_proc,
-        epoch_config=PeriodicEpochConfig(timedelta(seconds=settings.epoch_seconds)),
-        recovery_config=SqliteRecoveryConfig(settings.recovery_dir) if settings.recovery_dir else None,
-        secret=secret,
-    )
+    if secret == b"":
+        raise PodConfigError(f"the cluster secret file {settings.secret_file} is empty")
+    readiness = _Readiness(settings.state_dir)
+    attempt = 1
+    while True:
+        if len(settings.addresses) > 1:  # a single process has no peers to find
+            _peer_names(settings.addresses, settings.dns_timeout)
+        try:
+            cluster.run_process(
+                flow,
+                settings.addresses,
+                settings.proc_id,
+                workers_per_proc=settings.workers_per_proc,
+                epoch_config=PeriodicEpochConfig(timedelta(seconds=settings.epoch_seconds)),
+                recovery_config=SqliteRecoveryConfig(settings.recovery_dir) if settings.recovery_dir else None,
+                secret=secret,
+                connect_timeout=settings.connect_timeout,
+                cluster_id=os.environ.get("MILLRACE_CLUSTER_ID", ""),
+                on_formed=readiness.formed,
+            )
+            return
+        except PeerLost as exc:
+            attempt += 1
+            log.warning("%s; forming the cluster again (attempt %d)", exc, attempt)
+            time.sleep(_REFORM_PAUSE)
+        finally:
+            readiness.clear()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (the kubelet stopping the pod) stops the flow as Ctrl-C does: promptly, with
+    nothing committed for the unfinished epoch, and the peers told."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -220,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--flow-file", help="a Python file defining `flow` (overrides MILLRACE_FLOW_FILE)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _stop_on_sigterm()
     env = dict(os.environ)
     if args.flow:
         env["MILLRACE_FLOW"], env["MILLRACE_FLOW_FILE"] = args.flow, ""
@@ -235,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         log.info("process %d of %d", settings.proc_id, len(settings.addresses))
         run(settings)
+    except KeyboardInterrupt as exc:
+        log.warning("stopped (%s)", exc or "Ctrl-C")
+        _report(termination_log, f"{STOPPED}{exc or 'SIGINT'}")
+        return 143 if str(exc) == "SIGTERM" else 130
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the operator
         log.error("the flow failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
         _report(termination_log, f"{FAILED}{type(exc).__name__}: {exc}")
