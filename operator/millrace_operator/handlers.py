@@ -26,8 +26,8 @@ log = logging.getLogger("millrace.operator")
 
 
 # kopf runs the Dataflow's handlers and its pods' handlers concurrently (in threads). Two
-# reconciles of one Dataflow at once could each patch the StatefulSet's template to what its
-# own view of the spec says, and delete the pods the other just made: one at a time instead.
+# reconciles of one Dataflow at once could each apply the Jobs of what its own view of the spec
+# says, and delete the Jobs the other just made: one at a time instead.
 _reconciling: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
 

@@ -1,9 +1,16 @@
 """The children of a Dataflow, built by pure functions: a Dataflow body in, manifests out.
 
-For a Dataflow ``N`` (docs/pod-contract.md): a headless Service ``N``, a StatefulSet ``N``,
-a ConfigMap ``N-flow`` when the code is inline, a Secret ``N-cluster-key`` and a NetworkPolicy
-``N`` that lets only ``N``'s own pods reach its worker port. Every child has a controller
-ownerReference to the Dataflow, so deleting it deletes them.
+For a Dataflow ``N`` (docs/pod-contract.md): a headless Service ``N``, one Job ``N-i`` per
+process ``i`` (its pod has the hostname ``N-i`` in the Service's subdomain), a
+PersistentVolumeClaim ``recovery-N-i`` per process when recovery is on, a ConfigMap ``N-flow``
+when the code is inline, a Secret ``N-cluster-key`` and a NetworkPolicy ``N`` that lets only
+``N``'s own pods reach its worker port. Every child has a controller ownerReference to the
+Dataflow, so deleting it deletes them.
+
+Why Jobs, and one per process: a finished flow's pods must stay, Completed, with their logs
+and no CPU or memory held; only a Job's pods may end (a StatefulSet restarts whatever exits).
+Each process needs its own recovery volume, which an Indexed Job cannot give its pods (one
+template for every index), so each process gets a Job of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ Manifest = dict[str, Any]
 API_VERSION = "millrace.dev/v1alpha1"
 TEMPLATE_HASH = "millrace.dev/template-hash"
 DATAFLOW_LABEL = "millrace.dev/dataflow"
+PROCESS_LABEL = "millrace.dev/process"
+READY_FILE = "/var/run/millrace/ready"
 FLOW_DIR = "/etc/millrace/flow"
 SECRET_DIR = "/etc/millrace/secret"
 STATE_DIR = "/var/run/millrace"
@@ -66,6 +75,14 @@ def _child_meta(df: Manifest, name: str) -> dict[str, Any]:
         "labels": labels(owner),
         "ownerReferences": [owner_reference(df)],
     }
+
+
+def job_name(name: str, index: int) -> str:
+    return f"{name}-{index}"
+
+
+def claim_name(name: str, index: int) -> str:
+    return f"recovery-{name}-{index}"
 
 
 def configmap_name(name: str) -> str:
@@ -154,10 +171,10 @@ def _field(path: str) -> dict[str, Any]:
     return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def _env(df: Manifest, spec: DataflowSpec) -> list[dict[str, Any]]:
+def _env(df: Manifest, spec: DataflowSpec, index: int) -> list[dict[str, Any]]:
     name, _ = _meta(df)
     env: list[dict[str, Any]] = [
-        {"name": "MILLRACE_POD_INDEX", **_field("metadata.labels['apps.kubernetes.io/pod-index']")},
+        {"name": "MILLRACE_POD_INDEX", "value": str(index)},
         {"name": "MILLRACE_POD_NAME", **_field("metadata.name")},
         {"name": "MILLRACE_NAMESPACE", **_field("metadata.namespace")},
         {"name": "MILLRACE_SERVICE", "value": name},
@@ -180,7 +197,25 @@ def _env(df: Manifest, spec: DataflowSpec) -> list[dict[str, Any]]:
     return env
 
 
-def statefulset(df: Manifest) -> Manifest:
+def claim(df: Manifest, index: int) -> Manifest:
+    """Process ``index``'s recovery volume: it outlives the process's pods (suspend, a finished
+    run, a restart) and goes with the Dataflow."""
+    name, _ = _meta(df)
+    spec = parse_spec(df.get("spec"))
+    claim_spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": spec.recovery.volume_size}},
+    }
+    if spec.recovery.storage_class:
+        claim_spec["storageClassName"] = spec.recovery.storage_class
+    meta = _child_meta(df, claim_name(name, index))
+    meta["labels"][PROCESS_LABEL] = str(index)
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": claim_spec}
+
+
+def job(df: Manifest, index: int, *, suspend: bool) -> Manifest:
+    """The Job of process ``index``: one pod at a time (a replacement only once the last one
+    has ended), restarted in place when it fails, left Completed when the flow ends."""
     name, _ = _meta(df)
     spec = parse_spec(df.get("spec"))
     volumes: list[dict[str, Any]] = [
@@ -196,24 +231,23 @@ def statefulset(df: Manifest) -> Manifest:
     if spec.code is not None:
         volumes.append({"name": "flow", "configMap": {"name": configmap_name(name)}})
         mounts.append({"name": "flow", "mountPath": FLOW_DIR, "readOnly": True})
-    claims: list[dict[str, Any]] = []
     if spec.recovery.enabled:
+        volumes.append({"name": "recovery", "persistentVolumeClaim": {"claimName": claim_name(name, index)}})
         mounts.append({"name": "recovery", "mountPath": RECOVERY_DIR})
-        claim_spec: dict[str, Any] = {
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": spec.recovery.volume_size}},
-        }
-        if spec.recovery.storage_class:
-            claim_spec["storageClassName"] = spec.recovery.storage_class
-        claims.append({"metadata": {"name": "recovery", "labels": labels(name)}, "spec": claim_spec})
     container: dict[str, Any] = {
         "name": "worker",
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["millrace-worker"],
-        "env": _env(df, spec),
+        "env": _env(df, spec, index),
         "ports": [{"name": "cluster", "containerPort": spec.port, "protocol": "TCP"}],
         "volumeMounts": mounts,
+        # Ready means "in a formed cluster": the worker keeps this file only while it is.
+        "readinessProbe": {
+            "exec": {"command": ["test", "-e", READY_FILE]},
+            "periodSeconds": 2,
+            "failureThreshold": 1,
+        },
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
@@ -225,21 +259,31 @@ def statefulset(df: Manifest) -> Manifest:
     }
     if spec.resources:
         container["resources"] = spec.resources
-    sts: Manifest = {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": _child_meta(df, name),
+    pod_labels = {**labels(name), PROCESS_LABEL: str(index)}
+    annotations = {TEMPLATE_HASH: template_hash(spec)}
+    meta = _child_meta(df, job_name(name, index))
+    meta["labels"] = dict(pod_labels)
+    meta["annotations"] = dict(annotations)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
         "spec": {
-            "serviceName": name,
-            "podManagementPolicy": "Parallel",
-            "replicas": 0 if spec.suspend else spec.processes,
-            "selector": {"matchLabels": selector(name)},
-            # The operator restarts all pods together on a template change (see the
-            # handlers); a rolling update would mix old and new address lists.
-            "updateStrategy": {"type": "OnDelete"},
+            "completions": 1,
+            "parallelism": 1,
+            "suspend": suspend,
+            # The operator judges failures (a flow that cannot load, a crash loop), not the
+            # Job controller: a pod deletion or a crash never uses up a retry budget.
+            "backoffLimit": 2147483647,
+            # A replacement pod only once the old one has ended: never two processes with one
+            # process id, and the name N-i points at one pod.
+            "podReplacementPolicy": "Failed",
             "template": {
-                "metadata": {"labels": labels(name), "annotations": {TEMPLATE_HASH: template_hash(spec)}},
+                "metadata": {"labels": pod_labels, "annotations": annotations},
                 "spec": {
+                    "restartPolicy": "OnFailure",
+                    "hostname": job_name(name, index),
+                    "subdomain": name,
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": {
@@ -255,12 +299,6 @@ def statefulset(df: Manifest) -> Manifest:
             },
         },
     }
-    if claims:
-        sts["spec"]["volumeClaimTemplates"] = claims
-        # The recovery volumes live as long as the Dataflow: kept while it is suspended or
-        # finished (scaled to 0), deleted with it.
-        sts["spec"]["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": "Delete", "whenScaled": "Retain"}
-    return sts
 
 
 def stale_children(df: Manifest) -> list[tuple[str, str]]:
@@ -273,6 +311,20 @@ def stale_children(df: Manifest) -> list[tuple[str, str]]:
 
 
 def children(df: Manifest, key: str) -> list[Manifest]:
-    """Every child of ``df``, in the order they should be created."""
-    built = [cluster_secret(df, key), flow_configmap(df), service(df), network_policy(df), statefulset(df)]
+    """The children of ``df`` that do not depend on its pods: what comes before the Jobs."""
+    built = [cluster_secret(df, key), flow_configmap(df), service(df), network_policy(df)]
     return [child for child in built if child is not None]
+
+
+def claims(df: Manifest) -> list[Manifest]:
+    spec = parse_spec(df.get("spec"))
+    return [claim(df, i) for i in range(spec.processes)] if spec.recovery.enabled else []
+
+
+def jobs(df: Manifest, *, suspend: bool) -> list[Manifest]:
+    return [job(df, i, suspend=suspend) for i in range(parse_spec(df.get("spec")).processes)]
+
+
+def template_hash_of(obj: Manifest) -> str | None:
+    """The template hash a Job or pod was made for."""
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(TEMPLATE_HASH)

@@ -1,11 +1,11 @@
 """One reconcile of a Dataflow: bring its children to the desired state and compute its status.
 
-Level-based and idempotent: it reads what exists, creates what is missing, patches what
-differs, deletes what the spec no longer has, and can run any number of times. A change of the pod template restarts every pod at
-once (the StatefulSet uses the OnDelete strategy and the operator deletes the old pods), so
-old and new address lists never form one cluster. A change of the recovery volumes' size
-grows the claims in place (see :mod:`.volumes`); any other change of the claim templates
-replaces the StatefulSet.
+Level-based and idempotent: it applies what the spec says (server-side apply), deletes what the
+spec no longer has, and can run any number of times. A change of the pod template (anything in
+:func:`.manifests.template_hash`: image, code, env, resources, process count, restartNonce...)
+restarts every process together: the operator deletes the Jobs of the old template and starts
+the new ones only once every old pod is gone, so old and new processes never meet and no new
+pod waits on an old one.
 """
 
 from __future__ import annotations
@@ -16,22 +16,22 @@ from typing import Any, Protocol
 
 from . import manifests, volumes
 from .spec import parse_spec
-from .status import compute_status, desired_replicas, volume_size_condition
+from .status import compute_status, volume_size_condition
 
 Manifest = dict[str, Any]
 
 
+class Refused(Exception):
+    """The API server refused a write as invalid or forbidden; the message is its own."""
+
+
 class Api(Protocol):
     def get(self, kind: str, namespace: str, name: str) -> Manifest | None: ...
-    def apply(self, manifest: Manifest, *, patch: bool = True) -> Manifest: ...
-    def patch(self, kind: str, namespace: str, name: str, body: Manifest) -> Manifest: ...
-    def delete(self, kind: str, namespace: str, name: str) -> None: ...
-    def pods(self, namespace: str, selector: dict[str, str]) -> list[Manifest]: ...
-    def delete_pods(self, namespace: str, selector: dict[str, str]) -> None: ...
-    def claims(self, namespace: str, selector: dict[str, str]) -> list[Manifest]: ...
-    def resize_claim(self, namespace: str, name: str, size: str) -> str | None:
-        """Ask for ``size``; return why the API server refused, if it did."""
+    def list(self, kind: str, namespace: str, selector: dict[str, str]) -> list[Manifest]: ...
+    def apply(self, manifest: Manifest) -> Manifest:
+        """Server-side apply; :class:`Refused` with the API server's reason if it refuses."""
         ...
+    def delete(self, kind: str, namespace: str, name: str) -> None: ...
 
 
 def _cluster_key(api: Api, df: Manifest) -> str:
@@ -43,60 +43,70 @@ def _cluster_key(api: Api, df: Manifest) -> str:
     return secrets.token_urlsafe(32)
 
 
-def _template_hash(sts: Manifest) -> str | None:
-    template = (sts.get("spec") or {}).get("template") or {}
-    return ((template.get("metadata") or {}).get("annotations") or {}).get(manifests.TEMPLATE_HASH)
+def _name(obj: Manifest) -> str:
+    return str(obj["metadata"]["name"])
 
 
 def reconcile(api: Api, df: Manifest, now: str) -> Manifest:
     """Make the children match ``df``; return the status ``df`` should have."""
     name, namespace = df["metadata"]["name"], df["metadata"].get("namespace", "default")
-    key = _cluster_key(api, df)
-    desired = manifests.children(df, key)
-    for child in desired:
-        if child["kind"] == "Secret":
-            api.apply(child, patch=False)
-        elif child["kind"] != "StatefulSet":
-            api.apply(child)
+    spec = parse_spec(df.get("spec"))
+    for child in manifests.children(df, _cluster_key(api, df)):
+        api.apply(child)
     for kind, child_name in manifests.stale_children(df):
         if api.get(kind, namespace, child_name) is not None:
             api.delete(kind, namespace, child_name)
     selector = manifests.selector(name)
-    status = compute_status(df, api.pods(namespace, selector), now)
-    sts = next(child for child in desired if child["kind"] == "StatefulSet")
-    sts["spec"]["replicas"] = desired_replicas(df, status)
-    existing = api.get("StatefulSet", namespace, name)
-    if existing is None:
-        api.apply(sts)
+    pods = api.list("Pod", namespace, selector)
+    status = compute_status(df, pods, now)
+    current = manifests.template_hash(spec)
+    wanted = {manifests.job_name(name, i) for i in range(spec.processes)}
+    outdated = [job for job in api.list("Job", namespace, selector)
+                if manifests.template_hash_of(job) != current or _name(job) not in wanted]
+    for job in outdated:
+        if not job["metadata"].get("deletionTimestamp"):
+            api.delete("Job", namespace, _name(job))
+    leftover = [pod for pod in pods if manifests.template_hash_of(pod) != current]
+    if outdated or leftover:
+        status["message"] = (
+            f"restarting: waiting for {len(leftover)} pods of the previous pod template to stop"
+        )
         return status
-    templates = sts["spec"].get("volumeClaimTemplates") or []
-    change = volumes.template_change((existing.get("spec") or {}).get("volumeClaimTemplates") or [], templates)
-    if change == "other":
-        # Claim templates are immutable: replace the StatefulSet (its pods go with it).
-        api.delete("StatefulSet", namespace, name)
-        return status
-    if templates:
-        problem = _grow_claims(api, df, namespace, selector)
+    if spec.recovery.enabled:
+        problem = _claims(api, df, namespace, selector)
+        if problem == "replacing":
+            status["message"] = "restarting: replacing the recovery volumes"
+            return status
         status["conditions"].append(volume_size_condition(df, problem, now))
-    old_hash = _template_hash(existing)
-    api.patch("StatefulSet", namespace, name, {"spec": {
-        "replicas": sts["spec"]["replicas"],
-        "template": sts["spec"]["template"],
-        "updateStrategy": sts["spec"]["updateStrategy"],
-    }})
-    if old_hash != _template_hash(sts):
-        api.delete_pods(namespace, selector)
+    else:
+        for claim in api.list("PersistentVolumeClaim", namespace, selector):
+            api.delete("PersistentVolumeClaim", namespace, _name(claim))
+    suspend = spec.suspend or status["phase"] == "Failed"
+    for job in manifests.jobs(df, suspend=suspend):
+        api.apply(job)
     return status
 
 
-def _grow_claims(api: Api, df: Manifest, namespace: str, selector: dict[str, str]) -> tuple[str, str] | None:
-    """Grow every recovery claim to the spec's size; ``(reason, message)`` if some cannot."""
-    plan = volumes.resize_plan(api.claims(namespace, selector), parse_spec(df.get("spec")).recovery.volume_size)
+def _claims(api: Api, df: Manifest, namespace: str, selector: dict[str, str]) -> tuple[str, str] | str | None:
+    """Make every process's recovery claim; ``"replacing"`` while claims of another kind are
+    being deleted, ``(reason, message)`` when the size cannot be had, else ``None``."""
+    plan = volumes.claim_plan(
+        api.list("PersistentVolumeClaim", namespace, selector),
+        manifests.claims(df),
+        parse_spec(df.get("spec")).recovery.volume_size,
+    )
+    if plan.replace:
+        for claim in plan.replace:
+            api.delete("PersistentVolumeClaim", namespace, claim)
+        return "replacing"
+    for claim in plan.create:
+        api.apply(claim)
     failures = []
     for claim in plan.grow:
-        refused = api.resize_claim(namespace, claim, plan.size)
-        if refused is not None:
-            failures.append(f"{claim}: {refused}")
+        try:
+            api.apply(claim)
+        except Refused as exc:
+            failures.append(f"{_name(claim)}: {exc}")
     if failures:
         return "ResizeFailed", (
             f"could not grow the recovery volumes to {plan.size} (does their storage class "

@@ -130,11 +130,3 @@ def volume_size_condition(df: dict[str, Any], problem: tuple[str, str] | None, n
                           f"every recovery volume claims {size}", generation, now)
     reason, message = problem
     return _condition(previous, "VolumeSize", False, reason, message, generation, now)
-
-
-def desired_replicas(df: dict[str, Any], status: dict[str, Any]) -> int:
-    """Pods to run: none when suspended or finished for the current template."""
-    spec = parse_spec(df.get("spec"))
-    if spec.suspend or status.get("phase") in TERMINAL:
-        return 0
-    return spec.processes

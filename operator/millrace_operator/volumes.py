@@ -1,11 +1,10 @@
 """Recovery volumes that keep their state when their size changes.
 
-A StatefulSet's claim templates cannot change. Replacing the StatefulSet would delete its
-claims with it (``whenDeleted: Delete``) and the recovery state in them, so a change of
-``recovery.volumeSize`` alone keeps the StatefulSet and its templates as they are, and the
-operator grows each existing claim in place instead (volume expansion: the storage class must
-allow it). Claims made later from the old template are grown by the next reconcile. A claim
-cannot shrink: a smaller size is refused, and the volumes keep theirs.
+Each process has its own PersistentVolumeClaim (``recovery-N-i``), made by the operator. A
+larger ``recovery.volumeSize`` grows each claim in place (volume expansion: the storage class
+must allow it). A claim cannot shrink: a smaller size is refused, and the volumes keep theirs.
+Another storage class replaces the claims (a claim's class cannot change), and with them the
+state; so does turning recovery off.
 
 Pure functions over manifests; :mod:`.reconcile` makes the calls.
 """
@@ -14,12 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 from kubernetes.utils import parse_quantity
 
 Manifest = dict[str, Any]
-Change = Literal["none", "size", "other"]
 
 
 def _storage(claim: Manifest) -> str | None:
@@ -30,33 +28,29 @@ def _quantity(text: str | None) -> Decimal | None:
     return None if text is None else parse_quantity(text)
 
 
-def _shape(template: Manifest) -> tuple[Any, ...]:
-    """What the operator sets in a claim template, but its size. The API server adds defaults
-    (``volumeMode``, ``status``, ``apiVersion``...) to what it stores; they are not compared."""
-    spec = template.get("spec") or {}
-    return (
-        (template.get("metadata") or {}).get("name"),
-        tuple(sorted(spec.get("accessModes") or [])),
-        spec.get("storageClassName"),
-    )
+def _name(claim: Manifest) -> str:
+    return str(claim["metadata"]["name"])
 
 
-def template_change(existing: list[Manifest], desired: list[Manifest]) -> Change:
-    """How the claim templates of ``desired`` differ from those of the running StatefulSet:
-    not at all, only in size, or otherwise (recovery turned on or off, another storage class:
-    only a new StatefulSet can have that)."""
-    if [_shape(t) for t in existing] != [_shape(t) for t in desired]:
-        return "other"
-    sizes = [(_quantity(_storage(e)), _quantity(_storage(d))) for e, d in zip(existing, desired)]
-    return "none" if all(old == new for old, new in sizes) else "size"
+def _other_kind(existing: Manifest, desired: Manifest) -> bool:
+    """Whether ``existing`` differs from ``desired`` in what no claim can change. A claim that
+    names no class gets the cluster's default from the API server: any class is then fine."""
+    old, new = existing.get("spec") or {}, desired.get("spec") or {}
+    wanted_class = new.get("storageClassName")
+    return (wanted_class is not None and old.get("storageClassName") != wanted_class) or sorted(
+        old.get("accessModes") or []
+    ) != sorted(new.get("accessModes") or [])
 
 
 @dataclass
-class ResizePlan:
-    """What to do with the existing claims for the size ``size``."""
+class ClaimPlan:
+    """What to do with a Dataflow's claims so that they match the desired ones."""
 
     size: str
-    grow: list[str] = field(default_factory=list)
+    create: list[Manifest] = field(default_factory=list)
+    grow: list[Manifest] = field(default_factory=list)
+    #: Claims of another storage class or access mode: deleted, then made anew.
+    replace: list[str] = field(default_factory=list)
     #: Claims larger than ``size``, with their size: they stay as they are.
     too_large: list[tuple[str, str]] = field(default_factory=list)
 
@@ -72,15 +66,20 @@ class ResizePlan:
         )
 
 
-def resize_plan(claims: list[Manifest], size: str) -> ResizePlan:
-    """Which of ``claims`` (the Dataflow's PersistentVolumeClaims) must grow to ``size``."""
-    plan = ResizePlan(size)
+def claim_plan(existing: list[Manifest], desired: list[Manifest], size: str) -> ClaimPlan:
+    """How ``existing`` claims (the Dataflow's, found in the cluster) become ``desired`` ones
+    (each of ``size``)."""
+    plan = ClaimPlan(size)
+    found = {_name(claim): claim for claim in existing}
     wanted = parse_quantity(size)
-    for claim in sorted(claims, key=lambda c: c["metadata"]["name"]):
-        name, current = claim["metadata"]["name"], _storage(claim)
-        have = _quantity(current)
-        if have is None or have < wanted:
-            plan.grow.append(name)
-        elif have > wanted:
-            plan.too_large.append((name, str(current)))
+    for claim in sorted(desired, key=_name):
+        have = found.get(_name(claim))
+        if have is None:
+            plan.create.append(claim)
+        elif _other_kind(have, claim):
+            plan.replace.append(_name(claim))
+        elif (current := _quantity(_storage(have))) is None or current < wanted:
+            plan.grow.append(claim)
+        elif current > wanted:
+            plan.too_large.append((_name(claim), str(_storage(have))))
     return plan

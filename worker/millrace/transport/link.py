@@ -169,6 +169,10 @@ class ZmqLink:
             push.setsockopt(zmq.SNDTIMEO, 100)
             push.setsockopt(zmq.RECONNECT_IVL, 100)
             push.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            # A connect to an address nobody answers (a replaced pod's old IP, still in DNS for
+            # a moment) would otherwise hang for the system's TCP timeout, minutes, before the
+            # next attempt resolves the name again and finds the new pod.
+            push.setsockopt(zmq.CONNECT_TIMEOUT, 1000)
             # ZMTP heartbeats run in ZeroMQ's own threads, so a peer busy in user code still
             # answers, while a vanished host is noticed within the timeout.
             push.setsockopt(zmq.HEARTBEAT_IVL, 1000)
