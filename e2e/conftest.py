@@ -1,7 +1,8 @@
 """The e2e suite's cluster: kind, the image built from this checkout, the chart installed.
 
 Needs docker (with a running engine), kind, helm and kubectl; where one is missing every test
-is skipped with a message naming what is missing. Environment:
+is skipped with a message naming what is missing, except under ``MILLRACE_REQUIRE_TOOLS=1`` or
+``CI=true``, where that is an error. Environment:
 
 - ``MILLRACE_E2E_CLUSTER``: kind cluster name (default ``millrace-e2e``); an existing cluster
   of that name is reused and left alone, a new one is deleted at the end
@@ -41,10 +42,14 @@ def _missing() -> list[str]:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     missing = _missing()
+    required = os.environ.get("MILLRACE_REQUIRE_TOOLS") == "1" or os.environ.get("CI") == "true"
     for item in items:
         item.add_marker(pytest.mark.e2e)
-        if missing:
+        if missing and not required:
             item.add_marker(pytest.mark.skip(reason=f"e2e needs {', '.join(missing)}"))
+    if missing and required:
+        # In CI nothing is skipped: a suite that cannot run is a failure, saying why.
+        raise pytest.UsageError(f"e2e needs {', '.join(missing)} (MILLRACE_REQUIRE_TOOLS=1 or CI: no skipping)")
 
 
 def run(*args: str, timeout: float = 600, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
