@@ -1,5 +1,5 @@
-"""Tier 3: the pods of a generated StatefulSet run as local processes, each on its own simulated
-host, so manifest -> env -> proc_id -> addresses -> cluster -> output runs for real."""
+"""Tier 3: the pods of a Dataflow's generated Jobs run as local processes, each on its own
+simulated host, so manifest -> env -> proc_id -> addresses -> cluster -> output runs for real."""
 
 from __future__ import annotations
 
@@ -77,13 +77,13 @@ def outputs(text: str) -> list[tuple[int, tuple[str, int]]]:
 
 def simulation(df: dict, tmp_path) -> podsim.PodSimulation:
     children = manifests.children(df, "the-cluster-key")
-    sts = next(c for c in children if c["kind"] == "StatefulSet")
-    return podsim.PodSimulation(sts, children, tmp_path)
+    return podsim.PodSimulation(manifests.jobs(df, suspend=False), children, tmp_path)
 
 
 def test_the_pods_form_a_cluster_and_complete(tmp_path):
     df = dataflow(count=40, delay=0.0, recovery=False)
     with simulation(df, tmp_path) as sim:
+        assert [(pod.hostname, pod.subdomain) for pod in sim.pods] == [(f"sums-{i}", "sums") for i in range(3)]
         procs = [sim.start(i) for i in range(3)]
         results = [proc.communicate(timeout=120) for proc in procs]
         for proc, (stdout, stderr) in zip(procs, results):
@@ -103,17 +103,21 @@ def test_a_killed_pod_restarted_as_a_kubelet_would_loses_nothing(tmp_path):
     df = dataflow(count=300, delay=0.02, recovery=True)
     with simulation(df, tmp_path) as sim:
         first = [sim.start(i) for i in range(3)]
-        time.sleep(2.5)
+        # Ready (the readinessProbe passes) once in a formed cluster.
+        sim.wait_ready([0, 1, 2], timeout=60)
         assert all(proc.poll() is None for proc in first), [p.communicate()[1][-2000:] for p in first if p.poll() is not None]
         first[1].send_signal(signal.SIGKILL)
-        runs = [proc.communicate(timeout=60) for proc in first]
-        assert first[0].returncode != 0 and "lost process 1" in runs[0][1]
-        assert first[2].returncode != 0
-        # Every crashed container is restarted; the recovery volumes persist.
-        second = [sim.start(i) for i in range(3)]
-        reruns = [proc.communicate(timeout=120) for proc in second]
-        for proc, (_, stderr) in zip(second, reruns):
+        killed = first[1].communicate(timeout=60)
+        assert first[1].returncode != 0
+        # The kubelet restarts the crashed container (restartPolicy OnFailure); the other
+        # processes form the cluster again with it. The recovery volumes persist.
+        again = sim.start(1)
+        procs = [first[0], again, first[2]]
+        reruns = [proc.communicate(timeout=120) for proc in procs]
+        for proc, (_, stderr) in zip(procs, reruns):
             assert proc.returncode == 0, stderr
+        assert "forming the cluster again" in reruns[0][1]
+        runs = [killed]
         got = {item for stdout, _ in runs + reruns for _, item in outputs(stdout)}
         assert got == expected(300)
 
@@ -175,7 +179,7 @@ def test_rescaling_2_to_3_pods_keeps_every_keys_count(tmp_path):
         before = [item for stdout, _ in ended for _, item in outputs(stdout)]
     assert before, ("the first cluster printed nothing before it was stopped", [err[-3000:] for _, err in ended])
     df["spec"]["processes"] = 3
-    # Pods 0 and 1 keep their recovery volumes (same pod directories); pod 2 starts empty.
+    # New pods: processes 0 and 1 mount their recovery claims again; process 2's claim is new.
     with simulation(df, tmp_path) as sim:
         second = [sim.start(i) for i in range(3)]
         runs = [proc.communicate(timeout=120) for proc in second]

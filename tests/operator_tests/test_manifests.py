@@ -29,13 +29,17 @@ def df(request) -> dict:
     return dataflow(request.param)
 
 
+def _all_children(df: dict) -> list[dict]:
+    return [*manifests.children(df, "k3y"), *manifests.claims(df), *manifests.jobs(df, suspend=False)]
+
+
 def test_every_child_validates_against_kubernetes(df):
-    for child in manifests.children(df, "k3y"):
+    for child in _all_children(df):
         kubernetes_validate.validate(child, KUBERNETES, strict=True)
 
 
 def test_every_child_is_owned_by_the_dataflow(df):
-    for child in manifests.children(df, "k3y"):
+    for child in _all_children(df):
         (owner,) = child["metadata"]["ownerReferences"]
         assert owner == {
             "apiVersion": "millrace.dev/v1alpha1",
@@ -55,27 +59,61 @@ def test_the_service_is_headless_and_publishes_unready_pods(df):
     assert svc["metadata"]["name"] == df["metadata"]["name"]
 
 
-def test_the_statefulset_follows_the_contract(df):
-    sts = manifests.statefulset(df)
+def _pod(df: dict, index: int = 0) -> dict:
+    return manifests.job(df, index, suspend=False)["spec"]["template"]["spec"]
+
+
+def _env(df: dict, index: int = 0) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in _pod(df, index)["containers"][0]["env"]}
+
+
+def test_each_process_gets_a_job_that_follows_the_contract(df):
     name = df["metadata"]["name"]
-    spec = sts["spec"]
-    assert spec["serviceName"] == name and spec["podManagementPolicy"] == "Parallel"
-    assert spec["replicas"] == df["spec"]["processes"]
-    pod = spec["template"]["spec"]
-    (container,) = pod["containers"]
-    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
-    assert env["MILLRACE_POD_INDEX"] == {
-        "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
-    }
-    assert env["MILLRACE_SERVICE"] == name
-    assert env["MILLRACE_PROCESSES"] == str(df["spec"]["processes"])
-    assert env["MILLRACE_FLOW_FILE"] == "/etc/millrace/flow/flow.py"
-    assert container["command"] == ["millrace-worker"]
-    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    jobs = manifests.jobs(df, suspend=False)
+    assert [job["metadata"]["name"] for job in jobs] == [f"{name}-{i}" for i in range(df["spec"]["processes"])]
+    for index, job in enumerate(jobs):
+        spec = job["spec"]
+        # One pod at a time, a replacement only once the old one has ended, restarted in place.
+        assert spec["completions"] == 1 and spec["parallelism"] == 1 and spec["suspend"] is False
+        assert spec["podReplacementPolicy"] == "Failed"
+        assert "selector" not in spec and "completionMode" not in spec  # the Job controller's own
+        template = spec["template"]
+        pod = template["spec"]
+        assert pod["restartPolicy"] == "OnFailure"
+        # The pod is N-i.N.<namespace>.svc in the headless Service's subdomain.
+        assert pod["hostname"] == f"{name}-{index}" and pod["subdomain"] == name
+        assert manifests.service(df)["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+        assert template["metadata"]["labels"]["millrace.dev/process"] == str(index)
+        assert job["metadata"]["labels"]["millrace.dev/process"] == str(index)
+        # The template hash on the Job and on its pods: a change of it restarts every process.
+        digest = manifests.template_hash(parse_spec(df["spec"]))
+        assert job["metadata"]["annotations"] == {manifests.TEMPLATE_HASH: digest}
+        assert template["metadata"]["annotations"] == {manifests.TEMPLATE_HASH: digest}
+        assert manifests.template_hash_of(job) == digest
+        (container,) = pod["containers"]
+        assert container["command"] == ["millrace-worker"]
+        # Ready means "in a formed cluster": the worker keeps the ready file only while it is.
+        assert container["readinessProbe"]["exec"] == {"command": ["test", "-e", "/var/run/millrace/ready"]}
+        assert manifests.READY_FILE.startswith(manifests.STATE_DIR + "/")
+        env = _env(df, index)
+        assert env["MILLRACE_POD_INDEX"] == str(index)
+        assert env["MILLRACE_STATE_DIR"] == manifests.STATE_DIR
+        assert env["MILLRACE_SERVICE"] == name
+        assert env["MILLRACE_PROCESSES"] == str(df["spec"]["processes"])
+        assert env["MILLRACE_FLOW_FILE"] == "/etc/millrace/flow/flow.py"
+
+
+def test_suspend_is_the_jobs_suspend_and_not_a_restart():
+    df = dataflow(EXAMPLES[0])
+    running, suspended = manifests.jobs(df, suspend=False), manifests.jobs(df, suspend=True)
+    assert [j["spec"]["suspend"] for j in suspended] == [True] * len(running)
+    assert [j["spec"]["template"] for j in suspended] == [j["spec"]["template"] for j in running]
+    df["spec"]["suspend"] = True
+    assert manifests.template_hash(parse_spec(df["spec"])) == manifests.template_hash_of(running[0])
 
 
 def test_pods_meet_the_restricted_pod_security_standard(df):
-    pod = manifests.statefulset(df)["spec"]["template"]["spec"]
+    pod = _pod(df)
     assert restricted_violations(pod) == []
     for container in pod["containers"]:
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -83,7 +121,7 @@ def test_pods_meet_the_restricted_pod_security_standard(df):
 
 
 def test_the_pod_security_check_catches_what_the_standard_forbids(df):
-    pod = copy.deepcopy(manifests.statefulset(df)["spec"]["template"]["spec"])
+    pod = copy.deepcopy(_pod(df))
     pod["hostNetwork"] = True
     pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
     container = pod["containers"][0]
@@ -105,48 +143,59 @@ def test_only_the_dataflows_own_pods_reach_its_worker_port(df):
         "from": [{"podSelector": pods}],
         "ports": [{"protocol": "TCP", "port": df["spec"].get("port", 2101)}],
     }]
-    # The policy selects exactly the StatefulSet's pods.
-    template_labels = manifests.statefulset(df)["spec"]["template"]["metadata"]["labels"]
-    assert pods["matchLabels"].items() <= template_labels.items()
+    # The policy selects every process's pods.
+    for job in manifests.jobs(df, suspend=False):
+        assert pods["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
 
 
 def test_without_an_image_dataflows_run_the_operators_worker_image(df, monkeypatch):
     df = copy.deepcopy(df)
     df["spec"].pop("image", None)
     monkeypatch.delenv(IMAGE_ENV, raising=False)
-    assert manifests.statefulset(df)["spec"]["template"]["spec"]["containers"][0]["image"] == BUILTIN_IMAGE
+    assert _pod(df)["containers"][0]["image"] == BUILTIN_IMAGE
     monkeypatch.setenv(IMAGE_ENV, "registry.example/millrace:9")
-    assert manifests.statefulset(df)["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/millrace:9"
+    assert _pod(df)["containers"][0]["image"] == "registry.example/millrace:9"
     df["spec"]["image"] = "mine:1"
-    assert manifests.statefulset(df)["spec"]["template"]["spec"]["containers"][0]["image"] == "mine:1"
+    assert _pod(df)["containers"][0]["image"] == "mine:1"
 
 
-def test_recovery_gets_a_volume_per_pod():
+def test_recovery_gets_a_claim_per_process_mounted_by_its_pod():
     df = dataflow(next(p for p in EXAMPLES if "batch" in p.name))
-    sts = manifests.statefulset(df)
-    (claim,) = sts["spec"]["volumeClaimTemplates"]
-    assert claim["spec"]["resources"]["requests"]["storage"] == "256Mi"
-    env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["MILLRACE_RECOVERY_DIR"] == "/var/lib/millrace/recovery"
-    # Deleting the Dataflow deletes its volumes; suspending or finishing keeps them.
-    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Delete", "whenScaled": "Retain"}
+    name, processes = df["metadata"]["name"], df["spec"]["processes"]
+    claims = manifests.claims(df)
+    assert [c["metadata"]["name"] for c in claims] == [f"recovery-{name}-{i}" for i in range(processes)]
+    for index, claim in enumerate(claims):
+        assert claim == manifests.claim(df, index)
+        assert claim["spec"]["resources"]["requests"]["storage"] == "256Mi"
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert "storageClassName" not in claim["spec"]  # the cluster's default class
+        assert claim["metadata"]["labels"]["millrace.dev/process"] == str(index)
+        assert manifests.selector(name).items() <= claim["metadata"]["labels"].items()
+        pod = _pod(df, index)
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "recovery"]
+        assert volume == {"name": "recovery", "persistentVolumeClaim": {"claimName": f"recovery-{name}-{index}"}}
+        assert {"name": "recovery", "mountPath": "/var/lib/millrace/recovery"} in pod["containers"][0]["volumeMounts"]
+        assert _env(df, index)["MILLRACE_RECOVERY_DIR"] == "/var/lib/millrace/recovery"
+    df["spec"]["recovery"]["storageClassName"] = "fast"
+    assert {c["spec"]["storageClassName"] for c in manifests.claims(df)} == {"fast"}
+
+
+def test_without_recovery_there_are_no_claims():
+    df = dataflow(EXAMPLES[0])
+    df["spec"]["recovery"] = {"enabled": False}
+    assert manifests.claims(df) == []
+    assert not [v for v in _pod(df)["volumes"] if v["name"] == "recovery"]
+    assert "MILLRACE_RECOVERY_DIR" not in _env(df)
 
 
 def test_a_module_flow_has_no_configmap():
     df = dataflow(EXAMPLES[0])
     df["spec"]["flow"] = {"module": "flows.count:flow"}
     assert manifests.flow_configmap(df) is None
-    env = {e["name"]: e.get("value") for e in manifests.statefulset(df)["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = _env(df)
     assert env["MILLRACE_FLOW"] == "flows.count:flow" and "MILLRACE_FLOW_FILE" not in env
-
-
-def test_suspend_scales_to_zero_without_a_restart():
-    df = dataflow(EXAMPLES[0])
-    before = manifests.statefulset(df)
-    df["spec"]["suspend"] = True
-    after = manifests.statefulset(df)
-    assert after["spec"]["replicas"] == 0
-    assert after["spec"]["template"] == before["spec"]["template"]
+    assert not [v for v in _pod(df)["volumes"] if v["name"] == "flow"]
+    assert manifests.stale_children(df) == [("ConfigMap", manifests.configmap_name(df["metadata"]["name"]))]
 
 
 @pytest.mark.parametrize(

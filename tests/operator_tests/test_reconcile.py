@@ -1,4 +1,4 @@
-"""One reconcile against an in-memory API: children, restarts, suspend, completion."""
+"""One reconcile against an in-memory API: children, restarts, suspend, completion, volumes."""
 
 from __future__ import annotations
 
@@ -6,71 +6,104 @@ import copy
 from typing import Any
 
 from millrace_operator import manifests
-from millrace_operator.reconcile import reconcile
+from millrace_operator.reconcile import Refused, reconcile
 
 NOW = "2026-01-01T00:00:00Z"
 
 
 class FakeApi:
-    """Objects by (kind, namespace, name), plus pods, with the calls the operator makes."""
+    """Objects by (kind, namespace, name), with the calls the operator makes.
+
+    ``apply`` approximates a server-side apply by the operator's only field manager: the object
+    becomes the manifest, but for the status and the deletion mark the server keeps. ``delete``
+    is a Foreground deletion: a Job with pods stays, marked, until :meth:`collect` plays the
+    garbage collector."""
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.pods_by_name: dict[str, dict[str, Any]] = {}
-        self.deleted_pods = 0
+        self.calls: list[tuple[str, str, str]] = []
+        self.expansion_refused = False
 
     def get(self, kind, namespace, name):
         found = self.objects.get((kind, namespace, name))
         return copy.deepcopy(found) if found else None
 
-    def apply(self, manifest, *, patch=True):
-        key = (manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])
-        if key not in self.objects or patch:
-            self.objects[key] = copy.deepcopy(manifest)
-        return self.objects[key]
+    def list(self, kind, namespace, selector):
+        return [copy.deepcopy(o) for (k, ns, _), o in self.objects.items() if k == kind and ns == namespace
+                and selector.items() <= (o["metadata"].get("labels") or {}).items()]
 
-    def patch(self, kind, namespace, name, body):
-        target = self.objects[(kind, namespace, name)]
-        target["spec"].update(copy.deepcopy(body["spec"]))
-        return target
+    def apply(self, manifest):
+        meta = manifest["metadata"]
+        key = (manifest["kind"], meta["namespace"], meta["name"])
+        existing = self.objects.get(key)
+        if key[0] == "PersistentVolumeClaim" and existing and self.expansion_refused and (
+                _storage(existing) != _storage(manifest)):
+            raise Refused("only dynamically provisioned pvc can be resized")
+        applied = copy.deepcopy(manifest)
+        if existing:
+            for field in ("deletionTimestamp",):
+                if field in existing["metadata"]:
+                    applied["metadata"][field] = existing["metadata"][field]
+            if "status" in existing:
+                applied["status"] = existing["status"]
+        self.objects[key] = applied
+        self.calls.append(("apply", key[0], key[2]))
+        return copy.deepcopy(applied)
 
     def delete(self, kind, namespace, name):
-        self.objects.pop((kind, namespace, name), None)
+        self.calls.append(("delete", kind, name))
+        key = (kind, namespace, name)
+        if key not in self.objects:
+            return
+        if kind == "Job" and self.pods_of(name):
+            self.objects[key]["metadata"]["deletionTimestamp"] = NOW
+        else:
+            del self.objects[key]
 
-    def pods(self, namespace, selector):
-        return list(self.pods_by_name.values())
+    # -- the Job controller's, the kubelet's and the garbage collector's part -----------------
 
-    def delete_pods(self, namespace, selector):
-        self.deleted_pods += len(self.pods_by_name)
-        self.pods_by_name.clear()
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        return {name: o for (kind, _, name), o in self.objects.items() if kind == "Job"}
 
-    def claims(self, namespace, selector):
-        return [copy.deepcopy(c) for (kind, _, _), c in self.objects.items() if kind == "PersistentVolumeClaim"]
+    def pods(self) -> dict[str, dict[str, Any]]:
+        return {name: o for (kind, _, name), o in self.objects.items() if kind == "Pod"}
 
-    def resize_claim(self, namespace, name, size):
-        if self.expansion_refused:
-            return "only dynamically provisioned pvc can be resized"
-        self.objects[("PersistentVolumeClaim", namespace, name)]["spec"]["resources"]["requests"]["storage"] = size
-        return None
+    def claims(self) -> dict[str, dict[str, Any]]:
+        return {name: o for (kind, _, name), o in self.objects.items() if kind == "PersistentVolumeClaim"}
 
-    expansion_refused = False
-
-    # -- the StatefulSet controller's and kubelet's part -------------------------------------
+    def pods_of(self, job: str) -> list[str]:
+        return [name for name, pod in self.pods().items() if pod["metadata"]["labels"]["job"] == job]
 
     def run_pods(self, ready=True, terminated=None):
-        sts = self.objects[("StatefulSet", "ns", "df")]
-        template = sts["spec"]["template"]
-        for index in range(sts["spec"]["replicas"]):
+        """Each running Job's pod, in the state given."""
+        for name, job in self.jobs().items():
+            if job["spec"]["suspend"] or job["metadata"].get("deletionTimestamp"):
+                continue
+            template = job["spec"]["template"]
             container = {"name": "worker", "restartCount": 0, "state": {}, "lastState": {}}
             if terminated:
                 container["state"]["terminated"] = {"exitCode": terminated[0], "message": terminated[1]}
-            self.pods_by_name[f"df-{index}"] = {
-                "metadata": {"name": f"df-{index}", "annotations": dict(template["metadata"]["annotations"])},
+            pod = f"{name}-x7k2p"
+            self.objects[("Pod", "ns", pod)] = {
+                "metadata": {"name": pod, "labels": {**template["metadata"]["labels"], "job": name},
+                             "annotations": dict(template["metadata"]["annotations"])},
                 "status": {
                     "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
                     "containerStatuses": [container],
                 },
             }
+
+    def collect(self) -> None:
+        """Finish the Foreground deletions: the pods of Jobs being deleted go, then the Jobs."""
+        for name, job in list(self.jobs().items()):
+            if job["metadata"].get("deletionTimestamp"):
+                for pod in self.pods_of(name):
+                    del self.objects[("Pod", "ns", pod)]
+                del self.objects[("Job", "ns", name)]
+
+
+def _storage(claim: dict) -> Any:
+    return claim["spec"]["resources"]["requests"]["storage"]
 
 
 def dataflow(**spec) -> dict:
@@ -81,15 +114,32 @@ def dataflow(**spec) -> dict:
     }
 
 
+def settle(api: FakeApi, df: dict, rounds: int = 5) -> dict:
+    """Reconcile (the garbage collector finishing deletions in between) until nothing changes."""
+    for _ in range(rounds):
+        before = copy.deepcopy(api.objects)
+        df["status"] = reconcile(api, df, NOW)
+        api.collect()
+        if api.objects == before:
+            return df["status"]
+    raise AssertionError("the reconciles never settled")
+
+
+def _hashes(api: FakeApi) -> set[str | None]:
+    return {manifests.template_hash_of(job) for job in api.jobs().values()}
+
+
 def test_create_makes_every_child_owned_by_the_dataflow():
     api, df = FakeApi(), dataflow()
     status = reconcile(api, df, NOW)
     kinds = sorted(kind for kind, _, _ in api.objects)
-    assert kinds == ["ConfigMap", "NetworkPolicy", "Secret", "Service", "StatefulSet"]
+    assert kinds == ["ConfigMap", "Job", "Job", "Job", "NetworkPolicy", "Secret", "Service"]
     for obj in api.objects.values():
         assert obj["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
-    assert api.objects[("StatefulSet", "ns", "df")]["spec"]["replicas"] == 3
+    assert sorted(api.jobs()) == ["df-0", "df-1", "df-2"]
+    assert not any(job["spec"]["suspend"] for job in api.jobs().values())
     assert status["phase"] == "Pending"
+    assert "desiredReplicas" not in status
 
 
 def test_reconcile_is_idempotent_and_keeps_the_cluster_key():
@@ -100,6 +150,7 @@ def test_reconcile_is_idempotent_and_keeps_the_cluster_key():
     reconcile(api, df, NOW)
     assert api.objects == before
     assert api.objects[("Secret", "ns", "df-cluster-key")]["data"]["key"] == key
+    assert not [call for call in api.calls if call[0] == "delete"]
 
 
 def test_status_follows_the_pods():
@@ -110,134 +161,218 @@ def test_status_follows_the_pods():
     assert df["status"]["phase"] == "Running" and df["status"]["readyProcesses"] == 3
 
 
-def test_a_template_change_restarts_every_pod_together():
+def test_a_template_change_restarts_every_process_once_the_old_pods_are_gone():
     api, df = FakeApi(), dataflow()
     reconcile(api, df, NOW)
     api.run_pods()
+    old = _hashes(api)
     df["spec"]["processes"] = 4
+    status = reconcile(api, df, NOW)
+    # Every old Job is deleted; its pods are still there, so nothing new is made yet.
+    assert ("delete", "Job", "df-0") in api.calls
+    assert all(job["metadata"].get("deletionTimestamp") for job in api.jobs().values())
+    assert _hashes(api) == old and sorted(api.jobs()) == ["df-0", "df-1", "df-2"]
+    assert status["message"] == "restarting: waiting for 3 pods of the previous pod template to stop"
+    # Again, while the pods are still stopping: still nothing new, no second delete.
+    api.calls.clear()
     reconcile(api, df, NOW)
-    sts = api.objects[("StatefulSet", "ns", "df")]
-    assert sts["spec"]["replicas"] == 4
-    assert api.deleted_pods == 3 and api.pods_by_name == {}
-    assert "MILLRACE_PROCESSES" in str(sts["spec"]["template"])
+    assert not [call for call in api.calls if call[1] == "Job"]
+    api.collect()
+    status = reconcile(api, df, NOW)
+    assert sorted(api.jobs()) == ["df-0", "df-1", "df-2", "df-3"]
+    assert not _hashes(api) & old
+    env = {e["name"]: e.get("value") for e in api.jobs()["df-3"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MILLRACE_PROCESSES"] == "4" and env["MILLRACE_POD_INDEX"] == "3"
+    assert status["phase"] == "Pending"
 
 
-def test_suspend_scales_to_zero_without_deleting_pods_by_hand():
+def test_no_new_jobs_while_pods_of_the_old_template_remain():
+    """Pods outlive their Job (e.g. one deleted without Foreground): still, nothing new starts."""
     api, df = FakeApi(), dataflow()
     reconcile(api, df, NOW)
     api.run_pods()
+    for name in list(api.jobs()):
+        del api.objects[("Job", "ns", name)]
+    df["spec"]["image"] = "registry.example/other:1"
+    status = reconcile(api, df, NOW)
+    assert api.jobs() == {}
+    assert status["message"] == "restarting: waiting for 3 pods of the previous pod template to stop"
+    for name in list(api.pods()):
+        del api.objects[("Pod", "ns", name)]
+    reconcile(api, df, NOW)
+    assert sorted(api.jobs()) == ["df-0", "df-1", "df-2"]
+    assert all(job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/other:1"
+               for job in api.jobs().values())
+
+
+def test_suspend_suspends_the_jobs_without_a_restart():
+    api, df = FakeApi(), dataflow()
+    reconcile(api, df, NOW)
+    api.run_pods()
+    before = copy.deepcopy(api.jobs())
     df["spec"]["suspend"] = True
     status = reconcile(api, df, NOW)
     assert status["phase"] == "Suspended"
-    assert api.objects[("StatefulSet", "ns", "df")]["spec"]["replicas"] == 0
-    assert api.deleted_pods == 0
+    assert sorted(api.jobs()) == sorted(before)
+    for name, job in api.jobs().items():
+        assert job["spec"]["suspend"] is True
+        assert job["spec"]["template"] == before[name]["spec"]["template"]
+    assert not [call for call in api.calls if call[0] == "delete"]
+    df["spec"]["suspend"] = False
+    reconcile(api, df, NOW)
+    assert not any(job["spec"]["suspend"] for job in api.jobs().values())
 
 
-def test_a_finished_flow_scales_to_zero_and_a_no_op_edit_does_not_rerun_it():
+def test_a_failed_flow_suspends_its_jobs():
+    api, df = FakeApi(), dataflow()
+    reconcile(api, df, NOW)
+    api.run_pods(ready=False, terminated=(1, "millrace: failed: ModuleNotFoundError: No module named 'flows'"))
+    df["status"] = reconcile(api, df, NOW)
+    assert df["status"]["phase"] == "Failed"
+    assert all(job["spec"]["suspend"] for job in api.jobs().values())
+    df["metadata"]["generation"] = 2  # an edit that changes nothing in the pod template
+    df["status"] = reconcile(api, df, NOW)
+    assert df["status"]["phase"] == "Failed"
+    assert all(job["spec"]["suspend"] for job in api.jobs().values())
+
+
+def test_a_finished_flow_keeps_its_jobs_and_a_no_op_edit_does_not_rerun_it():
     api, df = FakeApi(), dataflow()
     reconcile(api, df, NOW)
     api.run_pods(ready=False, terminated=(0, "millrace: completed"))
+    jobs = copy.deepcopy(api.jobs())
     df["status"] = reconcile(api, df, NOW)
     assert df["status"]["phase"] == "Succeeded"
-    assert api.objects[("StatefulSet", "ns", "df")]["spec"]["replicas"] == 0
-    api.pods_by_name.clear()  # the StatefulSet controller removes them
-    df["metadata"]["generation"] = 2  # an edit that changes nothing in the pod template
+    # The Jobs are left as they are (Completed, with their pods and logs): not suspended, not deleted.
+    assert api.jobs() == jobs and len(api.pods()) == 3
+    assert not [call for call in api.calls if call[0] == "delete"]
+    df["metadata"]["generation"] = 2
     df["status"] = reconcile(api, df, NOW)
     assert df["status"]["phase"] == "Succeeded"
-    assert api.objects[("StatefulSet", "ns", "df")]["spec"]["replicas"] == 0
+    assert api.jobs() == jobs
 
 
-def test_turning_recovery_on_replaces_the_statefulset():
+def test_a_rescale_down_deletes_the_jobs_of_the_processes_that_go():
     api, df = FakeApi(), dataflow()
-    reconcile(api, df, NOW)
+    settle(api, df)
+    df["spec"]["processes"] = 2
+    settle(api, df)
+    assert sorted(api.jobs()) == ["df-0", "df-1"]
+    assert ("delete", "Job", "df-2") in api.calls
+
+
+def test_recovery_gives_each_process_its_own_claim():
+    api, df = FakeApi(), dataflow(recovery={"enabled": True, "volumeSize": "2Gi"})
+    status = reconcile(api, df, NOW)
+    assert sorted(api.claims()) == ["recovery-df-0", "recovery-df-1", "recovery-df-2"]
+    for index in range(3):
+        claim = api.claims()[f"recovery-df-{index}"]
+        assert _storage(claim) == "2Gi"
+        assert claim["metadata"]["labels"][manifests.PROCESS_LABEL] == str(index)
+        assert claim["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+        volumes = api.jobs()[f"df-{index}"]["spec"]["template"]["spec"]["volumes"]
+        assert {"name": "recovery", "persistentVolumeClaim": {"claimName": f"recovery-df-{index}"}} in volumes
+    assert _volume_size(status)["status"] == "True"
+
+
+def test_turning_recovery_on_restarts_the_processes_with_claims():
+    api, df = FakeApi(), dataflow()
+    settle(api, df)
+    old = _hashes(api)
     df["spec"]["recovery"] = {"enabled": True}
-    reconcile(api, df, NOW)
-    assert ("StatefulSet", "ns", "df") not in api.objects  # deleted: claim templates are immutable
-    reconcile(api, df, NOW)
-    assert api.objects[("StatefulSet", "ns", "df")]["spec"]["volumeClaimTemplates"]
+    settle(api, df)
+    assert not _hashes(api) & old
+    assert sorted(api.claims()) == ["recovery-df-0", "recovery-df-1", "recovery-df-2"]
+
+
+def test_turning_recovery_off_deletes_the_claims():
+    api, df = FakeApi(), dataflow(recovery={"enabled": True})
+    settle(api, df)
+    df["spec"]["recovery"] = {"enabled": False}
+    settle(api, df)
+    assert api.claims() == {}
+    assert sorted(api.jobs()) == ["df-0", "df-1", "df-2"]
 
 
 def _as_the_api_server_stores_it(api: FakeApi) -> None:
-    """What a real API server adds to the claim templates it stores, and the claims the
-    StatefulSet controller makes from them (kmock and FakeApi do neither)."""
-    sts = api.objects[("StatefulSet", "ns", "df")]
-    for template in sts["spec"]["volumeClaimTemplates"]:
-        template.update(apiVersion="v1", kind="PersistentVolumeClaim", status={"phase": "Pending"})
-        template["spec"]["volumeMode"] = "Filesystem"
-        size = template["spec"]["resources"]["requests"]["storage"]
-        template["spec"]["resources"]["requests"]["storage"] = {"1024Mi": "1Gi"}.get(size, size)
-        for ordinal in range(sts["spec"]["replicas"]):
-            name = f"{template['metadata']['name']}-df-{ordinal}"
-            api.objects[("PersistentVolumeClaim", "ns", name)] = {
-                "metadata": {"name": name}, "spec": copy.deepcopy(template["spec"])}
+    """What a real API server adds to the claims it stores (FakeApi does not)."""
+    for claim in api.claims().values():
+        claim.update(status={"phase": "Bound", "capacity": {"storage": _storage(claim)}})
+        claim["spec"].update(volumeMode="Filesystem", volumeName="pv-1", storageClassName="standard")
+        claim["spec"]["resources"]["requests"]["storage"] = {"1024Mi": "1Gi"}.get(_storage(claim), _storage(claim))
 
 
 def _volume_size(status: dict) -> dict:
     return next(c for c in status["conditions"] if c["type"] == "VolumeSize")
 
 
-def test_a_statefulset_as_the_api_server_stores_it_is_kept():
-    """Server defaults in the stored claim templates (and a size in another notation) are no
-    change: the StatefulSet, and the recovery state in its volumes, stay."""
+def test_claims_as_the_api_server_stores_them_are_kept():
+    """Server defaults (the default storage class among them) and a size in another notation
+    are no change: the claims, and the recovery state in them, stay."""
     api, df = FakeApi(), dataflow(recovery={"enabled": True, "volumeSize": "1024Mi"})
-    reconcile(api, df, NOW)
+    settle(api, df)
     _as_the_api_server_stores_it(api)
-    status = reconcile(api, df, NOW)
-    assert ("StatefulSet", "ns", "df") in api.objects
+    api.calls.clear()
+    status = settle(api, df)
+    assert not [call for call in api.calls if call[1] == "PersistentVolumeClaim"]
     assert _volume_size(status)["status"] == "True"
 
 
-def test_a_larger_volume_size_grows_the_claims_and_keeps_the_statefulset():
+def test_a_larger_volume_size_grows_the_claims_in_place():
     api, df = FakeApi(), dataflow(recovery={"enabled": True, "volumeSize": "1Gi"})
-    reconcile(api, df, NOW)
+    settle(api, df)
     _as_the_api_server_stores_it(api)
-    sts_before = copy.deepcopy(api.objects[("StatefulSet", "ns", "df")]["spec"]["volumeClaimTemplates"])
     df["spec"]["recovery"]["volumeSize"] = "5Gi"
-    status = reconcile(api, df, NOW)
-    assert api.objects[("StatefulSet", "ns", "df")]["spec"]["volumeClaimTemplates"] == sts_before
-    sizes = {name: c["spec"]["resources"]["requests"]["storage"]
-             for (kind, _, name), c in api.objects.items() if kind == "PersistentVolumeClaim"}
-    assert sizes == {f"recovery-df-{i}": "5Gi" for i in range(3)}
+    api.calls.clear()
+    status = settle(api, df)
+    assert {name: _storage(c) for name, c in api.claims().items()} == {f"recovery-df-{i}": "5Gi" for i in range(3)}
+    assert not [call for call in api.calls if call[:2] == ("delete", "PersistentVolumeClaim")]
+    assert all(c["status"]["phase"] == "Bound" for c in api.claims().values())  # the same claims
     assert _volume_size(status)["status"] == "True"
     assert _volume_size(status)["message"] == "every recovery volume claims 5Gi"
 
 
 def test_a_smaller_volume_size_is_refused_and_nothing_shrinks():
     api, df = FakeApi(), dataflow(recovery={"enabled": True, "volumeSize": "2Gi"})
-    reconcile(api, df, NOW)
+    settle(api, df)
     _as_the_api_server_stores_it(api)
-    before = copy.deepcopy(api.objects)
+    before = copy.deepcopy(api.claims())
     df["spec"]["recovery"]["volumeSize"] = "1Gi"
-    status = reconcile(api, df, NOW)
+    status = settle(api, df)
     condition = _volume_size(status)
     assert (condition["status"], condition["reason"]) == ("False", "ShrinkRefused")
     assert "recovery.volumeSize 1Gi is smaller than the claims recovery-df-0 (2Gi)" in condition["message"]
-    claims = {k: v for k, v in api.objects.items() if k[0] == "PersistentVolumeClaim"}
-    assert len(claims) == 3 and claims == {k: v for k, v in before.items() if k[0] == "PersistentVolumeClaim"}
-    key = ("StatefulSet", "ns", "df")
-    assert api.objects[key]["spec"]["volumeClaimTemplates"] == before[key]["spec"]["volumeClaimTemplates"]
+    assert api.claims() == before
     assert status["phase"] == "Pending"  # the flow runs on with the volumes it has
+    assert sorted(api.jobs()) == ["df-0", "df-1", "df-2"]
 
 
 def test_a_storage_class_that_cannot_expand_is_reported():
     api, df = FakeApi(), dataflow(recovery={"enabled": True, "volumeSize": "1Gi"})
-    reconcile(api, df, NOW)
+    settle(api, df)
     _as_the_api_server_stores_it(api)
     api.expansion_refused = True
     df["spec"]["recovery"]["volumeSize"] = "3Gi"
-    condition = _volume_size(reconcile(api, df, NOW))
+    condition = _volume_size(settle(api, df))
     assert (condition["status"], condition["reason"]) == ("False", "ResizeFailed")
     assert "recovery-df-0: only dynamically provisioned pvc can be resized" in condition["message"]
-    assert ("StatefulSet", "ns", "df") in api.objects
+    assert sorted(api.jobs()) == ["df-0", "df-1", "df-2"]  # the flow runs on
 
 
-def test_another_storage_class_replaces_the_statefulset():
+def test_another_storage_class_replaces_the_claims():
     api, df = FakeApi(), dataflow(recovery={"enabled": True, "volumeSize": "1Gi"})
-    reconcile(api, df, NOW)
+    settle(api, df)
     _as_the_api_server_stores_it(api)
     df["spec"]["recovery"]["storageClassName"] = "fast"
-    reconcile(api, df, NOW)
-    assert ("StatefulSet", "ns", "df") not in api.objects
+    df["status"] = reconcile(api, df, NOW)  # the old Jobs go first (they have no pods here)
+    assert api.jobs() == {}
+    status = reconcile(api, df, NOW)
+    assert status["message"] == "restarting: replacing the recovery volumes"
+    assert api.claims() == {} and api.jobs() == {}
+    settle(api, df)
+    assert {name: c["spec"]["storageClassName"] for name, c in api.claims().items()} == {
+        f"recovery-df-{i}": "fast" for i in range(3)}
+    assert sorted(api.jobs()) == ["df-0", "df-1", "df-2"]
 
 
 def test_switching_from_code_to_a_module_deletes_the_flow_configmap():
@@ -245,7 +380,7 @@ def test_switching_from_code_to_a_module_deletes_the_flow_configmap():
     reconcile(api, df, NOW)
     assert ("ConfigMap", "ns", "df-flow") in api.objects
     df["spec"]["flow"] = {"module": "flows.count:flow"}
-    reconcile(api, df, NOW)
+    settle(api, df)
     assert ("ConfigMap", "ns", "df-flow") not in api.objects
     before = copy.deepcopy(api.objects)
     reconcile(api, df, NOW)  # nothing left to delete: nothing changes

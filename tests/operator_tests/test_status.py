@@ -54,7 +54,7 @@ def test_running_when_every_process_is_ready():
     df = dataflow()
     st = status.compute_status(df, [pod(df, 0, ready=True), pod(df, 1, ready=True)], NOW)
     assert st["phase"] == "Running" and conditions(st)["Ready"] == "True"
-    assert status.desired_replicas(df, st) == 2
+    assert st["readyProcesses"] == 2 and "desiredReplicas" not in st
 
 
 def test_pods_of_an_old_template_do_not_count():
@@ -68,15 +68,14 @@ def test_succeeded_when_every_process_completed_and_then_terminal():
     done = [pod(df, i, terminated=(0, "millrace: completed")) for i in range(2)]
     st = status.compute_status(df, done, NOW)
     assert st["phase"] == "Succeeded" and st["completionTime"] == NOW
-    assert conditions(st)["Completed"] == "True"
-    assert status.desired_replicas(df, st) == 0
+    assert conditions(st)["Completed"] == "True" and st["readyProcesses"] == 0
     # A no-op edit, pods gone: still Succeeded, same times, not run again.
     edited = copy.deepcopy(df)
     edited["status"] = st
     edited["metadata"]["generation"] = 4
     again = status.compute_status(edited, [], LATER)
     assert again["phase"] == "Succeeded" and again["completionTime"] == NOW
-    assert status.desired_replicas(edited, again) == 0
+    assert again["templateHash"] == st["templateHash"]
 
 
 def test_a_template_change_runs_a_finished_flow_again():
@@ -84,7 +83,8 @@ def test_a_template_change_runs_a_finished_flow_again():
     df["status"] = status.compute_status(df, [pod(df, i, terminated=(0, "millrace: completed")) for i in range(2)], NOW)
     df["spec"]["restartNonce"] = "again"
     st = status.compute_status(df, [], LATER)
-    assert st["phase"] == "Pending" and status.desired_replicas(df, st) == 2
+    assert st["phase"] == "Pending" and st["templateHash"] != df["status"]["templateHash"]
+    assert conditions(st) == {"Ready": "False", "Completed": "False", "Failed": "False"}
 
 
 def test_a_flow_that_cannot_load_fails_with_the_import_error():
@@ -113,16 +113,18 @@ def test_a_failed_run_keeps_its_reason_on_every_later_reconcile():
     df = dataflow()
     boom = "millrace: failed: ZeroDivisionError: division by zero"
     df["status"] = status.compute_status(df, [pod(df, 0, last=(1, boom), waiting="CrashLoopBackOff", restarts=3)], NOW)
-    again = status.compute_status(df, [], "2026-01-01T00:05:00Z")  # the pods are gone (replicas 0)
+    again = status.compute_status(df, [], "2026-01-01T00:05:00Z")  # the pods are gone
     failed = next(c for c in again["conditions"] if c["type"] == "Failed")
     assert again["phase"] == "Failed" and failed["reason"] == "CrashLoop"
     assert "ZeroDivisionError" in failed["message"] and failed["lastTransitionTime"] == NOW
 
 
-def test_suspended_scales_to_zero():
+def test_suspended_whatever_the_pods_say():
     df = dataflow(suspend=True)
     st = status.compute_status(df, [], NOW)
-    assert st["phase"] == "Suspended" and status.desired_replicas(df, st) == 0
+    assert st["phase"] == "Suspended" and st["readyProcesses"] == 0
+    st = status.compute_status(df, [pod(df, i, ready=True) for i in range(2)], NOW)
+    assert st["phase"] == "Suspended" and st["message"] == "spec.suspend is true"
 
 
 def test_transition_times_move_only_on_change():

@@ -1,11 +1,14 @@
-"""Pods of a StatefulSet as local processes, each on its own simulated host.
+"""The pods of a Dataflow's Jobs as local processes, each on its own simulated host.
 
-Every pod gets a network namespace wired to a private bridge (inside a namespace of its own,
-so the machine's network is untouched), its hostname (``unshare --uts``), and a hosts file
-(``/etc/netns/<ns>/hosts``) that resolves the headless Service's names. Its container command
-runs with the environment Kubernetes would give it: literal values as written, downward-API
+Each Job has one pod (``completions: 1``), named ``<job>-<suffix>`` as the Job controller names
+it. Every pod gets a network namespace wired to a private bridge (inside a namespace of its own,
+so the machine's network is untouched), the hostname its pod spec says (``unshare --uts``), and
+a hosts file (``/etc/netns/<ns>/hosts``) that resolves ``<hostname>.<subdomain>.<namespace>.svc``
+names as the headless Service's DNS would. Its container command runs with the environment
+Kubernetes would give it from the Job's pod template: literal values as written, downward-API
 fields filled in, and each volume mount mapped to a local directory holding what the volume
-would (ConfigMap keys, Secret keys, an emptyDir, a PersistentVolume that outlives the pod).
+would (ConfigMap keys, Secret keys, an emptyDir that lives as long as the pod, a
+PersistentVolumeClaim's volume that outlives it: kept by claim name under the work directory).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,30 +50,35 @@ def _sh(*args: str) -> None:
 class Pod:
     index: int
     name: str
+    hostname: str
+    subdomain: str
+    template: dict[str, Any]
     netns: str
     ip: str
     root: Path
     env: dict[str, str] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
     proc: subprocess.Popen[str] | None = None
+    mounts: dict[str, str] = field(default_factory=dict)
 
 
 class PodSimulation:
-    """The pods of ``statefulset`` (with ``children``: ConfigMaps and Secrets by name)."""
+    """The pods of ``jobs`` (with ``children``: ConfigMaps and Secrets by name), pod ``i`` the
+    one of ``jobs[i]``."""
 
-    def __init__(self, statefulset: dict[str, Any], children: list[dict[str, Any]], workdir: Path) -> None:
-        self.sts = statefulset
+    def __init__(self, jobs: list[dict[str, Any]], children: list[dict[str, Any]], workdir: Path) -> None:
+        self.jobs = jobs
         self.objects = {(c["kind"], c["metadata"]["name"]): c for c in children}
         self.workdir = workdir
         self.tag = uuid.uuid4().hex[:6]
         self.switch = f"mrsw{self.tag}"
-        self.name = statefulset["metadata"]["name"]
-        self.namespace = statefulset["metadata"].get("namespace", "default")
-        replicas = statefulset["spec"]["replicas"]
-        self.pods = [
-            Pod(i, f"{self.name}-{i}", f"mrpod{self.tag}{i}", f"{SUBNET}.{10 + i}", workdir / f"pod-{i}")
-            for i in range(replicas)
-        ]
+        self.namespace = jobs[0]["metadata"].get("namespace", "default")
+        self.pods = []
+        for i, job in enumerate(jobs):
+            template = job["spec"]["template"]
+            name = f"{job['metadata']['name']}-{self.tag[:5]}"
+            self.pods.append(Pod(i, name, template["spec"]["hostname"], template["spec"]["subdomain"], template,
+                                 f"mrpod{self.tag}{i}", f"{SUBNET}.{10 + i}", workdir / f"pod-{name}"))
 
     # -- network -------------------------------------------------------------------------
 
@@ -77,10 +86,9 @@ class PodSimulation:
         _sh("ip", "netns", "add", self.switch)
         _sh("ip", "netns", "exec", self.switch, "ip", "link", "add", "br0", "type", "bridge")
         _sh("ip", "netns", "exec", self.switch, "ip", "link", "set", "br0", "up")
-        service = self.sts["spec"]["serviceName"]
         domain = "cluster.local"
         hosts = "127.0.0.1 localhost\n" + "".join(
-            f"{pod.ip} {pod.name}.{service}.{self.namespace}.svc.{domain} {pod.name}\n"
+            f"{pod.ip} {pod.hostname}.{pod.subdomain}.{self.namespace}.svc.{domain} {pod.hostname}\n"
             for pod in self.pods
         )
         for pod in self.pods:
@@ -113,9 +121,14 @@ class PodSimulation:
 
     def _volume_dir(self, pod: Pod, volume: dict[str, Any]) -> Path:
         name = volume["name"]
+        if "persistentVolumeClaim" in volume:
+            # The claim's volume outlives the pod: the next pod that mounts it finds its files.
+            path = self.workdir / "claims" / volume["persistentVolumeClaim"]["claimName"]
+            path.mkdir(parents=True, exist_ok=True)
+            return path
         path = pod.root / "volumes" / name
         if path.exists():
-            return path  # emptyDir and PVC contents survive container restarts
+            return path  # an emptyDir survives container restarts (not the pod)
         path.mkdir(parents=True)
         if "configMap" in volume:
             data = self.objects[("ConfigMap", volume["configMap"]["name"])].get("data", {})
@@ -130,20 +143,19 @@ class PodSimulation:
         return path
 
     def _prepare(self, pod: Pod) -> None:
-        spec = self.sts["spec"]["template"]["spec"]
+        spec = pod.template["spec"]
         container = spec["containers"][0]
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
-        for claim in self.sts["spec"].get("volumeClaimTemplates", []):
-            volumes[claim["metadata"]["name"]] = {"name": claim["metadata"]["name"]}
         mounts = {}
         for mount in container.get("volumeMounts", []):
             mounts[mount["mountPath"]] = str(self._volume_dir(pod, volumes[mount["name"]]))
         fields = {
             "metadata.name": pod.name,
             "metadata.namespace": self.namespace,
-            "metadata.labels['apps.kubernetes.io/pod-index']": str(pod.index),
             "status.podIP": pod.ip,
         }
+        fields.update({f"metadata.labels['{key}']": value
+                       for key, value in pod.template["metadata"].get("labels", {}).items()})
         env: dict[str, str] = {}
         for var in container.get("env", []):
             if "value" in var:
@@ -157,6 +169,7 @@ class PodSimulation:
             env[var["name"]] = value
         env["MILLRACE_TERMINATION_LOG"] = str(pod.root / "termination-log")
         pod.env = env
+        pod.mounts = mounts
         command = container["command"] + container.get("args", [])
         # The image's console script is this interpreter's entry point of the same name.
         executable = Path(sys.executable).with_name(command[0])
@@ -167,7 +180,7 @@ class PodSimulation:
         env = {"PATH": os.environ.get("PATH", ""), "MILLRACE_TEST_TAG": os.environ.get("MILLRACE_TEST_TAG", ""), **pod.env}
         pod.proc = subprocess.Popen(
             ["ip", "netns", "exec", pod.netns, "unshare", "--uts", "sh", "-c",
-             f'hostname "{pod.name}" && exec "$@"', "pod", *pod.command],
+             f'hostname "{pod.hostname}" && exec "$@"', "pod", *pod.command],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -189,3 +202,28 @@ class PodSimulation:
     def termination_message(self, index: int) -> str:
         path = self.pods[index].root / "termination-log"
         return path.read_text() if path.exists() else ""
+
+    def ready(self, index: int) -> bool:
+        """Whether pod ``index``'s readinessProbe (an exec probe) passes now, run as the kubelet
+        would run it in the container (paths inside volumes mapped to the pod's local copies)."""
+        pod = self.pods[index]
+        probe = pod.template["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]
+        local = []
+        for arg in probe:
+            for mount_path, path in pod.mounts.items():
+                if arg == mount_path or arg.startswith(mount_path + "/"):
+                    arg = path + arg[len(mount_path):]
+            local.append(arg)
+        return subprocess.run(local, capture_output=True).returncode == 0
+
+    def wait_ready(self, indexes: list[int], timeout: float) -> None:
+        """Until every pod of ``indexes`` is ready (or one has ended, or the time is out)."""
+        deadline = time.monotonic() + timeout
+        while not all(self.ready(i) for i in indexes):
+            ended = [i for i in indexes if self.pods[i].proc is not None and self.pods[i].proc.poll() is not None]
+            if ended:
+                raise AssertionError(f"pods {ended} ended before every pod was ready")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"pods not ready within {timeout} s: "
+                                     f"{[i for i in indexes if not self.ready(i)]}")
+            time.sleep(0.1)
