@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import cloudpickle
 
+from .common.epoch_config import EpochConfig, PeriodicEpochConfig, TestingEpochConfig
 from .dataflow import Dataflow
 from .recovery import RecoveryConfig
 from .runtime import cluster, engine
@@ -30,44 +31,6 @@ __all__ = [
     "cluster_main",
     "spawn_cluster",
 ]
-
-
-class EpochConfig:
-    """Base class of epoch configurations: when the input starts a new epoch."""
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-class PeriodicEpochConfig(EpochConfig):
-    """A new epoch starts when ``epoch_length`` of wall time has passed (default 10 s).
-
-    Epoch ends are when snapshots are taken, so this bounds how much input is replayed after
-    a crash.
-
-    >>> PeriodicEpochConfig(timedelta(seconds=1))
-    PeriodicEpochConfig(epoch_length=datetime.timedelta(seconds=1))
-    """
-
-    def __init__(self, epoch_length: timedelta = timedelta(seconds=10)) -> None:
-        if not isinstance(epoch_length, timedelta):
-            raise TypeError(
-                f"PeriodicEpochConfig epoch_length must be a timedelta, got {epoch_length!r}"
-            )
-        if epoch_length <= timedelta(0):
-            raise ValueError(
-                f"PeriodicEpochConfig epoch_length must be positive, got {epoch_length!r}"
-            )
-        self.epoch_length = epoch_length
-
-    def __repr__(self) -> str:
-        return f"PeriodicEpochConfig(epoch_length={self.epoch_length!r})"
-
-
-class TestingEpochConfig(EpochConfig):
-    """Every input item is its own epoch: deterministic epochs for tests."""
-
-    __test__ = False
 
 
 def run_main(

@@ -5,6 +5,10 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+# Defined beside the other shared vocabulary, so the transport can raise it too; imported from
+# here by users and the runtime alike.
+from ..common.errors import ClusterError as ClusterError
+
 _NOTE_MARK = "millrace: "
 
 
@@ -56,7 +60,3 @@ def where(exc: BaseException) -> str | None:
 def describe(value: Any) -> str:
     """A bounded ``repr`` for error messages."""
     return _short(value)
-
-
-class ClusterError(RuntimeError):
-    """The cluster stopped because a worker or a peer failed; the message says which and why."""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from ..runtime.errors import ClusterError
+from ..common.errors import ClusterError
 from . import frames
 from .addresses import bind_endpoint, check_addresses, connect_endpoint
 
