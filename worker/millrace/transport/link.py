@@ -33,7 +33,7 @@ from . import frames
 from .addresses import bind_endpoint, check_addresses, connect_endpoint
 
 if TYPE_CHECKING:
-    from ..runtime.exchange import Exchange, Message
+    from .protocols import Exchange, Message
 
 log = logging.getLogger("millrace.transport")
 
