@@ -5,9 +5,7 @@
 - :mod:`.errors`: :class:`~.errors.ClusterError`, which the runtime and the transport raise
   alike.
 
-The layers above, and the contract in ``pyproject.toml`` that keeps them apart (checked by
-``lint-imports`` in the test suite): the public entry points (:mod:`millrace.execution`,
-:mod:`millrace.pod`, ...) use :mod:`millrace.runtime`, which uses :mod:`millrace.transport`;
-none of them is imported by a layer below it. Users import these names from the public
-modules (``millrace.execution.PeriodicEpochConfig``, ``millrace.runtime.errors.ClusterError``).
+This is the bottom of the layers that the import contracts in ``pyproject.toml`` keep (see
+"Layers" in the README). Users import these names where they always have:
+``millrace.execution.PeriodicEpochConfig``, ``millrace.runtime.errors.ClusterError``.
 """
