@@ -1,11 +1,15 @@
 """The keyed steps' per-item code: every template keeps to the names the generated loop gives
-it and compiles in every shape of loop."""
+it and compiles in every shape of loop, and an error raised in a user function called from the
+generated loop still names that function and the step."""
 
 from __future__ import annotations
 
 import ast
 import importlib
 import pkgutil
+import re
+import traceback
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -13,7 +17,12 @@ import pytest
 
 import millrace.runtime
 from millrace import plan
+from millrace.dataflow import Dataflow
+from millrace.execution import cluster_main, run_main
+from millrace.inputs import TestingInputConfig
+from millrace.outputs import TestingOutputConfig
 from millrace.runtime import chain
+from millrace.runtime.errors import where
 from millrace.runtime.keyed import ReduceLogic, StatefulMapLogic
 from millrace.runtime.loop_code import LOOP_NAMES, LoopCode, check_loop_code, is_loop_own
 from millrace.runtime.system_windows import SystemClockWindowLogic
@@ -130,3 +139,97 @@ def test_a_template_that_breaks_the_rules_is_refused_when_made(
     with pytest.raises(ValueError, match=rf"^loop code of bad(, | |:).*{problem}"):
         LoopCode("bad", setup, per_key)
 
+
+# -- an error in a user function called from the generated loop ---------------------------------
+
+
+class Angry(Exception):
+    pass
+
+
+def angry_reducer(acc: int, value: int) -> int:
+    if value == 3:
+        raise Angry("the reducer's own")
+    return acc + value
+
+
+def angry_is_complete(acc: int) -> bool:
+    if acc == 4:
+        raise Angry("is_complete's own")
+    return False
+
+
+def angry_builder() -> Any:
+    raise Angry("the builder's own")
+
+
+def angry_mapper(state: Any, value: int) -> tuple[Any, Any]:
+    if value == 3:
+        raise Angry("the mapper's own")
+    return state, value
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def never(acc: Any) -> bool:
+    return False
+
+
+# (step name, the user function that raises, the name the loop calls it by, how to add the step)
+CASES: dict[str, tuple[str, Callable[..., Any], str, Callable[[Dataflow], None]]] = {
+    "reduce/reducer": ("reduce 'r'", angry_reducer, "_reducer", lambda f: f.reduce("r", angry_reducer, never)),
+    "reduce/is_complete": ("reduce 'r'", angry_is_complete, "_is_complete", lambda f: f.reduce("r", add, angry_is_complete)),
+    "stateful_map/builder": ("stateful_map 's'", angry_builder, "_builder", lambda f: f.stateful_map("s", angry_builder, angry_mapper)),
+    "stateful_map/mapper": ("stateful_map 's'", angry_mapper, "_mapper", lambda f: f.stateful_map("s", lambda: 0, angry_mapper)),
+    "reduce_window/reducer": ("reduce_window 'w'", angry_reducer, "_reducer",
+                              lambda f: f.reduce_window("w", SystemClockConfig(), HOUR, angry_reducer)),
+    "fold_window/builder": ("fold_window 'w'", angry_builder, "_builder",
+                            lambda f: f.fold_window("w", SystemClockConfig(), HOUR, angry_builder, add)),
+    "fold_window/folder": ("fold_window 'w'", angry_reducer, "_folder",
+                           lambda f: f.fold_window("w", SystemClockConfig(), HOUR, lambda: 0, angry_reducer)),
+}
+
+
+def flow_of(add_step: Callable[[Dataflow], None], with_map: bool) -> Dataflow:
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([("a", 1), ("b", 2), ("a", 3), ("c", 3), (7, 3)]))
+    if with_map:  # the keyed code runs in the loop of the map; without, in a loop of its own
+        flow.map(lambda kv: kv)
+    add_step(flow)
+    flow.capture(TestingOutputConfig([]))
+    return flow
+
+
+def raised(run: Callable[[Dataflow], None], flow: Dataflow) -> BaseException:
+    with pytest.raises(Angry) as info:
+        run(flow)
+    return info.value
+
+
+RUNS: dict[str, Callable[[Dataflow], None]] = {
+    "one worker": run_main,
+    # Two workers route: an item runs in the loop that read it or, sent, in the owner's own.
+    "two workers": lambda flow: cluster_main(flow, [], 0, worker_count_per_proc=2),
+}
+
+
+@pytest.mark.parametrize("with_map", [True, False], ids=["after a map", "alone"])
+@pytest.mark.parametrize("run", RUNS, ids=list(RUNS))
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_an_error_in_a_user_function_names_the_function_and_the_step(case: str, run: str, with_map: bool) -> None:
+    step, user_fn, called_as, add_step = CASES[case]
+    exc = raised(RUNS[run], flow_of(add_step, with_map))
+    # Its own type, with the note that names the step and the worker.
+    assert type(exc) is Angry
+    assert re.fullmatch(rf"raised in {re.escape(step)} on worker [01]", where(exc) or "")
+    frames = traceback.extract_tb(exc.__traceback__)
+    # The innermost frame is the user's function, called from the generated loop, whose line
+    # (kept in linecache) shows the call.
+    assert frames[-1].name == user_fn.__name__ and frames[-1].filename == __file__
+    kind = step.split()[0]
+    assert re.fullmatch(rf"<millrace chain: (.* -> )?{kind}( \(routed\))?>", frames[-2].filename)
+    assert frames[-2].line and f"{called_as}(" in frames[-2].line
+    text = "".join(traceback.format_exception(exc))
+    assert f"in {user_fn.__name__}" in text and f"millrace: raised in {step} on worker" in text
