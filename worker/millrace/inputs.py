@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, TypeVar
 
-from ._fields import check_callable, set_field
+from .common.fields import check_callable, set_field
 
 __all__ = [
     "InputConfig",

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, MutableSequence
 
-from ._fields import check_callable, set_field
+from .common.fields import check_callable, set_field
 
 __all__ = [
     "OutputConfig",

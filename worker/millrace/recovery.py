@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._fields import set_field
+from .common.fields import set_field
 
 __all__ = ["RecoveryConfig", "SqliteRecoveryConfig", "KafkaRecoveryConfig"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ._fields import check_callable, check_type
+from .common.fields import check_callable, check_type
 
 __all__ = [
     "ClockConfig",
