@@ -29,13 +29,17 @@ def df(request) -> dict:
     return dataflow(request.param)
 
 
+def every_child(df: dict) -> list[dict]:
+    return manifests.children(df, "k3y") + manifests.jobs(df, suspend=False) + manifests.claims(df)
+
+
 def test_every_child_validates_against_kubernetes(df):
-    for child in manifests.children(df, "k3y"):
+    for child in every_child(df):
         kubernetes_validate.validate(child, KUBERNETES, strict=True)
 
 
 def test_every_child_is_owned_by_the_dataflow(df):
-    for child in manifests.children(df, "k3y"):
+    for child in every_child(df):
         (owner,) = child["metadata"]["ownerReferences"]
         assert owner == {
             "apiVersion": "millrace.dev/v1alpha1",
@@ -55,27 +59,35 @@ def test_the_service_is_headless_and_publishes_unready_pods(df):
     assert svc["metadata"]["name"] == df["metadata"]["name"]
 
 
-def test_the_statefulset_follows_the_contract(df):
-    sts = manifests.statefulset(df)
+def test_each_process_gets_a_job_that_follows_the_contract(df):
     name = df["metadata"]["name"]
-    spec = sts["spec"]
-    assert spec["serviceName"] == name and spec["podManagementPolicy"] == "Parallel"
-    assert spec["replicas"] == df["spec"]["processes"]
-    pod = spec["template"]["spec"]
-    (container,) = pod["containers"]
-    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
-    assert env["MILLRACE_POD_INDEX"] == {
-        "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
-    }
-    assert env["MILLRACE_SERVICE"] == name
-    assert env["MILLRACE_PROCESSES"] == str(df["spec"]["processes"])
-    assert env["MILLRACE_FLOW_FILE"] == "/etc/millrace/flow/flow.py"
-    assert container["command"] == ["millrace-worker"]
-    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    jobs = manifests.jobs(df, suspend=False)
+    assert [job["metadata"]["name"] for job in jobs] == [f"{name}-{i}" for i in range(df["spec"]["processes"])]
+    for index, job in enumerate(jobs):
+        spec = job["spec"]
+        assert spec["completions"] == 1 and spec["parallelism"] == 1 and spec["suspend"] is False
+        # A replacement only once the old pod has ended: never two pods of one process.
+        assert spec["podReplacementPolicy"] == "Failed"
+        pod = spec["template"]["spec"]
+        assert pod["restartPolicy"] == "OnFailure"
+        # The peers' DNS names: N-i.N.<namespace>.svc.<domain>.
+        assert pod["hostname"] == f"{name}-{index}" and pod["subdomain"] == name
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+        assert env["MILLRACE_POD_INDEX"] == str(index)
+        assert env["MILLRACE_SERVICE"] == name
+        assert env["MILLRACE_PROCESSES"] == str(df["spec"]["processes"])
+        assert env["MILLRACE_FLOW_FILE"] == "/etc/millrace/flow/flow.py"
+        assert container["command"] == ["millrace-worker"]
+        # Ready only while in a formed cluster: the worker keeps that file only then.
+        assert container["readinessProbe"]["exec"]["command"] == ["test", "-e", "/var/run/millrace/ready"]
+        labels = spec["template"]["metadata"]["labels"]
+        assert labels["millrace.dev/process"] == str(index)
+        assert manifests.template_hash_of(job) == manifests.template_hash_of(spec["template"])
 
 
 def test_pods_meet_the_restricted_pod_security_standard(df):
-    pod = manifests.statefulset(df)["spec"]["template"]["spec"]
+    pod = manifests.job(df, 0, suspend=False)["spec"]["template"]["spec"]
     assert restricted_violations(pod) == []
     for container in pod["containers"]:
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -83,7 +95,7 @@ def test_pods_meet_the_restricted_pod_security_standard(df):
 
 
 def test_the_pod_security_check_catches_what_the_standard_forbids(df):
-    pod = copy.deepcopy(manifests.statefulset(df)["spec"]["template"]["spec"])
+    pod = copy.deepcopy(manifests.job(df, 0, suspend=False)["spec"]["template"]["spec"])
     pod["hostNetwork"] = True
     pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
     container = pod["containers"][0]
@@ -105,8 +117,8 @@ def test_only_the_dataflows_own_pods_reach_its_worker_port(df):
         "from": [{"podSelector": pods}],
         "ports": [{"protocol": "TCP", "port": df["spec"].get("port", 2101)}],
     }]
-    # The policy selects exactly the StatefulSet's pods.
-    template_labels = manifests.statefulset(df)["spec"]["template"]["metadata"]["labels"]
+    # The policy selects exactly the Jobs' pods.
+    template_labels = manifests.job(df, 0, suspend=False)["spec"]["template"]["metadata"]["labels"]
     assert pods["matchLabels"].items() <= template_labels.items()
 
 
@@ -114,38 +126,43 @@ def test_without_an_image_dataflows_run_the_operators_worker_image(df, monkeypat
     df = copy.deepcopy(df)
     df["spec"].pop("image", None)
     monkeypatch.delenv(IMAGE_ENV, raising=False)
-    assert manifests.statefulset(df)["spec"]["template"]["spec"]["containers"][0]["image"] == BUILTIN_IMAGE
+    assert manifests.job(df, 0, suspend=False)["spec"]["template"]["spec"]["containers"][0]["image"] == BUILTIN_IMAGE
     monkeypatch.setenv(IMAGE_ENV, "registry.example/millrace:9")
-    assert manifests.statefulset(df)["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/millrace:9"
+    assert manifests.job(df, 0, suspend=False)["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/millrace:9"
     df["spec"]["image"] = "mine:1"
-    assert manifests.statefulset(df)["spec"]["template"]["spec"]["containers"][0]["image"] == "mine:1"
+    assert manifests.job(df, 0, suspend=False)["spec"]["template"]["spec"]["containers"][0]["image"] == "mine:1"
 
 
-def test_recovery_gets_a_volume_per_pod():
+def test_recovery_gets_a_volume_per_process():
     df = dataflow(next(p for p in EXAMPLES if "batch" in p.name))
-    sts = manifests.statefulset(df)
-    (claim,) = sts["spec"]["volumeClaimTemplates"]
-    assert claim["spec"]["resources"]["requests"]["storage"] == "256Mi"
-    env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["MILLRACE_RECOVERY_DIR"] == "/var/lib/millrace/recovery"
-    # Deleting the Dataflow deletes its volumes; suspending or finishing keeps them.
-    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Delete", "whenScaled": "Retain"}
+    claims = manifests.claims(df)
+    assert [c["metadata"]["name"] for c in claims] == [f"recovery-wordcount-{i}" for i in range(3)]
+    assert {c["spec"]["resources"]["requests"]["storage"] for c in claims} == {"256Mi"}
+    for index, job in enumerate(manifests.jobs(df, suspend=False)):
+        pod = job["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["recovery"]["persistentVolumeClaim"] == {"claimName": f"recovery-wordcount-{index}"}
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["MILLRACE_RECOVERY_DIR"] == "/var/lib/millrace/recovery"
+    df["spec"]["recovery"] = {"enabled": False}
+    assert manifests.claims(df) == []
 
 
 def test_a_module_flow_has_no_configmap():
     df = dataflow(EXAMPLES[0])
     df["spec"]["flow"] = {"module": "flows.count:flow"}
     assert manifests.flow_configmap(df) is None
-    env = {e["name"]: e.get("value") for e in manifests.statefulset(df)["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in manifests.job(df, 0, suspend=False)["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MILLRACE_FLOW"] == "flows.count:flow" and "MILLRACE_FLOW_FILE" not in env
 
 
-def test_suspend_scales_to_zero_without_a_restart():
+def test_suspend_suspends_the_jobs_without_a_new_template():
     df = dataflow(EXAMPLES[0])
-    before = manifests.statefulset(df)
+    before = manifests.job(df, 0, suspend=False)
     df["spec"]["suspend"] = True
-    after = manifests.statefulset(df)
-    assert after["spec"]["replicas"] == 0
+    assert manifests.template_hash(parse_spec(df["spec"])) == manifests.template_hash_of(before)
+    after = manifests.job(df, 0, suspend=True)
+    assert after["spec"]["suspend"] is True
     assert after["spec"]["template"] == before["spec"]["template"]
 
 
