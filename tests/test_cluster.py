@@ -198,7 +198,7 @@ class _Reports:
 
 
 def test_spawn_cluster_waits_for_the_reports_of_failed_processes_only():
-    from millrace.execution import _reports
+    from millrace.runtime.spawn import _reports
 
     clean = _Reports()
     assert _reports([_Exited(0), _Exited(0)], clean) == [] and clean.asked == 0

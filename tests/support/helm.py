@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -10,8 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+
+from .required import unavailable
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "millrace"
 
@@ -26,10 +26,7 @@ def require_helm() -> str:
     required (scripts/test installs them and sets MILLRACE_REQUIRE_TOOLS=1, so CI never skips)."""
     found = helm_binary()
     if found is None:
-        message = "helm not found: scripts/k8s-tools installs it into the venv"
-        if os.environ.get("MILLRACE_REQUIRE_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("helm not found: scripts/k8s-tools installs it into the venv")
     return found
 
 

@@ -14,6 +14,7 @@ PersistentVolumeClaim's volume that outlives it: kept by claim name under the wo
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import shutil
 import subprocess
@@ -27,8 +28,9 @@ from typing import Any
 SUBNET = "10.254.77"
 
 
+@functools.cache
 def available() -> str | None:
-    """Why pods cannot be simulated here, or ``None`` when they can."""
+    """Why pods cannot be simulated here, or ``None`` when they can (probed once)."""
     if os.geteuid() != 0:
         return "pod simulation needs root (network namespaces)"
     for tool in ("ip", "unshare", "hostname"):

@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import queue
-import secrets
-import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import cloudpickle
-
+from .common.epoch_config import EpochConfig, PeriodicEpochConfig, TestingEpochConfig
+from .common.errors import ClusterError as ClusterError  # importable from here, as it was
 from .dataflow import Dataflow
 from .recovery import RecoveryConfig
-from .runtime import cluster, engine
-from .runtime.errors import ClusterError
+from .runtime import cluster, engine, spawn
 
 __all__ = [
     "EpochConfig",
@@ -30,44 +26,6 @@ __all__ = [
     "cluster_main",
     "spawn_cluster",
 ]
-
-
-class EpochConfig:
-    """Base class of epoch configurations: when the input starts a new epoch."""
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-class PeriodicEpochConfig(EpochConfig):
-    """A new epoch starts when ``epoch_length`` of wall time has passed (default 10 s).
-
-    Epoch ends are when snapshots are taken, so this bounds how much input is replayed after
-    a crash.
-
-    >>> PeriodicEpochConfig(timedelta(seconds=1))
-    PeriodicEpochConfig(epoch_length=datetime.timedelta(seconds=1))
-    """
-
-    def __init__(self, epoch_length: timedelta = timedelta(seconds=10)) -> None:
-        if not isinstance(epoch_length, timedelta):
-            raise TypeError(
-                f"PeriodicEpochConfig epoch_length must be a timedelta, got {epoch_length!r}"
-            )
-        if epoch_length <= timedelta(0):
-            raise ValueError(
-                f"PeriodicEpochConfig epoch_length must be positive, got {epoch_length!r}"
-            )
-        self.epoch_length = epoch_length
-
-    def __repr__(self) -> str:
-        return f"PeriodicEpochConfig(epoch_length={self.epoch_length!r})"
-
-
-class TestingEpochConfig(EpochConfig):
-    """Every input item is its own epoch: deterministic epochs for tests."""
-
-    __test__ = False
 
 
 def run_main(
@@ -196,90 +154,6 @@ def cluster_main(
     )
 
 
-def _spawned_main(
-    payload: bytes | tuple[Dataflow, Any, Any],
-    proc_id: int,
-    proc_count: int,
-    worker_count_per_proc: int,
-    secret: bytes,
-    errors: Any,
-    ports: Any,
-    inbox: Any,
-) -> None:
-    """The body of each process :func:`spawn_cluster` starts: bind a port, report it on
-    ``ports``, take the cluster's addresses from ``inbox`` (``None``: the start was called
-    off), and run."""
-    from .transport.link import Listener
-
-    try:
-        loaded = cloudpickle.loads(payload) if isinstance(payload, bytes) else payload
-        flow, epoch_config, recovery_config = cast(
-            "tuple[Dataflow, EpochConfig | None, RecoveryConfig | None]", loaded
-        )
-        addresses: list[str] = []
-        listener = None
-        parent_gone = _parent_gone(proc_id)
-        if proc_count > 1:
-            listener = Listener.any_port(proc_id)
-            ports.put((proc_id, listener.port))
-            addresses = _addresses_from(inbox, listener, parent_gone)
-        cluster.run_process(
-            flow,
-            addresses,
-            proc_id,
-            workers_per_proc=worker_count_per_proc,
-            epoch_config=epoch_config,
-            recovery_config=recovery_config,
-            secret=secret,
-            connect_timeout=_seconds(None),
-            cluster_id=os.environ.get(CLUSTER_ID_ENV, ""),
-            listener=listener,
-            abandoned=parent_gone,
-        )
-    except BaseException as exc:
-        try:
-            blob = cloudpickle.dumps(exc)
-        except Exception:
-            blob = cloudpickle.dumps(ClusterError(f"process {proc_id}: {type(exc).__name__}: {exc}"))
-        errors.put((proc_id, blob))
-        raise SystemExit(1) from None
-
-
-def _parent_gone(proc_id: int) -> Callable[[], str | None] | None:
-    """For a spawned process: the reason to stop once the process that ran spawn_cluster is
-    gone (killed, say), as nobody is left to take the results or a failure. ``None`` for a
-    process that is a thread of the caller (:data:`~millrace.testing.doctest_ctx`)."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return None
-
-    def check() -> str | None:
-        if parent.is_alive():
-            return None
-        return (
-            f"process {proc_id}: the process that ran spawn_cluster (pid {parent.pid}) exited, "
-            "so nothing waits for this cluster any more"
-        )
-
-    return check
-
-
-def _addresses_from(inbox: Any, listener: Any, parent_gone: Callable[[], str | None] | None) -> list[str]:
-    """The address list :func:`spawn_cluster` sends once every process has bound its port."""
-    while True:
-        try:
-            addresses = inbox.get(timeout=1.0)
-            break
-        except queue.Empty:
-            if parent_gone is not None and parent_gone():
-                addresses = None
-                break
-    if addresses is None:
-        listener.close()
-        raise ClusterError("spawn_cluster called off the start: another process failed first")
-    return cast("list[str]", addresses)
-
-
 def spawn_cluster(
     flow: Dataflow,
     *,
@@ -326,105 +200,15 @@ def spawn_cluster(
     check_flow(flow)
     engine.epoch_policy(epoch_config)
     engine.check_recovery(recovery_config)
-    payload: Any = (flow, epoch_config, recovery_config)
-    if not getattr(ctx, "shares_memory", False):
-        # Real processes get the flow as cloudpickle bytes, so lambdas and closures travel;
-        # thread "processes" share it as it is, plain output lists included.
-        payload = cloudpickle.dumps(payload)
-    secret = secrets.token_bytes(32)
-    errors, ports = ctx.Queue(), ctx.Queue()
-    inboxes = [ctx.Queue() for _ in range(proc_count)]
-    procs = [
-        ctx.Process(
-            target=_spawned_main,
-            args=(payload, proc_id, proc_count, worker_count_per_proc, secret, errors, ports,
-                  inboxes[proc_id]),
-            name=f"millrace-proc-{proc_id}",
-            daemon=False,
-        )
-        for proc_id in range(proc_count)
-    ]
-    for proc in procs:
-        proc.start()
-    try:
-        if proc_count > 1:
-            _hand_out_addresses(procs, ports, inboxes)
-        _wait_all(procs)
-    except BaseException:
-        _stop_all(procs)
-        raise
-    _raise_failure(procs, _reports(procs, errors))
-
-
-def _reports(procs: list[Any], errors: Any) -> list[tuple[int, bytes]]:
-    """The errors the processes that failed reported. Only those report (and then exit with
-    code 1), so a clean run returns at once; one killed by a signal never does, so waiting for
-    it is bounded."""
-    failed = sum(1 for proc in procs if proc.exitcode != 0)
-    failures: list[tuple[int, bytes]] = []
-    while len(failures) < failed:
-        try:
-            failures.append(errors.get(timeout=0.2 if failures else 1.0))
-        except queue.Empty:
-            break
-    return failures
-
-
-def _hand_out_addresses(procs: list[Any], ports: Any, inboxes: list[Any]) -> None:
-    """Once every process has bound a port, send each the whole address list; if one fails
-    before that, call the start off (each inbox gets ``None``)."""
-    bound: dict[int, int] = {}
-    while len(bound) < len(procs):
-        try:
-            proc_id, port = ports.get(timeout=0.1)
-            bound[proc_id] = port
-        except queue.Empty:
-            if any(proc.exitcode is not None for proc in procs):
-                for inbox in inboxes:
-                    inbox.put(None)
-                return
-    addresses = [f"127.0.0.1:{bound[proc_id]}" for proc_id in range(len(procs))]
-    for inbox in inboxes:
-        inbox.put(addresses)
-
-
-def _wait_all(procs: list[Any]) -> None:
-    """Wait for every process; when one fails, give the others a moment to stop on their own
-    (they are told through the cluster), then stop them."""
-    failed_at: float | None = None
-    while any(proc.is_alive() for proc in procs):
-        for proc in procs:
-            proc.join(0.05)
-        if failed_at is None and any(proc.exitcode not in (None, 0) for proc in procs):
-            failed_at = time.monotonic()
-        if failed_at is not None and time.monotonic() - failed_at > 15.0:
-            _stop_all(procs)
-            return
-
-
-def _stop_all(procs: list[Any]) -> None:
-    for proc in procs:
-        if proc.is_alive() and hasattr(proc, "terminate"):
-            proc.terminate()
-    for proc in procs:
-        proc.join(5.0)
-        if proc.is_alive() and hasattr(proc, "kill"):
-            proc.kill()
-            proc.join(5.0)
-
-
-def _raise_failure(procs: list[Any], failures: list[tuple[int, bytes]]) -> None:
-    excs = [(proc_id, cloudpickle.loads(blob)) for proc_id, blob in sorted(failures)]
-    # The process where the error happened raises it with its own type; the others raise
-    # ClusterError about it. Prefer the original.
-    for _, exc in excs:
-        if not isinstance(exc, ClusterError):
-            raise exc
-    if excs:
-        raise excs[0][1]
-    bad = [(i, proc.exitcode) for i, proc in enumerate(procs) if proc.exitcode not in (0, None)]
-    if bad:
-        raise ClusterError(
-            "spawn_cluster: "
-            + ", ".join(f"process {i} exited with code {code}" for i, code in bad)
-        )
+    # The settings from the environment are read here, as cluster_main reads them: the
+    # processes inherit this environment, so they would read the same.
+    spawn.run(
+        flow,
+        epoch_config,
+        recovery_config,
+        ctx=ctx,
+        proc_count=proc_count,
+        worker_count_per_proc=worker_count_per_proc,
+        connect_timeout=_seconds(None),
+        cluster_id=os.environ.get(CLUSTER_ID_ENV, ""),
+    )

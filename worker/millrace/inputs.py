@@ -7,8 +7,11 @@ Every worker builds its own reader from the configuration, so a source that can 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, TypeVar
+
+from .common.fields import check_callable, set_field
 
 __all__ = [
     "InputConfig",
@@ -26,13 +29,16 @@ X = TypeVar("X")
 InputBuilder = Callable[[int, int, Any], Iterable[tuple[Any, Any] | None]]
 
 
+@dataclass(frozen=True)
 class InputConfig:
-    """Base class of every input configuration."""
+    """Base class of every input configuration.
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+    Configurations are frozen dataclasses: equal when of the same class with equal fields, and
+    picklable (a flow travels to other processes with cloudpickle).
+    """
 
 
+@dataclass(frozen=True)
 class ManualInputConfig(InputConfig):
     """Items from a builder function you write.
 
@@ -58,17 +64,13 @@ class ManualInputConfig(InputConfig):
     2
     """
 
-    def __init__(self, input_builder: InputBuilder) -> None:
-        if not callable(input_builder):
-            raise TypeError(
-                f"ManualInputConfig needs a callable input_builder, got {input_builder!r}"
-            )
-        self.input_builder = input_builder
+    input_builder: InputBuilder
 
-    def __repr__(self) -> str:
-        return f"ManualInputConfig({self.input_builder!r})"
+    def __post_init__(self) -> None:
+        check_callable(self, "input_builder")
 
 
+@dataclass(frozen=True)
 class TestingBuilderInputConfig(InputConfig):
     """Items from ``builder()``, an iterable made anew by each worker and spread over workers.
 
@@ -89,15 +91,13 @@ class TestingBuilderInputConfig(InputConfig):
 
     __test__ = False  # a name starting with "Testing" is not a pytest test class
 
-    def __init__(self, builder: Callable[[], Iterable[Any]]) -> None:
-        if not callable(builder):
-            raise TypeError(f"TestingBuilderInputConfig needs a callable builder, got {builder!r}")
-        self.builder = builder
+    builder: Callable[[], Iterable[Any]]
 
-    def __repr__(self) -> str:
-        return f"TestingBuilderInputConfig({self.builder!r})"
+    def __post_init__(self) -> None:
+        check_callable(self, "builder")
 
 
+@dataclass(frozen=True)
 class TestingInputConfig(TestingBuilderInputConfig):
     """Items from a re-iterable collection (a list, a range), spread over workers.
 
@@ -115,20 +115,24 @@ class TestingInputConfig(TestingBuilderInputConfig):
 
     __test__ = False
 
-    def __init__(self, iterable: Iterable[Any]) -> None:
-        if isinstance(iterable, Iterator):
+    # Made from ``iterable``, so neither an argument nor part of equality or the repr.
+    builder: Callable[[], Iterable[Any]] = field(init=False, repr=False, compare=False)
+    iterable: Iterable[Any]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.iterable, Iterator):
             # A one-shot iterator would be drained by the first worker and resumed wrongly;
             # materialise it so every worker and every resume sees the same items.
-            iterable = list(iterable)
-        elif not isinstance(iterable, Iterable):
-            raise TypeError(f"TestingInputConfig needs an iterable, got {iterable!r}")
-        self.iterable = iterable
-        super().__init__(lambda: self.iterable)
+            set_field(self, "iterable", list(self.iterable))
+        elif not isinstance(self.iterable, Iterable):
+            raise TypeError(f"TestingInputConfig needs an iterable, got {self.iterable!r}")
+        set_field(self, "builder", self._items)
 
-    def __repr__(self) -> str:
-        return f"TestingInputConfig({self.iterable!r})"
+    def _items(self) -> Iterable[Any]:
+        return self.iterable
 
 
+@dataclass(frozen=True)
 class KafkaInputConfig(InputConfig):
     """Read ``(key_bytes, payload_bytes)`` from a Kafka topic, partitions spread over workers.
 
@@ -136,27 +140,22 @@ class KafkaInputConfig(InputConfig):
     :class:`NotImplementedError` before any worker starts.
     """
 
-    def __init__(
-        self,
-        brokers: list[str],
-        topic: str,
-        tail: bool = True,
-        starting_offset: str = "beginning",
-        additional_properties: dict[str, str] | None = None,
-    ) -> None:
-        if starting_offset not in ("beginning", "end"):
+    brokers: list[str]
+    topic: str
+    tail: bool = True
+    starting_offset: str = "beginning"
+    # Kafka client settings may hold credentials (sasl.password): kept out of the repr.
+    additional_properties: dict[str, str] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.starting_offset not in ("beginning", "end"):
             raise ValueError(
                 f"KafkaInputConfig starting_offset must be 'beginning' or 'end', "
-                f"got {starting_offset!r}"
+                f"got {self.starting_offset!r}"
             )
-        self.brokers = list(brokers)
-        self.topic = topic
-        self.tail = tail
-        self.starting_offset = starting_offset
-        self.additional_properties = dict(additional_properties or {})
-
-    def __repr__(self) -> str:
-        return f"KafkaInputConfig(brokers={self.brokers!r}, topic={self.topic!r})"
+        # Copies, so that changing the caller's list or dict later does not change the flow.
+        set_field(self, "brokers", list(self.brokers))
+        set_field(self, "additional_properties", dict(self.additional_properties or {}))
 
 
 def distribute(elements: Iterable[X], index: int, count: int) -> Iterator[X]:

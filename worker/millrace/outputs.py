@@ -7,7 +7,10 @@ capture in the middle as well as at the end.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, MutableSequence
+
+from .common.fields import check_callable, set_field
 
 __all__ = [
     "OutputConfig",
@@ -23,13 +26,16 @@ __all__ = [
 OutputBuilder = Callable[[int, int], Callable[[Any], Any]]
 
 
+@dataclass(frozen=True)
 class OutputConfig:
-    """Base class of every output configuration."""
+    """Base class of every output configuration.
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+    Configurations are frozen dataclasses: equal when of the same class with equal fields, and
+    picklable (a flow travels to other processes with cloudpickle).
+    """
 
 
+@dataclass(frozen=True)
 class ManualOutputConfig(OutputConfig):
     """Items go to a callable that ``output_builder(worker_index, worker_count)`` returns.
 
@@ -44,17 +50,13 @@ class ManualOutputConfig(OutputConfig):
     b
     """
 
-    def __init__(self, output_builder: OutputBuilder) -> None:
-        if not callable(output_builder):
-            raise TypeError(
-                f"ManualOutputConfig needs a callable output_builder, got {output_builder!r}"
-            )
-        self.output_builder = output_builder
+    output_builder: OutputBuilder
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.output_builder!r})"
+    def __post_init__(self) -> None:
+        check_callable(self, "output_builder")
 
 
+@dataclass(frozen=True)
 class ManualEpochOutputConfig(ManualOutputConfig):
     """Like :class:`ManualOutputConfig`, but the callable receives ``(epoch, item)``.
 
@@ -70,6 +72,7 @@ class ManualEpochOutputConfig(ManualOutputConfig):
     """
 
 
+@dataclass(frozen=True)
 class StdOutputConfig(OutputConfig):
     """Print each item to standard output, one line per item.
 
@@ -84,6 +87,8 @@ class StdOutputConfig(OutputConfig):
     """
 
 
+# Not a generated __eq__: two lists of equal items are still two destinations.
+@dataclass(frozen=True, eq=False)
 class TestingOutputConfig(OutputConfig):
     """Append each item to ``out``: a list, or a multiprocessing ``Manager().list()`` proxy
     when the flow runs in several processes.
@@ -102,15 +107,28 @@ class TestingOutputConfig(OutputConfig):
 
     __test__ = False
 
-    def __init__(self, out: MutableSequence[Any]) -> None:
-        if not (hasattr(out, "append") and hasattr(out, "extend")):
-            raise TypeError(f"{type(self).__name__} needs a list to append to, got {out!r}")
-        self.out = out
+    out: MutableSequence[Any]
+
+    def __post_init__(self) -> None:
+        if not (hasattr(self.out, "append") and hasattr(self.out, "extend")):
+            raise TypeError(f"{type(self).__name__} needs a list to append to, got {self.out!r}")
 
     def __repr__(self) -> str:
+        # The items may be many, and a Manager list proxy's repr is a round trip to the manager.
         return f"{type(self).__name__}(<list of {len(self.out)}>)"
 
+    def __eq__(self, other: object) -> bool:
+        """The same when appending to the same list."""
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, TestingOutputConfig)
+        return self.out is other.out
 
+    def __hash__(self) -> int:
+        return hash((type(self), id(self.out)))
+
+
+@dataclass(frozen=True, eq=False, repr=False)  # TestingOutputConfig's
 class TestingEpochOutputConfig(TestingOutputConfig):
     """Append ``(epoch, item)`` for each item to ``out``.
 
@@ -129,6 +147,7 @@ class TestingEpochOutputConfig(TestingOutputConfig):
     __test__ = False
 
 
+@dataclass(frozen=True)
 class KafkaOutputConfig(OutputConfig):
     """Write ``(key_bytes, payload_bytes)`` items to a Kafka topic.
 
@@ -136,15 +155,12 @@ class KafkaOutputConfig(OutputConfig):
     :class:`NotImplementedError` before any worker starts.
     """
 
-    def __init__(
-        self,
-        brokers: list[str],
-        topic: str,
-        additional_properties: dict[str, str] | None = None,
-    ) -> None:
-        self.brokers = list(brokers)
-        self.topic = topic
-        self.additional_properties = dict(additional_properties or {})
+    brokers: list[str]
+    topic: str
+    # Kafka client settings may hold credentials (sasl.password): kept out of the repr.
+    additional_properties: dict[str, str] | None = field(default=None, repr=False)
 
-    def __repr__(self) -> str:
-        return f"KafkaOutputConfig(brokers={self.brokers!r}, topic={self.topic!r})"
+    def __post_init__(self) -> None:
+        # Copies, so that changing the caller's list or dict later does not change the flow.
+        set_field(self, "brokers", list(self.brokers))
+        set_field(self, "additional_properties", dict(self.additional_properties or {}))

@@ -38,7 +38,7 @@ from .dataflow import Dataflow
 from .execution import PeriodicEpochConfig
 from .recovery import SqliteRecoveryConfig
 from .runtime import cluster
-from .runtime.errors import PeerLost
+from .common.errors import PeerLost
 from .transport.addresses import split_address
 
 log = logging.getLogger("millrace.pod")

@@ -5,18 +5,20 @@ Without a recovery configuration nothing is stored and a restart begins from scr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+from .common.fields import set_field
 
 __all__ = ["RecoveryConfig", "SqliteRecoveryConfig", "KafkaRecoveryConfig"]
 
 
+@dataclass(frozen=True)
 class RecoveryConfig:
-    """Base class of recovery configurations."""
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+    """Base class of recovery configurations (frozen dataclasses, like every configuration)."""
 
 
+@dataclass(frozen=True)
 class SqliteRecoveryConfig(RecoveryConfig):
     """Keep snapshots in SQLite files inside the directory ``db_dir``.
 
@@ -24,15 +26,20 @@ class SqliteRecoveryConfig(RecoveryConfig):
     SqliteRecoveryConfig('/tmp/flow-state')
     """
 
+    db_dir: Path
+
+    # Written out, not generated: the argument may be a str, and a generated __init__ would
+    # declare it a Path like the field (which always holds one).
     def __init__(self, db_dir: str | Path) -> None:
         if not isinstance(db_dir, (str, Path)):
             raise TypeError(f"SqliteRecoveryConfig needs a directory path, got {db_dir!r}")
-        self.db_dir = Path(db_dir)
+        set_field(self, "db_dir", Path(db_dir))
 
     def __repr__(self) -> str:
         return f"SqliteRecoveryConfig({str(self.db_dir)!r})"
 
 
+@dataclass(frozen=True)
 class KafkaRecoveryConfig(RecoveryConfig):
     """Keep snapshots in Kafka topics.
 
@@ -40,9 +47,9 @@ class KafkaRecoveryConfig(RecoveryConfig):
     :class:`NotImplementedError` before anything is read or written.
     """
 
-    def __init__(self, brokers: list[str], topic_prefix: str) -> None:
-        self.brokers = list(brokers)
-        self.topic_prefix = topic_prefix
+    brokers: list[str]
+    topic_prefix: str
 
-    def __repr__(self) -> str:
-        return f"KafkaRecoveryConfig(brokers={self.brokers!r}, topic_prefix={self.topic_prefix!r})"
+    def __post_init__(self) -> None:
+        # A copy, so that changing the caller's list later does not change the flow.
+        set_field(self, "brokers", list(self.brokers))

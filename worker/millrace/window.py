@@ -9,8 +9,11 @@ per key, and a key with no open window keeps no state at all.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+
+from .common.fields import check_callable, check_type
 
 __all__ = [
     "ClockConfig",
@@ -21,13 +24,12 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
 class ClockConfig:
-    """Base class of clock configurations."""
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+    """Base class of clock configurations (frozen dataclasses, like every configuration)."""
 
 
+@dataclass(frozen=True)
 class SystemClockConfig(ClockConfig):
     """Item time is the wall-clock time (UTC) at which the window step processes the item.
 
@@ -35,6 +37,7 @@ class SystemClockConfig(ClockConfig):
     """
 
 
+@dataclass(frozen=True)
 class EventClockConfig(ClockConfig):
     """Item time is ``dt_getter(value)``, a timezone-aware UTC :class:`~datetime.datetime`.
 
@@ -47,40 +50,25 @@ class EventClockConfig(ClockConfig):
     datetime.timedelta(seconds=5)
     """
 
-    def __init__(
-        self,
-        dt_getter: Callable[[Any], datetime],
-        wait_for_system_duration: timedelta = timedelta(0),
-    ) -> None:
-        if not callable(dt_getter):
-            raise TypeError(f"EventClockConfig needs a callable dt_getter, got {dt_getter!r}")
-        if not isinstance(wait_for_system_duration, timedelta):
-            raise TypeError(
-                "EventClockConfig wait_for_system_duration must be a datetime.timedelta, "
-                f"got {wait_for_system_duration!r}"
-            )
-        if wait_for_system_duration < timedelta(0):
+    dt_getter: Callable[[Any], datetime]
+    wait_for_system_duration: timedelta = timedelta(0)
+
+    def __post_init__(self) -> None:
+        check_callable(self, "dt_getter")
+        check_type(self, "wait_for_system_duration", timedelta, "a datetime.timedelta")
+        if self.wait_for_system_duration < timedelta(0):
             raise ValueError(
                 "EventClockConfig wait_for_system_duration must not be negative, "
-                f"got {wait_for_system_duration!r}"
+                f"got {self.wait_for_system_duration!r}"
             )
-        self.dt_getter = dt_getter
-        self.wait_for_system_duration = wait_for_system_duration
-
-    def __repr__(self) -> str:
-        return (
-            f"EventClockConfig({self.dt_getter!r}, "
-            f"wait_for_system_duration={self.wait_for_system_duration!r})"
-        )
 
 
+@dataclass(frozen=True)
 class WindowConfig:
-    """Base class of window configurations."""
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+    """Base class of window configurations (frozen dataclasses, like every configuration)."""
 
 
+@dataclass(frozen=True)
 class TumblingWindowConfig(WindowConfig):
     """Back-to-back windows of ``length``: ``[start_at + k*length, start_at + (k+1)*length)``.
 
@@ -91,23 +79,18 @@ class TumblingWindowConfig(WindowConfig):
     TumblingWindowConfig(length=datetime.timedelta(seconds=60), start_at=datetime.datetime(2023, 1, 1, 0, 0, tzinfo=datetime.timezone.utc))
     """
 
-    def __init__(self, length: timedelta, start_at: datetime | None = None) -> None:
-        if not isinstance(length, timedelta):
-            raise TypeError(f"TumblingWindowConfig length must be a timedelta, got {length!r}")
-        if length <= timedelta(0):
-            raise ValueError(f"TumblingWindowConfig length must be positive, got {length!r}")
+    length: timedelta
+    start_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        check_type(self, "length", timedelta, "a timedelta")
+        if self.length <= timedelta(0):
+            raise ValueError(f"TumblingWindowConfig length must be positive, got {self.length!r}")
+        start_at = self.start_at
         if start_at is not None:
-            if not isinstance(start_at, datetime):
-                raise TypeError(
-                    f"TumblingWindowConfig start_at must be a datetime, got {start_at!r}"
-                )
+            check_type(self, "start_at", datetime, "a datetime")
             if start_at.tzinfo is None or start_at.utcoffset() is None:
                 raise ValueError(
                     "TumblingWindowConfig start_at must be timezone-aware (UTC), "
                     f"got the naive {start_at!r}"
                 )
-        self.length = length
-        self.start_at = start_at
-
-    def __repr__(self) -> str:
-        return f"TumblingWindowConfig(length={self.length!r}, start_at={self.start_at!r})"

@@ -10,4 +10,6 @@
 - :mod:`.epochs`: when an epoch ends at the input.
 - :mod:`.worker`: one worker's loop (batches, exchange, epoch progress).
 - :mod:`.errors`: how failures are named and carried.
+- :mod:`.engine` and :mod:`.cluster`: one worker in this thread, or one process of a cluster;
+  :mod:`.spawn`: the local processes of ``spawn_cluster``, supervised.
 """

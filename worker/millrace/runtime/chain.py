@@ -29,39 +29,21 @@ filter #2 (<lambda>)
 
 from __future__ import annotations
 
+import dis
 import linecache
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from types import TracebackType
+from types import CodeType, TracebackType
 from typing import Any, Protocol
 
 from .. import plan
 from .errors import bad_keyed_item, describe
+from .loop_code import CHAIN_GLOBALS, LOOP_GLOBALS, MISSING, LoopCode
 from .sinks import Sink
 
 Batch = list[Any]
 BatchFn = Callable[[Batch, int], Batch]
-
-#: A value no user function gives; keyed code sees it as ``_MISSING`` (``.get()`` defaults).
-MISSING: Any = object()
-
-
-@dataclass(frozen=True)
-class LoopCode:
-    """A keyed step's code for the generated loop.
-
-    The code sees the step's logic object as ``_k`` (and :data:`MISSING` as ``_MISSING``).
-    ``setup`` runs once per batch, after the stateless steps' captures: it binds the step's
-    locals and ``_emit``, the list of what the step emits. ``per_key`` runs per item, once the
-    loop has checked the item and unpacked it into ``_key`` and ``_value``; nesting is four
-    spaces.
-    """
-
-    kind: str
-    setup: tuple[str, ...]
-    per_key: tuple[str, ...]
-
 
 class KeyedStep(Protocol):
     """What a keyed step that ends a chain provides (:class:`~.keyed.KeyedLogic` does)."""
@@ -173,10 +155,25 @@ def _template(
     lines = [line + "\n" for line in t.lines]
     # Registered so that a traceback through a chain shows its lines.
     linecache.cache[t.filename] = (sum(map(len, lines)), None, lines, t.filename)
+    code = compile("".join(lines), t.filename, "exec")
+    # A misspelt local reads as a global, and fails only on the item that reaches it: refuse
+    # the shape now (what keyed code may read is checked when its LoopCode is made).
+    unknown = _globals_read(code) - CHAIN_GLOBALS - LOOP_GLOBALS
+    if unknown:
+        raise ValueError(f"{t.filename} reads names nothing gives it: {sorted(unknown)}")
     namespace: dict[str, Any] = {"MISSING": MISSING}
-    exec(compile("".join(lines), t.filename, "exec"), namespace)
+    exec(code, namespace)
     t.factory = namespace["_factory"]
     return t
+
+
+def _globals_read(code: CodeType) -> set[str]:
+    """The names ``code`` and the functions in it look up as globals."""
+    names = {ins.argval for ins in dis.get_instructions(code) if ins.opname == "LOAD_GLOBAL"}
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= _globals_read(const)
+    return names
 
 
 def _write_items(t: _Template, indices: list[int], terminal: LoopCode | None = None) -> None:
@@ -197,7 +194,9 @@ def _write_items(t: _Template, indices: list[int], terminal: LoopCode | None = N
         t.add(2, "_out = []")
     else:
         keyed = len(t.kinds)
-        # Builtins as locals: the keyed code tests types once per item.
+        # Builtins as locals: the keyed code tests types once per item. What the keyed code
+        # may use is listed in loop_code.LOOP_NAMES, and what the loop binds for itself in
+        # LOOP_OWN_NAMES: keep them in step with the lines written here.
         t.add(2, "_type, _tuple, _str, _int, _MISSING = type, tuple, str, int, MISSING", keyed)
         t.add(2, "_touched = _k.touched", keyed)
         for line in terminal.setup:

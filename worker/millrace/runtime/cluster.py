@@ -19,7 +19,7 @@ from ..transport.link import Listener, ZmqLink
 
 if TYPE_CHECKING:
     from ..dataflow import Dataflow
-    from ..execution import EpochConfig
+    from ..common.epoch_config import EpochConfig
     from ..recovery import RecoveryConfig
 
 log = logging.getLogger("millrace.cluster")

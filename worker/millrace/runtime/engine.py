@@ -6,6 +6,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..common.epoch_config import EpochConfig, PeriodicEpochConfig, TestingEpochConfig
 from ..recovery import KafkaRecoveryConfig, RecoveryConfig, SqliteRecoveryConfig
 from .epochs import EpochPolicy, ItemEpochs, PeriodicEpochs
 from .exchange import Exchange
@@ -14,12 +15,9 @@ from .worker import Worker, check_flow
 
 if TYPE_CHECKING:
     from ..dataflow import Dataflow
-    from ..execution import EpochConfig
 
 
 def epoch_policy(epoch_config: EpochConfig | None) -> EpochPolicy:
-    from ..execution import PeriodicEpochConfig, TestingEpochConfig
-
     if epoch_config is None:
         return PeriodicEpochs(PeriodicEpochConfig().epoch_length)
     if isinstance(epoch_config, TestingEpochConfig):

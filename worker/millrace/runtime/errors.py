@@ -5,6 +5,11 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+# Defined beside the other shared vocabulary, so the transport can raise it too; imported from
+# here by users and the runtime alike.
+from ..common.errors import ClusterError as ClusterError
+from ..common.errors import PeerLost as PeerLost
+
 _NOTE_MARK = "millrace: "
 
 
@@ -56,13 +61,3 @@ def where(exc: BaseException) -> str | None:
 def describe(value: Any) -> str:
     """A bounded ``repr`` for error messages."""
     return _short(value)
-
-
-class ClusterError(RuntimeError):
-    """The cluster stopped because a worker or a peer failed; the message says which and why."""
-
-
-class PeerLost(ClusterError):
-    """The cluster stopped because a peer went away: it was stopped or died, could not be
-    reached, lost frames, or started again. The flow itself did not fail, so a cluster formed
-    again can go on (from its recovery state, when it has one); a pod does just that."""

@@ -1,7 +1,7 @@
 """The keyed, stateful steps that are not windows: ``reduce`` and ``stateful_map``.
 
 Each holds one state per key in ``self.state``; a forgotten key is removed from it. Items
-arrive in epoch order, unchecked. A step's per-item code is :class:`~.chain.LoopCode`: the
+arrive in epoch order, unchecked. A step's per-item code is :class:`~.loop_code.LoopCode`: the
 worker runs it inside the loop of the stateless steps before the step when nothing has to move
 between workers, and :meth:`KeyedLogic.on_batch` runs it over a batch otherwise. Either way
 each item is checked where it is taken apart, and a bad one is rejected by the step's name
@@ -15,8 +15,9 @@ from datetime import datetime
 from typing import Any
 
 from .. import plan
-from .chain import BatchFn, LoopCode, compile_chain
+from .chain import BatchFn, compile_chain
 from .errors import bad_keyed_item, describe
+from .loop_code import LoopCode
 
 
 class _Forgotten:

@@ -20,8 +20,8 @@ from typing import Any
 
 from .. import plan
 from ..window import TumblingWindowConfig
-from .chain import LoopCode
 from .keyed import FORGOTTEN, KeyedLogic
+from .loop_code import LoopCode
 from .windowing import KeyWindows, collected, duration_us, from_us, to_us, utcnow
 
 _SETUP = ("_emit, _windows, _now = _k.begin_batch()",)

@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from ..runtime.errors import ClusterError, PeerLost
+from ..common.errors import ClusterError, PeerLost
 from . import frames
 from .addresses import bind_endpoint, check_addresses, connect_endpoint
 
 if TYPE_CHECKING:
-    from ..runtime.exchange import Exchange, Message
+    from .protocols import Exchange, Message
 
 log = logging.getLogger("millrace.transport")
 
