@@ -46,7 +46,7 @@ class Kube:
         return getattr(api, f"{verb}_{suffix}")
 
     def _plain(self, obj: Any) -> Manifest:
-        return self.client.sanitize_for_serialization(obj)  # type: ignore[no-any-return]
+        return self.client.sanitize_for_serialization(obj)
 
     def get(self, kind: str, namespace: str, name: str) -> Manifest | None:
         try:

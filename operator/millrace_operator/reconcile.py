@@ -74,7 +74,7 @@ def reconcile(api: Api, df: Manifest, now: str) -> Manifest:
         return status
     if spec.recovery.enabled:
         problem = _claims(api, df, namespace, selector)
-        if problem == "replacing":
+        if isinstance(problem, str):
             status["message"] = "restarting: replacing the recovery volumes"
             return status
         status["conditions"].append(volume_size_condition(df, problem, now))
@@ -96,8 +96,8 @@ def _claims(api: Api, df: Manifest, namespace: str, selector: dict[str, str]) ->
         parse_spec(df.get("spec")).recovery.volume_size,
     )
     if plan.replace:
-        for claim in plan.replace:
-            api.delete("PersistentVolumeClaim", namespace, claim)
+        for replaced in plan.replace:
+            api.delete("PersistentVolumeClaim", namespace, replaced)
         return "replacing"
     for claim in plan.create:
         api.apply(claim)
