@@ -1,20 +1,9 @@
 """One worker: reads its share of the input, pushes batches through the steps, exchanges
 keyed items with its peers, and keeps epochs in step with the whole cluster.
 
-Progress protocol (per epoch ``e``, after this worker's input phase of ``e`` ends):
-
-1. For each stateful step ``k`` in order, the worker sends ``MARK(k, e, eof)`` to every peer
-   after the last ``DATA`` of ``e`` it sends for ``k``. Channels are FIFO per pair of workers,
-   so once a worker holds the marks of all workers for ``k``, it has every item of ``e`` for
-   ``k``. If every mark says ``eof`` (all inputs everywhere are exhausted), the step flushes:
-   windows close. Only then does the worker mark step ``k + 1``.
-2. After the last step, the worker sends ``DONE(e, eof)`` to all and starts epoch ``e + 1`` only
-   when every worker is done with ``e``. These are the points where snapshots are taken.
-3. When every ``DONE`` says ``eof``, the flow is over.
-
-Between its ``DONE(e)`` and the last peer's, a worker may already receive data of ``e + 1``
-from faster peers; it applies it at once, which keeps per-key epoch order because nothing of
-``e`` can still arrive.
+The worker is the loop that moves batches; what it says to its peers, and when it may go on,
+is decided by state machines it feeds with their messages: :class:`.progress.Progress` ends
+each epoch (``MARK``, ``DONE``).
 """
 
 from __future__ import annotations
@@ -34,6 +23,7 @@ from .errors import annotate, cannot_travel
 from . import store
 from .exchange import DATA, DONE, MARK, MIGRATE, PROGRESS, STAGED, STOP, Exchange, Message
 from .keyed import FORGOTTEN, KeyedLogic, ReduceLogic, StatefulMapLogic
+from .progress import Broadcast, Ended, Flush, Progress, Snapshot
 from .resume import StoreSummary, plan_resume
 from .routing import Router, check_pairs, owner
 from .sinks import Sink, build_sink
@@ -130,8 +120,6 @@ class Worker:
         self.after: list[Segment] = []
         self.input_steps: list[tuple[plan.Input, Segment]] = []
         self.inputs: list[tuple[Reader, Segment]] = []
-        self._marks: dict[tuple[int, int], list[bool]] = {}
-        self._dones: dict[int, list[bool]] = {}
         self._progress: dict[int, StoreSummary] = {}
         self._deferred: list[Message] = []
         self._migrated: list[tuple[str, Any, Any]] = []
@@ -140,6 +128,7 @@ class Worker:
         # Per step: how many keys its chunks since its last full one wrote (see _chunk).
         self._keys_since_full: dict[str, int] = {}
         self._build(flow, flow_start)
+        self.progress = Progress(index, self.count, len(self.logics))
 
     # -- compiling the plan ----------------------------------------------------------------
 
@@ -301,12 +290,8 @@ class Worker:
         if kind == DATA:
             _, target, epoch, items = msg
             self._apply(target, items, epoch)
-        elif kind == MARK:
-            _, target, epoch, _sender, eof = msg
-            self._marks.setdefault((target, epoch), []).append(eof)
-        elif kind == DONE:
-            _, epoch, _sender, eof = msg
-            self._dones.setdefault(epoch, []).append(eof)
+        elif kind == MARK or kind == DONE:
+            self.progress.receive(msg)
         elif kind == PROGRESS:
             _, sender, info = msg
             self._progress[sender] = info
@@ -405,36 +390,33 @@ class Worker:
                 self._idle(idle)
 
     def _finish_epoch(self, epoch: int) -> bool:
-        """Bring every step through ``epoch``; return whether the whole flow has ended."""
-        eof = all(reader.exhausted for reader, _ in self.inputs)
-        multi = self.count > 1
-        for target, logic in enumerate(self.logics):
-            if multi:
-                key = (target, epoch)
-                self.exchange.broadcast(self.index, (MARK, target, epoch, self.index, eof))
-                marks = self._marks.setdefault(key, [])
-                marks.append(eof)
-                self._wait_for(lambda: len(marks) == self.count, epoch, tick_from=target)
-                eof = all(marks)
-                del self._marks[key]
-            if eof:
-                try:
-                    out = logic.on_eof()
-                except Exception as exc:
-                    annotate(exc, logic.name, self.index)
-                    raise
-                if out:
-                    self._push(self.after[target], out, epoch)
-        if self.store is not None:
-            self._snapshot(epoch)
-        if multi:
-            self.exchange.broadcast(self.index, (DONE, epoch, self.index, eof))
-            dones = self._dones.setdefault(epoch, [])
-            dones.append(eof)
-            self._wait_for(lambda: len(dones) == self.count)
-            eof = all(dones)
-            del self._dones[epoch]
-        return eof
+        """Bring every step through ``epoch`` as :class:`.progress.Progress` says; return
+        whether the whole flow has ended."""
+        progress = self.progress
+        actions = progress.end_input(epoch, all(reader.exhausted for reader, _ in self.inputs))
+        while True:
+            for action in actions:
+                if isinstance(action, Broadcast):
+                    self.exchange.broadcast(self.index, action.message)
+                elif isinstance(action, Flush):
+                    self._flush(action.step, epoch)
+                elif isinstance(action, Snapshot):
+                    if self.store is not None:
+                        self._snapshot(epoch)
+                elif isinstance(action, Ended):
+                    return action.eof
+            self._wait_for(progress.ready, epoch, progress.tick_from)
+            actions = progress.advance()
+
+    def _flush(self, target: int, epoch: int) -> None:
+        logic = self.logics[target]
+        try:
+            out = logic.on_eof()
+        except Exception as exc:
+            annotate(exc, logic.name, self.index)
+            raise
+        if out:
+            self._push(self.after[target], out, epoch)
 
     def run(self) -> None:
         """Run until every worker's input is exhausted and nothing is in flight."""
