@@ -3,7 +3,9 @@ keyed items with its peers, and keeps epochs in step with the whole cluster.
 
 The worker is the loop that moves batches; what it says to its peers, and when it may go on,
 is decided by state machines it feeds with their messages: :class:`.progress.Progress` ends
-each epoch (``MARK``, ``DONE``).
+each epoch (``MARK``, ``DONE``), :class:`.migration.Recovery` agrees on where a recovered
+cluster resumes and moves a grown cluster's state (``PROGRESS``, ``MIGRATE``, ``STAGED``).
+Only ``DATA`` (and ``STOP``) is the worker's own business.
 """
 
 from __future__ import annotations
@@ -21,21 +23,18 @@ from .chain import Chain, compile_chain
 from .epochs import EpochPolicy
 from .errors import annotate, cannot_travel
 from . import store
-from .exchange import DATA, DONE, MARK, MIGRATE, PROGRESS, STAGED, STOP, Exchange, Message
+from .exchange import DATA, DONE, MARK, STOP, Exchange, Message
 from .keyed import FORGOTTEN, KeyedLogic, ReduceLogic, StatefulMapLogic
 from .progress import Broadcast, Ended, Flush, Progress, Snapshot
-from .resume import StoreSummary, plan_resume
-from .routing import Router, check_pairs, owner
+from .migration import RECOVERY_KINDS, Recovery
+from .resume import StoreSummary
+from .routing import Router, check_pairs
 from .sinks import Sink, build_sink
 from .sources import Reader, build_reader
 from .system_windows import SystemClockWindowLogic
 from .windowing import WindowLogic, utcnow
 
 _IDLE_SLEEP_MAX = 0.01
-# Keyed states per MIGRATE message when a recovered cluster grows: bounds one frame's size.
-_MIGRATE_CHUNK = 10_000
-# What workers tell each other while they recover, before any data flows.
-_RECOVERY_KINDS = frozenset((PROGRESS, MIGRATE, STAGED, STOP))
 
 
 def _holds_a_snapshot(db_dir: Path, worker_index: int) -> bool:
@@ -120,11 +119,7 @@ class Worker:
         self.after: list[Segment] = []
         self.input_steps: list[tuple[plan.Input, Segment]] = []
         self.inputs: list[tuple[Reader, Segment]] = []
-        self._progress: dict[int, StoreSummary] = {}
-        self._deferred: list[Message] = []
-        self._migrated: list[tuple[str, Any, Any]] = []
-        self._migration_senders: set[int] = set()
-        self._staged_by: set[int] = set()
+        self.recovery = Recovery(index, self.count)
         # Per step: how many keys its chunks since its last full one wrote (see _chunk).
         self._keys_since_full: dict[str, int] = {}
         self._build(flow, flow_start)
@@ -292,16 +287,8 @@ class Worker:
             self._apply(target, items, epoch)
         elif kind == MARK or kind == DONE:
             self.progress.receive(msg)
-        elif kind == PROGRESS:
-            _, sender, info = msg
-            self._progress[sender] = info
-        elif kind == MIGRATE:
-            _, sender, entries, final = msg
-            self._migrated.extend(entries)
-            if final:
-                self._migration_senders.add(sender)
-        elif kind == STAGED:
-            self._staged_by.add(msg[1])
+        elif kind in RECOVERY_KINDS:
+            self.recovery.receive(msg)
         elif kind == STOP:
             raise Stopped()
         else:
@@ -422,9 +409,8 @@ class Worker:
         """Run until every worker's input is exhausted and nothing is in flight."""
         try:
             self._open_inputs(self._recover())
-            for msg in self._deferred:
+            for msg in self.recovery.take_deferred():
                 self._handle(msg)
-            self._deferred.clear()
             while True:
                 self._read_epoch(self.epoch)
                 if self._finish_epoch(self.epoch):
@@ -471,11 +457,11 @@ class Worker:
                 f"does not have ({', '.join(strays)}): it was written by a larger cluster, and "
                 "millrace cannot shrink a recovered cluster"
             )
-        self._progress[self.index] = StoreSummary.of(info)
+        progress = self.recovery.share(StoreSummary.of(info))
         if self.count > 1:
-            self.exchange.broadcast(self.index, (PROGRESS, self.index, self._progress[self.index]))
-            self._gather(lambda: len(self._progress) == self.count)
-        decided = plan_resume(self._progress, self.count, db_dir)
+            self.exchange.broadcast(self.index, progress)
+            self._gather()
+        decided = self.recovery.plan(db_dir)
         old_count, resume, flow_start = decided.old_count, decided.resume, decided.flow_start
         if flow_start is not None:
             for logic in self.logics:
@@ -510,48 +496,32 @@ class Worker:
         no store."""
         assert self.store is not None
         self.store.stage_rescale(self.count, epoch, inputs, keyed)
-        self._staged_by.add(self.index)
-        self.exchange.broadcast(self.index, (STAGED, self.index))
-        self._gather(lambda: len(self._staged_by) == self.count)
+        self.exchange.broadcast(self.index, self.recovery.stage())
+        self._gather()
         self.store.commit_rescale()
 
     def _migrate(self, keyed: dict[str, dict[Any, Any]], old_count: int) -> dict[str, dict[Any, Any]]:
         """Send every key's state to its owner among ``self.count`` workers; return what this
         worker owns now, once every worker of the old cluster has sent its share."""
-        outgoing: dict[int, list[tuple[str, Any, Any]]] = {w: [] for w in range(self.count)}
-        for step_id, states in keyed.items():
-            for key, state in states.items():
-                outgoing[owner(key, self.count)].append((step_id, key, state))
-        self._migrated.extend(outgoing.pop(self.index))
-        if self.index < old_count:
-            self._migration_senders.add(self.index)
-            for dest, entries in outgoing.items():
-                for start in range(0, max(len(entries), 1), _MIGRATE_CHUNK):
-                    chunk = entries[start:start + _MIGRATE_CHUNK]
-                    final = start + _MIGRATE_CHUNK >= len(entries)
-                    self.exchange.send(dest, (MIGRATE, self.index, chunk, final))
-        self._gather(lambda: len(self._migration_senders) == old_count)
-        owned: dict[str, dict[Any, Any]] = {}
-        for step_id, key, state in self._migrated:
-            owned.setdefault(step_id, {})[key] = state
-        self._migrated = []
-        return owned
+        for dest, msg in self.recovery.migrate(keyed, old_count):
+            self.exchange.send(dest, msg)
+        self._gather()
+        return self.recovery.owned()
 
-    def _gather(self, ready: Callable[[], bool]) -> None:
-        """Handle recovery messages until ``ready()``; keep data for after the state is
-        loaded. A faster worker may already be in a later phase (its migration may come
-        before the last peer's progress, its STAGED before the last migration) or already
-        send data of the resume epoch."""
+    def _gather(self) -> None:
+        """Handle messages until the recovery round awaited is complete; data of a faster
+        worker waits in :attr:`.migration.Recovery.deferred` until the state is loaded."""
         recv = self.exchange.recv
-        while not ready():
+        recovery = self.recovery
+        while not recovery.ready():
             msg = recv(self.index, 0.5)
             if msg is None:
                 if self.exchange.stopping.is_set():
                     raise Stopped()
-            elif msg[0] in _RECOVERY_KINDS:
-                self._handle(msg)
+            elif msg[0] == STOP:
+                raise Stopped()
             else:
-                self._deferred.append(msg)
+                recovery.gather(msg)
 
     def _snapshot(self, epoch: int) -> None:
         assert self.store is not None
