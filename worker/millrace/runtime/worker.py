@@ -16,23 +16,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .. import plan
 from ..dataflow import Dataflow
-from ..window import SystemClockConfig
-from .chain import Chain, compile_chain
 from .epochs import EpochPolicy
 from .errors import annotate, cannot_travel
 from . import store
 from .exchange import DATA, DONE, MARK, STOP, Exchange, Message
-from .keyed import FORGOTTEN, KeyedLogic, ReduceLogic, StatefulMapLogic
+from .keyed import FORGOTTEN, KeyedLogic
 from .progress import Broadcast, Ended, Flush, Progress, Snapshot
 from .migration import RECOVERY_KINDS, Recovery
 from .resume import StoreSummary
 from .routing import Router, check_pairs
-from .sinks import Sink, build_sink
+from .segments import Segment, build_logic, check_flow, lay_out
 from .sources import Reader, build_reader
-from .system_windows import SystemClockWindowLogic
-from .windowing import WindowLogic, utcnow
+from .windowing import utcnow
+
+# Stopped, Worker and check_flow are what the runtime's entry points import from here;
+# build_logic and Segment moved to .segments, and stay importable from here too.
+__all__ = ["Segment", "Stopped", "Worker", "build_logic", "check_flow"]
 
 _IDLE_SLEEP_MAX = 0.01
 
@@ -44,53 +44,6 @@ def _holds_a_snapshot(db_dir: Path, worker_index: int) -> bool:
 
 class Stopped(Exception):
     """Another worker failed; this one leaves without an error of its own."""
-
-
-class Segment:
-    """Stateless steps and the stateful step (by index) that receives their output, if any."""
-
-    __slots__ = ("steps", "sinks", "chain", "target", "target_name", "fused", "routed")
-
-    def __init__(self) -> None:
-        self.steps: list[plan.Step] = []
-        self.sinks: list[Sink | None] = []
-        self.chain: Chain | None = None  # the steps fused, once the whole flow is built
-        self.target: int | None = None
-        self.target_name = ""
-        #: Whether ``chain`` ends in the target's own loop, so it returns what the target
-        #: emits; and whether that loop routes, so it returns ``(emitted, parts)``.
-        self.fused = False
-        self.routed = False
-
-
-def check_flow(flow: Dataflow) -> None:
-    """Raise :class:`ValueError` for a flow that cannot run, before anything starts."""
-    if not isinstance(flow, Dataflow):
-        raise TypeError(f"expected a Dataflow, got {flow!r}")
-    steps = flow.steps
-    if not any(isinstance(step, plan.Input) for step in steps):
-        raise ValueError("the flow has no input: add one with Dataflow.input(step_id, config)")
-    if not any(isinstance(step, plan.Capture) for step in steps):
-        raise ValueError(
-            "the flow has no capture, so its results would go nowhere: add one with "
-            "Dataflow.capture(output_config)"
-        )
-    if not isinstance(steps[0], plan.Input):
-        raise ValueError(
-            f"{steps[0].name} comes before any input; a flow starts with Dataflow.input"
-        )
-
-
-def build_logic(step: plan.StatefulStep, flow_start: datetime) -> KeyedLogic:
-    if isinstance(step, plan.Reduce):
-        return ReduceLogic(step)
-    if isinstance(step, plan.StatefulMap):
-        return StatefulMapLogic(step)
-    if isinstance(step, plan.WindowStep):
-        if isinstance(step.clock, SystemClockConfig):
-            return SystemClockWindowLogic(step, flow_start)
-        return WindowLogic(step, flow_start)
-    raise TypeError(f"unknown stateful step {step!r}")
 
 
 class Worker:
@@ -115,54 +68,14 @@ class Worker:
         self.recovery_dir = recovery_dir
         self.store: store.WorkerStore | None = None
         self.router = Router(self.count, index)
-        self.logics: list[KeyedLogic] = []
-        self.after: list[Segment] = []
-        self.input_steps: list[tuple[plan.Input, Segment]] = []
         self.inputs: list[tuple[Reader, Segment]] = []
         self.recovery = Recovery(index, self.count)
         # Per step: how many keys its chunks since its last full one wrote (see _chunk).
         self._keys_since_full: dict[str, int] = {}
-        self._build(flow, flow_start)
+        self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router)
         self.progress = Progress(index, self.count, len(self.logics))
 
-    # -- compiling the plan ----------------------------------------------------------------
-
-    def _build(self, flow: Dataflow, flow_start: datetime) -> None:
-        open_segments: list[Segment] = []
-        for step in flow.steps:
-            if isinstance(step, plan.Input):
-                segment = Segment()
-                self.input_steps.append((step, segment))
-                open_segments.append(segment)
-            elif isinstance(step, plan.StatefulStep):
-                target = len(self.logics)
-                self.logics.append(build_logic(step, flow_start))
-                for segment in open_segments:
-                    segment.target = target
-                    segment.target_name = step.name
-                after = Segment()
-                self.after.append(after)
-                open_segments = [after]
-            else:
-                sink = None
-                if isinstance(step, plan.Capture):
-                    sink = self._guard(
-                        step.name, build_sink, step.config, self.index, self.count, step.name
-                    )
-                for segment in open_segments:
-                    segment.steps.append(step)
-                    segment.sinks.append(sink)
-        for segment in [s for _, s in self.input_steps] + self.after:
-            logic = None if segment.target is None else self.logics[segment.target]
-            # The target's per-item code runs inside the loop of the steps before it (no list
-            # in between: see chain.py); with more than one worker that loop routes.
-            if logic is not None and logic.loop_code is not None:
-                router = self.router if self.count > 1 else None
-                segment.chain = compile_chain(segment.steps, segment.sinks, logic, router)
-                segment.fused = True
-                segment.routed = router is not None
-            elif segment.steps:
-                segment.chain = compile_chain(segment.steps, segment.sinks)
+    # -- inputs ----------------------------------------------------------------------------
 
     def _open_inputs(self, resume_states: dict[str, Any]) -> None:
         for step, segment in self.input_steps:
