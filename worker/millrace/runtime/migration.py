@@ -11,7 +11,7 @@ sends its word to its peers and waits for theirs:
    ``final``; a worker has all its state once every old worker's final chunk is in.
 3. ``STAGED``, after a migration: each worker has written its store for the grown cluster
    beside its current one; once every worker has, each swaps its new store in (see
-   :meth:`.worker.Worker._rewrite_for_count`).
+   :func:`.persistence.restore`).
 
 Channels are FIFO per pair of workers, but a faster worker may be a phase ahead: its
 migration may come before the last peer's progress, its ``STAGED`` before the last migration,

@@ -21,12 +21,12 @@ from .epochs import EpochPolicy
 from .errors import annotate, cannot_travel
 from . import store
 from .exchange import DATA, DONE, MARK, STOP, Exchange, Message
-from .keyed import FORGOTTEN, KeyedLogic
+from .keyed import KeyedLogic
 from .progress import Broadcast, Ended, Flush, Progress, Snapshot
 from .migration import RECOVERY_KINDS, Recovery
-from .resume import StoreSummary
 from .routing import Router, check_pairs
 from .segments import Segment, build_logic, check_flow, lay_out
+from .persistence import Snapshots, restore
 from .sources import Reader, build_reader
 from .windowing import utcnow
 
@@ -35,11 +35,6 @@ from .windowing import utcnow
 __all__ = ["Segment", "Stopped", "Worker", "build_logic", "check_flow"]
 
 _IDLE_SLEEP_MAX = 0.01
-
-
-def _holds_a_snapshot(db_dir: Path, worker_index: int) -> bool:
-    info = store.inspect(db_dir, worker_index)
-    return info is not None and info.progress is not None and info.progress >= 0
 
 
 class Stopped(Exception):
@@ -70,8 +65,7 @@ class Worker:
         self.router = Router(self.count, index)
         self.inputs: list[tuple[Reader, Segment]] = []
         self.recovery = Recovery(index, self.count)
-        # Per step: how many keys its chunks since its last full one wrote (see _chunk).
-        self._keys_since_full: dict[str, int] = {}
+        self.snapshots = Snapshots()
         self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router)
         self.progress = Progress(index, self.count, len(self.logics))
 
@@ -341,85 +335,14 @@ class Worker:
         ]
 
     def _recover(self) -> dict[str, Any]:
-        """Agree with every worker on the resume epoch, load the state as of then, and return
-        the input states. Every check runs before the store is written.
-
-        A cluster may resume with more workers than wrote the stores: each key's state then
-        moves to the worker that owns it now, and every store is rewritten for the new count.
-        """
+        """With a recovery directory, bring the state back (:func:`.persistence.restore`) and
+        return the input states; without, start afresh."""
         if self.recovery_dir is None:
             return {}
-        db_dir = self.recovery_dir
-        store.check_dir(db_dir)
-        info = store.inspect(db_dir, self.index)
-        if info is not None:
-            unknown = sorted(set(info.step_ids) - set(self._step_ids()))
-            if unknown:
-                raise store.RecoveryError(
-                    f"recovery store {info.path} holds state of steps {unknown} that this flow "
-                    "does not have: it was written by a different flow"
-                )
-        numbers = {path.name: path.stem.split("-", 1)[1] for path in db_dir.glob("worker-*.sqlite3")}
-        strays = sorted(
-            name for name, number in numbers.items()
-            if number.isdigit() and int(number) >= self.count and _holds_a_snapshot(db_dir, int(number))
-        )
-        if strays:
-            raise store.RecoveryError(
-                f"recovery directory {db_dir} holds stores of workers this run of {self.count} "
-                f"does not have ({', '.join(strays)}): it was written by a larger cluster, and "
-                "millrace cannot shrink a recovered cluster"
-            )
-        progress = self.recovery.share(StoreSummary.of(info))
-        if self.count > 1:
-            self.exchange.broadcast(self.index, progress)
-            self._gather()
-        decided = self.recovery.plan(db_dir)
-        old_count, resume, flow_start = decided.old_count, decided.resume, decided.flow_start
-        if flow_start is not None:
-            for logic in self.logics:
-                logic.rebase(flow_start)
-        self.store = store.WorkerStore(db_dir, self.index, self.count, self._step_ids(), flow_start or self.flow_start)
-        if info is not None and info.staged is not None:
-            if decided.finish_rescale == info.staged[0]:
-                self.store.commit_rescale()
-            else:
-                self.store.drop_rescale()  # no store swapped it in: the current ones are whole
-            info = store.inspect(db_dir, self.index)
-        input_states, keyed = self.store.load(resume) if info is not None else ({}, {})
-        if old_count not in (None, self.count):
-            keyed = self._migrate(keyed, old_count)
-            self._rewrite_for_count(resume - 1, input_states, keyed)
-        elif info is not None and info.worker_count != self.count and (info.progress is None or info.progress < 0):
-            self.store.rescale(self.count, resume - 1, {}, {})  # it held nothing
-        elif info is not None:
-            self.store.rewind(resume)
-        for logic in self.logics:
-            logic.restore(keyed.get(logic.step_id, {}))
-            self._track(logic)
-        self.epoch = resume
+        restored = restore(self.recovery_dir, self.recovery, self.exchange, self._gather,
+                           self._step_ids(), self.logics, self.flow_start)
+        self.store, self.epoch, input_states = restored
         return input_states
-
-    def _rewrite_for_count(self, epoch: int, inputs: dict[str, Any], keyed: dict[str, dict[Any, Any]]) -> None:
-        """Rewrite this worker's store for the grown cluster in two halves: every worker
-        stages its new store beside the current one, and only once all have does any swap it
-        in. A start stopped in between finds either no store swapped (each keeps its current
-        content, and the rescale runs again) or every store swapped or staged (the next start
-        swaps the rest in, :func:`.resume.stopped_rescale`): never a key whose state is in
-        no store."""
-        assert self.store is not None
-        self.store.stage_rescale(self.count, epoch, inputs, keyed)
-        self.exchange.broadcast(self.index, self.recovery.stage())
-        self._gather()
-        self.store.commit_rescale()
-
-    def _migrate(self, keyed: dict[str, dict[Any, Any]], old_count: int) -> dict[str, dict[Any, Any]]:
-        """Send every key's state to its owner among ``self.count`` workers; return what this
-        worker owns now, once every worker of the old cluster has sent its share."""
-        for dest, msg in self.recovery.migrate(keyed, old_count):
-            self.exchange.send(dest, msg)
-        self._gather()
-        return self.recovery.owned()
 
     def _gather(self) -> None:
         """Handle messages until the recovery round awaited is complete; data of a faster
@@ -441,48 +364,9 @@ class Worker:
         inputs = {}
         for (step, _), (reader, _) in zip(self.input_steps, self.inputs):
             inputs[step.step_id] = reader.state
-        chunks = {}
-        for logic in self.logics:
-            touched = logic.touched
-            if touched is None:
-                if not logic.is_empty():
-                    chunks[logic.step_id] = self._full_chunk(logic)
-            elif touched:
-                chunks[logic.step_id] = self._chunk(logic, touched)
-            self._track(logic)
+        chunks = self.snapshots.chunks(self.logics)
         try:
             self.store.snapshot(epoch, inputs, chunks)
         except Exception as exc:
             annotate(exc, f"the snapshot of epoch {epoch} to {self.store.path}", self.index)
             raise
-
-    @staticmethod
-    def _track(logic: KeyedLogic) -> None:
-        """Start recording which keys of ``logic`` change this epoch, unless it holds no
-        state: then every key it holds at the epoch's end is new, its snapshot is all of them
-        (:meth:`_full_chunk`), and the per-item record would cost time for nothing. (The first
-        epoch of a fresh run is all of a short run, and holds most of its items.)"""
-        logic.touched = None if logic.is_empty() else set()
-
-    def _full_chunk(self, logic: KeyedLogic) -> store.Chunk:
-        self._keys_since_full[logic.step_id] = 0
-        return store.Chunk(dict(logic.exports(logic.keys())), [], full=True)
-
-    def _chunk(self, logic: KeyedLogic, touched: set[Any]) -> store.Chunk:
-        """What ``logic``'s keys did this epoch: the changed ones, or every key it holds when
-        the chunks since its last full one add up to more keys than that (a restart replays
-        them all), and always after a restart (the older chunks are not counted)."""
-        step_id = logic.step_id
-        held = logic.keys()
-        since_full = self._keys_since_full.get(step_id, len(held)) + len(touched)
-        if since_full > len(held):
-            return self._full_chunk(logic)
-        self._keys_since_full[step_id] = since_full
-        changed = {}
-        forgotten = []
-        for key, state in logic.exports(touched):
-            if state is FORGOTTEN:
-                forgotten.append(key)
-            else:
-                changed[key] = state
-        return store.Chunk(changed, forgotten, full=False)
