@@ -24,7 +24,8 @@ messages to send (:meth:`Recovery.share`, :meth:`Recovery.migrate`, :meth:`Recov
 feeds it what it receives until :meth:`Recovery.ready`, then asks for the outcome
 (:meth:`Recovery.plan`, :meth:`Recovery.owned`). ``STOP`` is the worker's own business.
 
->>> from .resume import StoreSummary
+>>> from millrace.runtime.exchange import DATA
+>>> from millrace.runtime.resume import StoreSummary
 >>> r = Recovery(index=1, count=2)
 >>> r.share(StoreSummary(exists=False))
 (4, 1, StoreSummary(exists=False, progress=-1, worker_count=0, flow_start=None, staged=None))
@@ -38,7 +39,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .exchange import DATA, MIGRATE, PROGRESS, STAGED, Message
+from .exchange import MIGRATE, PROGRESS, STAGED, Message
 from .resume import ResumePlan, StoreSummary, plan_resume
 from .routing import owner
 

@@ -21,7 +21,6 @@ from .epochs import EpochPolicy
 from .errors import annotate, cannot_travel
 from . import store
 from .exchange import DATA, DONE, MARK, STOP, Exchange, Message
-from .keyed import KeyedLogic
 from .progress import Broadcast, Ended, Flush, Progress, Snapshot
 from .migration import RECOVERY_KINDS, Recovery
 from .routing import Router, check_pairs
