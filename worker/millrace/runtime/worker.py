@@ -1,20 +1,11 @@
 """One worker: reads its share of the input, pushes batches through the steps, exchanges
 keyed items with its peers, and keeps epochs in step with the whole cluster.
 
-Progress protocol (per epoch ``e``, after this worker's input phase of ``e`` ends):
-
-1. For each stateful step ``k`` in order, the worker sends ``MARK(k, e, eof)`` to every peer
-   after the last ``DATA`` of ``e`` it sends for ``k``. Channels are FIFO per pair of workers,
-   so once a worker holds the marks of all workers for ``k``, it has every item of ``e`` for
-   ``k``. If every mark says ``eof`` (all inputs everywhere are exhausted), the step flushes:
-   windows close. Only then does the worker mark step ``k + 1``.
-2. After the last step, the worker sends ``DONE(e, eof)`` to all and starts epoch ``e + 1`` only
-   when every worker is done with ``e``. These are the points where snapshots are taken.
-3. When every ``DONE`` says ``eof``, the flow is over.
-
-Between its ``DONE(e)`` and the last peer's, a worker may already receive data of ``e + 1``
-from faster peers; it applies it at once, which keeps per-key epoch order because nothing of
-``e`` can still arrive.
+The worker is the loop that moves batches; what it says to its peers, and when it may go on,
+is decided by state machines it feeds with their messages: :class:`.progress.Progress` ends
+each epoch (``MARK``, ``DONE``), :class:`.migration.Recovery` agrees on where a recovered
+cluster resumes and moves a grown cluster's state (``PROGRESS``, ``MIGRATE``, ``STAGED``).
+Only ``DATA`` (and ``STOP``) is the worker's own business.
 """
 
 from __future__ import annotations
@@ -25,83 +16,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .. import plan
 from ..dataflow import Dataflow
-from ..window import SystemClockConfig
-from .chain import Chain, compile_chain
 from .epochs import EpochPolicy
 from .errors import annotate, cannot_travel
 from . import store
-from .exchange import DATA, DONE, MARK, MIGRATE, PROGRESS, STAGED, STOP, Exchange, Message
-from .keyed import FORGOTTEN, KeyedLogic, ReduceLogic, StatefulMapLogic
-from .resume import StoreSummary, plan_resume
-from .routing import Router, check_pairs, owner
-from .sinks import Sink, build_sink
+from .exchange import DATA, DONE, MARK, STOP, Exchange, Message
+from .progress import Broadcast, Ended, Flush, Progress, Snapshot
+from .migration import RECOVERY_KINDS, Recovery
+from .routing import Router, check_pairs
+from .segments import Segment, build_logic, check_flow, lay_out
+from .persistence import Snapshots, restore
 from .sources import Reader, build_reader
-from .system_windows import SystemClockWindowLogic
-from .windowing import WindowLogic, utcnow
+from .windowing import utcnow
+
+# Stopped, Worker and check_flow are what the runtime's entry points import from here;
+# build_logic and Segment moved to .segments, and stay importable from here too.
+__all__ = ["Segment", "Stopped", "Worker", "build_logic", "check_flow"]
 
 _IDLE_SLEEP_MAX = 0.01
-# Keyed states per MIGRATE message when a recovered cluster grows: bounds one frame's size.
-_MIGRATE_CHUNK = 10_000
-# What workers tell each other while they recover, before any data flows.
-_RECOVERY_KINDS = frozenset((PROGRESS, MIGRATE, STAGED, STOP))
-
-
-def _holds_a_snapshot(db_dir: Path, worker_index: int) -> bool:
-    info = store.inspect(db_dir, worker_index)
-    return info is not None and info.progress is not None and info.progress >= 0
 
 
 class Stopped(Exception):
     """Another worker failed; this one leaves without an error of its own."""
-
-
-class Segment:
-    """Stateless steps and the stateful step (by index) that receives their output, if any."""
-
-    __slots__ = ("steps", "sinks", "chain", "target", "target_name", "fused", "routed")
-
-    def __init__(self) -> None:
-        self.steps: list[plan.Step] = []
-        self.sinks: list[Sink | None] = []
-        self.chain: Chain | None = None  # the steps fused, once the whole flow is built
-        self.target: int | None = None
-        self.target_name = ""
-        #: Whether ``chain`` ends in the target's own loop, so it returns what the target
-        #: emits; and whether that loop routes, so it returns ``(emitted, parts)``.
-        self.fused = False
-        self.routed = False
-
-
-def check_flow(flow: Dataflow) -> None:
-    """Raise :class:`ValueError` for a flow that cannot run, before anything starts."""
-    if not isinstance(flow, Dataflow):
-        raise TypeError(f"expected a Dataflow, got {flow!r}")
-    steps = flow.steps
-    if not any(isinstance(step, plan.Input) for step in steps):
-        raise ValueError("the flow has no input: add one with Dataflow.input(step_id, config)")
-    if not any(isinstance(step, plan.Capture) for step in steps):
-        raise ValueError(
-            "the flow has no capture, so its results would go nowhere: add one with "
-            "Dataflow.capture(output_config)"
-        )
-    if not isinstance(steps[0], plan.Input):
-        raise ValueError(
-            f"{steps[0].name} comes before any input; a flow starts with Dataflow.input"
-        )
-
-
-def build_logic(step: plan.StatefulStep, flow_start: datetime) -> KeyedLogic:
-    if isinstance(step, plan.Reduce):
-        return ReduceLogic(step)
-    if isinstance(step, plan.StatefulMap):
-        return StatefulMapLogic(step)
-    if isinstance(step, plan.WindowStep):
-        if isinstance(step.clock, SystemClockConfig):
-            return SystemClockWindowLogic(step, flow_start)
-        return WindowLogic(step, flow_start)
-    raise TypeError(f"unknown stateful step {step!r}")
 
 
 class Worker:
@@ -126,59 +62,13 @@ class Worker:
         self.recovery_dir = recovery_dir
         self.store: store.WorkerStore | None = None
         self.router = Router(self.count, index)
-        self.logics: list[KeyedLogic] = []
-        self.after: list[Segment] = []
-        self.input_steps: list[tuple[plan.Input, Segment]] = []
         self.inputs: list[tuple[Reader, Segment]] = []
-        self._marks: dict[tuple[int, int], list[bool]] = {}
-        self._dones: dict[int, list[bool]] = {}
-        self._progress: dict[int, StoreSummary] = {}
-        self._deferred: list[Message] = []
-        self._migrated: list[tuple[str, Any, Any]] = []
-        self._migration_senders: set[int] = set()
-        self._staged_by: set[int] = set()
-        # Per step: how many keys its chunks since its last full one wrote (see _chunk).
-        self._keys_since_full: dict[str, int] = {}
-        self._build(flow, flow_start)
+        self.recovery = Recovery(index, self.count)
+        self.snapshots = Snapshots()
+        self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router)
+        self.progress = Progress(index, self.count, len(self.logics))
 
-    # -- compiling the plan ----------------------------------------------------------------
-
-    def _build(self, flow: Dataflow, flow_start: datetime) -> None:
-        open_segments: list[Segment] = []
-        for step in flow.steps:
-            if isinstance(step, plan.Input):
-                segment = Segment()
-                self.input_steps.append((step, segment))
-                open_segments.append(segment)
-            elif isinstance(step, plan.StatefulStep):
-                target = len(self.logics)
-                self.logics.append(build_logic(step, flow_start))
-                for segment in open_segments:
-                    segment.target = target
-                    segment.target_name = step.name
-                after = Segment()
-                self.after.append(after)
-                open_segments = [after]
-            else:
-                sink = None
-                if isinstance(step, plan.Capture):
-                    sink = self._guard(
-                        step.name, build_sink, step.config, self.index, self.count, step.name
-                    )
-                for segment in open_segments:
-                    segment.steps.append(step)
-                    segment.sinks.append(sink)
-        for segment in [s for _, s in self.input_steps] + self.after:
-            logic = None if segment.target is None else self.logics[segment.target]
-            # The target's per-item code runs inside the loop of the steps before it (no list
-            # in between: see chain.py); with more than one worker that loop routes.
-            if logic is not None and logic.loop_code is not None:
-                router = self.router if self.count > 1 else None
-                segment.chain = compile_chain(segment.steps, segment.sinks, logic, router)
-                segment.fused = True
-                segment.routed = router is not None
-            elif segment.steps:
-                segment.chain = compile_chain(segment.steps, segment.sinks)
+    # -- inputs ----------------------------------------------------------------------------
 
     def _open_inputs(self, resume_states: dict[str, Any]) -> None:
         for step, segment in self.input_steps:
@@ -301,22 +191,10 @@ class Worker:
         if kind == DATA:
             _, target, epoch, items = msg
             self._apply(target, items, epoch)
-        elif kind == MARK:
-            _, target, epoch, _sender, eof = msg
-            self._marks.setdefault((target, epoch), []).append(eof)
-        elif kind == DONE:
-            _, epoch, _sender, eof = msg
-            self._dones.setdefault(epoch, []).append(eof)
-        elif kind == PROGRESS:
-            _, sender, info = msg
-            self._progress[sender] = info
-        elif kind == MIGRATE:
-            _, sender, entries, final = msg
-            self._migrated.extend(entries)
-            if final:
-                self._migration_senders.add(sender)
-        elif kind == STAGED:
-            self._staged_by.add(msg[1])
+        elif kind == MARK or kind == DONE:
+            self.progress.receive(msg)
+        elif kind in RECOVERY_KINDS:
+            self.recovery.receive(msg)
         elif kind == STOP:
             raise Stopped()
         else:
@@ -405,44 +283,40 @@ class Worker:
                 self._idle(idle)
 
     def _finish_epoch(self, epoch: int) -> bool:
-        """Bring every step through ``epoch``; return whether the whole flow has ended."""
-        eof = all(reader.exhausted for reader, _ in self.inputs)
-        multi = self.count > 1
-        for target, logic in enumerate(self.logics):
-            if multi:
-                key = (target, epoch)
-                self.exchange.broadcast(self.index, (MARK, target, epoch, self.index, eof))
-                marks = self._marks.setdefault(key, [])
-                marks.append(eof)
-                self._wait_for(lambda: len(marks) == self.count, epoch, tick_from=target)
-                eof = all(marks)
-                del self._marks[key]
-            if eof:
-                try:
-                    out = logic.on_eof()
-                except Exception as exc:
-                    annotate(exc, logic.name, self.index)
-                    raise
-                if out:
-                    self._push(self.after[target], out, epoch)
-        if self.store is not None:
-            self._snapshot(epoch)
-        if multi:
-            self.exchange.broadcast(self.index, (DONE, epoch, self.index, eof))
-            dones = self._dones.setdefault(epoch, [])
-            dones.append(eof)
-            self._wait_for(lambda: len(dones) == self.count)
-            eof = all(dones)
-            del self._dones[epoch]
-        return eof
+        """Bring every step through ``epoch`` as :class:`.progress.Progress` says; return
+        whether the whole flow has ended."""
+        progress = self.progress
+        actions = progress.end_input(epoch, all(reader.exhausted for reader, _ in self.inputs))
+        while True:
+            for action in actions:
+                if isinstance(action, Broadcast):
+                    self.exchange.broadcast(self.index, action.message)
+                elif isinstance(action, Flush):
+                    self._flush(action.step, epoch)
+                elif isinstance(action, Snapshot):
+                    if self.store is not None:
+                        self._snapshot(epoch)
+                elif isinstance(action, Ended):
+                    return action.eof
+            self._wait_for(progress.ready, epoch, progress.tick_from)
+            actions = progress.advance()
+
+    def _flush(self, target: int, epoch: int) -> None:
+        logic = self.logics[target]
+        try:
+            out = logic.on_eof()
+        except Exception as exc:
+            annotate(exc, logic.name, self.index)
+            raise
+        if out:
+            self._push(self.after[target], out, epoch)
 
     def run(self) -> None:
         """Run until every worker's input is exhausted and nothing is in flight."""
         try:
             self._open_inputs(self._recover())
-            for msg in self._deferred:
+            for msg in self.recovery.take_deferred():
                 self._handle(msg)
-            self._deferred.clear()
             while True:
                 self._read_epoch(self.epoch)
                 if self._finish_epoch(self.epoch):
@@ -460,164 +334,38 @@ class Worker:
         ]
 
     def _recover(self) -> dict[str, Any]:
-        """Agree with every worker on the resume epoch, load the state as of then, and return
-        the input states. Every check runs before the store is written.
-
-        A cluster may resume with more workers than wrote the stores: each key's state then
-        moves to the worker that owns it now, and every store is rewritten for the new count.
-        """
+        """With a recovery directory, bring the state back (:func:`.persistence.restore`) and
+        return the input states; without, start afresh."""
         if self.recovery_dir is None:
             return {}
-        db_dir = self.recovery_dir
-        store.check_dir(db_dir)
-        info = store.inspect(db_dir, self.index)
-        if info is not None:
-            unknown = sorted(set(info.step_ids) - set(self._step_ids()))
-            if unknown:
-                raise store.RecoveryError(
-                    f"recovery store {info.path} holds state of steps {unknown} that this flow "
-                    "does not have: it was written by a different flow"
-                )
-        numbers = {path.name: path.stem.split("-", 1)[1] for path in db_dir.glob("worker-*.sqlite3")}
-        strays = sorted(
-            name for name, number in numbers.items()
-            if number.isdigit() and int(number) >= self.count and _holds_a_snapshot(db_dir, int(number))
-        )
-        if strays:
-            raise store.RecoveryError(
-                f"recovery directory {db_dir} holds stores of workers this run of {self.count} "
-                f"does not have ({', '.join(strays)}): it was written by a larger cluster, and "
-                "millrace cannot shrink a recovered cluster"
-            )
-        self._progress[self.index] = StoreSummary.of(info)
-        if self.count > 1:
-            self.exchange.broadcast(self.index, (PROGRESS, self.index, self._progress[self.index]))
-            self._gather(lambda: len(self._progress) == self.count)
-        decided = plan_resume(self._progress, self.count, db_dir)
-        old_count, resume, flow_start = decided.old_count, decided.resume, decided.flow_start
-        if flow_start is not None:
-            for logic in self.logics:
-                logic.rebase(flow_start)
-        self.store = store.WorkerStore(db_dir, self.index, self.count, self._step_ids(), flow_start or self.flow_start)
-        if info is not None and info.staged is not None:
-            if decided.finish_rescale == info.staged[0]:
-                self.store.commit_rescale()
-            else:
-                self.store.drop_rescale()  # no store swapped it in: the current ones are whole
-            info = store.inspect(db_dir, self.index)
-        input_states, keyed = self.store.load(resume) if info is not None else ({}, {})
-        if old_count not in (None, self.count):
-            keyed = self._migrate(keyed, old_count)
-            self._rewrite_for_count(resume - 1, input_states, keyed)
-        elif info is not None and info.worker_count != self.count and (info.progress is None or info.progress < 0):
-            self.store.rescale(self.count, resume - 1, {}, {})  # it held nothing
-        elif info is not None:
-            self.store.rewind(resume)
-        for logic in self.logics:
-            logic.restore(keyed.get(logic.step_id, {}))
-            self._track(logic)
-        self.epoch = resume
+        restored = restore(self.recovery_dir, self.recovery, self.exchange, self._gather,
+                           self._step_ids(), self.logics, self.flow_start)
+        self.store, self.epoch, input_states = restored
         return input_states
 
-    def _rewrite_for_count(self, epoch: int, inputs: dict[str, Any], keyed: dict[str, dict[Any, Any]]) -> None:
-        """Rewrite this worker's store for the grown cluster in two halves: every worker
-        stages its new store beside the current one, and only once all have does any swap it
-        in. A start stopped in between finds either no store swapped (each keeps its current
-        content, and the rescale runs again) or every store swapped or staged (the next start
-        swaps the rest in, :func:`.resume.stopped_rescale`): never a key whose state is in
-        no store."""
-        assert self.store is not None
-        self.store.stage_rescale(self.count, epoch, inputs, keyed)
-        self._staged_by.add(self.index)
-        self.exchange.broadcast(self.index, (STAGED, self.index))
-        self._gather(lambda: len(self._staged_by) == self.count)
-        self.store.commit_rescale()
-
-    def _migrate(self, keyed: dict[str, dict[Any, Any]], old_count: int) -> dict[str, dict[Any, Any]]:
-        """Send every key's state to its owner among ``self.count`` workers; return what this
-        worker owns now, once every worker of the old cluster has sent its share."""
-        outgoing: dict[int, list[tuple[str, Any, Any]]] = {w: [] for w in range(self.count)}
-        for step_id, states in keyed.items():
-            for key, state in states.items():
-                outgoing[owner(key, self.count)].append((step_id, key, state))
-        self._migrated.extend(outgoing.pop(self.index))
-        if self.index < old_count:
-            self._migration_senders.add(self.index)
-            for dest, entries in outgoing.items():
-                for start in range(0, max(len(entries), 1), _MIGRATE_CHUNK):
-                    chunk = entries[start:start + _MIGRATE_CHUNK]
-                    final = start + _MIGRATE_CHUNK >= len(entries)
-                    self.exchange.send(dest, (MIGRATE, self.index, chunk, final))
-        self._gather(lambda: len(self._migration_senders) == old_count)
-        owned: dict[str, dict[Any, Any]] = {}
-        for step_id, key, state in self._migrated:
-            owned.setdefault(step_id, {})[key] = state
-        self._migrated = []
-        return owned
-
-    def _gather(self, ready: Callable[[], bool]) -> None:
-        """Handle recovery messages until ``ready()``; keep data for after the state is
-        loaded. A faster worker may already be in a later phase (its migration may come
-        before the last peer's progress, its STAGED before the last migration) or already
-        send data of the resume epoch."""
+    def _gather(self) -> None:
+        """Handle messages until the recovery round awaited is complete; data of a faster
+        worker waits in :attr:`.migration.Recovery.deferred` until the state is loaded."""
         recv = self.exchange.recv
-        while not ready():
+        recovery = self.recovery
+        while not recovery.ready():
             msg = recv(self.index, 0.5)
             if msg is None:
                 if self.exchange.stopping.is_set():
                     raise Stopped()
-            elif msg[0] in _RECOVERY_KINDS:
-                self._handle(msg)
+            elif msg[0] == STOP:
+                raise Stopped()
             else:
-                self._deferred.append(msg)
+                recovery.gather(msg)
 
     def _snapshot(self, epoch: int) -> None:
         assert self.store is not None
         inputs = {}
         for (step, _), (reader, _) in zip(self.input_steps, self.inputs):
             inputs[step.step_id] = reader.state
-        chunks = {}
-        for logic in self.logics:
-            touched = logic.touched
-            if touched is None:
-                if not logic.is_empty():
-                    chunks[logic.step_id] = self._full_chunk(logic)
-            elif touched:
-                chunks[logic.step_id] = self._chunk(logic, touched)
-            self._track(logic)
+        chunks = self.snapshots.chunks(self.logics)
         try:
             self.store.snapshot(epoch, inputs, chunks)
         except Exception as exc:
             annotate(exc, f"the snapshot of epoch {epoch} to {self.store.path}", self.index)
             raise
-
-    @staticmethod
-    def _track(logic: KeyedLogic) -> None:
-        """Start recording which keys of ``logic`` change this epoch, unless it holds no
-        state: then every key it holds at the epoch's end is new, its snapshot is all of them
-        (:meth:`_full_chunk`), and the per-item record would cost time for nothing. (The first
-        epoch of a fresh run is all of a short run, and holds most of its items.)"""
-        logic.touched = None if logic.is_empty() else set()
-
-    def _full_chunk(self, logic: KeyedLogic) -> store.Chunk:
-        self._keys_since_full[logic.step_id] = 0
-        return store.Chunk(dict(logic.exports(logic.keys())), [], full=True)
-
-    def _chunk(self, logic: KeyedLogic, touched: set[Any]) -> store.Chunk:
-        """What ``logic``'s keys did this epoch: the changed ones, or every key it holds when
-        the chunks since its last full one add up to more keys than that (a restart replays
-        them all), and always after a restart (the older chunks are not counted)."""
-        step_id = logic.step_id
-        held = logic.keys()
-        since_full = self._keys_since_full.get(step_id, len(held)) + len(touched)
-        if since_full > len(held):
-            return self._full_chunk(logic)
-        self._keys_since_full[step_id] = since_full
-        changed = {}
-        forgotten = []
-        for key, state in logic.exports(touched):
-            if state is FORGOTTEN:
-                forgotten.append(key)
-            else:
-                changed[key] = state
-        return store.Chunk(changed, forgotten, full=False)
