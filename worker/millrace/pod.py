@@ -1,4 +1,4 @@
-"""The worker pod entrypoint (``millrace-worker``): one process of a cluster in a StatefulSet.
+"""The worker pod entrypoint (``millrace-worker``): one process of a cluster, the pod of one Job.
 
 Everything comes from the environment the operator writes (docs/pod-contract.md): the process
 id from the pod-index label or the hostname's ordinal, the peers from the headless Service's
@@ -70,6 +70,7 @@ class PodSettings:
     state_dir: Path | None
     dns_timeout: float
     connect_timeout: float
+    cluster_id: str
     termination_log: Path
 
 
@@ -97,7 +98,7 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def ordinal(name: str) -> int | None:
-    """The StatefulSet ordinal at the end of a pod name or hostname.
+    """The ordinal at the end of a pod name or hostname (N-i: process i of Dataflow N).
 
     >>> ordinal("wordcount-12"), ordinal("wordcount-2.wordcount.ns.svc.cluster.local"), ordinal("x")
     (12, 2, None)
@@ -160,6 +161,7 @@ def settings_from(env: Mapping[str, str], hostname: str) -> PodSettings:
         state_dir=Path(env["MILLRACE_STATE_DIR"]) if env.get("MILLRACE_STATE_DIR") else None,
         dns_timeout=_float(env, "MILLRACE_DNS_TIMEOUT", 300.0),
         connect_timeout=_float(env, "MILLRACE_CONNECT_TIMEOUT", 60.0),
+        cluster_id=env.get("MILLRACE_CLUSTER_ID", ""),
         termination_log=Path(env.get("MILLRACE_TERMINATION_LOG") or "/dev/termination-log"),
     )
 
@@ -187,7 +189,7 @@ def load_flow(module: str | None, file: Path | None) -> Dataflow:
 
 def _peer_names(addresses: Sequence[str], timeout: float) -> None:
     """Wait, however long it takes, until every peer's name resolves; say who is missing every
-    ``timeout`` seconds (a pod not yet scheduled, or a StatefulSet/Job still replacing one)."""
+    ``timeout`` seconds (a pod not yet scheduled, or a Job still replacing one)."""
     while True:
         try:
             wait_for_names(addresses, timeout)
@@ -262,7 +264,7 @@ def run(settings: PodSettings) -> None:
                 recovery_config=SqliteRecoveryConfig(settings.recovery_dir) if settings.recovery_dir else None,
                 secret=secret,
                 connect_timeout=settings.connect_timeout,
-                cluster_id=os.environ.get("MILLRACE_CLUSTER_ID", ""),
+                cluster_id=settings.cluster_id,
                 on_formed=readiness.formed,
             )
             return
