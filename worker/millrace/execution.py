@@ -9,11 +9,11 @@ import os
 import warnings
 from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from .common.epoch_config import EpochConfig, PeriodicEpochConfig, TestingEpochConfig
 from .common.errors import ClusterError as ClusterError  # importable from here, as it was
+from .common.settings import read
 from .dataflow import Dataflow
 from .recovery import RecoveryConfig
 from .runtime import cluster, engine, spawn
@@ -54,26 +54,23 @@ def run_main(
     engine.run_single(flow, epoch_config=epoch_config, recovery_config=recovery_config)
 
 
-#: Environment variables read by :func:`cluster_main` when no secret is passed.
+#: Environment variables read by :func:`cluster_main` (see millrace.common.settings).
 SECRET_ENV = "MILLRACE_CLUSTER_SECRET"
 SECRET_FILE_ENV = "MILLRACE_CLUSTER_SECRET_FILE"
 CONNECT_TIMEOUT_ENV = "MILLRACE_CONNECT_TIMEOUT"
 CLUSTER_ID_ENV = "MILLRACE_CLUSTER_ID"
-DEFAULT_CONNECT_TIMEOUT = 60.0
 
 
 def _secret_bytes(secret: bytes | str | None) -> bytes | None:
     if secret is None:
-        if os.environ.get(SECRET_ENV):
-            secret = os.environ[SECRET_ENV]
-        elif os.environ.get(SECRET_FILE_ENV):
-            path = Path(os.environ[SECRET_FILE_ENV])
-            try:
-                secret = path.read_bytes().strip()
-            except OSError as exc:
-                raise ValueError(f"cannot read the cluster secret file {path}: {exc}") from None
-        else:
-            return None
+        secret = read(os.environ, SECRET_ENV)
+    if secret is None and (path := read(os.environ, SECRET_FILE_ENV)) is not None:
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the cluster secret file {path}: {exc}") from None
+    if secret is None:
+        return None
     if isinstance(secret, str):
         secret = secret.encode("utf-8")
     if not isinstance(secret, bytes) or not secret:
@@ -83,7 +80,7 @@ def _secret_bytes(secret: bytes | str | None) -> bytes | None:
 
 def _seconds(value: timedelta | float | None) -> float:
     if value is None:
-        value = float(os.environ.get(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT))
+        return float(read(os.environ, CONNECT_TIMEOUT_ENV))
     if isinstance(value, timedelta):
         value = value.total_seconds()
     if not isinstance(value, (int, float)) or value <= 0:
@@ -150,7 +147,7 @@ def cluster_main(
         recovery_config=recovery_config,
         secret=key,
         connect_timeout=_seconds(connect_timeout),
-        cluster_id=os.environ.get(CLUSTER_ID_ENV, ""),
+        cluster_id=read(os.environ, CLUSTER_ID_ENV),
     )
 
 
@@ -210,5 +207,5 @@ def spawn_cluster(
         proc_count=proc_count,
         worker_count_per_proc=worker_count_per_proc,
         connect_timeout=_seconds(None),
-        cluster_id=os.environ.get(CLUSTER_ID_ENV, ""),
+        cluster_id=read(os.environ, CLUSTER_ID_ENV),
     )

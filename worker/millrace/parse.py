@@ -10,11 +10,11 @@ accepted as well).
 from __future__ import annotations
 
 import os
-import re
 from argparse import ArgumentParser
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
+
+from .common.settings import SettingsError, ordinal, read
 
 __all__ = ["cluster_args", "proc_args", "proc_env"]
 
@@ -57,21 +57,6 @@ def proc_args(args: Iterable[str] | None = None) -> dict[str, Any]:
     }
 
 
-def _lookup(env: Mapping[str, str], name: str) -> str | None:
-    for prefix in ("MILLRACE_", "BYTEWAX_"):
-        value = env.get(prefix + name)
-        if value:
-            return value
-    return None
-
-
-def _int(env: Mapping[str, str], name: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"MILLRACE_{name} must be an integer, got {text!r}") from None
-
-
 def proc_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Keyword arguments for ``cluster_main`` from the environment:
 
@@ -87,31 +72,26 @@ def proc_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     {'proc_id': 1, 'addresses': ['df-0.df:2101', 'df-1.df:2101'], 'worker_count_per_proc': 2}
     """
     env = os.environ if env is None else env
-    if (joined := _lookup(env, "ADDRESSES")) is not None:
+    if (joined := read(env, "MILLRACE_ADDRESSES")) is not None:
         addresses = [a.strip() for a in joined.split(";") if a.strip()]
-    elif (hostfile := _lookup(env, "HOSTFILE_PATH")) is not None:
+    elif (hostfile := read(env, "MILLRACE_HOSTFILE_PATH")) is not None:
         try:
-            lines = Path(hostfile).read_text().splitlines()
+            lines = hostfile.read_text().splitlines()
         except OSError as exc:
             raise ValueError(f"cannot read the host file {hostfile}: {exc}") from None
         addresses = [line.strip() for line in lines if line.strip()]
     else:
-        raise ValueError("set MILLRACE_ADDRESSES or MILLRACE_HOSTFILE_PATH")
-    if (proc_id_text := _lookup(env, "PROCESS_ID")) is not None:
-        proc_id = _int(env, "PROCESS_ID", proc_id_text)
-    else:
-        pod = _lookup(env, "POD_NAME")
+        raise SettingsError("set MILLRACE_ADDRESSES or MILLRACE_HOSTFILE_PATH")
+    proc_id = read(env, "MILLRACE_PROCESS_ID")
+    if proc_id is None:
+        pod = read(env, "MILLRACE_POD_NAME")
         if pod is None:
-            raise ValueError("set MILLRACE_PROCESS_ID or MILLRACE_POD_NAME")
-        statefulset = _lookup(env, "STATEFULSET_NAME")
-        pattern = rf"{re.escape(statefulset)}-(\d+)" if statefulset else r".*-(\d+)"
-        match = re.fullmatch(pattern, pod)
-        if match is None:
-            raise ValueError(f"cannot read a process id from the pod name {pod!r}")
-        proc_id = int(match.group(1))
-    workers = _lookup(env, "WORKERS_PER_PROCESS")
+            raise SettingsError("set MILLRACE_PROCESS_ID or MILLRACE_POD_NAME")
+        proc_id = ordinal(pod, read(env, "MILLRACE_STATEFULSET_NAME"))
+        if proc_id is None:
+            raise SettingsError(f"cannot read a process id from the pod name {pod!r}")
     return {
         "proc_id": proc_id,
         "addresses": addresses,
-        "worker_count_per_proc": 1 if workers is None else _int(env, "WORKERS_PER_PROCESS", workers),
+        "worker_count_per_proc": read(env, "MILLRACE_WORKERS_PER_PROCESS"),
     }

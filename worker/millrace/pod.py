@@ -23,7 +23,6 @@ import argparse
 import importlib
 import logging
 import os
-import re
 import runpy
 import signal
 import socket
@@ -39,6 +38,7 @@ from .execution import PeriodicEpochConfig
 from .recovery import SqliteRecoveryConfig
 from .runtime import cluster
 from .common.errors import PeerLost
+from .common.settings import VARIABLES, SettingsError, ordinal, read
 from .transport.addresses import split_address
 
 log = logging.getLogger("millrace.pod")
@@ -53,8 +53,9 @@ _REFORM_PAUSE = 1.0
 _MESSAGE_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes of a termination message
 
 
-class PodConfigError(ValueError):
-    """The pod's environment does not describe a cluster process; says which variable."""
+# A malformed pod environment is a settings error naming the variable (the name is kept for
+# those who catch it).
+PodConfigError = SettingsError
 
 
 @dataclass(frozen=True)
@@ -74,44 +75,12 @@ class PodSettings:
     termination_log: Path
 
 
-def _int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
-    text = env.get(name, "")
-    if not text:
-        if default is None:
-            raise PodConfigError(f"{name} is not set")
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        raise PodConfigError(f"{name} must be an integer, got {text!r}") from None
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    text = env.get(name, "")
-    try:
-        value = float(text) if text else default
-    except ValueError:
-        raise PodConfigError(f"{name} must be a number, got {text!r}") from None
-    if value <= 0:
-        raise PodConfigError(f"{name} must be positive, got {text!r}")
-    return value
-
-
-def ordinal(name: str) -> int | None:
-    """The ordinal at the end of a pod name or hostname (N-i: process i of Dataflow N).
-
-    >>> ordinal("wordcount-12"), ordinal("wordcount-2.wordcount.ns.svc.cluster.local"), ordinal("x")
-    (12, 2, None)
-    """
-    match = re.search(r"-(\d+)$", name.split(".", 1)[0])
-    return int(match.group(1)) if match else None
-
-
 def proc_id_from(env: Mapping[str, str], hostname: str) -> int:
-    """``MILLRACE_POD_INDEX`` (the downward-API pod-index label), else the ordinal of
+    """``MILLRACE_POD_INDEX`` (the operator sets it per Job), else the ordinal of
     ``MILLRACE_POD_NAME``, else of the hostname."""
-    if env.get("MILLRACE_POD_INDEX"):
-        return _int(env, "MILLRACE_POD_INDEX")
+    index: int | None = read(env, "MILLRACE_POD_INDEX")
+    if index is not None:
+        return index
     for source in (env.get("MILLRACE_POD_NAME", ""), hostname):
         if source and (found := ordinal(source)) is not None:
             return found
@@ -123,17 +92,11 @@ def proc_id_from(env: Mapping[str, str], hostname: str) -> int:
 
 def service_addresses(env: Mapping[str, str]) -> list[str]:
     """``N-i.N.<namespace>.svc.<domain>:<port>`` for every process i."""
-    service = env.get("MILLRACE_SERVICE", "")
-    namespace = env.get("MILLRACE_NAMESPACE", "")
-    if not service:
-        raise PodConfigError("MILLRACE_SERVICE is not set")
-    if not namespace:
-        raise PodConfigError("MILLRACE_NAMESPACE is not set")
-    domain = env.get("MILLRACE_CLUSTER_DOMAIN") or "cluster.local"
-    processes = _int(env, "MILLRACE_PROCESSES")
-    port = _int(env, "MILLRACE_PORT", 2101)
-    if processes < 1:
-        raise PodConfigError(f"MILLRACE_PROCESSES must be at least 1, got {processes}")
+    service = read(env, "MILLRACE_SERVICE", required=True)
+    namespace = read(env, "MILLRACE_NAMESPACE", required=True)
+    domain = read(env, "MILLRACE_CLUSTER_DOMAIN")
+    processes = read(env, "MILLRACE_PROCESSES", required=True)
+    port = read(env, "MILLRACE_PORT")
     return [f"{service}-{i}.{service}.{namespace}.svc.{domain}:{port}" for i in range(processes)]
 
 
@@ -145,24 +108,24 @@ def settings_from(env: Mapping[str, str], hostname: str) -> PodSettings:
             f"process id {proc_id} is outside 0..{len(addresses) - 1} "
             f"(MILLRACE_PROCESSES={len(addresses)})"
         )
-    module = env.get("MILLRACE_FLOW") or None
-    file = env.get("MILLRACE_FLOW_FILE") or None
+    module = read(env, "MILLRACE_FLOW")
+    file = read(env, "MILLRACE_FLOW_FILE")
     if (module is None) == (file is None):
         raise PodConfigError("set exactly one of MILLRACE_FLOW (module:attribute) and MILLRACE_FLOW_FILE")
     return PodSettings(
         proc_id=proc_id,
         addresses=addresses,
-        workers_per_proc=_int(env, "MILLRACE_WORKERS_PER_PROCESS", 1),
+        workers_per_proc=read(env, "MILLRACE_WORKERS_PER_PROCESS"),
         flow_module=module,
-        flow_file=Path(file) if file else None,
-        secret_file=Path(env["MILLRACE_CLUSTER_SECRET_FILE"]) if env.get("MILLRACE_CLUSTER_SECRET_FILE") else None,
-        epoch_seconds=_float(env, "MILLRACE_EPOCH_SECONDS", 10.0),
-        recovery_dir=Path(env["MILLRACE_RECOVERY_DIR"]) if env.get("MILLRACE_RECOVERY_DIR") else None,
-        state_dir=Path(env["MILLRACE_STATE_DIR"]) if env.get("MILLRACE_STATE_DIR") else None,
-        dns_timeout=_float(env, "MILLRACE_DNS_TIMEOUT", 300.0),
-        connect_timeout=_float(env, "MILLRACE_CONNECT_TIMEOUT", 60.0),
-        cluster_id=env.get("MILLRACE_CLUSTER_ID", ""),
-        termination_log=Path(env.get("MILLRACE_TERMINATION_LOG") or "/dev/termination-log"),
+        flow_file=file,
+        secret_file=read(env, "MILLRACE_CLUSTER_SECRET_FILE"),
+        epoch_seconds=read(env, "MILLRACE_EPOCH_SECONDS"),
+        recovery_dir=read(env, "MILLRACE_RECOVERY_DIR"),
+        state_dir=read(env, "MILLRACE_STATE_DIR"),
+        dns_timeout=read(env, "MILLRACE_DNS_TIMEOUT"),
+        connect_timeout=read(env, "MILLRACE_CONNECT_TIMEOUT"),
+        cluster_id=read(env, "MILLRACE_CLUSTER_ID"),
+        termination_log=read(env, "MILLRACE_TERMINATION_LOG"),
     )
 
 
@@ -301,8 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         env["MILLRACE_FLOW"], env["MILLRACE_FLOW_FILE"] = args.flow, ""
     if args.flow_file:
         env["MILLRACE_FLOW_FILE"], env["MILLRACE_FLOW"] = args.flow_file, ""
-    termination_log = Path(env.get("MILLRACE_TERMINATION_LOG") or "/dev/termination-log")
+    termination_log: Path = VARIABLES["MILLRACE_TERMINATION_LOG"].default
     try:
+        termination_log = read(env, "MILLRACE_TERMINATION_LOG")
         settings = settings_from(env, socket.gethostname())
         marker = settings.state_dir / "completed" if settings.state_dir else None
         if marker is not None and marker.exists():
