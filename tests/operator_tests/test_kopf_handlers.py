@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from millrace_operator import handlers
+
 from .kopf_harness import (  # noqa: F401 - cluster is a fixture
     APPLY, CLAIMS, CONFIGMAPS, DATAFLOWS, JOBS, NETWORKPOLICIES, RUN, SECRETS, SERVICES, Operator, cluster, dataflow,
     jobs_of, login, message, obj, patch_spec, phase, play_garbage_collector, play_kubelet, pods_of, template_hash,
@@ -184,3 +186,27 @@ async def test_a_claim_that_cannot_grow_is_reported_and_the_flow_runs_on(cluster
         assert obj(cluster, CLAIMS, "recovery-wc-0")["spec"]["resources"]["requests"]["storage"] == "1Gi"
         assert sorted(jobs_of(cluster)) == ["wc-0", "wc-1"] and _suspended(cluster) == [False, False]
     assert runner.exit_code == 0, runner.output
+
+
+async def test_pod_events_read_no_dataflow_from_the_api_server(cluster):
+    """The pods' handler takes its Dataflow from the index kopf's watch keeps."""
+    cluster.objects[DATAFLOWS, "jobs", "wc"] = dataflow()
+    login(str(cluster.url).rstrip("/"))
+    async with Operator(RUN) as runner:
+        await until(lambda: phase(cluster) == "Pending" and len(jobs_of(cluster)) == 2)
+        await play_kubelet(cluster, ready=True)
+        await until(lambda: phase(cluster) == "Running")
+        assert ("jobs", "wc") in handlers._reconciling
+    reads = [r for r in list(cluster) if r.resource == DATAFLOWS and r.method.value == "GET" and r.name]
+    assert reads == []
+    assert runner.exit_code == 0, runner.output
+
+
+def test_a_deleted_dataflow_leaves_no_lock_behind():
+    """The per-Dataflow locks go with their Dataflows: the table does not grow for ever."""
+    with handlers._reconciling["ns", "gone"]:
+        pass
+    handlers.dataflow_gone(type="MODIFIED", namespace="ns", name="gone")
+    assert ("ns", "gone") in handlers._reconciling
+    handlers.dataflow_gone(type="DELETED", namespace="ns", name="gone")
+    assert ("ns", "gone") not in handlers._reconciling

@@ -62,7 +62,7 @@ derives these from the operator's own requests and fails when they differ.
 {{- define "millrace.namespacedRules" -}}
 - apiGroups: [millrace.dev]
   resources: [dataflows]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 - apiGroups: [millrace.dev]
   resources: [dataflows/status]
   verbs: [patch]
