@@ -6,9 +6,28 @@ from typing import Any
 
 import pytest
 
-from .kopf_harness import (  # noqa: F401 - cluster is a fixture
-    APPLY, CLAIMS, CONFIGMAPS, DATAFLOWS, JOBS, NETWORKPOLICIES, RUN, SECRETS, SERVICES, Operator, cluster, dataflow,
-    jobs_of, login, message, obj, patch_spec, phase, play_garbage_collector, play_kubelet, pods_of, template_hash,
+from .kopf_harness import (
+    APPLY,
+    CLAIMS,
+    CONFIGMAPS,
+    DATAFLOWS,
+    JOBS,
+    NETWORKPOLICIES,
+    RUN,
+    SECRETS,
+    SERVICES,
+    Operator,
+    dataflow,
+    jobs_of,
+    login,
+    message,
+    obj,
+    patch_spec,
+    phase,
+    play_garbage_collector,
+    play_kubelet,
+    pods_of,
+    template_hash,
     until,
 )
 
