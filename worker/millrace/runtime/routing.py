@@ -98,8 +98,8 @@ class Router:
         elif key_types <= _KEY_TYPE_SET:
             dests = list(map(self.owners.get, keys))
             if None in dests:
-                missing = {key: self.owner_of(key) for key, dest in zip(keys, dests) if dest is None}
-                dests = [missing[key] if dest is None else dest for key, dest in zip(keys, dests)]
+                missing = {key: self.owner_of(key) for key, dest in zip(keys, dests, strict=True) if dest is None}
+                dests = [missing[key] if dest is None else dest for key, dest in zip(keys, dests, strict=True)]
         else:
             return self._split_each(batch, step_name)
         if count == 2:

@@ -268,7 +268,7 @@ class ZmqLink:
     # -- threads ---------------------------------------------------------------------------
 
     def _send_loop(self) -> None:
-        seq = {peer: 0 for peer in self.peers}
+        seq = dict.fromkeys(self.peers, 0)
         try:
             while True:
                 item = self._outbound.get()
