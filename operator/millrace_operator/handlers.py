@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import kopf
 import kubernetes
+from kubernetes.client.exceptions import ApiException
 
 from .kube import Kube
 from .manifests import DATAFLOW_LABEL
@@ -94,7 +95,7 @@ def pod_changed(meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
         try:
             # Read under the lock: the newest spec, not one an earlier reconcile has undone.
             body = cast(dict[str, Any], custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
-        except kubernetes.client.rest.ApiException as exc:
+        except ApiException as exc:
             if exc.status == 404:
                 return  # the Dataflow is gone; its pods go with it
             raise

@@ -33,12 +33,11 @@ def stable_hash(key: str) -> int:
     return crc32(key.encode("utf-8", "surrogatepass"))
 
 
-def owner(key: Any, worker_count: int) -> int:
+def owner(key: object, worker_count: int) -> int:
     """The index of the worker that owns ``key`` among ``worker_count`` workers."""
-    key_type = type(key)
-    if key_type is int:
+    if type(key) is int:
         return key % worker_count
-    if key_type is str:
+    if type(key) is str:
         return stable_hash(key) % worker_count
     raise TypeError(f"a key must be a str or an int, got {key!r}")
 
