@@ -64,7 +64,7 @@ def version() -> str:
 def _next_batch(data: Iterator[Any]) -> list[Any]:
     batch = list(islice(data, BATCH))
     if not batch:
-        raise StopIteration()
+        raise StopIteration
     return batch
 
 

@@ -16,14 +16,13 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+import workloads_data as wd
 from millrace.dataflow import Dataflow
 from millrace.execution import PeriodicEpochConfig, run_main, spawn_cluster
 from millrace.inputs import ManualInputConfig
 from millrace.outputs import ManualOutputConfig
 from millrace.recovery import SqliteRecoveryConfig
 from millrace.window import EventClockConfig, SystemClockConfig, TumblingWindowConfig
-
-import workloads_data as wd
 
 NAME = "millrace"
 

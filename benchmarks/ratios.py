@@ -43,12 +43,12 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
+import by_hand  # hand-written programs doing the multi-process flows' work
 from millrace.dataflow import Dataflow
 from millrace.execution import PeriodicEpochConfig, run_main, spawn_cluster
 from millrace.inputs import ManualInputConfig, TestingBuilderInputConfig, TestingInputConfig
 from millrace.outputs import ManualOutputConfig
 from millrace.recovery import SqliteRecoveryConfig
-import by_hand  # hand-written programs doing the multi-process flows' work
 from workloads_data import add, inc, is_even, to_pair  # the user functions vs_bytewax.py calls too
 
 # -- the user functions every variant calls ----------------------------------------------------
@@ -183,7 +183,12 @@ def m_wordcount(scale: float) -> dict[str, float]:
     run_main(stateful)
     assert running == counts
     n = len(data)
-    return {"engine": n / engine_s, "baseline": n / plain_s, "ratio": plain_s / engine_s, "vs_same_functions": same_s / engine_s}
+    return {
+        "engine": n / engine_s,
+        "baseline": n / plain_s,
+        "ratio": plain_s / engine_s,
+        "vs_same_functions": same_s / engine_s,
+    }
 
 
 def _cluster_rate(flow_for: Callable[[str], Dataflow], procs: int, expected: int, **kwargs: Any) -> float:
@@ -206,7 +211,7 @@ def m_scaling(scale: float) -> dict[str, float]:
         # A contiguous slice per worker: round-robin would give one worker all the odd
         # numbers, and filter(even) would leave it nothing to count.
         lo, hi = n * worker_index // worker_count, n * (worker_index + 1) // worker_count
-        return zip(range(lo + 1, hi + 1), range(lo, hi))
+        return zip(range(lo + 1, hi + 1), range(lo, hi), strict=True)
 
     def stateless(report_dir: str) -> Dataflow:
         flow = Dataflow()
@@ -231,7 +236,9 @@ def m_scaling(scale: float) -> dict[str, float]:
         flow.capture(counting_output(report_dir))
         return flow
 
-    one, two = by_hand.best_rates(lambda: _cluster_rate(stateless, 1, n // 2), lambda: _cluster_rate(stateless, 2, n // 2))
+    one, two = by_hand.best_rates(
+        lambda: _cluster_rate(stateless, 1, n // 2), lambda: _cluster_rate(stateless, 2, n // 2)
+    )
     wc_one, wc_two = by_hand.best_rates(lambda: _cluster_rate(wordcount, 1, m), lambda: _cluster_rate(wordcount, 2, m))
     # In the same run, what the machine gives: a second process that shares nothing, and the
     # same word count written by hand (see exchange_by_hand.py).
@@ -259,7 +266,7 @@ def _peak_rss_run(n: int) -> float:
     def fast(worker_index: int, worker_count: int, resume_state: Any):
         if worker_index != 0:
             return
-        for i in range(n):
+        for _ in range(n):
             yield None, (1, "x" * 50)  # key 1 lives on worker 1, the other process
 
     def slow(state: int, value: str) -> tuple[int, int]:

@@ -12,7 +12,9 @@ environment is missing.
 Every measurement is a fresh interpreter (``benchmarks/bench_millrace.py MEASURE`` or
 ``benchmarks/bench_bytewax.py MEASURE`` under Bytewax's Python) printing one JSON line; the
 engines alternate run by run, ``--repeat`` times, and tables show medians (throughputs with the
-range of their runs); a ratio is the median over the rounds of the ratio of that round's runs. Both engines make the same seeded data (``benchmarks/workloads_data.py``) and call the same user functions.
+range of their runs); a ratio is the median over the rounds of the ratio of that round's runs.
+Both engines make the same seeded data (``benchmarks/workloads_data.py``) and call the same
+user functions.
 Every run's output digest is checked against one computed here; a figure counts only if all
 its runs are correct, and a wrong or crashed run is a loud FAIL and a non-zero exit.
 
@@ -30,7 +32,8 @@ f recovery      (b) with 1-second epochs, snapshots at each vs none             
 
 Throughput is ``items / the longest span of a worker`` from its first input pull to the end
 of its run: data is made before the clock starts (except for ``rss``, which streams it);
-process start-up, and how far apart the processes of a cluster start, are not counted. Results go to ``--results`` (markdown) and ``--chart`` (PNG).
+process start-up, and how far apart the processes of a cluster start, are not counted. Results
+go to ``--results`` (markdown) and ``--chart`` (PNG).
 
 How the engines differ where their APIs differ (details in the engine modules):
 
@@ -194,7 +197,7 @@ class Bench:
         runs_a, runs_b = self.runs.get(a), self.runs.get(b)
         if runs_a is None or runs_b is None or not (runs_a.ok and runs_b.ok):
             return None
-        pairs = list(zip(runs_a.results, runs_b.results))
+        pairs = list(zip(runs_a.results, runs_b.results, strict=False))
         return statistics.median(x[key] / y[key] for x, y in pairs if y[key])
 
     def throughput(self, engine: str, measure: str) -> str:
@@ -303,7 +306,7 @@ def rows_for(bench: Bench, w: Workload) -> tuple[list[Row], list[Bar]]:
         if w.name == "stateless-2p":
             scaling.target, scaling.verdict = ">= 1.6x", _verdict(vs_one, lambda r: r >= 1.6)
             bars.append(Bar("ratio", f"{w.letter} stateless 2p / 1p", vs_one, target=1.6))
-        return rows + [scaling], bars
+        return [*rows, scaling], bars
     if w.name == "rss":
         grow_m, grow_b = m("rss", "rss_growth_mb"), b("rss", "rss_growth_mb")
         return ([Row("peak RSS growth", _mb(grow_m), _mb(grow_b), "—", "< 50 MB",
@@ -316,21 +319,53 @@ def rows_for(bench: Bench, w: Workload) -> tuple[list[Row], list[Bar]]:
     with_b = bench.ratio(("bytewax", "recovery"), ("bytewax", "wordcount-1s"))
     cost_m = None if with_m is None else 1 - with_m
     cost_b = None if with_b is None else 1 - with_b
-    return ([Row("wordcount, 1 s epochs, no recovery", bench.throughput("millrace", "wordcount-1s"),
-                 bench.throughput("bytewax", "wordcount-1s"), _x(bench.ratio(("millrace", "wordcount-1s"), ("bytewax", "wordcount-1s"))),
-                 "—", "info"),
-             Row("wordcount, 1 s epochs, snapshot at each", bench.throughput("millrace", "recovery"),
-                 bench.throughput("bytewax", "recovery"), _x(bench.ratio(("millrace", "recovery"), ("bytewax", "recovery"))), "—", "info"),
-             Row("cost of recovery (1 - with/without)", _pct(cost_m), _pct(cost_b), "—",
-                 "< 15%", _verdict(cost_m, lambda c: c < 0.15)),
-             # How many snapshots a run holds depends on how long it runs: one per second,
-             # and the last one at the end of input.
-             Row("length of a run with recovery (a snapshot each second and at the end)",
-                 _secs(m("recovery", "seconds")), _secs(b("recovery", "seconds")), "—", "—",
-                 "info")],
-            [Bar("recovery", "f recovery cost (%)",
-                 None if cost_m is None else 100 * cost_m,
-                 None if cost_b is None else 100 * cost_b, target=15)])
+    return (
+        [
+            Row(
+                "wordcount, 1 s epochs, no recovery",
+                bench.throughput("millrace", "wordcount-1s"),
+                bench.throughput("bytewax", "wordcount-1s"),
+                _x(bench.ratio(("millrace", "wordcount-1s"), ("bytewax", "wordcount-1s"))),
+                "—",
+                "info",
+            ),
+            Row(
+                "wordcount, 1 s epochs, snapshot at each",
+                bench.throughput("millrace", "recovery"),
+                bench.throughput("bytewax", "recovery"),
+                _x(bench.ratio(("millrace", "recovery"), ("bytewax", "recovery"))),
+                "—",
+                "info",
+            ),
+            Row(
+                "cost of recovery (1 - with/without)",
+                _pct(cost_m),
+                _pct(cost_b),
+                "—",
+                "< 15%",
+                _verdict(cost_m, lambda c: c < 0.15),
+            ),
+            # How many snapshots a run holds depends on how long it runs: one per second,
+            # and the last one at the end of input.
+            Row(
+                "length of a run with recovery (a snapshot each second and at the end)",
+                _secs(m("recovery", "seconds")),
+                _secs(b("recovery", "seconds")),
+                "—",
+                "—",
+                "info",
+            ),
+        ],
+        [
+            Bar(
+                "recovery",
+                "f recovery cost (%)",
+                None if cost_m is None else 100 * cost_m,
+                None if cost_b is None else 100 * cost_b,
+                target=15,
+            )
+        ],
+    )
 
 
 # -- output ------------------------------------------------------------------------------------

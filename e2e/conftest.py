@@ -52,7 +52,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(f"e2e needs {', '.join(missing)} (MILLRACE_REQUIRE_TOOLS=1 or CI: no skipping)")
 
 
-def run(*args: str, timeout: float = 600, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, timeout: float = 600, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     tool = _tool(args[0]) or args[0]
     done = subprocess.run([tool, *args[1:]], capture_output=True, text=True, timeout=timeout, input=input)
     if check and done.returncode != 0:

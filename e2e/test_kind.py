@@ -243,7 +243,7 @@ def test_a_batch_dataflow_succeeds_and_its_output_stays_readable(namespace):
     assert status["phase"] == "Succeeded"
     # The pods stay, Completed: they hold no CPU or memory, and their logs are there to read
     # the way README and NOTES.txt say.
-    finished = wait_until("every pod to end", lambda: (
+    wait_until("every pod to end", lambda: (
         found if len(found := [p for p in pods(namespace, "wordcount") if p["status"].get("phase") == "Succeeded"]) == 3
         else None))
     assert len(pods(namespace, "wordcount")) == 3
@@ -353,17 +353,23 @@ def test_a_flows_life_suspend_restart_and_a_new_template(namespace):
         assert phase == "Suspended"
         counted = final_counts(logs.items())
         seen: set[str] = set()
+
+        def fresh() -> set[tuple[str, int]]:
+            """The runs of the pods that were not there at the last change."""
+            return {key for key in logs.runs if key[0] not in seen}
+
         for change in ({"suspend": False}, {"restartNonce": "one"},
                        {"flow": {"code": TICKING_FLOW.replace("0.05", "0.04")}}):
             seen |= {key[0] for key in logs.runs}
             before = uids(namespace, "life")
             patch_spec(namespace, "life", change)
             wait_for_new_pods(namespace, "life", before, 2)
-            fresh = lambda: {key for key in logs.runs if key[0] not in seen}  # noqa: E731
             wait_until(f"output after {change}", lambda: len(logs.items(fresh())) >= 8)
             resumed = final_counts(logs.items(fresh()))
             # Every key went on from where it was, not from 1.
-            assert all(min(c for k, c in logs.items(fresh()) if k == key) > counted[key] * 0.5 for key in counted), resumed
+            assert all(min(c for k, c in logs.items(fresh()) if k == key) > counted[key] * 0.5 for key in counted), (
+                resumed
+            )
             no_crash_loop(namespace, "life")
             counted = final_counts(logs.items())
 
@@ -428,7 +434,9 @@ def test_the_operator_restarted_or_upgraded_never_restarts_a_flow(namespace):
     wait_for(namespace, "steady", "Ready")
     before = uids(namespace, "steady")
     run("kubectl", "delete", "pod", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/name=millrace", "--wait=true")
-    run("kubectl", "rollout", "status", "-n", OPERATOR_NAMESPACE, f"deployment/{RELEASE}", "--timeout=180s", timeout=240)
+    run(
+        "kubectl", "rollout", "status", "-n", OPERATOR_NAMESPACE, f"deployment/{RELEASE}", "--timeout=180s", timeout=240
+    )
     run("helm", "upgrade", RELEASE, str(ROOT / "charts" / "millrace"), "--namespace", OPERATOR_NAMESPACE,
         "--reuse-values", "--set", "operator.verbose=true", "--wait", "--timeout", "5m", timeout=400)
     time.sleep(25)  # two of the new operator's timer periods: a restart, if any, would have begun

@@ -7,13 +7,12 @@ import multiprocessing
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from millrace.dataflow import Dataflow
 from millrace.execution import PeriodicEpochConfig, TestingEpochConfig, run_main, spawn_cluster
-from millrace.testing import doctest_ctx
 from millrace.inputs import (
     KafkaInputConfig,
     ManualInputConfig,
@@ -29,6 +28,7 @@ from millrace.outputs import (
     TestingEpochOutputConfig,
     TestingOutputConfig,
 )
+from millrace.testing import doctest_ctx
 
 
 def run(steps, items, epoch_config=None) -> list:
@@ -363,7 +363,7 @@ def test_a_stateful_step_names_the_bad_item(bad, step):
             "the_step", SystemClockConfig(), TumblingWindowConfig(timedelta(1)), list, lambda a, v: a
         ),
         "collect_window_event": lambda f: f.collect_window(
-            "the_step", EventClockConfig(lambda v: datetime.now(timezone.utc)), TumblingWindowConfig(timedelta(1))
+            "the_step", EventClockConfig(lambda v: datetime.now(UTC)), TumblingWindowConfig(timedelta(1))
         ),
     }
     for shape in ("run_main", "cluster"):
@@ -419,7 +419,10 @@ def test_a_user_exception_keeps_its_type_and_names_the_step():
 
     with pytest.raises(KeyError) as info:
         run([lambda f: f.map(lambda x: x), lambda f: f.map(explode)], [1])
-    assert info.value.__notes__ == ["millrace: raised in map #2 (test_a_user_exception_keeps_its_type_and_names_the_step.<locals>.explode) on worker 0"]
+    assert info.value.__notes__ == [
+        "millrace: raised in map #2 (test_a_user_exception_keeps_its_type_and_names_the_step.<locals>.explode)"
+        " on worker 0"
+    ]
 
 
 def test_exceptions_from_builders_and_outputs_name_their_step():

@@ -6,14 +6,14 @@ from __future__ import annotations
 import ast
 import multiprocessing
 import os
-import signal
 import queue
+import signal
 import socket
 import threading
 import time
 from collections import Counter
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -23,10 +23,10 @@ from millrace.execution import cluster_main, run_main, spawn_cluster
 from millrace.inputs import TestingInputConfig
 from millrace.outputs import TestingOutputConfig
 from millrace.runtime.errors import ClusterError
-from millrace.transport.link import Listener
 from millrace.testing import doctest_ctx
 from millrace.transport import frames
 from millrace.transport.addresses import free_ports
+from millrace.transport.link import Listener
 
 from .conftest import SUPPORT, Procs
 from .support import flows
@@ -307,7 +307,7 @@ def _expected_sums(workers: int, count: int) -> Counter:
 def test_cluster_main_processes_compute_together(procs, tmp_path):
     started, _, out = _cluster(procs, tmp_path, "sum", count=3, workers=2)
     for proc in started:
-        stdout, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 0, stderr
     assert Counter(_read_outputs(out)) == _expected_sums(6, 50)
 
@@ -330,7 +330,7 @@ def test_a_killed_process_fails_its_peers(procs, tmp_path):
     time.sleep(2.0)
     assert all(proc.poll() is None for proc in started), "the cluster should be running"
     started[1].send_signal(signal.SIGKILL)
-    stdout, stderr = started[0].communicate(timeout=30)
+    _, stderr = started[0].communicate(timeout=30)
     assert started[0].returncode != 0
     assert "lost process 1" in stderr and addresses.split(",")[1] in stderr
     # Noticed from ZeroMQ's monitor of the connection to it, which the kill dropped.
@@ -376,7 +376,7 @@ def test_ctrl_c_stops_the_whole_cluster(procs, tmp_path):
     assert parent.poll() is None
     # A terminal's Ctrl-C goes to the whole foreground process group.
     os.killpg(parent.pid, signal.SIGINT)
-    stdout, stderr = parent.communicate(timeout=30)
+    _, stderr = parent.communicate(timeout=30)
     assert parent.returncode != 0
     assert "KeyboardInterrupt" in stderr
     assert _no_leftovers_within(procs, 10) == []
@@ -433,7 +433,7 @@ def test_hostile_bytes_are_dropped_and_the_flow_finishes(procs, tmp_path):
         pause=0.1,
     )
     for proc in started:
-        stdout, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 0, stderr
     assert Counter(_read_outputs(out)) == _expected_sums(2, 150)
 
@@ -484,7 +484,7 @@ def test_a_peer_with_the_wrong_secret_is_refused_on_both_sides(procs, tmp_path):
         env=[{"MILLRACE_CLUSTER_SECRET": "one"}, {"MILLRACE_CLUSTER_SECRET": "two"}],
     )
     for proc in started:
-        stdout, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
         assert proc.returncode != 0
         assert "different cluster secret" in stderr
 
@@ -503,7 +503,7 @@ def test_processes_of_different_cluster_ids_refuse_each_other(procs, tmp_path):
         ],
     )
     for proc in started:
-        stdout, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
         assert proc.returncode != 0
         assert "refused a HELLO" in stderr
         assert "answered, but it runs as" in stderr and "cluster id" in stderr and "df-" in stderr
@@ -562,7 +562,10 @@ def test_a_peer_that_said_hello_but_cannot_be_reached_is_lost(monkeypatch, late_
         assert failures.reasons == []
     else:
         assert len(failures.reasons) == 1
-        assert "lost process 1 (127.0.0.1:2): it said HELLO, but could not be reached within 5 s after the cluster formed" in failures.reasons[0]
+        assert (
+            "lost process 1 (127.0.0.1:2): it said HELLO, but could not be reached within 5 s after the cluster formed"
+            in failures.reasons[0]
+        )
 
 
 def test_a_dropped_connection_after_the_cluster_formed_loses_the_peer(monkeypatch):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import pickle
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from millrace.window import (
     WindowConfig,
 )
 
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def build(worker_index: int, worker_count: int, resume_state: Any = None) -> Any:
@@ -184,24 +184,47 @@ def test_sqlite_recovery_takes_a_str_or_a_path_and_keeps_a_path() -> None:
     "make, error, message",
     [
         (lambda: ManualInputConfig(None), TypeError, "ManualInputConfig needs a callable input_builder, got None"),
-        (lambda: TestingBuilderInputConfig([1]), TypeError, "TestingBuilderInputConfig needs a callable builder, got [1]"),
+        (
+            lambda: TestingBuilderInputConfig([1]),
+            TypeError,
+            "TestingBuilderInputConfig needs a callable builder, got [1]",
+        ),
         (lambda: TestingInputConfig(5), TypeError, "TestingInputConfig needs an iterable, got 5"),
-        (lambda: KafkaInputConfig([], "t", starting_offset="middle"), ValueError,
-         "KafkaInputConfig starting_offset must be 'beginning' or 'end', got 'middle'"),
+        (
+            lambda: KafkaInputConfig([], "t", starting_offset="middle"),
+            ValueError,
+            "KafkaInputConfig starting_offset must be 'beginning' or 'end', got 'middle'",
+        ),
         (lambda: ManualOutputConfig(3), TypeError, "ManualOutputConfig needs a callable output_builder, got 3"),
-        (lambda: ManualEpochOutputConfig(3), TypeError, "ManualEpochOutputConfig needs a callable output_builder, got 3"),
+        (
+            lambda: ManualEpochOutputConfig(3),
+            TypeError,
+            "ManualEpochOutputConfig needs a callable output_builder, got 3",
+        ),
         (lambda: TestingOutputConfig(()), TypeError, "TestingOutputConfig needs a list to append to, got ()"),
         (lambda: EventClockConfig("at"), TypeError, "EventClockConfig needs a callable dt_getter, got 'at'"),
-        (lambda: EventClockConfig(at, 5), TypeError,
-         "EventClockConfig wait_for_system_duration must be a datetime.timedelta, got 5"),
-        (lambda: EventClockConfig(at, timedelta(seconds=-1)), ValueError,
-         "EventClockConfig wait_for_system_duration must not be negative"),
+        (
+            lambda: EventClockConfig(at, 5),
+            TypeError,
+            "EventClockConfig wait_for_system_duration must be a datetime.timedelta, got 5",
+        ),
+        (
+            lambda: EventClockConfig(at, timedelta(seconds=-1)),
+            ValueError,
+            "EventClockConfig wait_for_system_duration must not be negative",
+        ),
         (lambda: TumblingWindowConfig(60), TypeError, "TumblingWindowConfig length must be a timedelta, got 60"),
         (lambda: TumblingWindowConfig(timedelta(0)), ValueError, "TumblingWindowConfig length must be positive"),
-        (lambda: TumblingWindowConfig(timedelta(1), "2024"), TypeError,
-         "TumblingWindowConfig start_at must be a datetime, got '2024'"),
-        (lambda: TumblingWindowConfig(timedelta(1), datetime(2024, 1, 1)), ValueError,
-         "TumblingWindowConfig start_at must be timezone-aware (UTC), got the naive"),
+        (
+            lambda: TumblingWindowConfig(timedelta(1), "2024"),
+            TypeError,
+            "TumblingWindowConfig start_at must be a datetime, got '2024'",
+        ),
+        (
+            lambda: TumblingWindowConfig(timedelta(1), datetime(2024, 1, 1)),
+            ValueError,
+            "TumblingWindowConfig start_at must be timezone-aware (UTC), got the naive",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_by_name(make: Any, error: type, message: str) -> None:

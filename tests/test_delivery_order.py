@@ -115,7 +115,7 @@ def test_every_flow_gives_the_run_main_result_in_any_delivery_order(name, shape,
 @pytest.mark.parametrize("before,after", [((1, 2), (1, 3)), ((1, 2), (2, 2)), ((1, 1), (2, 2))],
                          ids=["2to3", "2to2x2", "1to2x2"])
 def test_a_grown_cluster_keeps_every_keys_state_in_any_delivery_order(tmp_path, before, after, shuffled):
-    options = dict(epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path))
+    options = {"epoch_config": TestingEpochConfig(), "recovery_config": SqliteRecoveryConfig(tmp_path)}
     first: list = []
     in_threads(counting_flow(first, 60), *before, **options)
     second: list = []
@@ -151,7 +151,7 @@ def crashing_count(out: list, items: int, crash_at: int | None) -> Dataflow:
 def test_a_crashed_cluster_resumes_exactly_in_any_delivery_order(tmp_path, shape, shuffled):
     """Every tick is an epoch and the crash comes while reading tick 70, so ticks 0..69 are
     settled cluster-wide: the first run emits exactly their counts, the second the rest."""
-    options = dict(epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path))
+    options = {"epoch_config": TestingEpochConfig(), "recovery_config": SqliteRecoveryConfig(tmp_path)}
     first: list = []
     with pytest.raises(Crash):
         in_threads(crashing_count(first, 130, crash_at=70), *shape, **options)

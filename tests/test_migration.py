@@ -30,7 +30,7 @@ def keyed_for(keys: range) -> dict[str, dict[Any, Any]]:
 def test_every_worker_reaches_the_plan_of_all_summaries():
     summaries = [snapshotted(4, 2), snapshotted(3, 2), NONE]
     machines = [Recovery(w, 3) for w in range(3)]
-    sent = [m.share(s) for m, s in zip(machines, summaries)]
+    sent = [m.share(s) for m, s in zip(machines, summaries, strict=True)]
     assert sent[1] == (PROGRESS, 1, summaries[1])
     for w, m in enumerate(machines):
         assert not m.ready()
@@ -133,7 +133,7 @@ def test_an_old_worker_sends_every_peer_a_final_chunk_even_an_empty_one():
 def test_state_moves_in_bounded_chunks_only_the_last_final(monkeypatch):
     monkeypatch.setattr(migration, "MIGRATE_CHUNK", 3)
     keys = [k for k in (f"k{i}" for i in range(100)) if owner(k, 2) == 1][:7]
-    sends = Recovery(0, 2).migrate({"count": {k: 1 for k in keys}}, old_count=1)
+    sends = Recovery(0, 2).migrate({"count": dict.fromkeys(keys, 1)}, old_count=1)
     assert [(dest, len(msg[2]), msg[3]) for dest, msg in sends] == [(1, 3, False), (1, 3, False), (1, 1, True)]
     assert [entry[1] for _, msg in sends for entry in msg[2]] == keys
 

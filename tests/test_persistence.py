@@ -3,7 +3,7 @@ peers' words are fed to the Recovery machine directly, with no thread and no soc
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from millrace.runtime.persistence import restore
 from millrace.runtime.resume import StoreSummary
 from millrace.runtime.store import WorkerStore, inspect
 
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 STEPS = ["ticks", "count"]
 
 
@@ -73,7 +73,7 @@ def test_a_start_that_fails_after_the_store_is_opened_closes_it(tmp_path, monkey
         if recovery.summaries.keys() != {0, 1}:
             recovery.gather((PROGRESS, 1, StoreSummary(exists=False)))
         else:
-            raise PeerGone()
+            raise PeerGone
 
     with pytest.raises(PeerGone):
         restore(tmp_path, recovery, Exchange(2, 0, 2), gather, STEPS, [], T0)

@@ -21,7 +21,7 @@ def test_proc_id_from_the_label_then_the_pod_name_then_the_hostname():
     assert pod.settings_from(ENV, "wc-0").proc_id == 0
     with pytest.raises(pod.PodConfigError, match="cannot tell this pod's process id"):
         pod.settings_from(ENV, "somehost")
-    with pytest.raises(pod.PodConfigError, match="outside 0..2"):
+    with pytest.raises(pod.PodConfigError, match=r"outside 0\.\.2"):
         pod.settings_from(ENV, "wc-7")
 
 
@@ -40,7 +40,7 @@ def test_missing_or_bad_variables_are_named():
 
 
 def test_unresolvable_peer_names_are_a_clear_error_after_the_timeout():
-    with pytest.raises(pod.PodConfigError, match="did not resolve within 0.5 s: nowhere-0.invalid"):
+    with pytest.raises(pod.PodConfigError, match=r"did not resolve within 0\.5 s: nowhere-0\.invalid"):
         pod.wait_for_names(["localhost:1", "nowhere-0.invalid:2101"], 0.5)
 
 
@@ -98,7 +98,7 @@ def test_sigterm_stops_the_pod_promptly_and_says_so(tmp_path, procs):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=30)
+    _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr
     assert log.read_text() == "millrace: stopped: SIGTERM"
     assert not (state / pod.READY_FILE).exists()

@@ -94,7 +94,7 @@ def test_the_pods_form_a_cluster_and_complete(tmp_path):
         assert [(pod.hostname, pod.subdomain) for pod in sim.pods] == [(f"sums-{i}", "sums") for i in range(3)]
         procs = [sim.start(i) for i in range(3)]
         results = [proc.communicate(timeout=120) for proc in procs]
-        for proc, (stdout, stderr) in zip(procs, results):
+        for proc, (_, stderr) in zip(procs, results, strict=True):
             assert proc.returncode == 0, stderr
         got = [item for stdout, _ in results for _, item in outputs(stdout)]
         assert sorted(got) == sorted(expected(40))
@@ -113,7 +113,9 @@ def test_a_killed_pod_restarted_as_a_kubelet_would_loses_nothing(tmp_path):
         first = [sim.start(i) for i in range(3)]
         # Ready (the readinessProbe passes) once in a formed cluster.
         sim.wait_ready([0, 1, 2], timeout=60)
-        assert all(proc.poll() is None for proc in first), [p.communicate()[1][-2000:] for p in first if p.poll() is not None]
+        assert all(proc.poll() is None for proc in first), [
+            p.communicate()[1][-2000:] for p in first if p.poll() is not None
+        ]
         first[1].send_signal(signal.SIGKILL)
         killed = first[1].communicate(timeout=60)
         assert first[1].returncode != 0
@@ -122,7 +124,7 @@ def test_a_killed_pod_restarted_as_a_kubelet_would_loses_nothing(tmp_path):
         again = sim.start(1)
         procs = [first[0], again, first[2]]
         reruns = [proc.communicate(timeout=120) for proc in procs]
-        for proc, (_, stderr) in zip(procs, reruns):
+        for proc, (_, stderr) in zip(procs, reruns, strict=True):
             assert proc.returncode == 0, stderr
         assert "forming the cluster again" in reruns[0][1]
         runs = [killed]
@@ -142,9 +144,11 @@ def test_the_batch_example_runs_as_pods(tmp_path):
     with simulation(df, tmp_path) as sim:
         procs = [sim.start(i) for i in range(len(sim.pods))]
         results = [proc.communicate(timeout=120) for proc in procs]
-        for proc, (_, stderr) in zip(procs, results):
+        for proc, (_, stderr) in zip(procs, results, strict=True):
             assert proc.returncode == 0, stderr
-    counts = dict(ast.literal_eval(line) for stdout, _ in results for line in stdout.splitlines() if line.startswith("("))
+    counts = dict(
+        ast.literal_eval(line) for stdout, _ in results for line in stdout.splitlines() if line.startswith("(")
+    )
     text = "the river turns the wheel and the wheel turns the stones " * 50
     assert counts == dict(collections.Counter(text.split()))
 
@@ -191,7 +195,7 @@ def test_rescaling_2_to_3_pods_keeps_every_keys_count(tmp_path):
     with simulation(df, tmp_path) as sim:
         second = [sim.start(i) for i in range(3)]
         runs = [proc.communicate(timeout=120) for proc in second]
-        for proc, (_, stderr) in zip(second, runs):
+        for proc, (_, stderr) in zip(second, runs, strict=True):
             assert proc.returncode == 0, stderr
     after = [item for stdout, _ in runs for _, item in outputs(stdout)]
     expected_counts = {(f"k{k}", n) for k in range(6) for n in range(1, count // 6 + 1)}

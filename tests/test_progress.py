@@ -106,7 +106,7 @@ def test_any_order_of_peers_words_gives_the_same_actions(eofs):
     own, *others = eofs
     every = all(eofs)
     per_peer = [[mark(0, 2, w, eof), mark(1, 2, w, eof and every), done(2, w, every)]
-                for w, eof in zip((1, 2), others)]
+                for w, eof in zip((1, 2), others, strict=True)]
     seen = set()
     for choice in set(itertools.permutations([0, 0, 0, 1, 1, 1])):
         queues = [list(q) for q in per_peer]

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,11 @@ import pytest
 
 from millrace.dataflow import Dataflow
 from millrace.execution import TestingEpochConfig, run_main, spawn_cluster
-from millrace.testing import doctest_ctx
 from millrace.inputs import ManualInputConfig, TestingInputConfig
 from millrace.outputs import TestingEpochOutputConfig, TestingOutputConfig
 from millrace.recovery import KafkaRecoveryConfig, SqliteRecoveryConfig
 from millrace.runtime.store import RecoveryError
+from millrace.testing import doctest_ctx
 from millrace.window import EventClockConfig, SystemClockConfig, TumblingWindowConfig
 
 from .conftest import SUPPORT, Procs
@@ -143,7 +143,7 @@ def test_garbage_collection_keeps_what_a_restart_needs_and_little_more(tmp_path)
     flow.stateful_map("sums", lambda: 0, lambda total, v: (total + v, total + v))
     flow.capture(TestingOutputConfig([]))
     run(flow, tmp_path)
-    inputs, keyed = stored(tmp_path)
+    _, keyed = stored(tmp_path)
     assert list(keyed.values()) == [{"once": 1, "often": sum(range(30))}]
     # Two keys, one changing each epoch: a full chunk every third epoch, and what follows.
     chunks = chunk_rows(tmp_path)
@@ -213,11 +213,11 @@ def test_the_state_as_of_the_settled_epoch_survives_garbage_collection(tmp_path)
     """Store level: after the snapshot of epoch e, the state as of e - 1 (where a restart
     may resume) and as of e both load, whatever was written, forgotten or emptied, in full
     chunks or in changes."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from millrace.runtime.store import Chunk, WorkerStore
 
-    store = WorkerStore(tmp_path, 0, 1, ["inp", "s", "w"], datetime(2024, 1, 1, tzinfo=timezone.utc))
+    store = WorkerStore(tmp_path, 0, 1, ["inp", "s", "w"], datetime(2024, 1, 1, tzinfo=UTC))
     history: list[dict[str, dict]] = []
     state: dict[str, dict] = {"s": {}, "w": {}}
     # Per epoch and step: changes (None: forgotten), or "full" with every key it holds.
@@ -270,7 +270,7 @@ def test_a_format_1_store_is_rewritten_and_resumes_where_it_was(tmp_path):
     """Format 1 kept a row per key and epoch; opening such a file rewrites it as full chunks
     as of its last two epochs, and both load as they did."""
     import json
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from millrace.runtime.store import WorkerStore, dump_state
 
@@ -289,7 +289,7 @@ def test_a_format_1_store_is_rewritten_and_resumes_where_it_was(tmp_path):
             ("w", "c", 1, dump_state((0, 0, {1: 3}))),  # the step was emptied in epoch 3
         ])
         conn.execute("INSERT INTO cleared VALUES ('w', 3)")
-    store = WorkerStore(tmp_path, 0, 1, ["inp", "s", "w"], datetime(2024, 1, 1, tzinfo=timezone.utc))
+    store = WorkerStore(tmp_path, 0, 1, ["inp", "s", "w"], datetime(2024, 1, 1, tzinfo=UTC))
     try:
         assert store.load(3) == ({"inp": 3}, {"s": {"a": 5, "b": 7, 4: [1, 2]}, "w": {"c": (0, 0, {1: 3})}})
         assert store.load(4) == ({"inp": 4}, {"s": {"a": 6, 4: [1, 2]}})
@@ -329,7 +329,7 @@ def test_a_step_left_without_any_state_is_one_empty_chunk(tmp_path):
     assert out == []
 
 
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def window_flow(out, crash_at: int | None = None) -> Dataflow:
@@ -392,7 +392,7 @@ def test_a_smaller_cluster_is_refused_before_the_store_is_touched(tmp_path):
             recovery_config=SqliteRecoveryConfig(tmp_path),
         )
     before = _snapshot_files(tmp_path)
-    with pytest.raises(RecoveryError, match="written by a larger cluster.*cannot shrink"):
+    with pytest.raises(RecoveryError, match=r"written by a larger cluster.*cannot shrink"):
         run(sums_flow([]), tmp_path)
     with pytest.raises(RecoveryError, match="larger cluster"):
         spawn_cluster(
@@ -445,7 +445,7 @@ def test_a_grown_cluster_can_be_recovered_again(tmp_path):
 
     with multiprocessing.Manager() as manager:
         outs = [manager.list() for _ in range(3)]
-        for out, items, workers in zip(outs, (30, 60, 90), (1, 2, 2)):
+        for out, items, workers in zip(outs, (30, 60, 90), (1, 2, 2), strict=True):
             spawn_cluster(counting_flow(out, items), proc_count=1, worker_count_per_proc=workers,
                           epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path))
         last = list(outs[2])
@@ -460,7 +460,7 @@ def _grow_stopped_before_any_rewrite(db_dir: Path, to_count: int) -> None:
     info = inspect(db_dir, 0)
     assert info is not None
     for worker in range(info.worker_count, to_count):
-        WorkerStore(db_dir, worker, to_count, info.step_ids, datetime.now(timezone.utc)).close()
+        WorkerStore(db_dir, worker, to_count, info.step_ids, datetime.now(UTC)).close()
 
 
 @pytest.mark.parametrize("resumed_with", [3, 1, 2], ids=["same", "back", "other"])
@@ -485,8 +485,8 @@ def test_stores_that_never_took_a_snapshot_start_afresh_whatever_cluster_made_th
     from millrace.runtime.store import WorkerStore
 
     step_ids = ("ticks", "count")
-    WorkerStore(tmp_path, 0, 1, step_ids, datetime.now(timezone.utc)).close()
-    WorkerStore(tmp_path, 1, 4, step_ids, datetime.now(timezone.utc)).close()
+    WorkerStore(tmp_path, 0, 1, step_ids, datetime.now(UTC)).close()
+    WorkerStore(tmp_path, 1, 4, step_ids, datetime.now(UTC)).close()
     out: list = []
     spawn_cluster(counting_flow(out, 20), proc_count=1, worker_count_per_proc=2,
                   epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path),
@@ -573,7 +573,7 @@ def test_a_staged_rescale_stays_beside_the_store_until_it_is_swapped_in(tmp_path
     from millrace.runtime.store import WorkerStore, inspect
 
     step_ids = ("ticks", "count")
-    s = WorkerStore(tmp_path, 0, 1, step_ids, datetime.now(timezone.utc))
+    s = WorkerStore(tmp_path, 0, 1, step_ids, datetime.now(UTC))
     try:
         s.snapshot(0, {"ticks": 5}, {})
         s.stage_rescale(2, 0, {"ticks": 5}, {"count": {"a": 1}})
@@ -596,8 +596,13 @@ def test_a_staged_rescale_stays_beside_the_store_until_it_is_swapped_in(tmp_path
 def test_stores_rewritten_for_different_cluster_sizes_are_refused_and_left_alone(tmp_path):
     """A rescale stopped while it rewrote the stores: some keys' state may be in none of
     them, so nothing is guessed."""
-    flow_args = dict(proc_count=1, worker_count_per_proc=2, epoch_config=TestingEpochConfig(),
-                     recovery_config=SqliteRecoveryConfig(tmp_path), mp_ctx=doctest_ctx)
+    flow_args = {
+        "proc_count": 1,
+        "worker_count_per_proc": 2,
+        "epoch_config": TestingEpochConfig(),
+        "recovery_config": SqliteRecoveryConfig(tmp_path),
+        "mp_ctx": doctest_ctx,
+    }
     spawn_cluster(counting_flow([], 30), **flow_args)
     with sqlite3.connect(tmp_path / "worker-1.sqlite3") as conn:
         conn.execute("UPDATE meta SET value = '1' WHERE name = 'worker_count'")
@@ -646,7 +651,7 @@ def _two_worker_run(out, db_dir: Path) -> None:
     flow.input("inp", TestingInputConfig([("a", 1), ("b", 2), ("a", 3)]))
     flow.stateful_map("sums", lambda: 0, lambda total, v: (total + v, total + v))
     flow.capture(TestingOutputConfig(out))
-    run_main_like = dict(epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(db_dir))
+    run_main_like = {"epoch_config": TestingEpochConfig(), "recovery_config": SqliteRecoveryConfig(db_dir)}
     # One process of two worker threads, run in this process so that ``out`` fills.
     spawn_cluster(flow, proc_count=1, worker_count_per_proc=2, mp_ctx=doctest_ctx, **run_main_like)
 
@@ -654,11 +659,11 @@ def _two_worker_run(out, db_dir: Path) -> None:
 def test_a_store_left_empty_by_a_kill_during_its_creation_is_no_store(tmp_path):
     """A process killed while creating its store leaves an SQLite file without tables; its
     peers' stores hold no snapshot yet. The restart starts over instead of refusing."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from millrace.runtime.store import WorkerStore
 
-    WorkerStore(tmp_path, 0, 2, ["inp", "sums"], datetime(2024, 1, 1, tzinfo=timezone.utc)).close()
+    WorkerStore(tmp_path, 0, 2, ["inp", "sums"], datetime(2024, 1, 1, tzinfo=UTC)).close()
     with sqlite3.connect(tmp_path / "worker-1.sqlite3") as conn:
         conn.execute("PRAGMA journal_mode = WAL")
     out: list = []
@@ -688,7 +693,7 @@ def test_a_file_instead_of_a_directory_is_named(tmp_path):
 
 def test_an_unwritable_store_is_named(tmp_path):
     (tmp_path / "worker-0.sqlite3").mkdir()  # something sqlite cannot open stands in its place
-    with pytest.raises(RecoveryError, match="worker-0.sqlite3"):
+    with pytest.raises(RecoveryError, match=r"worker-0\.sqlite3"):
         run(sums_flow([]), tmp_path)
 
 
@@ -807,8 +812,8 @@ def test_states_of_every_kind_come_back_as_they_were():
 
     Point = namedtuple("Point", "x y")
     for value in [0, 10**30, -1.5, "word", b"raw", None, True, (1, "a"), [1, [2]], {"k": {1: 2}},
-                  {1, 2}, frozenset({"a"}), Point(1, 2), datetime(2024, 1, 1, tzinfo=timezone.utc),
-                  {"window": [(datetime(2024, 1, 1, tzinfo=timezone.utc), 1)]}]:
+                  {1, 2}, frozenset({"a"}), Point(1, 2), datetime(2024, 1, 1, tzinfo=UTC),
+                  {"window": [(datetime(2024, 1, 1, tzinfo=UTC), 1)]}]:
         back = load_state(dump_state(value))
         assert back == value and type(back) is type(value), value
     closure = load_state(dump_state(lambda x: x + 1))
@@ -825,7 +830,7 @@ def test_window_state_written_by_an_earlier_millrace_is_read(tmp_path):
     kw.windows = {3: ["a"], 1: ["b"]}
     step = plan.CollectWindow(step_id="w", clock=EventClockConfig(lambda v: v, timedelta(0)),
                               window=TumblingWindowConfig(timedelta(seconds=1)))
-    logic = WindowLogic(step, datetime(2024, 1, 1, tzinfo=timezone.utc))
+    logic = WindowLogic(step, datetime(2024, 1, 1, tzinfo=UTC))
     logic.restore({"old": load_state(dump_state(kw)), "new": load_state(dump_state(logic.export(kw)))})
     for key in ("old", "new"):
         restored = logic.state[key]

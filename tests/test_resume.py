@@ -4,7 +4,7 @@ stores, without any store or server (the runs behind these cases are in test_rec
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ from millrace.runtime.resume import ResumePlan, StoreSummary, plan_resume, stopp
 from millrace.runtime.store import RecoveryError
 
 WHERE = Path("/db")
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 NONE = StoreSummary(exists=False)
 
 

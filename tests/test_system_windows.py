@@ -5,7 +5,7 @@ survives a snapshot and a restore in either store format."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -20,7 +20,7 @@ from millrace.runtime.system_windows import SystemClockWindowLogic
 from millrace.runtime.windowing import KeyWindows, WindowLogic
 from millrace.window import EventClockConfig, SystemClockConfig, TumblingWindowConfig
 
-T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
 TEN_S = TumblingWindowConfig(timedelta(seconds=10), start_at=T0)
 
 
@@ -156,7 +156,7 @@ def test_stores_of_the_event_clock_form_and_of_earlier_builds_restore():
 
 
 def test_bad_items_are_named_by_the_step():
-    w, clock = logic()
+    w, _ = logic()
     with pytest.raises(TypeError, match=r"reduce_window 'w' requires a \(key, value\) 2-tuple.*got \['k', 1\]"):
         w.on_batch([["k", 1]])
     with pytest.raises(TypeError, match=r"got \(1\.5, 1\) of type tuple"):

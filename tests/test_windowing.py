@@ -3,7 +3,7 @@ state freed with the last window of a key."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -15,7 +15,7 @@ from millrace.outputs import TestingOutputConfig
 from millrace.runtime.windowing import WindowLogic
 from millrace.window import EventClockConfig, SystemClockConfig, TumblingWindowConfig
 
-T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
 LONG_WAIT = timedelta(days=1)  # the watermark never passes a window: only the end of input closes it
 
 
@@ -94,7 +94,9 @@ def test_window_boundaries_follow_start_at():
 def test_system_clock_groups_items_as_they_come():
     out = run(
         [("a", 1), ("b", 2), ("a", 3)],
-        lambda f: f.reduce_window("sum", SystemClockConfig(), TumblingWindowConfig(timedelta(hours=1)), lambda x, y: x + y),
+        lambda f: f.reduce_window(
+            "sum", SystemClockConfig(), TumblingWindowConfig(timedelta(hours=1)), lambda x, y: x + y
+        ),
     )
     assert sorted(out) == [("a", 4), ("b", 2)]
 

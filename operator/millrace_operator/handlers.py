@@ -39,7 +39,7 @@ Key = tuple[str, str]  # (namespace, name)
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @kopf.on.startup()
@@ -62,7 +62,11 @@ def _announce(body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) ->
 
 
 def _reconcile_into(body: dict[str, Any], patch: kopf.Patch) -> None:
-    df = {"metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
+    df = {
+        "metadata": dict(body["metadata"]),
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
     try:
         with _reconciling[df["metadata"].get("namespace", "default"), df["metadata"]["name"]]:
             status = reconcile(Kube(), df, now())

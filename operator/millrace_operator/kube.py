@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import kubernetes
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from .reconcile import Refused
 
@@ -46,7 +46,8 @@ class Kube:
         return getattr(api, f"{verb}_{suffix}")
 
     def _plain(self, obj: Any) -> Manifest:
-        return self.client.sanitize_for_serialization(obj)
+        plain: Manifest = self.client.sanitize_for_serialization(obj)  # a model becomes a dict
+        return plain
 
     def get(self, kind: str, namespace: str, name: str) -> Manifest | None:
         try:

@@ -52,7 +52,7 @@ def _get(spec: dict[str, Any], name: str, kind: type | tuple[type, ...], default
     value = spec.get(name, default)
     if value is None:
         return default
-    if isinstance(value, bool) and kind is int or not isinstance(value, kind):
+    if (isinstance(value, bool) and kind is int) or not isinstance(value, kind):
         raise SpecError(f"spec.{name} must be {getattr(kind, '__name__', kind)}, got {value!r}")
     return value
 

@@ -44,7 +44,8 @@ def _crash_looping(pod: dict[str, Any]) -> str | None:
 def _ready(pod: dict[str, Any]) -> bool:
     for condition in (pod.get("status") or {}).get("conditions") or []:
         if condition.get("type") == "Ready":
-            return condition.get("status") == "True"
+            status: object = condition.get("status")
+            return status == "True"
     return False
 
 

@@ -1,5 +1,6 @@
-"""kopf in-process against kmock's Kubernetes emulator: the fixture, the runner, and the parts
-of the API server and of the controllers the emulator does not play.
+"""kopf in-process against kmock's Kubernetes emulator: the emulated cluster (conftest.py makes
+it the ``cluster`` fixture), the runner, and the parts of the API server and of the controllers
+the emulator does not play.
 
 kmock's emulator treats any PATCH as a recursive merge of an existing object, ignores label
 selectors and propagation policies, runs no controllers and assigns no uid or resourceVersion.
@@ -15,6 +16,7 @@ events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import itertools
 from collections.abc import AsyncIterator
@@ -25,7 +27,6 @@ import attrs
 import kmock
 import kopf
 import kubernetes
-import pytest_asyncio
 from kopf.testing import KopfRunner
 
 DATAFLOWS = kmock.resource("millrace.dev", "v1alpha1", "dataflows")
@@ -198,8 +199,10 @@ _RESOURCES = [(DATAFLOWS, "Dataflow"), (JOBS, "Job"), (SERVICES, "Service"), (CO
               (CLAIMS, "PersistentVolumeClaim")]
 
 
-@pytest_asyncio.fixture
-async def cluster() -> AsyncIterator[Apiserver]:
+@contextlib.asynccontextmanager
+async def emulated_cluster() -> AsyncIterator[Apiserver]:
+    """An emulated API server serving the resources the operator uses, set as the kubernetes
+    client's default (conftest.py makes it the ``cluster`` fixture)."""
     async with Apiserver() as emulator, kmock.Server(emulator):
         for resource, kind in _RESOURCES:
             emulator.resources[resource] = kmock.ResourceInfo(
@@ -208,8 +211,12 @@ async def cluster() -> AsyncIterator[Apiserver]:
                 subresources={"status"} if kind in ("Dataflow", "Pod", "Job", "PersistentVolumeClaim") else set(),
             )
         # What kopf's own machinery watches: CRDs (to notice new resources) and namespaces.
-        emulator.resources[kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")] = kmock.ResourceInfo(
-            kind="CustomResourceDefinition", namespaced=False, verbs={"get", "list", "watch"},
+        emulator.resources[kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")] = (
+            kmock.ResourceInfo(
+                kind="CustomResourceDefinition",
+                namespaced=False,
+                verbs={"get", "list", "watch"},
+            )
         )
         emulator.resources[kmock.resource("", "v1", "namespaces")] = kmock.ResourceInfo(
             kind="Namespace", namespaced=False, verbs={"get", "list", "watch"},

@@ -8,9 +8,28 @@ import pytest
 
 from millrace_operator import handlers
 
-from .kopf_harness import (  # noqa: F401 - cluster is a fixture
-    APPLY, CLAIMS, CONFIGMAPS, DATAFLOWS, JOBS, NETWORKPOLICIES, RUN, SECRETS, SERVICES, Operator, cluster, dataflow,
-    jobs_of, login, message, obj, patch_spec, phase, play_garbage_collector, play_kubelet, pods_of, template_hash,
+from .kopf_harness import (
+    APPLY,
+    CLAIMS,
+    CONFIGMAPS,
+    DATAFLOWS,
+    JOBS,
+    NETWORKPOLICIES,
+    RUN,
+    SECRETS,
+    SERVICES,
+    Operator,
+    dataflow,
+    jobs_of,
+    login,
+    message,
+    obj,
+    patch_spec,
+    phase,
+    play_garbage_collector,
+    play_kubelet,
+    pods_of,
+    template_hash,
     until,
 )
 

@@ -21,9 +21,24 @@ import pytest
 
 from tests.support.helm import render, require_helm
 
-from .kopf_harness import (  # noqa: F401 - cluster is a fixture
-    APPLY, CLAIMS, CONFIGMAPS, DATAFLOWS, TEST_AGENT, Operator, as_test, cluster, dataflow, jobs_of, login, obj,
-    patch_spec, phase, play_garbage_collector, play_kubelet, template_hash, until,
+from .kopf_harness import (
+    APPLY,
+    CLAIMS,
+    CONFIGMAPS,
+    DATAFLOWS,
+    TEST_AGENT,
+    Operator,
+    as_test,
+    dataflow,
+    jobs_of,
+    login,
+    obj,
+    patch_spec,
+    phase,
+    play_garbage_collector,
+    play_kubelet,
+    template_hash,
+    until,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -145,7 +160,9 @@ async def _a_dataflow_life(cluster) -> None:
     await patch_spec({"suspend": True})
     await until(lambda: phase(cluster) == "Suspended" and all(j["spec"]["suspend"] for j in jobs_of(cluster).values()))
     await patch_spec({"suspend": False})
-    await until(lambda: phase(cluster) == "Pending" and not any(j["spec"]["suspend"] for j in jobs_of(cluster).values()))
+    await until(
+        lambda: phase(cluster) == "Pending" and not any(j["spec"]["suspend"] for j in jobs_of(cluster).values())
+    )
     # A failure, announced by a Warning event.
     message = "millrace: failed: ZeroDivisionError: division by zero"
     await play_kubelet(cluster, ready=False, crash_loop=(1, message, 5))

@@ -9,7 +9,7 @@ import pytest
 
 from millrace_operator import smoke
 
-from .kopf_harness import DATAFLOWS, as_test, cluster, obj, until  # noqa: F401 - cluster is a fixture
+from .kopf_harness import DATAFLOWS, as_test, obj, until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from millrace.dataflow import Dataflow
@@ -13,7 +13,7 @@ from millrace.inputs import ManualInputConfig, TestingInputConfig
 from millrace.outputs import OutputConfig
 from millrace.window import EventClockConfig, SystemClockConfig, TumblingWindowConfig
 
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 KEYS = ["apple", "banana", "cherry", "date", "elder", 1, 2, 3, 17, -4]
 
 
@@ -28,7 +28,7 @@ class Unloadable:
         return _refuse_to_load, ()
 
 
-def _load_outside(process_name: str) -> "LoadsOutside":
+def _load_outside(process_name: str) -> LoadsOutside:
     import multiprocessing
 
     if multiprocessing.current_process().name == process_name:

@@ -179,7 +179,11 @@ class PodSimulation:
 
     def start(self, index: int) -> subprocess.Popen[str]:
         pod = self.pods[index]
-        env = {"PATH": os.environ.get("PATH", ""), "MILLRACE_TEST_TAG": os.environ.get("MILLRACE_TEST_TAG", ""), **pod.env}
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "MILLRACE_TEST_TAG": os.environ.get("MILLRACE_TEST_TAG", ""),
+            **pod.env,
+        }
         pod.proc = subprocess.Popen(
             ["ip", "netns", "exec", pod.netns, "unshare", "--uts", "sh", "-c",
              f'hostname "{pod.hostname}" && exec "$@"', "pod", *pod.command],

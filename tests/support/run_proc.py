@@ -12,12 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from support.flows import slow_numbers  # noqa: E402
-
-from millrace.dataflow import Dataflow  # noqa: E402
-from millrace.execution import PeriodicEpochConfig, cluster_main  # noqa: E402
-from millrace.outputs import ManualOutputConfig  # noqa: E402
-from millrace.window import SystemClockConfig, TumblingWindowConfig  # noqa: E402
+from millrace.dataflow import Dataflow
+from millrace.execution import PeriodicEpochConfig, cluster_main
+from millrace.outputs import ManualOutputConfig
+from millrace.window import SystemClockConfig, TumblingWindowConfig
+from support.flows import slow_numbers
 
 
 def file_output(out: str) -> ManualOutputConfig:

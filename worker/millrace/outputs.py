@@ -6,9 +6,9 @@ capture in the middle as well as at the end.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
-from typing import Any, MutableSequence
+from typing import Any
 
 from .common.fields import check_callable, set_field
 

@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from .common.errors import PeerLost
+from .common.settings import VARIABLES, SettingsError, ordinal, read
 from .dataflow import Dataflow
 from .execution import PeriodicEpochConfig
 from .recovery import SqliteRecoveryConfig
 from .runtime import cluster
-from .common.errors import PeerLost
-from .common.settings import VARIABLES, SettingsError, ordinal, read
 from .transport.addresses import split_address
 
 log = logging.getLogger("millrace.pod")
@@ -279,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("stopped (%s)", exc or "Ctrl-C")
         _report(termination_log, f"{STOPPED}{exc or 'SIGINT'}")
         return 143 if str(exc) == "SIGTERM" else 130
-    except BaseException as exc:  # noqa: BLE001 - every failure must reach the operator
+    except BaseException as exc:  # every failure must reach the operator
         log.error("the flow failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
         _report(termination_log, f"{FAILED}{type(exc).__name__}: {exc}")
         return 130 if isinstance(exc, KeyboardInterrupt) else 1

@@ -76,7 +76,8 @@ class TumblingWindowConfig(WindowConfig):
 
     >>> from datetime import datetime, timedelta, timezone
     >>> TumblingWindowConfig(timedelta(minutes=1), datetime(2023, 1, 1, tzinfo=timezone.utc))
-    TumblingWindowConfig(length=datetime.timedelta(seconds=60), start_at=datetime.datetime(2023, 1, 1, 0, 0, tzinfo=datetime.timezone.utc))
+    TumblingWindowConfig(length=datetime.timedelta(seconds=60),
+                         start_at=datetime.datetime(2023, 1, 1, 0, 0, tzinfo=datetime.timezone.utc))
     """
 
     length: timedelta

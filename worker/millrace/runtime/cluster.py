@@ -4,22 +4,22 @@ supervision that turns any failure into a stop of the whole cluster."""
 from __future__ import annotations
 
 import logging
-import time
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from ..transport.link import Listener, ZmqLink
 from .engine import check_recovery, epoch_policy
 from .errors import ClusterError, PeerLost, where
 from .exchange import Exchange
 from .windowing import utcnow
 from .worker import Stopped, Worker, check_flow
-from ..transport.link import Listener, ZmqLink
 
 if TYPE_CHECKING:
-    from ..dataflow import Dataflow
     from ..common.epoch_config import EpochConfig
+    from ..dataflow import Dataflow
     from ..recovery import RecoveryConfig
 
 log = logging.getLogger("millrace.cluster")
@@ -110,7 +110,9 @@ def run_process(
             exchange.fail(failure_reason(exc, index, proc_id))
 
     threads = [
-        threading.Thread(target=work, args=(exchange.first + t,), name=f"millrace-worker-{exchange.first + t}", daemon=True)
+        threading.Thread(
+            target=work, args=(exchange.first + t,), name=f"millrace-worker-{exchange.first + t}", daemon=True
+        )
         for t in range(workers_per_proc)
     ]
     for thread in threads:

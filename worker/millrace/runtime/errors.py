@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from typing import Any
 
 # Defined beside the other shared vocabulary, so the transport can raise it too; imported from
@@ -44,7 +45,7 @@ def cannot_travel(step_name: str, items: list[Any], dest: int, exc: Exception) -
 
 def annotate(exc: BaseException, step_name: str, worker_index: int) -> None:
     """Attach a note naming the step and worker, once, so the exception keeps its own type."""
-    notes = getattr(exc, "__notes__", ())
+    notes: Sequence[str] = getattr(exc, "__notes__", ())
     if any(note.startswith(_NOTE_MARK) for note in notes):
         return
     exc.add_note(f"{_NOTE_MARK}raised in {step_name} on worker {worker_index}")
@@ -52,7 +53,8 @@ def annotate(exc: BaseException, step_name: str, worker_index: int) -> None:
 
 def where(exc: BaseException) -> str | None:
     """The step-and-worker note :func:`annotate` attached, if any."""
-    for note in getattr(exc, "__notes__", ()):
+    notes: Sequence[str] = getattr(exc, "__notes__", ())
+    for note in notes:
         if note.startswith(_NOTE_MARK):
             return note[len(_NOTE_MARK) :]
     return None

@@ -12,7 +12,8 @@ import, not on the one item that takes an untested path.
 LoopCode(kind='count', setup=('_emit = []', '_state = _k.state'), per_key=('_state[_key] = _value',))
 >>> LoopCode("count", ("_emit = []",), ("_total += _valeu",))
 Traceback (most recent call last):
-ValueError: loop code of count, per_key line 1 ('_total += _valeu'): reads '_valeu', which is not in LOOP_NAMES, not in LOOP_GLOBALS, and not bound by the code itself
+ValueError: loop code of count, per_key line 1 ('_total += _valeu'): reads '_valeu', which is not
+in LOOP_NAMES, not in LOOP_GLOBALS, and not bound by the code itself
 """
 
 from __future__ import annotations

@@ -33,12 +33,11 @@ def stable_hash(key: str) -> int:
     return crc32(key.encode("utf-8", "surrogatepass"))
 
 
-def owner(key: Any, worker_count: int) -> int:
+def owner(key: object, worker_count: int) -> int:
     """The index of the worker that owns ``key`` among ``worker_count`` workers."""
-    key_type = type(key)
-    if key_type is int:
+    if type(key) is int:
         return key % worker_count
-    if key_type is str:
+    if type(key) is str:
         return stable_hash(key) % worker_count
     raise TypeError(f"a key must be a str or an int, got {key!r}")
 
@@ -98,8 +97,8 @@ class Router:
         elif key_types <= _KEY_TYPE_SET:
             dests = list(map(self.owners.get, keys))
             if None in dests:
-                missing = {key: self.owner_of(key) for key, dest in zip(keys, dests) if dest is None}
-                dests = [missing[key] if dest is None else dest for key, dest in zip(keys, dests)]
+                missing = {key: self.owner_of(key) for key, dest in zip(keys, dests, strict=True) if dest is None}
+                dests = [missing[key] if dest is None else dest for key, dest in zip(keys, dests, strict=True)]
         else:
             return self._split_each(batch, step_name)
         if count == 2:

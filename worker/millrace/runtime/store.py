@@ -106,7 +106,8 @@ def dump_state(value: Any) -> bytes:
         return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         # Closures and lambdas inside a state: cloudpickle writes what pickle.loads can read.
-        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        pickled: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickled
 
 
 def load_state(blob: bytes) -> Any:
@@ -145,7 +146,8 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
 def _is_empty(conn: sqlite3.Connection) -> bool:
     """Whether a database has no tables at all, as a file a process was killed while
     creating is left (SQLite writes the file before the schema is committed)."""
-    return conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+    tables: int = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+    return tables == 0
 
 
 def inspect(db_dir: Path, worker_index: int) -> StoreInfo | None:

@@ -12,9 +12,9 @@ every key.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
 import logging
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
@@ -24,7 +24,7 @@ from .errors import bad_keyed_item, describe
 from .keyed import KeyedLogic
 
 log = logging.getLogger("millrace.window")
-UTC = timezone.utc
+UTC = UTC
 _ZERO = timedelta(0)
 _by_time = itemgetter(0)
 _key_of = itemgetter(0)

@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from ..dataflow import Dataflow
+from . import store
 from .epochs import EpochPolicy
 from .errors import annotate, cannot_travel
-from . import store
 from .exchange import DATA, DONE, MARK, STOP, Exchange, Message
-from .progress import Broadcast, Ended, Flush, Progress, Snapshot
 from .migration import RECOVERY_KINDS, Recovery
+from .persistence import Snapshots, restore
+from .progress import Broadcast, Ended, Flush, Progress, Snapshot
 from .routing import Router, check_pairs
 from .segments import Segment, build_logic, check_flow, lay_out
-from .persistence import Snapshots, restore
 from .sources import Reader, build_reader
 from .windowing import utcnow
 
@@ -196,7 +196,7 @@ class Worker:
         elif kind in RECOVERY_KINDS:
             self.recovery.receive(msg)
         elif kind == STOP:
-            raise Stopped()
+            raise Stopped
         else:
             raise ValueError(f"worker {self.index} got an unknown message kind {kind!r}")
 
@@ -220,7 +220,7 @@ class Worker:
             if msg is not None:
                 self._handle(msg)
             elif self.exchange.stopping.is_set():
-                raise Stopped()
+                raise Stopped
 
     def _until_deadline(self, pause: float, first: int = 0) -> float:
         """``pause``, shortened to the next window deadline of steps ``first`` and later."""
@@ -269,7 +269,7 @@ class Worker:
                 return
             if multi:
                 if stopping.is_set():
-                    raise Stopped()
+                    raise Stopped
                 self._drain()
                 while self.exchange.congested():
                     self._idle(0.001)
@@ -352,16 +352,16 @@ class Worker:
             msg = recv(self.index, 0.5)
             if msg is None:
                 if self.exchange.stopping.is_set():
-                    raise Stopped()
+                    raise Stopped
             elif msg[0] == STOP:
-                raise Stopped()
+                raise Stopped
             else:
                 recovery.gather(msg)
 
     def _snapshot(self, epoch: int) -> None:
         assert self.store is not None
         inputs = {}
-        for (step, _), (reader, _) in zip(self.input_steps, self.inputs):
+        for (step, _), (reader, _) in zip(self.input_steps, self.inputs, strict=True):
             inputs[step.step_id] = reader.state
         chunks = self.snapshots.chunks(self.logics)
         try:

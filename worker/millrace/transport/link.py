@@ -127,9 +127,9 @@ class ZmqLink:
         self.peers = [p for p in range(self.proc_count) if p != proc_id]
         self._listener = listener
         self._outbound: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._push: dict[int, zmq.Socket] = {}
-        self._monitors: dict[zmq.Socket, int] = {}
-        self._pull: zmq.Socket | None = None
+        self._push: dict[int, zmq.Socket[bytes]] = {}
+        self._monitors: dict[zmq.Socket[bytes], int] = {}
+        self._pull: zmq.Socket[bytes] | None = None
         self._exchange: Exchange | None = None
         self._hellos: set[int] = set()
         self._byes: set[int] = set()
@@ -268,7 +268,7 @@ class ZmqLink:
     # -- threads ---------------------------------------------------------------------------
 
     def _send_loop(self) -> None:
-        seq = {peer: 0 for peer in self.peers}
+        seq = dict.fromkeys(self.peers, 0)
         try:
             while True:
                 item = self._outbound.get()
@@ -475,7 +475,7 @@ class ZmqLink:
                 self._suspects.setdefault(peer, deadline)
         self._ready.set()
 
-    def _on_monitor_event(self, monitor: zmq.Socket, peer: int) -> None:
+    def _on_monitor_event(self, monitor: zmq.Socket[bytes], peer: int) -> None:
         while True:
             try:
                 parts = monitor.recv_multipart(zmq.NOBLOCK)
