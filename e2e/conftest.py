@@ -77,10 +77,26 @@ def kind_cluster() -> Iterator[str]:
     try:
         run("docker", "build", "-t", IMAGE, str(ROOT), timeout=1800)
         run("kind", "load", "docker-image", IMAGE, "--name", name, timeout=900)
-        run("helm", "upgrade", "--install", RELEASE, str(ROOT / "charts" / "millrace"),
-            "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-            "--set", "image.repository=millrace", "--set", "image.tag=e2e", "--set", "image.pullPolicy=Never",
-            "--wait", "--timeout", "5m", timeout=600)
+        run(
+            "helm",
+            "upgrade",
+            "--install",
+            RELEASE,
+            str(ROOT / "charts" / "millrace"),
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--create-namespace",
+            "--set",
+            "image.repository=millrace",
+            "--set",
+            "image.tag=e2e",
+            "--set",
+            "image.pullPolicy=Never",
+            "--wait",
+            "--timeout",
+            "5m",
+            timeout=600,
+        )
         yield kubeconfig
     finally:
         if created and os.environ.get("MILLRACE_E2E_KEEP") != "1":

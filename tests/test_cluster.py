@@ -341,18 +341,23 @@ def _endless_cluster_script(tmp_path: Path, *body: str) -> str:
     """A script that runs spawn_cluster on an endless, slow input; ``body`` (lines, after
     ``flow.input``) finishes the flow and calls spawn_cluster."""
     script = tmp_path / "spawn.py"
-    script.write_text("\n".join([
-        "import sys",
-        f"sys.path.insert(0, {str(SUPPORT.parent)!r})",
-        "from support.flows import slow_numbers",
-        "from millrace.dataflow import Dataflow",
-        "from millrace.execution import spawn_cluster",
-        "from millrace.outputs import StdOutputConfig, TestingOutputConfig",
-        "if __name__ == '__main__':",
-        "    flow = Dataflow()",
-        "    flow.input('inp', slow_numbers(10**9, 0.01))",
-        *(f"    {line}" for line in body),
-    ]) + "\n")
+    script.write_text(
+        "\n".join(
+            [
+                "import sys",
+                f"sys.path.insert(0, {str(SUPPORT.parent)!r})",
+                "from support.flows import slow_numbers",
+                "from millrace.dataflow import Dataflow",
+                "from millrace.execution import spawn_cluster",
+                "from millrace.outputs import StdOutputConfig, TestingOutputConfig",
+                "if __name__ == '__main__':",
+                "    flow = Dataflow()",
+                "    flow.input('inp', slow_numbers(10**9, 0.01))",
+                *(f"    {line}" for line in body),
+            ]
+        )
+        + "\n"
+    )
     return str(script)
 
 
@@ -364,13 +369,15 @@ def _no_leftovers_within(procs: Procs, seconds: float) -> list[int]:
 
 
 def test_ctrl_c_stops_the_whole_cluster(procs, tmp_path):
-    parent = procs.start(_endless_cluster_script(
-        tmp_path,
-        "flow.reduce('r', lambda a, b: a + b, lambda a: False)",
-        "flow.capture(TestingOutputConfig([]))",
-        "print('starting', flush=True)",
-        "spawn_cluster(flow, proc_count=2, worker_count_per_proc=2)",
-    ))
+    parent = procs.start(
+        _endless_cluster_script(
+            tmp_path,
+            "flow.reduce('r', lambda a, b: a + b, lambda a: False)",
+            "flow.capture(TestingOutputConfig([]))",
+            "print('starting', flush=True)",
+            "spawn_cluster(flow, proc_count=2, worker_count_per_proc=2)",
+        )
+    )
     assert parent.stdout.readline().strip() == "starting"
     time.sleep(4.0)  # let the children start and connect
     assert parent.poll() is None
@@ -385,11 +392,13 @@ def test_ctrl_c_stops_the_whole_cluster(procs, tmp_path):
 def test_a_killed_spawn_cluster_parent_takes_its_processes_with_it(procs, tmp_path):
     """spawn_cluster's processes serve the process that started them: once it is gone
     (SIGKILL, the OOM killer), nobody reads their results or their failure, so they stop."""
-    parent = procs.start(_endless_cluster_script(
-        tmp_path,
-        "flow.capture(StdOutputConfig())",
-        "spawn_cluster(flow, proc_count=2, worker_count_per_proc=1)",
-    ))
+    parent = procs.start(
+        _endless_cluster_script(
+            tmp_path,
+            "flow.capture(StdOutputConfig())",
+            "spawn_cluster(flow, proc_count=2, worker_count_per_proc=1)",
+        )
+    )
     assert parent.stdout.readline().startswith("("), "the cluster should be running"
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=30)
@@ -413,9 +422,7 @@ def _inject(addresses: str, *messages: list[bytes], pause: float = 0.5) -> None:
 
 
 def test_hostile_bytes_are_dropped_and_the_flow_finishes(procs, tmp_path):
-    started, addresses, out = _cluster(
-        procs, tmp_path, "sum", extra=("--count", "150", "--delay", "0.02")
-    )
+    started, addresses, out = _cluster(procs, tmp_path, "sum", extra=("--count", "150", "--delay", "0.02"))
     host, port = addresses.split(",")[0].split(":")
     time.sleep(1.0)
     # Raw garbage that is not even ZMTP.
@@ -439,9 +446,7 @@ def test_hostile_bytes_are_dropped_and_the_flow_finishes(procs, tmp_path):
 
 
 def test_hostile_frames_are_logged(procs, tmp_path):
-    started, addresses, out = _cluster(
-        procs, tmp_path, "sum", extra=("--count", "100", "--delay", "0.02")
-    )
+    started, addresses, out = _cluster(procs, tmp_path, "sum", extra=("--count", "100", "--delay", "0.02"))
     time.sleep(1.0)
     _inject(addresses, frames.seal(b"x" * 32, frames.MESSAGE, 1, 0, 10**9, b"garbage"))
     results = [proc.communicate(timeout=60) for proc in started]
@@ -459,9 +464,7 @@ def test_authentic_frames_of_another_run_are_dropped_and_the_flow_finishes(procs
     this run is lost."""
     key = frames.derive_key(secret)
     env = [{"MILLRACE_CLUSTER_SECRET": secret.decode()}] * 2 if secret else [{}, {}]
-    started, addresses, out = _cluster(
-        procs, tmp_path, "sum", extra=("--count", "200", "--delay", "0.02"), env=env
-    )
+    started, addresses, out = _cluster(procs, tmp_path, "sum", extra=("--count", "200", "--delay", "0.02"), env=env)
     time.sleep(1.0)
     other_run = b"\x01" * frames.RUN_SIZE
     _inject(

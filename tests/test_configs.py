@@ -59,9 +59,7 @@ SIGNATURES: dict[type, str] = {
     ManualInputConfig: "(input_builder)",
     TestingBuilderInputConfig: "(builder)",
     TestingInputConfig: "(iterable)",
-    KafkaInputConfig: (
-        "(brokers, topic, tail=True, starting_offset='beginning', additional_properties=None)"
-    ),
+    KafkaInputConfig: ("(brokers, topic, tail=True, starting_offset='beginning', additional_properties=None)"),
     OutputConfig: "()",
     ManualOutputConfig: "(output_builder)",
     ManualEpochOutputConfig: "(output_builder)",
@@ -81,10 +79,12 @@ SIGNATURES: dict[type, str] = {
 
 
 def plain(signature: inspect.Signature) -> str:
-    return str(signature.replace(
-        parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
-        return_annotation=inspect.Signature.empty,
-    ))
+    return str(
+        signature.replace(
+            parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+            return_annotation=inspect.Signature.empty,
+        )
+    )
 
 
 @pytest.mark.parametrize("cls", SIGNATURES, ids=lambda cls: cls.__name__)
@@ -155,9 +155,7 @@ def test_reprs() -> None:
     assert repr(TumblingWindowConfig(timedelta(seconds=1))) == (
         "TumblingWindowConfig(length=datetime.timedelta(seconds=1), start_at=None)"
     )
-    assert repr(KafkaRecoveryConfig(["k:9092"], "p")) == (
-        "KafkaRecoveryConfig(brokers=['k:9092'], topic_prefix='p')"
-    )
+    assert repr(KafkaRecoveryConfig(["k:9092"], "p")) == ("KafkaRecoveryConfig(brokers=['k:9092'], topic_prefix='p')")
 
 
 def test_kafka_settings_are_copied_and_stay_out_of_the_repr() -> None:

@@ -101,7 +101,14 @@ def test_every_template_compiles_in_every_shape_of_loop(kind: str) -> None:
             assert template.factory is not None
             # Only what the generated module and the builtins give is read as a global.
             assert chain._globals_read(compile("\n".join(template.lines), "<t>", "exec")) <= {
-                "MISSING", "type", "tuple", "str", "int", "range", "len", "KeyError",
+                "MISSING",
+                "type",
+                "tuple",
+                "str",
+                "int",
+                "range",
+                "len",
+                "KeyError",
             }
 
 

@@ -47,8 +47,12 @@ def test_unset_means_the_default_or_an_error_when_required():
 
 
 def test_proc_env_takes_the_reference_engines_names_too():
-    env = {"BYTEWAX_ADDRESSES": "a:1;b:2", "BYTEWAX_POD_NAME": "df-1", "BYTEWAX_STATEFULSET_NAME": "df",
-           "BYTEWAX_WORKERS_PER_PROCESS": "3"}
+    env = {
+        "BYTEWAX_ADDRESSES": "a:1;b:2",
+        "BYTEWAX_POD_NAME": "df-1",
+        "BYTEWAX_STATEFULSET_NAME": "df",
+        "BYTEWAX_WORKERS_PER_PROCESS": "3",
+    }
     assert parse.proc_env(env) == {"proc_id": 1, "addresses": ["a:1", "b:2"], "worker_count_per_proc": 3}
 
 
@@ -58,10 +62,14 @@ def test_proc_env_takes_the_reference_engines_names_too():
         ({}, "set MILLRACE_ADDRESSES or MILLRACE_HOSTFILE_PATH"),
         ({"MILLRACE_ADDRESSES": "a:1"}, "set MILLRACE_PROCESS_ID or MILLRACE_POD_NAME"),
         ({"MILLRACE_ADDRESSES": "a:1", "MILLRACE_PROCESS_ID": "x"}, "MILLRACE_PROCESS_ID must be an integer"),
-        ({"MILLRACE_ADDRESSES": "a:1", "MILLRACE_POD_NAME": "other-1", "MILLRACE_STATEFULSET_NAME": "df"},
-         "cannot read a process id from the pod name 'other-1'"),
-        ({"MILLRACE_ADDRESSES": "a:1", "MILLRACE_PROCESS_ID": "0", "MILLRACE_WORKERS_PER_PROCESS": "0"},
-         "MILLRACE_WORKERS_PER_PROCESS must be at least 1"),
+        (
+            {"MILLRACE_ADDRESSES": "a:1", "MILLRACE_POD_NAME": "other-1", "MILLRACE_STATEFULSET_NAME": "df"},
+            "cannot read a process id from the pod name 'other-1'",
+        ),
+        (
+            {"MILLRACE_ADDRESSES": "a:1", "MILLRACE_PROCESS_ID": "0", "MILLRACE_WORKERS_PER_PROCESS": "0"},
+            "MILLRACE_WORKERS_PER_PROCESS must be at least 1",
+        ),
     ],
 )
 def test_proc_env_says_what_is_missing_or_wrong(env, message):

@@ -84,9 +84,7 @@ def test_window_boundaries_follow_start_at():
     items = [("k", (at(s), s)) for s in (3, 12, 13, 22)]
     out = run(
         items,
-        lambda f: f.collect_window(
-            "c", clock(), TumblingWindowConfig(timedelta(seconds=10), start_at=start)
-        ),
+        lambda f: f.collect_window("c", clock(), TumblingWindowConfig(timedelta(seconds=10), start_at=start)),
     )
     assert [[s for _, s in values] for _, values in out] == [[3, 12], [13, 22]]
 

@@ -44,9 +44,7 @@ def build(scenario: str, out: str, count: int, delay: float) -> Dataflow:
         flow.input("inp", slow_numbers(count, delay))
     if scenario == "boom":
         flow.map(explode_on(1, count // 2))
-    flow.reduce_window(
-        "sum", SystemClockConfig(), TumblingWindowConfig(timedelta(hours=1)), lambda a, b: a + b
-    )
+    flow.reduce_window("sum", SystemClockConfig(), TumblingWindowConfig(timedelta(hours=1)), lambda a, b: a + b)
     flow.capture(file_output(out))
     return flow
 
