@@ -38,6 +38,7 @@ from .dataflow import Dataflow
 from .execution import PeriodicEpochConfig
 from .recovery import SqliteRecoveryConfig
 from .runtime import cluster
+from .common.clock import SYSTEM_CLOCK
 from .common.errors import PeerLost
 from .transport.addresses import split_address
 
@@ -200,7 +201,9 @@ def _peer_names(addresses: Sequence[str], timeout: float) -> None:
 
 def wait_for_names(addresses: Sequence[str], timeout: float) -> None:
     """Wait until every peer's DNS name resolves (a pod's name appears once it exists)."""
-    deadline = time.monotonic() + timeout
+    # Real time, whatever clock a flow reads: this waits for the cluster's DNS.
+    monotonic = SYSTEM_CLOCK.monotonic
+    deadline = monotonic() + timeout
     pending = {split_address(address)[0] for address in addresses}
     while True:
         for host in sorted(pending):
@@ -211,7 +214,7 @@ def wait_for_names(addresses: Sequence[str], timeout: float) -> None:
                 pass
         if not pending:
             return
-        if time.monotonic() >= deadline:
+        if monotonic() >= deadline:
             raise PodConfigError(
                 f"these peer names did not resolve within {timeout:g} s: {', '.join(sorted(pending))}"
             )
