@@ -24,7 +24,7 @@ from millrace.inputs import TestingInputConfig
 from millrace.outputs import TestingOutputConfig
 from millrace.runtime.errors import ClusterError
 from millrace.transport.link import Listener
-from millrace.testing import doctest_ctx
+from millrace.testing import ManualClock, doctest_ctx
 from millrace.transport import frames
 from millrace.transport.addresses import free_ports
 
@@ -529,15 +529,15 @@ class _Failures:
         self.delivered.append((dest, msg))
 
 
-def _formed_link(monkeypatch, connected: bool):
-    """A link of process 0 of two whose peer said HELLO, connected to it or not; no sockets."""
+def _formed_link(connected: bool) -> tuple[Any, _Failures, ManualClock]:
+    """A link of process 0 of two whose peer said HELLO, connected to it or not; no sockets.
+    Its grace periods run on the manual clock returned, which the test moves past them."""
     import zmq
 
     from millrace.transport import link as link_module
 
-    clock = [1000.0]
-    monkeypatch.setattr(link_module.time, "monotonic", lambda: clock[0])
-    link = link_module.ZmqLink(["127.0.0.1:1", "127.0.0.1:2"], 0, 1, b"s", 5.0)
+    clock = ManualClock()
+    link = link_module.ZmqLink(["127.0.0.1:1", "127.0.0.1:2"], 0, 1, b"s", 5.0, clock=clock)
     failures = _Failures()
     link._exchange = failures  # type: ignore[assignment]
     if connected:
@@ -548,15 +548,18 @@ def _formed_link(monkeypatch, connected: bool):
 
 
 @pytest.mark.parametrize("late_connect", [False, True])
-def test_a_peer_that_said_hello_but_cannot_be_reached_is_lost(monkeypatch, late_connect):
+def test_a_peer_that_said_hello_but_cannot_be_reached_is_lost(late_connect):
     """A peer may say HELLO and die before our connection to it is made (or while it drops,
     before the cluster formed): no later event tells, so the link must judge it itself."""
     import zmq
 
-    link, failures, clock = _formed_link(monkeypatch, connected=False)
+    link, failures, clock = _formed_link(connected=False)
     if late_connect:
         link._on_connection(1, zmq.EVENT_CONNECTED)  # slow, but there
-    clock[0] += 5.1
+    clock.advance(4.9)
+    link._judge_suspects()
+    assert failures.reasons == []  # still within the grace period
+    clock.advance(0.2)
     link._judge_suspects()
     if late_connect:
         assert failures.reasons == []
@@ -565,24 +568,27 @@ def test_a_peer_that_said_hello_but_cannot_be_reached_is_lost(monkeypatch, late_
         assert "lost process 1 (127.0.0.1:2): it said HELLO, but could not be reached within 5 s after the cluster formed" in failures.reasons[0]
 
 
-def test_a_dropped_connection_after_the_cluster_formed_loses_the_peer(monkeypatch):
+def test_a_dropped_connection_after_the_cluster_formed_loses_the_peer():
     import zmq
 
-    link, failures, clock = _formed_link(monkeypatch, connected=True)
+    link, failures, clock = _formed_link(connected=True)
     link._on_connection(1, zmq.EVENT_DISCONNECTED)
     link._on_connection(1, zmq.EVENT_CONNECTED)  # a reconnect does not make up for lost frames
-    clock[0] += 2.1
+    clock.advance(1.9)
+    link._judge_suspects()
+    assert failures.reasons == []  # its BYE may still come
+    clock.advance(0.2)
     link._judge_suspects()
     assert len(failures.reasons) == 1 and "its connection closed before the flow finished" in failures.reasons[0]
 
 
-def test_a_peer_that_said_bye_is_not_lost(monkeypatch):
+def test_a_peer_that_said_bye_is_not_lost():
     import zmq
 
-    link, failures, clock = _formed_link(monkeypatch, connected=True)
+    link, failures, clock = _formed_link(connected=True)
     link._byes.add(1)
     link._on_connection(1, zmq.EVENT_DISCONNECTED)
-    clock[0] += 10
+    clock.advance(10)
     link._judge_suspects()
     assert failures.reasons == []
 
