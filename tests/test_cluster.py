@@ -282,11 +282,32 @@ def _cluster(procs: Procs, tmp_path: Path, scenario: str, count=2, workers=1, ex
                 str(workers),
                 "--out",
                 out,
+                "--running",
+                _running(out, proc_id),
                 *extra,
                 env=(env[proc_id] if env else {"MILLRACE_CLUSTER_SECRET": "s3cret"}),
             )
         )
     return started, addresses, out
+
+
+def _wait_running(started: list, out: str, timeout: float = 60.0) -> None:
+    """Until every process of a :func:`_cluster` started with ``--running`` has had its first
+    item: the cluster has formed and is computing. A readiness signal, not a guess at how
+    long starting takes; fails at once if a process ends first."""
+    marks = [Path(_running(out, proc_id)) for proc_id in range(len(started))]
+    deadline = time.monotonic() + timeout
+    while not all(mark.exists() for mark in marks):
+        ended = [proc_id for proc_id, proc in enumerate(started) if proc.poll() is not None]
+        assert not ended, (f"processes {ended} ended before the cluster ran",
+                           [started[proc_id].communicate()[1][-2000:] for proc_id in ended])
+        assert time.monotonic() < deadline, f"the cluster did not run within {timeout:g} s"
+        time.sleep(0.01)
+
+
+def _running(out: str, proc_id: int) -> str:
+    # Beside the outputs, but not one of them (_read_outputs reads OUT.*).
+    return f"{out}-running.{proc_id}"
 
 
 def _read_outputs(out: str) -> list:
@@ -326,8 +347,8 @@ def test_exception_in_one_worker_stops_every_process(procs, tmp_path):
 
 
 def test_a_killed_process_fails_its_peers(procs, tmp_path):
-    started, addresses, _ = _cluster(procs, tmp_path, "forever", extra=("--delay", "0.01"))
-    time.sleep(2.0)
+    started, addresses, out = _cluster(procs, tmp_path, "forever", extra=("--delay", "0.01"))
+    _wait_running(started, out)
     assert all(proc.poll() is None for proc in started), "the cluster should be running"
     started[1].send_signal(signal.SIGKILL)
     stdout, stderr = started[0].communicate(timeout=30)
@@ -344,7 +365,7 @@ def _endless_cluster_script(tmp_path: Path, *body: str) -> str:
     script.write_text("\n".join([
         "import sys",
         f"sys.path.insert(0, {str(SUPPORT.parent)!r})",
-        "from support.flows import slow_numbers",
+        "from support.flows import print_running, slow_numbers",
         "from millrace.dataflow import Dataflow",
         "from millrace.execution import spawn_cluster",
         "from millrace.outputs import StdOutputConfig, TestingOutputConfig",
@@ -366,13 +387,18 @@ def _no_leftovers_within(procs: Procs, seconds: float) -> list[int]:
 def test_ctrl_c_stops_the_whole_cluster(procs, tmp_path):
     parent = procs.start(_endless_cluster_script(
         tmp_path,
+        "flow.inspect(print_running)",
         "flow.reduce('r', lambda a, b: a + b, lambda a: False)",
         "flow.capture(TestingOutputConfig([]))",
         "print('starting', flush=True)",
         "spawn_cluster(flow, proc_count=2, worker_count_per_proc=2)",
     ))
     assert parent.stdout.readline().strip() == "starting"
-    time.sleep(4.0)  # let the children start and connect
+    # Each child prints "running" at its first item, once the cluster has formed; a line that
+    # does not come (the parent ended) fails here, and pytest's timeout bounds the wait.
+    for _ in range(2):
+        line = parent.stdout.readline()
+        assert line.strip() == "running", f"the cluster did not start: {line!r}"
     assert parent.poll() is None
     # A terminal's Ctrl-C goes to the whole foreground process group.
     os.killpg(parent.pid, signal.SIGINT)
@@ -417,7 +443,7 @@ def test_hostile_bytes_are_dropped_and_the_flow_finishes(procs, tmp_path):
         procs, tmp_path, "sum", extra=("--count", "150", "--delay", "0.02")
     )
     host, port = addresses.split(",")[0].split(":")
-    time.sleep(1.0)
+    _wait_running(started, out)
     # Raw garbage that is not even ZMTP.
     for payload in (b"\x00" * 64, os.urandom(4096), b"GET / HTTP/1.1\r\n\r\n"):
         with socket.create_connection((host, int(port)), timeout=5) as raw:
@@ -442,7 +468,7 @@ def test_hostile_frames_are_logged(procs, tmp_path):
     started, addresses, out = _cluster(
         procs, tmp_path, "sum", extra=("--count", "100", "--delay", "0.02")
     )
-    time.sleep(1.0)
+    _wait_running(started, out)
     _inject(addresses, frames.seal(b"x" * 32, frames.MESSAGE, 1, 0, 10**9, b"garbage"))
     results = [proc.communicate(timeout=60) for proc in started]
     assert [proc.returncode for proc in started] == [0, 0]
@@ -462,7 +488,7 @@ def test_authentic_frames_of_another_run_are_dropped_and_the_flow_finishes(procs
     started, addresses, out = _cluster(
         procs, tmp_path, "sum", extra=("--count", "200", "--delay", "0.02"), env=env
     )
-    time.sleep(1.0)
+    _wait_running(started, out)
     other_run = b"\x01" * frames.RUN_SIZE
     _inject(
         addresses,
