@@ -6,7 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import cloudpickle
@@ -22,7 +22,7 @@ from millrace.runtime.epochs import PeriodicEpochs
 from millrace.testing import doctest_ctx, use_clock
 from millrace.window import EventClockConfig, SystemClockConfig, TumblingWindowConfig
 
-T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
 Builder = Callable[[int, int, Any], Iterator[Any]]
 
 
@@ -48,7 +48,7 @@ def test_clocks_pickle_so_they_can_travel_with_a_flow():
 
 
 def test_the_system_clock_is_aware_utc_and_the_default():
-    assert SYSTEM_CLOCK.now().tzinfo is timezone.utc
+    assert SYSTEM_CLOCK.now().tzinfo is UTC
     assert clocks.current() is SYSTEM_CLOCK
     clock = ManualClock()
     with use_clock(clock):
@@ -69,9 +69,7 @@ def test_a_periodic_epoch_ends_when_its_clock_says():
     assert epochs.over()
 
 
-def _ticking(
-    clock: ManualClock, items: list[Any], every: timedelta, readers: int = 1 << 30
-) -> Builder:
+def _ticking(clock: ManualClock, items: list[Any], every: timedelta, readers: int = 1 << 30) -> Builder:
     """An input of ``items`` (read by workers below ``readers``), after each of which
     ``every`` passes on ``clock``. The advance after an item runs while the item's batch is
     read, and the ``None`` after it ends that batch, so item i reaches the steps exactly
@@ -107,8 +105,7 @@ def test_system_clock_windows_close_on_the_installed_clock():
     flow = Dataflow()
     items = [("k", 1), ("k", 2), ("k", 4), ("k", 8), ("j", 16)]
     flow.input("inp", ManualInputConfig(_ticking(clock, items, timedelta(seconds=4))))
-    flow.reduce_window("sum", SystemClockConfig(), TumblingWindowConfig(timedelta(seconds=10)),
-                       lambda a, b: a + b)
+    flow.reduce_window("sum", SystemClockConfig(), TumblingWindowConfig(timedelta(seconds=10)), lambda a, b: a + b)
     flow.capture(TestingOutputConfig(out))
     with use_clock(clock):
         run_main(flow)
@@ -154,8 +151,12 @@ def test_a_cluster_of_threads_shares_the_installed_clock():
     clock = ManualClock()
     out: list = []
     with use_clock(clock):
-        spawn_cluster(_cluster_flow(clock, out, readers=1), proc_count=2, mp_ctx=doctest_ctx,
-                      epoch_config=PeriodicEpochConfig(timedelta(seconds=10)))
+        spawn_cluster(
+            _cluster_flow(clock, out, readers=1),
+            proc_count=2,
+            mp_ctx=doctest_ctx,
+            epoch_config=PeriodicEpochConfig(timedelta(seconds=10)),
+        )
     assert sorted(out) == [(0, 0), (0, 1), (1, 2), (1, 3)]
     assert clock.monotonic() == 20.0
 
@@ -167,8 +168,11 @@ def test_spawned_processes_each_run_on_a_copy_of_the_installed_clock():
     with multiprocessing.Manager() as manager:
         out = manager.list()
         with use_clock(clock):
-            spawn_cluster(_cluster_flow(clock, out, readers=2), proc_count=2,
-                          epoch_config=PeriodicEpochConfig(timedelta(seconds=10)))
+            spawn_cluster(
+                _cluster_flow(clock, out, readers=2),
+                proc_count=2,
+                epoch_config=PeriodicEpochConfig(timedelta(seconds=10)),
+            )
         got = sorted(out)
     # Each process's input moves its own copy by 5 s an item: two items an epoch on both (on
     # one shared clock, the advances of both inputs would make the epochs shorter).

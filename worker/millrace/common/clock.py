@@ -11,8 +11,8 @@ moves only when told to (:meth:`ManualClock.advance`); install it around a run w
 :func:`installed` (also offered as :func:`millrace.testing.use_clock`), and the run's epochs
 and windows follow it::
 
-    >>> from datetime import datetime, timedelta, timezone
-    >>> clock = ManualClock(datetime(2024, 1, 1, tzinfo=timezone.utc))
+    >>> from datetime import UTC, datetime, timedelta
+    >>> clock = ManualClock(datetime(2024, 1, 1, tzinfo=UTC))
     >>> clock.advance(timedelta(seconds=90))
     >>> clock.now(), clock.monotonic()
     (datetime.datetime(2024, 1, 1, 0, 1, 30, tzinfo=datetime.timezone.utc), 90.0)
@@ -33,13 +33,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
 
-__all__ = ["Clock", "ManualClock", "SYSTEM_CLOCK", "SystemClock", "current", "installed"]
-
-UTC = timezone.utc
+__all__ = ["SYSTEM_CLOCK", "Clock", "ManualClock", "SystemClock", "current", "installed"]
 
 
 class Clock(Protocol):
