@@ -179,7 +179,9 @@ def windowed(source: wd.Source, sink: wd.Sink) -> Dataflow:
 
 
 FLOWS: dict[str, Callable[[wd.Source, wd.Sink], Dataflow]] = {
-    "stateless": stateless, "wordcount": wordcount, "windowed": windowed,
+    "stateless": stateless,
+    "wordcount": wordcount,
+    "windowed": windowed,
 }
 
 
@@ -208,8 +210,7 @@ def run_cluster(flow: str, source: wd.Source, sink: wd.Sink, procs: int) -> None
     addresses = [f"127.0.0.1:{port}" for port in wd.free_ports(procs)]
     spec = {"flow": flow, "source": asdict(source), "sink": asdict(sink), "addresses": addresses}
     children = [
-        subprocess.Popen([sys.executable, __file__, "--cluster-child", json.dumps(spec), str(i)])
-        for i in range(procs)
+        subprocess.Popen([sys.executable, __file__, "--cluster-child", json.dumps(spec), str(i)]) for i in range(procs)
     ]
     # A process that fails leaves its peers waiting for it: stop them too.
     while any(child.poll() is None for child in children):

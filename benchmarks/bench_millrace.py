@@ -31,8 +31,7 @@ NAME = "millrace"
 def version() -> str:
     """The git commit of the checkout millrace runs from."""
     root = Path(__file__).resolve().parent
-    done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
-                          capture_output=True, text=True)
+    done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True)
     return done.stdout.strip() or "unknown"
 
 
@@ -103,7 +102,9 @@ def windowed(source: wd.Source, sink: wd.Sink) -> Dataflow:
 
 
 FLOWS: dict[str, Callable[[wd.Source, wd.Sink], Dataflow]] = {
-    "stateless": stateless, "wordcount": wordcount, "windowed": windowed,
+    "stateless": stateless,
+    "wordcount": wordcount,
+    "windowed": windowed,
 }
 
 

@@ -46,7 +46,8 @@ def wordcount(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
 
 
 FLOWS: dict[str, Callable[[wd.Source, wd.Sink], Callable[[], None]]] = {
-    "stateless": stateless, "wordcount": wordcount,
+    "stateless": stateless,
+    "wordcount": wordcount,
 }
 
 

@@ -303,8 +303,10 @@ def main() -> None:
     )
     print(f"hand-written programs, no engine; median of {args.repeat}")
     print(f"  parallel   two independent processes: {cores:.2f}x one")
-    print(f"  wordcount  1 process {med['one_process']:,.0f}/s, 2 processes {med['two_processes']:,.0f}/s: "
-          f"{med['scaling']:.2f}x")
+    print(
+        f"  wordcount  1 process {med['one_process']:,.0f}/s, 2 processes {med['two_processes']:,.0f}/s: "
+        f"{med['scaling']:.2f}x"
+    )
     print(f"  crossing   {moved:,.0f} items/s")
 
 

@@ -183,7 +183,12 @@ def m_wordcount(scale: float) -> dict[str, float]:
     run_main(stateful)
     assert running == counts
     n = len(data)
-    return {"engine": n / engine_s, "baseline": n / plain_s, "ratio": plain_s / engine_s, "vs_same_functions": same_s / engine_s}
+    return {
+        "engine": n / engine_s,
+        "baseline": n / plain_s,
+        "ratio": plain_s / engine_s,
+        "vs_same_functions": same_s / engine_s,
+    }
 
 
 def _cluster_rate(flow_for: Callable[[str], Dataflow], procs: int, expected: int, **kwargs: Any) -> float:
@@ -231,13 +236,22 @@ def m_scaling(scale: float) -> dict[str, float]:
         flow.capture(counting_output(report_dir))
         return flow
 
-    one, two = by_hand.best_rates(lambda: _cluster_rate(stateless, 1, n // 2), lambda: _cluster_rate(stateless, 2, n // 2))
+    one, two = by_hand.best_rates(
+        lambda: _cluster_rate(stateless, 1, n // 2), lambda: _cluster_rate(stateless, 2, n // 2)
+    )
     wc_one, wc_two = by_hand.best_rates(lambda: _cluster_rate(wordcount, 1, m), lambda: _cluster_rate(wordcount, 2, m))
     # In the same run, what the machine gives: a second process that shares nothing, and the
     # same word count written by hand (see exchange_by_hand.py).
-    return {"stateless_1p": one, "stateless_2p": two, "stateless_x": two / one,
-            "wordcount_1p": wc_one, "wordcount_2p": wc_two, "wordcount_x": wc_two / wc_one,
-            "machine_x": by_hand.parallel(), "by_hand_wordcount_x": by_hand.wordcount_scaling(m)["scaling"]}
+    return {
+        "stateless_1p": one,
+        "stateless_2p": two,
+        "stateless_x": two / one,
+        "wordcount_1p": wc_one,
+        "wordcount_2p": wc_two,
+        "wordcount_x": wc_two / wc_one,
+        "machine_x": by_hand.parallel(),
+        "by_hand_wordcount_x": by_hand.wordcount_scaling(m)["scaling"],
+    }
 
 
 def m_exchange(scale: float) -> dict[str, float]:
@@ -281,12 +295,16 @@ def _peak_rss_run(n: int) -> float:
 def m_memory(scale: float) -> dict[str, float]:
     big = int(5_000_000 * scale)
     small = big // 10
-    small_rss = float(subprocess.run(
-        [sys.executable, __file__, "--peak-rss", str(small)], capture_output=True, text=True, check=True
-    ).stdout)
-    big_rss = float(subprocess.run(
-        [sys.executable, __file__, "--peak-rss", str(big)], capture_output=True, text=True, check=True
-    ).stdout)
+    small_rss = float(
+        subprocess.run(
+            [sys.executable, __file__, "--peak-rss", str(small)], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    big_rss = float(
+        subprocess.run(
+            [sys.executable, __file__, "--peak-rss", str(big)], capture_output=True, text=True, check=True
+        ).stdout
+    )
     return {"peak_rss_mb_small": small_rss, "peak_rss_mb_big": big_rss, "growth_mb": big_rss - small_rss}
 
 
@@ -322,8 +340,12 @@ def m_recovery(scale: float) -> dict[str, float]:
     # snapshot is the whole state and no changed keys are recorded. Four times the words
     # run for several epochs, and every epoch after the first records them, as a long run does.
     long_plain, long_recovering = rates(4)
-    return {"without": plain, "with_snapshots": recovering, "cost": 1 - recovering / plain,
-            "cost_4x_words": 1 - long_recovering / long_plain}
+    return {
+        "without": plain,
+        "with_snapshots": recovering,
+        "cost": 1 - recovering / plain,
+        "cost_4x_words": 1 - long_recovering / long_plain,
+    }
 
 
 MEASUREMENTS: dict[str, Callable[[float], dict[str, float]]] = {

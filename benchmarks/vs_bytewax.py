@@ -84,15 +84,18 @@ class Workload:
     ceiling: bool = False  # also time a plain Python loop calling the same functions
 
 
-WORKLOADS: dict[str, Workload] = {w.name: w for w in [
-    Workload("stateless", "a", ("stateless",), ceiling=True),
-    Workload("wordcount", "b", ("wordcount",), ceiling=True),
-    Workload("windowed", "c", ("windowed",)),
-    Workload("stateless-2p", "d", ("stateless-2p",), ("stateless",)),
-    Workload("wordcount-2p", "d", ("wordcount-2p",), ("wordcount",)),
-    Workload("rss", "e", ("rss",)),
-    Workload("recovery", "f", ("wordcount-1s", "recovery")),
-]}
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in [
+        Workload("stateless", "a", ("stateless",), ceiling=True),
+        Workload("wordcount", "b", ("wordcount",), ceiling=True),
+        Workload("windowed", "c", ("windowed",)),
+        Workload("stateless-2p", "d", ("stateless-2p",), ("stateless",)),
+        Workload("wordcount-2p", "d", ("wordcount-2p",), ("wordcount",)),
+        Workload("rss", "e", ("rss",)),
+        Workload("recovery", "f", ("wordcount-1s", "recovery")),
+    ]
+}
 
 
 @dataclass
@@ -138,13 +141,11 @@ class Bench:
         (``key`` defaults to the measure)."""
         runs = self.runs.setdefault((engine, key or measure), Runs())
         attempt = len(runs.results) + len(runs.failures) + 1
-        cmd = [self.pythons[engine], str(BENCH / f"bench_{engine}.py"), measure,
-               "--scale", repr(self.scale)]
+        cmd = [self.pythons[engine], str(BENCH / f"bench_{engine}.py"), measure, "--scale", repr(self.scale)]
         head = f"  {LABEL[engine]:<9} {measure:<13} run {attempt}/{self.repeat} "
         print(head, end="", flush=True)
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                                  timeout=RUN_TIMEOUT_S)
+            done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=RUN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             why = f"timed out after {RUN_TIMEOUT_S} s: {shlex.join(cmd)}"
             return self._fail(runs, engine, measure, why)
@@ -173,9 +174,11 @@ class Bench:
         that a slow spell of the machine hits both). A reference measure of millrace alone
         runs in each round too, filed apart (:func:`beside`), so that it pairs with the runs
         of this workload rather than with those of the workload it belongs to."""
-        wanted = [(e, m, m) for m in w.measures for e in ENGINES] + [
-            ("millrace", m, beside(m, w)) for m in w.millrace_only] + [
-            ("python", m, m) for m in w.measures if w.ceiling]
+        wanted = (
+            [(e, m, m) for m in w.measures for e in ENGINES]
+            + [("millrace", m, beside(m, w)) for m in w.millrace_only]
+            + [("python", m, m) for m in w.measures if w.ceiling]
+        )
         for round_ in range(1, self.repeat + 1):
             for engine, measure, key in wanted:
                 runs = self.runs.get((engine, key), Runs())
@@ -277,60 +280,120 @@ def rows_for(bench: Bench, w: Workload) -> tuple[list[Row], list[Bar]]:
     if w.name in ("stateless", "wordcount", "windowed"):
         goal = {"stateless": 2.0, "wordcount": 8.0, "windowed": 8.0}[w.name]
         ratio = bench.ratio(("millrace", w.name), ("bytewax", w.name))
-        rows = [Row(f"{w.name}, 1 process", bench.throughput("millrace", w.name),
-                    bench.throughput("bytewax", w.name), _x(ratio),
-                    f">= {goal:g}x", _verdict(ratio, lambda r: r >= goal))]
+        rows = [
+            Row(
+                f"{w.name}, 1 process",
+                bench.throughput("millrace", w.name),
+                bench.throughput("bytewax", w.name),
+                _x(ratio),
+                f">= {goal:g}x",
+                _verdict(ratio, lambda r: r >= goal),
+            )
+        ]
         if w.ceiling:
             loop = bench.median("python", w.name)
-            rows.append(Row(
-                f"ceiling: a plain loop calling the same functions, {_ips(loop)}; each engine "
-                "as a share of it", _pct(bench.ratio(("millrace", w.name), ("python", w.name))),
-                _pct(bench.ratio(("bytewax", w.name), ("python", w.name))),
-                _x(bench.ratio(("python", w.name), ("bytewax", w.name))), "the most any engine can reach",
-                "info"))
+            rows.append(
+                Row(
+                    f"ceiling: a plain loop calling the same functions, {_ips(loop)}; each engine as a share of it",
+                    _pct(bench.ratio(("millrace", w.name), ("python", w.name))),
+                    _pct(bench.ratio(("bytewax", w.name), ("python", w.name))),
+                    _x(bench.ratio(("python", w.name), ("bytewax", w.name))),
+                    "the most any engine can reach",
+                    "info",
+                )
+            )
         return rows, [Bar("ratio", f"{w.letter} {w.name}", ratio, target=goal)]
     if w.name.endswith("-2p"):
         one = beside(w.millrace_only[0], w)
         two, one_m = m(w.name), m(one)
         vs_bw = bench.ratio(("millrace", w.name), ("bytewax", w.name))
         vs_one = bench.ratio(("millrace", w.name), ("millrace", one))
-        rows = [Row(f"{w.name}: 2 processes", bench.throughput("millrace", w.name),
-                    bench.throughput("bytewax", w.name), _x(vs_bw),
-                    "> 1x (ahead)", _verdict(vs_bw, lambda r: r > 1.0))]
+        rows = [
+            Row(
+                f"{w.name}: 2 processes",
+                bench.throughput("millrace", w.name),
+                bench.throughput("bytewax", w.name),
+                _x(vs_bw),
+                "> 1x (ahead)",
+                _verdict(vs_bw, lambda r: r > 1.0),
+            )
+        ]
         bars = [Bar("ratio", f"{w.letter} {w.name} vs Bytewax 2p", vs_bw, target=1.0)]
-        scaling = Row(f"{w.name} vs millrace 1 process, run beside it ({_ips(one_m)})", _ips(two), "—",
-                      _x(vs_one), "—", "info")
+        scaling = Row(
+            f"{w.name} vs millrace 1 process, run beside it ({_ips(one_m)})", _ips(two), "—", _x(vs_one), "—", "info"
+        )
         if w.name == "stateless-2p":
             scaling.target, scaling.verdict = ">= 1.6x", _verdict(vs_one, lambda r: r >= 1.6)
             bars.append(Bar("ratio", f"{w.letter} stateless 2p / 1p", vs_one, target=1.6))
         return rows + [scaling], bars
     if w.name == "rss":
         grow_m, grow_b = m("rss", "rss_growth_mb"), b("rss", "rss_growth_mb")
-        return ([Row("peak RSS growth", _mb(grow_m), _mb(grow_b), "—", "< 50 MB",
-                     _verdict(grow_m, lambda g: g < 50)),
-                 Row("throughput while measuring", _ips(m("rss")), _ips(b("rss")),
-                     _x(bench.ratio(("millrace", "rss"), ("bytewax", "rss"))), "—", "info")],
-                [Bar("rss", "e peak RSS growth (MB)", grow_m, grow_b, target=50)])
+        return (
+            [
+                Row("peak RSS growth", _mb(grow_m), _mb(grow_b), "—", "< 50 MB", _verdict(grow_m, lambda g: g < 50)),
+                Row(
+                    "throughput while measuring",
+                    _ips(m("rss")),
+                    _ips(b("rss")),
+                    _x(bench.ratio(("millrace", "rss"), ("bytewax", "rss"))),
+                    "—",
+                    "info",
+                ),
+            ],
+            [Bar("rss", "e peak RSS growth (MB)", grow_m, grow_b, target=50)],
+        )
     # recovery
     with_m = bench.ratio(("millrace", "recovery"), ("millrace", "wordcount-1s"))
     with_b = bench.ratio(("bytewax", "recovery"), ("bytewax", "wordcount-1s"))
     cost_m = None if with_m is None else 1 - with_m
     cost_b = None if with_b is None else 1 - with_b
-    return ([Row("wordcount, 1 s epochs, no recovery", bench.throughput("millrace", "wordcount-1s"),
-                 bench.throughput("bytewax", "wordcount-1s"), _x(bench.ratio(("millrace", "wordcount-1s"), ("bytewax", "wordcount-1s"))),
-                 "—", "info"),
-             Row("wordcount, 1 s epochs, snapshot at each", bench.throughput("millrace", "recovery"),
-                 bench.throughput("bytewax", "recovery"), _x(bench.ratio(("millrace", "recovery"), ("bytewax", "recovery"))), "—", "info"),
-             Row("cost of recovery (1 - with/without)", _pct(cost_m), _pct(cost_b), "—",
-                 "< 15%", _verdict(cost_m, lambda c: c < 0.15)),
-             # How many snapshots a run holds depends on how long it runs: one per second,
-             # and the last one at the end of input.
-             Row("length of a run with recovery (a snapshot each second and at the end)",
-                 _secs(m("recovery", "seconds")), _secs(b("recovery", "seconds")), "—", "—",
-                 "info")],
-            [Bar("recovery", "f recovery cost (%)",
-                 None if cost_m is None else 100 * cost_m,
-                 None if cost_b is None else 100 * cost_b, target=15)])
+    return (
+        [
+            Row(
+                "wordcount, 1 s epochs, no recovery",
+                bench.throughput("millrace", "wordcount-1s"),
+                bench.throughput("bytewax", "wordcount-1s"),
+                _x(bench.ratio(("millrace", "wordcount-1s"), ("bytewax", "wordcount-1s"))),
+                "—",
+                "info",
+            ),
+            Row(
+                "wordcount, 1 s epochs, snapshot at each",
+                bench.throughput("millrace", "recovery"),
+                bench.throughput("bytewax", "recovery"),
+                _x(bench.ratio(("millrace", "recovery"), ("bytewax", "recovery"))),
+                "—",
+                "info",
+            ),
+            Row(
+                "cost of recovery (1 - with/without)",
+                _pct(cost_m),
+                _pct(cost_b),
+                "—",
+                "< 15%",
+                _verdict(cost_m, lambda c: c < 0.15),
+            ),
+            # How many snapshots a run holds depends on how long it runs: one per second,
+            # and the last one at the end of input.
+            Row(
+                "length of a run with recovery (a snapshot each second and at the end)",
+                _secs(m("recovery", "seconds")),
+                _secs(b("recovery", "seconds")),
+                "—",
+                "—",
+                "info",
+            ),
+        ],
+        [
+            Bar(
+                "recovery",
+                "f recovery cost (%)",
+                None if cost_m is None else 100 * cost_m,
+                None if cost_b is None else 100 * cost_b,
+                target=15,
+            )
+        ],
+    )
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -339,16 +402,21 @@ def rows_for(bench: Bench, w: Workload) -> tuple[list[Row], list[Bar]]:
 def millrace_source() -> tuple[str, str]:
     """The checkout's commit (``-dirty`` with local changes) and a hash of the millrace code
     itself, to tell whether that code changed while the benchmarks ran."""
-    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip() or "unknown"
+    commit = (
+        subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True
+        ).stdout.strip()
+        or "unknown"
+    )
     code = hashlib.sha256()
     for path in sorted((ROOT / "worker" / "millrace").rglob("*.py")):
         code.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     return commit, code.hexdigest()[:12]
 
 
-def machine_facts(pythons: dict[str, str], versions: dict[str, str],
-                  source_at_start: tuple[str, str]) -> list[tuple[str, str]]:
+def machine_facts(
+    pythons: dict[str, str], versions: dict[str, str], source_at_start: tuple[str, str]
+) -> list[tuple[str, str]]:
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -356,11 +424,13 @@ def machine_facts(pythons: dict[str, str], versions: dict[str, str],
             break
     (commit, code), (commit_end, code_end) = source_at_start, millrace_source()
     if code_end != code:
-        commit = (f"{commit} at the start, {commit_end} at the end: **the millrace code changed "
-                  f"during the run** (worker/millrace hash {code} -> {code_end})")
-    bw_python = subprocess.run([pythons["bytewax"], "-c", "import platform; "
-                                "print(platform.python_version())"],
-                               capture_output=True, text=True).stdout.strip()
+        commit = (
+            f"{commit} at the start, {commit_end} at the end: **the millrace code changed "
+            f"during the run** (worker/millrace hash {code} -> {code_end})"
+        )
+    bw_python = subprocess.run(
+        [pythons["bytewax"], "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True
+    ).stdout.strip()
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     return [
         ("CPU", cpu),
@@ -373,27 +443,44 @@ def machine_facts(pythons: dict[str, str], versions: dict[str, str],
     ]
 
 
-def write_results(path: Path, command: str, facts: list[tuple[str, str]], scale: float,
-                  repeat: int, tables: list[tuple[Workload, list[Row]]],
-                  failures: list[str], chart: Path | None) -> None:
+def write_results(
+    path: Path,
+    command: str,
+    facts: list[tuple[str, str]],
+    scale: float,
+    repeat: int,
+    tables: list[tuple[Workload, list[Row]]],
+    failures: list[str],
+    chart: Path | None,
+) -> None:
     out = ["# millrace vs Bytewax 0.21.1", ""]
     out += [f"- **{k}**: {v}" for k, v in facts]
-    out += ["", "Command:", "", "```sh", command, "```", "",
-            f"Scale {scale:g}, median of {repeat} run(s) per figure, each in a fresh "
-            "interpreter, the engines alternating; beside a throughput, the lowest and highest "
-            "of its runs (this machine is shared, and runs of one figure can differ by half). "
-            "A ratio is the median over the rounds of the ratio of the two runs of that round, "
-            "which ran one after the other. "
-            "Every run's output is checked; a figure "
-            "with a wrong or failed run shows FAIL. How each workload is built and timed: "
-            "the docstrings of `benchmarks/vs_bytewax.py` and `benchmarks/bench_bytewax.py`.",
-            ""]
+    out += [
+        "",
+        "Command:",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        f"Scale {scale:g}, median of {repeat} run(s) per figure, each in a fresh "
+        "interpreter, the engines alternating; beside a throughput, the lowest and highest "
+        "of its runs (this machine is shared, and runs of one figure can differ by half). "
+        "A ratio is the median over the rounds of the ratio of the two runs of that round, "
+        "which ran one after the other. "
+        "Every run's output is checked; a figure "
+        "with a wrong or failed run shows FAIL. How each workload is built and timed: "
+        "the docstrings of `benchmarks/vs_bytewax.py` and `benchmarks/bench_bytewax.py`.",
+        "",
+    ]
     for w, rows in tables:
-        out += [f"## {w.letter}. {w.name}", "",
-                "| measurement | millrace | Bytewax | millrace / Bytewax | target | verdict |",
-                "|---|---:|---:|---:|---|---|"]
-        out += [f"| {r.label} | {r.millrace} | {r.bytewax} | {r.ratio} | {r.target} | "
-                f"**{r.verdict}** |" for r in rows]
+        out += [
+            f"## {w.letter}. {w.name}",
+            "",
+            "| measurement | millrace | Bytewax | millrace / Bytewax | target | verdict |",
+            "|---|---:|---:|---:|---|---|",
+        ]
+        out += [f"| {r.label} | {r.millrace} | {r.bytewax} | {r.ratio} | {r.target} | **{r.verdict}** |" for r in rows]
         out.append("")
     if failures:
         out += ["## Failures", ""] + [f"- `{f.splitlines()[0]}`" for f in failures] + [""]
@@ -415,21 +502,26 @@ def draw_chart(bars: list[Bar], path: Path, title: str) -> bool:
     panels = [(p, [b for b in bars if b.panel == p]) for p in ("ratio", "rss", "recovery")]
     panels = [(p, bs) for p, bs in panels if bs]
     widths = [max(2, len(bs)) for _, bs in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 + 1.4 * sum(widths), 5),
-                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3 + 1.4 * sum(widths), 5), gridspec_kw={"width_ratios": widths}, squeeze=False
+    )
     for ax, (panel, bs) in zip(axes[0], panels, strict=True):
         xs = range(len(bs))
         if panel == "ratio":
-            drawn = ax.bar(xs, [b.millrace or 0 for b in bs], color="#3b7dd8",
-                           label="millrace / Bytewax")
+            drawn = ax.bar(xs, [b.millrace or 0 for b in bs], color="#3b7dd8", label="millrace / Bytewax")
             ax.bar_label(drawn, fmt="%.2fx", fontsize=8)
             ax.set_ylabel("ratio (x)")
             ax.set_title("speed ratios")
         else:
             sides = ((-0.2, "millrace", "#3b7dd8"), (0.2, "bytewax", "#999999"))
             for shift, engine, color in sides:
-                drawn = ax.bar([x + shift for x in xs], [getattr(b, engine) or 0 for b in bs],
-                               0.4, color=color, label=LABEL[engine])
+                drawn = ax.bar(
+                    [x + shift for x in xs],
+                    [getattr(b, engine) or 0 for b in bs],
+                    0.4,
+                    color=color,
+                    label=LABEL[engine],
+                )
                 ax.bar_label(drawn, fmt="%.1f", fontsize=8)
             ax.set_title("memory" if panel == "rss" else "recovery")
         for x, b in zip(xs, bs, strict=True):
@@ -460,15 +552,23 @@ def ensure_bytewax(python: Path, is_default: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0, help="size factor (default 1)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median shown)")
-    parser.add_argument("--only", nargs="+", choices=list(WORKLOADS), metavar="NAME",
-                        help=f"run only these workloads: {', '.join(WORKLOADS)}")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(WORKLOADS),
+        metavar="NAME",
+        help=f"run only these workloads: {', '.join(WORKLOADS)}",
+    )
     default_bw = ROOT / ".bench/bytewax/bin/python"
-    parser.add_argument("--bytewax-python", type=Path, default=default_bw,
-                        help="Python with bytewax==0.21.1 (default .bench/bytewax/bin/python)")
+    parser.add_argument(
+        "--bytewax-python",
+        type=Path,
+        default=default_bw,
+        help="Python with bytewax==0.21.1 (default .bench/bytewax/bin/python)",
+    )
     parser.add_argument("--results", type=Path, default=BENCH / "RESULTS.md")
     parser.add_argument("--chart", type=Path, default=BENCH / "ratios.png")
     args = parser.parse_args(argv)
@@ -480,8 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     source_at_start = millrace_source()
     bench = Bench(args.scale, args.repeat, pythons)
     selected = [WORKLOADS[n] for n in (args.only or WORKLOADS)]
-    print(f"millrace vs Bytewax: scale {args.scale:g}, {args.repeat} run(s) each, "
-          f"{os.cpu_count()} cores", flush=True)
+    print(f"millrace vs Bytewax: scale {args.scale:g}, {args.repeat} run(s) each, {os.cpu_count()} cores", flush=True)
     tables: list[tuple[Workload, list[Row]]] = []
     bars: list[Bar] = []
     for w in selected:
@@ -491,23 +590,25 @@ def main(argv: list[str] | None = None) -> int:
         tables.append((w, rows))
         bars += more
         for r in rows:
-            print(f"    {r.verdict:<5} {r.label}: millrace {r.millrace}, Bytewax {r.bytewax}, "
-                  f"ratio {r.ratio}, target {r.target}", flush=True)
+            print(
+                f"    {r.verdict:<5} {r.label}: millrace {r.millrace}, Bytewax {r.bytewax}, "
+                f"ratio {r.ratio}, target {r.target}",
+                flush=True,
+            )
 
-    command = "python benchmarks/vs_bytewax.py" + (
-        " " + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip()
+    command = (
+        "python benchmarks/vs_bytewax.py" + (" " + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip()
+    )
     facts = machine_facts(pythons, bench.versions, source_at_start)
     if millrace_source()[1] != source_at_start[1]:
-        print("WARNING: the millrace code (worker/millrace) changed while this ran; "
-              "the figures mix two versions")
+        print("WARNING: the millrace code (worker/millrace) changed while this ran; the figures mix two versions")
     title = f"millrace vs Bytewax {bench.versions.get('bytewax', '0.21.1')}, scale {args.scale:g}"
     chart = args.chart if draw_chart(bars, args.chart, title) else None
     failures = [f for runs in bench.runs.values() for f in runs.failures]
     write_results(args.results, command, facts, args.scale, args.repeat, tables, failures, chart)
     print(f"wrote {args.results}" + (f" and {args.chart}" if chart else ""))
     verdicts = [r.verdict for _, rows in tables for r in rows]
-    print(f"{verdicts.count('PASS')} PASS, {verdicts.count('MISS')} MISS, "
-          f"{verdicts.count('FAIL')} FAIL")
+    print(f"{verdicts.count('PASS')} PASS, {verdicts.count('MISS')} MISS, {verdicts.count('FAIL')} FAIL")
     if failures:
         print(f"\n{'!' * 78}\nFAIL: {len(failures)} run(s) crashed or gave wrong output:")
         for f in failures:

@@ -136,8 +136,7 @@ def _block(flow: str, b: int, lo: int, hi: int) -> list[Any]:
         return rng.choices(_VOCAB, k=hi - lo)
     if flow == "windowed":
         keys = rng.choices(_KEY_NAMES, k=hi - lo)
-        return [(k, EVENT_START + i * EVENT_STEP)
-                for k, i in zip(keys, range(lo, hi), strict=True)]
+        return [(k, EVENT_START + i * EVENT_STEP) for k, i in zip(keys, range(lo, hi), strict=True)]
     raise ValueError(f"no data for flow {flow!r}")
 
 
@@ -158,8 +157,7 @@ def pairs_digest(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     is kept."""
     flat = sorted((k, v[1] if isinstance(v, tuple) else v) for k, v in pairs)
     blob = "\n".join(f"{k}\t{v}" for k, v in flat).encode()
-    return {"results": len(flat), "total": sum(v for _, v in flat),
-            "sha256": hashlib.sha256(blob).hexdigest()[:16]}
+    return {"results": len(flat), "total": sum(v for _, v in flat), "sha256": hashlib.sha256(blob).hexdigest()[:16]}
 
 
 def expected(measure: str, scale: float) -> dict[str, Any]:
@@ -196,10 +194,8 @@ class Probe:
         """Set what the sink keeps and bind :attr:`one` / :attr:`batch` for it, so that sinks
         call them without a per-item branch."""
         self.mode = mode
-        self.one: Callable[[Any], None] = (
-            self._count_one if mode == "count" else self.pairs.append)
-        self.batch: Callable[[list[Any]], None] = (
-            self._count_batch if mode == "count" else self.pairs.extend)
+        self.one: Callable[[Any], None] = self._count_one if mode == "count" else self.pairs.append
+        self.batch: Callable[[list[Any]], None] = self._count_batch if mode == "count" else self.pairs.extend
         return self
 
     def _count_one(self, _item: Any) -> None:
@@ -322,8 +318,7 @@ def measure(engine: Engine, name: str, scale: float) -> dict[str, Any]:
     extra: dict[str, float] = {}
     if m.procs > 1:
         with tempfile.TemporaryDirectory() as report_dir:
-            engine.run_cluster(m.flow, Source(m.flow, n, sharded=True), Sink(mode, report_dir),
-                               m.procs)
+            engine.run_cluster(m.flow, Source(m.flow, n, sharded=True), Sink(mode, report_dir), m.procs)
             records = [json.loads(p.read_text()) for p in Path(report_dir).glob("worker-*.json")]
         if len(records) != m.procs:
             raise RuntimeError(f"{len(records)} worker reports, expected {m.procs}")
@@ -336,8 +331,11 @@ def measure(engine: Engine, name: str, scale: float) -> dict[str, Any]:
             probe(0).end = time.monotonic()
         if m.stream:
             peak = _vm_kib("VmHWM")
-            extra = {"rss_setup_mb": rss_before / 1024, "rss_peak_mb": peak / 1024,
-                     "rss_growth_mb": (peak - rss_before) / 1024}
+            extra = {
+                "rss_setup_mb": rss_before / 1024,
+                "rss_peak_mb": peak / 1024,
+                "rss_growth_mb": (peak - rss_before) / 1024,
+            }
         records = [p.record() for p in _PROBES.values()]
     starts = [r["first"] for r in records if r["first"] is not None]
     if not starts:
@@ -347,8 +345,16 @@ def measure(engine: Engine, name: str, scale: float) -> dict[str, Any]:
         digest = pairs_digest(chain.from_iterable(r["pairs"] for r in records))
     else:
         digest = {"count": sum(r["count"] for r in records)}
-    return {"engine": engine.NAME, "version": engine.version(), "measure": name, "items": n,
-            "seconds": seconds, "items_per_s": n / seconds, "digest": digest, **extra}
+    return {
+        "engine": engine.NAME,
+        "version": engine.version(),
+        "measure": name,
+        "items": n,
+        "seconds": seconds,
+        "items_per_s": n / seconds,
+        "digest": digest,
+        **extra,
+    }
 
 
 def bench_main(engine: Engine, argv: list[str] | None = None) -> None:
@@ -358,4 +364,3 @@ def bench_main(engine: Engine, argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     args = parser.parse_args(argv)
     print(json.dumps(measure(engine, args.measure, args.scale)), flush=True)
-

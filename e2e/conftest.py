@@ -52,7 +52,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(f"e2e needs {', '.join(missing)} (MILLRACE_REQUIRE_TOOLS=1 or CI: no skipping)")
 
 
-def run(*args: str, timeout: float = 600, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, timeout: float = 600, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     tool = _tool(args[0]) or args[0]
     done = subprocess.run([tool, *args[1:]], capture_output=True, text=True, timeout=timeout, input=input)
     if check and done.returncode != 0:
@@ -75,10 +77,26 @@ def kind_cluster() -> Iterator[str]:
     try:
         run("docker", "build", "-t", IMAGE, str(ROOT), timeout=1800)
         run("kind", "load", "docker-image", IMAGE, "--name", name, timeout=900)
-        run("helm", "upgrade", "--install", RELEASE, str(ROOT / "charts" / "millrace"),
-            "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-            "--set", "image.repository=millrace", "--set", "image.tag=e2e", "--set", "image.pullPolicy=Never",
-            "--wait", "--timeout", "5m", timeout=600)
+        run(
+            "helm",
+            "upgrade",
+            "--install",
+            RELEASE,
+            str(ROOT / "charts" / "millrace"),
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--create-namespace",
+            "--set",
+            "image.repository=millrace",
+            "--set",
+            "image.tag=e2e",
+            "--set",
+            "image.pullPolicy=Never",
+            "--wait",
+            "--timeout",
+            "5m",
+            timeout=600,
+        )
         yield kubeconfig
     finally:
         if created and os.environ.get("MILLRACE_E2E_KEEP") != "1":

@@ -98,8 +98,16 @@ def pods(namespace: str, name: str) -> list[dict[str, Any]]:
 
 
 def wait_for(namespace: str, name: str, condition: str, timeout: int = 300) -> None:
-    run("kubectl", "wait", "-n", namespace, f"dataflow/{name}", f"--for=condition={condition}",
-        f"--timeout={timeout}s", timeout=timeout + 30)
+    run(
+        "kubectl",
+        "wait",
+        "-n",
+        namespace,
+        f"dataflow/{name}",
+        f"--for=condition={condition}",
+        f"--timeout={timeout}s",
+        timeout=timeout + 30,
+    )
 
 
 class Logs:
@@ -190,9 +198,11 @@ def wait_until(what: str, check: Any, timeout: float = 300, every: float = 1.0) 
 
 def wait_for_new_pods(namespace: str, name: str, old: set[str], count: int) -> None:
     """Until ``count`` pods run, none of them one of ``old``, and the cluster formed again."""
+
     def replaced() -> bool:
         now = pods(namespace, name)
         return len(now) == count and not {p["metadata"]["uid"] for p in now} & old
+
     wait_until(f"{count} new pods of {name}", replaced)
     wait_for(namespace, name, "Ready")
 
@@ -206,8 +216,18 @@ def no_crash_loop(namespace: str, name: str) -> None:
 
 
 def patch_spec(namespace: str, name: str, spec: dict[str, Any], check: bool = True) -> Any:
-    return run("kubectl", "patch", "dataflow", name, "-n", namespace, "--type=merge",
-               "-p", json.dumps({"spec": spec}), check=check)
+    return run(
+        "kubectl",
+        "patch",
+        "dataflow",
+        name,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": spec}),
+        check=check,
+    )
 
 
 def container_env(namespace: str, name: str) -> dict[str, str]:
@@ -243,12 +263,18 @@ def test_a_batch_dataflow_succeeds_and_its_output_stays_readable(namespace):
     assert status["phase"] == "Succeeded"
     # The pods stay, Completed: they hold no CPU or memory, and their logs are there to read
     # the way README and NOTES.txt say.
-    finished = wait_until("every pod to end", lambda: (
-        found if len(found := [p for p in pods(namespace, "wordcount") if p["status"].get("phase") == "Succeeded"]) == 3
-        else None))
+    finished = wait_until(
+        "every pod to end",
+        lambda: (
+            found
+            if len(found := [p for p in pods(namespace, "wordcount") if p["status"].get("phase") == "Succeeded"]) == 3
+            else None
+        ),
+    )
     assert len(pods(namespace, "wordcount")) == 3
-    logs = run("kubectl", "logs", "-n", namespace, "-l", "millrace.dev/dataflow=wordcount",
-               "--prefix", "--tail=-1").stdout
+    logs = run(
+        "kubectl", "logs", "-n", namespace, "-l", "millrace.dev/dataflow=wordcount", "--prefix", "--tail=-1"
+    ).stdout
     items = [ast.literal_eval(line.split("] ", 1)[1]) for line in logs.splitlines() if "] (" in line]
     assert final_counts(items) == EXPECTED_COUNTS
     one = run("kubectl", "logs", "-n", namespace, "job/wordcount-0").stdout
@@ -274,6 +300,7 @@ def test_a_streaming_dataflow_is_ready_only_while_its_cluster_is_formed(namespac
         zero = [p for p in pods(namespace, "clicks") if p["metadata"]["labels"]["millrace.dev/process"] == "0"]
         ready = [c["status"] for c in zero[0]["status"].get("conditions") or [] if c["type"] == "Ready"]
         return ready == ["False"]
+
     def dataflow_unready() -> bool:
         status = kubectl_json("get", "dataflow", "clicks", "-n", namespace)["status"]
         return [c["status"] for c in status["conditions"] if c["type"] == "Ready"] == ["False"]
@@ -287,8 +314,16 @@ def test_a_streaming_dataflow_is_ready_only_while_its_cluster_is_formed(namespac
 
 
 def test_rescaling_up_keeps_the_recovered_state_and_down_is_refused(namespace):
-    apply(dataflow("ticks", namespace, TICKING_FLOW, processes=2, epochSeconds=1,
-                   recovery={"enabled": True, "volumeSize": "64Mi"}))
+    apply(
+        dataflow(
+            "ticks",
+            namespace,
+            TICKING_FLOW,
+            processes=2,
+            epochSeconds=1,
+            recovery={"enabled": True, "volumeSize": "64Mi"},
+        )
+    )
     with Logs(namespace, "ticks") as logs:
         wait_for(namespace, "ticks", "Ready")
         wait_until("counts of every key", lambda: set(final_counts(logs.items())) == {f"k{i}" for i in range(8)})
@@ -316,8 +351,16 @@ def test_a_lost_process_is_survived_with_complete_output(namespace, how):
     or a worker killed (SIGKILL: the container restarts in place): the others form the cluster
     again with its replacement, resume from the recovery volumes, and the counts come out
     exact, with no crash loop."""
-    apply(dataflow("slowcount", namespace, SLOW_WORDCOUNT, processes=2, epochSeconds=1,
-                   recovery={"enabled": True, "volumeSize": "64Mi"}))
+    apply(
+        dataflow(
+            "slowcount",
+            namespace,
+            SLOW_WORDCOUNT,
+            processes=2,
+            epochSeconds=1,
+            recovery={"enabled": True, "volumeSize": "64Mi"},
+        )
+    )
     with Logs(namespace, "slowcount") as logs:
         wait_for(namespace, "slowcount", "Ready")
         time.sleep(3)  # a few epochs into the run (it prints only at its end)
@@ -342,8 +385,16 @@ def test_a_lost_process_is_survived_with_complete_output(namespace, how):
 def test_a_flows_life_suspend_restart_and_a_new_template(namespace):
     """Suspend and resume keep the recovered state; restartNonce and a code change restart
     every pod together, and the flow goes on from its state."""
-    apply(dataflow("life", namespace, TICKING_FLOW, processes=2, epochSeconds=1,
-                   recovery={"enabled": True, "volumeSize": "64Mi"}))
+    apply(
+        dataflow(
+            "life",
+            namespace,
+            TICKING_FLOW,
+            processes=2,
+            epochSeconds=1,
+            recovery={"enabled": True, "volumeSize": "64Mi"},
+        )
+    )
     with Logs(namespace, "life") as logs:
         wait_for(namespace, "life", "Ready")
         wait_until("some counts", lambda: len(final_counts(logs.items())) == 8)
@@ -353,8 +404,11 @@ def test_a_flows_life_suspend_restart_and_a_new_template(namespace):
         assert phase == "Suspended"
         counted = final_counts(logs.items())
         seen: set[str] = set()
-        for change in ({"suspend": False}, {"restartNonce": "one"},
-                       {"flow": {"code": TICKING_FLOW.replace("0.05", "0.04")}}):
+        for change in (
+            {"suspend": False},
+            {"restartNonce": "one"},
+            {"flow": {"code": TICKING_FLOW.replace("0.05", "0.04")}},
+        ):
             seen |= {key[0] for key in logs.runs}
             before = uids(namespace, "life")
             patch_spec(namespace, "life", change)
@@ -363,20 +417,33 @@ def test_a_flows_life_suspend_restart_and_a_new_template(namespace):
             wait_until(f"output after {change}", lambda: len(logs.items(fresh())) >= 8)
             resumed = final_counts(logs.items(fresh()))
             # Every key went on from where it was, not from 1.
-            assert all(min(c for k, c in logs.items(fresh()) if k == key) > counted[key] * 0.5 for key in counted), resumed
+            assert all(min(c for k, c in logs.items(fresh()) if k == key) > counted[key] * 0.5 for key in counted), (
+                resumed
+            )
             no_crash_loop(namespace, "life")
             counted = final_counts(logs.items())
 
 
 def test_removed_env_and_a_switch_to_a_module_leave_the_pods(namespace):
-    apply(dataflow("envs", namespace, TICKING_FLOW, processes=1, env=[{"name": "COLOUR", "value": "blue"}],
-                   resources={"limits": {"memory": "512Mi"}}))
+    apply(
+        dataflow(
+            "envs",
+            namespace,
+            TICKING_FLOW,
+            processes=1,
+            env=[{"name": "COLOUR", "value": "blue"}],
+            resources={"limits": {"memory": "512Mi"}},
+        )
+    )
     wait_for(namespace, "envs", "Ready")
     assert container_env(namespace, "envs")["COLOUR"] == "blue"
     before = uids(namespace, "envs")
     # A JSON merge patch: env and resources as the user now wants them, the flow from a module.
-    patch_spec(namespace, "envs", {"env": [], "resources": None,
-                                   "flow": {"code": None, "module": "millrace_operator.smoke:flow"}})
+    patch_spec(
+        namespace,
+        "envs",
+        {"env": [], "resources": None, "flow": {"code": None, "module": "millrace_operator.smoke:flow"}},
+    )
     # The module's flow is finite: it ends Completed, its pod kept for a look.
     wait_for(namespace, "envs", "Completed")
     pod = pods(namespace, "envs")[0]
@@ -396,8 +463,10 @@ def test_a_flow_that_cannot_load_fails_with_the_import_error(namespace):
     status = kubectl_json("get", "dataflow", "broken", "-n", namespace)["status"]
     assert status["phase"] == "Failed"
     assert "No module named 'no_such_module_anywhere'" in status["message"], status
-    wait_until("the failed flow's pods to go", lambda: not [
-        p for p in pods(namespace, "broken") if p["status"].get("phase") in ("Pending", "Running")])
+    wait_until(
+        "the failed flow's pods to go",
+        lambda: not [p for p in pods(namespace, "broken") if p["status"].get("phase") in ("Pending", "Running")],
+    )
 
 
 INVALID = [
@@ -428,9 +497,24 @@ def test_the_operator_restarted_or_upgraded_never_restarts_a_flow(namespace):
     wait_for(namespace, "steady", "Ready")
     before = uids(namespace, "steady")
     run("kubectl", "delete", "pod", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/name=millrace", "--wait=true")
-    run("kubectl", "rollout", "status", "-n", OPERATOR_NAMESPACE, f"deployment/{RELEASE}", "--timeout=180s", timeout=240)
-    run("helm", "upgrade", RELEASE, str(ROOT / "charts" / "millrace"), "--namespace", OPERATOR_NAMESPACE,
-        "--reuse-values", "--set", "operator.verbose=true", "--wait", "--timeout", "5m", timeout=400)
+    run(
+        "kubectl", "rollout", "status", "-n", OPERATOR_NAMESPACE, f"deployment/{RELEASE}", "--timeout=180s", timeout=240
+    )
+    run(
+        "helm",
+        "upgrade",
+        RELEASE,
+        str(ROOT / "charts" / "millrace"),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--reuse-values",
+        "--set",
+        "operator.verbose=true",
+        "--wait",
+        "--timeout",
+        "5m",
+        timeout=400,
+    )
     time.sleep(25)  # two of the new operator's timer periods: a restart, if any, would have begun
     assert uids(namespace, "steady") == before
     no_crash_loop(namespace, "steady")
@@ -441,8 +525,7 @@ def test_the_operator_restarted_or_upgraded_never_restarts_a_flow(namespace):
 
 
 def test_deleting_the_dataflow_removes_every_child(namespace):
-    apply(dataflow("doomed", namespace, TICKING_FLOW, processes=2,
-                   recovery={"enabled": True, "volumeSize": "64Mi"}))
+    apply(dataflow("doomed", namespace, TICKING_FLOW, processes=2, recovery={"enabled": True, "volumeSize": "64Mi"}))
     wait_for(namespace, "doomed", "Ready")
     selector = "millrace.dev/dataflow=doomed"
     kinds = "jobs,services,configmaps,secrets,networkpolicies,pods,persistentvolumeclaims"
@@ -457,8 +540,16 @@ def test_deleting_the_dataflow_removes_every_child(namespace):
 def test_zz_helm_uninstall_removes_the_operator_and_keeps_the_crd(kind_cluster):
     """Last: after it, the operator is gone (the session's other tests are done)."""
     run("helm", "uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "3m", timeout=240)
-    left = run("kubectl", "get", "deployments,serviceaccounts,clusterroles,clusterrolebindings",
-               "-A", "-l", "app.kubernetes.io/instance=millrace", "-o", "name").stdout.strip()
+    left = run(
+        "kubectl",
+        "get",
+        "deployments,serviceaccounts,clusterroles,clusterrolebindings",
+        "-A",
+        "-l",
+        "app.kubernetes.io/instance=millrace",
+        "-o",
+        "name",
+    ).stdout.strip()
     assert not left, left
     # Helm never deletes a CRD (it would delete every Dataflow with it).
     run("kubectl", "get", "crd", "dataflows.millrace.dev")

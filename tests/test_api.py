@@ -421,7 +421,9 @@ def test_a_user_exception_keeps_its_type_and_names_the_step():
 
     with pytest.raises(KeyError) as info:
         run([lambda f: f.map(lambda x: x), lambda f: f.map(explode)], [1])
-    assert info.value.__notes__ == ["millrace: raised in map #2 (test_a_user_exception_keeps_its_type_and_names_the_step.<locals>.explode) on worker 0"]
+    assert info.value.__notes__ == [
+        "millrace: raised in map #2 (test_a_user_exception_keeps_its_type_and_names_the_step.<locals>.explode) on worker 0"
+    ]
 
 
 def test_exceptions_from_builders_and_outputs_name_their_step():

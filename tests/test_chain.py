@@ -133,7 +133,10 @@ def test_a_flat_map_result_that_cannot_be_iterated_gets_a_clear_error():
     with pytest.raises(TypeError) as info:
         chain.run([1, 2], 0)
     error = chain.explain(info.value)
-    assert str(error) == "flat_map #2 (test_a_flat_map_result_that_cannot_be_iterated_gets_a_clear_error.<locals>.<lambda>) must return an iterable, got 4 for the item 4"
+    assert (
+        str(error)
+        == "flat_map #2 (test_a_flat_map_result_that_cannot_be_iterated_gets_a_clear_error.<locals>.<lambda>) must return an iterable, got 4 for the item 4"
+    )
     assert chain.step_of(error) == chain.names[1]
 
 

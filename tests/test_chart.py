@@ -32,7 +32,8 @@ INSTALLS = {
         "workerImage": "registry.example/flows:7",
         "serviceAccount": {"create": True, "name": "op", "annotations": {"a": "b"}},
         "operator": {"verbose": True, "healthPort": 9090},
-        "podAnnotations": {"example.com/note": "hello"}, "podLabels": {"team": "data"},
+        "podAnnotations": {"example.com/note": "hello"},
+        "podLabels": {"team": "data"},
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
         "affinity": {},
@@ -42,8 +43,11 @@ INSTALLS = {
 
 
 def _one(manifests: list[dict[str, Any]], kind: str, *, hook: bool = False) -> dict[str, Any]:
-    found = [m for m in manifests if m["kind"] == kind
-             and ("helm.sh/hook" in (m["metadata"].get("annotations") or {})) == hook]
+    found = [
+        m
+        for m in manifests
+        if m["kind"] == kind and ("helm.sh/hook" in (m["metadata"].get("annotations") or {})) == hook
+    ]
     assert len(found) == 1, [m["metadata"]["name"] for m in found]
     return found[0]
 
@@ -56,8 +60,12 @@ def install(request) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def test_the_chart_lints():
     for values in INSTALLS.values():
-        args = [arg for key, value in values.items() if key == "watchNamespaces"
-                for arg in ("--set", f"watchNamespaces={{{','.join(value)}}}")]
+        args = [
+            arg
+            for key, value in values.items()
+            if key == "watchNamespaces"
+            for arg in ("--set", f"watchNamespaces={{{','.join(value)}}}")
+        ]
         done = helm("lint", "--strict", str(CHART), *args)
         assert "0 chart(s) failed" in done.stdout, done.stdout
 
@@ -71,13 +79,16 @@ def test_values_yaml_validates_against_its_schema():
         jsonschema.validate(merged, schema)
 
 
-@pytest.mark.parametrize("values,named", [
-    ({"watchNamespaces": "jobs"}, "watchNamespaces"),
-    ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
-    ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
-    ({"tests": {"timeoutSeconds": "soon"}}, "timeoutSeconds"),
-    ({"replicas": 2}, "replicas"),
-])
+@pytest.mark.parametrize(
+    "values,named",
+    [
+        ({"watchNamespaces": "jobs"}, "watchNamespaces"),
+        ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+        ({"tests": {"timeoutSeconds": "soon"}}, "timeoutSeconds"),
+        ({"replicas": 2}, "replicas"),
+    ],
+)
 def test_helm_refuses_bad_values_naming_the_field(values, named, tmp_path):
     file = tmp_path / "values.yaml"
     file.write_text(yaml.safe_dump(values))
@@ -90,7 +101,8 @@ def test_the_charts_crd_is_the_one_in_crds():
     chart_copy = (CHART / "crds" / "dataflow.yaml").read_text()
     assert chart_copy == (ROOT / "crds" / "dataflow.yaml").read_text(), (
         "charts/millrace/crds/dataflow.yaml differs from crds/dataflow.yaml, the only copy that is "
-        "edited: cp crds/dataflow.yaml charts/millrace/crds/dataflow.yaml")
+        "edited: cp crds/dataflow.yaml charts/millrace/crds/dataflow.yaml"
+    )
     assert [p.name for p in (CHART / "crds").iterdir()] == ["dataflow.yaml"]
 
 
@@ -128,8 +140,12 @@ def test_the_operator_watches_what_the_values_say(install):
     (container,) = _one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
     watched = [arg.split("=", 1)[1] for arg in container["args"] if arg.startswith("--namespace=")]
     assert watched == values.get("watchNamespaces", [])
-    bindings = [m for m in manifests if m["kind"] in ("RoleBinding", "ClusterRoleBinding")
-                and "helm.sh/hook" not in (m["metadata"].get("annotations") or {})]
+    bindings = [
+        m
+        for m in manifests
+        if m["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        and "helm.sh/hook" not in (m["metadata"].get("annotations") or {})
+    ]
     account = _one(manifests, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
     for binding in bindings:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "millrace-system"}]
@@ -159,8 +175,9 @@ def test_helm_test_applies_a_dataflow_where_the_operator_looks(install):
     assert f"--namespace={namespace}" in container["args"]
     role = _one(manifests, "Role", hook=True)
     assert role["metadata"]["namespace"] == namespace
-    assert role["rules"] == [{"apiGroups": ["millrace.dev"], "resources": ["dataflows"],
-                              "verbs": ["get", "create", "delete"]}]
+    assert role["rules"] == [
+        {"apiGroups": ["millrace.dev"], "resources": ["dataflows"], "verbs": ["get", "create", "delete"]}
+    ]
 
 
 def test_tests_can_be_left_out():

@@ -299,8 +299,10 @@ def _wait_running(started: list, out: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not all(mark.exists() for mark in marks):
         ended = [proc_id for proc_id, proc in enumerate(started) if proc.poll() is not None]
-        assert not ended, (f"processes {ended} ended before the cluster ran",
-                           [started[proc_id].communicate()[1][-2000:] for proc_id in ended])
+        assert not ended, (
+            f"processes {ended} ended before the cluster ran",
+            [started[proc_id].communicate()[1][-2000:] for proc_id in ended],
+        )
         assert time.monotonic() < deadline, f"the cluster did not run within {timeout:g} s"
         time.sleep(0.01)
 
@@ -362,18 +364,23 @@ def _endless_cluster_script(tmp_path: Path, *body: str) -> str:
     """A script that runs spawn_cluster on an endless, slow input; ``body`` (lines, after
     ``flow.input``) finishes the flow and calls spawn_cluster."""
     script = tmp_path / "spawn.py"
-    script.write_text("\n".join([
-        "import sys",
-        f"sys.path.insert(0, {str(SUPPORT.parent)!r})",
-        "from support.flows import print_running, slow_numbers",
-        "from millrace.dataflow import Dataflow",
-        "from millrace.execution import spawn_cluster",
-        "from millrace.outputs import StdOutputConfig, TestingOutputConfig",
-        "if __name__ == '__main__':",
-        "    flow = Dataflow()",
-        "    flow.input('inp', slow_numbers(10**9, 0.01))",
-        *(f"    {line}" for line in body),
-    ]) + "\n")
+    script.write_text(
+        "\n".join(
+            [
+                "import sys",
+                f"sys.path.insert(0, {str(SUPPORT.parent)!r})",
+                "from support.flows import print_running, slow_numbers",
+                "from millrace.dataflow import Dataflow",
+                "from millrace.execution import spawn_cluster",
+                "from millrace.outputs import StdOutputConfig, TestingOutputConfig",
+                "if __name__ == '__main__':",
+                "    flow = Dataflow()",
+                "    flow.input('inp', slow_numbers(10**9, 0.01))",
+                *(f"    {line}" for line in body),
+            ]
+        )
+        + "\n"
+    )
     return str(script)
 
 
@@ -385,14 +392,16 @@ def _no_leftovers_within(procs: Procs, seconds: float) -> list[int]:
 
 
 def test_ctrl_c_stops_the_whole_cluster(procs, tmp_path):
-    parent = procs.start(_endless_cluster_script(
-        tmp_path,
-        "flow.inspect(print_running)",
-        "flow.reduce('r', lambda a, b: a + b, lambda a: False)",
-        "flow.capture(TestingOutputConfig([]))",
-        "print('starting', flush=True)",
-        "spawn_cluster(flow, proc_count=2, worker_count_per_proc=2)",
-    ))
+    parent = procs.start(
+        _endless_cluster_script(
+            tmp_path,
+            "flow.inspect(print_running)",
+            "flow.reduce('r', lambda a, b: a + b, lambda a: False)",
+            "flow.capture(TestingOutputConfig([]))",
+            "print('starting', flush=True)",
+            "spawn_cluster(flow, proc_count=2, worker_count_per_proc=2)",
+        )
+    )
     assert parent.stdout.readline().strip() == "starting"
     # Each child prints "running" at its first item, once the cluster has formed; a line that
     # does not come (the parent ended) fails here, and pytest's timeout bounds the wait.
@@ -411,11 +420,13 @@ def test_ctrl_c_stops_the_whole_cluster(procs, tmp_path):
 def test_a_killed_spawn_cluster_parent_takes_its_processes_with_it(procs, tmp_path):
     """spawn_cluster's processes serve the process that started them: once it is gone
     (SIGKILL, the OOM killer), nobody reads their results or their failure, so they stop."""
-    parent = procs.start(_endless_cluster_script(
-        tmp_path,
-        "flow.capture(StdOutputConfig())",
-        "spawn_cluster(flow, proc_count=2, worker_count_per_proc=1)",
-    ))
+    parent = procs.start(
+        _endless_cluster_script(
+            tmp_path,
+            "flow.capture(StdOutputConfig())",
+            "spawn_cluster(flow, proc_count=2, worker_count_per_proc=1)",
+        )
+    )
     assert parent.stdout.readline().startswith("("), "the cluster should be running"
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=30)
@@ -439,9 +450,7 @@ def _inject(addresses: str, *messages: list[bytes], pause: float = 0.5) -> None:
 
 
 def test_hostile_bytes_are_dropped_and_the_flow_finishes(procs, tmp_path):
-    started, addresses, out = _cluster(
-        procs, tmp_path, "sum", extra=("--count", "150", "--delay", "0.02")
-    )
+    started, addresses, out = _cluster(procs, tmp_path, "sum", extra=("--count", "150", "--delay", "0.02"))
     host, port = addresses.split(",")[0].split(":")
     _wait_running(started, out)
     # Raw garbage that is not even ZMTP.
@@ -465,9 +474,7 @@ def test_hostile_bytes_are_dropped_and_the_flow_finishes(procs, tmp_path):
 
 
 def test_hostile_frames_are_logged(procs, tmp_path):
-    started, addresses, out = _cluster(
-        procs, tmp_path, "sum", extra=("--count", "100", "--delay", "0.02")
-    )
+    started, addresses, out = _cluster(procs, tmp_path, "sum", extra=("--count", "100", "--delay", "0.02"))
     _wait_running(started, out)
     _inject(addresses, frames.seal(b"x" * 32, frames.MESSAGE, 1, 0, 10**9, b"garbage"))
     results = [proc.communicate(timeout=60) for proc in started]
@@ -485,9 +492,7 @@ def test_authentic_frames_of_another_run_are_dropped_and_the_flow_finishes(procs
     this run is lost."""
     key = frames.derive_key(secret)
     env = [{"MILLRACE_CLUSTER_SECRET": secret.decode()}] * 2 if secret else [{}, {}]
-    started, addresses, out = _cluster(
-        procs, tmp_path, "sum", extra=("--count", "200", "--delay", "0.02"), env=env
-    )
+    started, addresses, out = _cluster(procs, tmp_path, "sum", extra=("--count", "200", "--delay", "0.02"), env=env)
     _wait_running(started, out)
     other_run = b"\x01" * frames.RUN_SIZE
     _inject(
@@ -591,7 +596,10 @@ def test_a_peer_that_said_hello_but_cannot_be_reached_is_lost(late_connect):
         assert failures.reasons == []
     else:
         assert len(failures.reasons) == 1
-        assert "lost process 1 (127.0.0.1:2): it said HELLO, but could not be reached within 5 s after the cluster formed" in failures.reasons[0]
+        assert (
+            "lost process 1 (127.0.0.1:2): it said HELLO, but could not be reached within 5 s after the cluster formed"
+            in failures.reasons[0]
+        )
 
 
 def test_a_dropped_connection_after_the_cluster_formed_loses_the_peer():

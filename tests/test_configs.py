@@ -59,9 +59,7 @@ SIGNATURES: dict[type, str] = {
     ManualInputConfig: "(input_builder)",
     TestingBuilderInputConfig: "(builder)",
     TestingInputConfig: "(iterable)",
-    KafkaInputConfig: (
-        "(brokers, topic, tail=True, starting_offset='beginning', additional_properties=None)"
-    ),
+    KafkaInputConfig: ("(brokers, topic, tail=True, starting_offset='beginning', additional_properties=None)"),
     OutputConfig: "()",
     ManualOutputConfig: "(output_builder)",
     ManualEpochOutputConfig: "(output_builder)",
@@ -81,10 +79,12 @@ SIGNATURES: dict[type, str] = {
 
 
 def plain(signature: inspect.Signature) -> str:
-    return str(signature.replace(
-        parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
-        return_annotation=inspect.Signature.empty,
-    ))
+    return str(
+        signature.replace(
+            parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+            return_annotation=inspect.Signature.empty,
+        )
+    )
 
 
 @pytest.mark.parametrize("cls", SIGNATURES, ids=lambda cls: cls.__name__)
@@ -155,9 +155,7 @@ def test_reprs() -> None:
     assert repr(TumblingWindowConfig(timedelta(seconds=1))) == (
         "TumblingWindowConfig(length=datetime.timedelta(seconds=1), start_at=None)"
     )
-    assert repr(KafkaRecoveryConfig(["k:9092"], "p")) == (
-        "KafkaRecoveryConfig(brokers=['k:9092'], topic_prefix='p')"
-    )
+    assert repr(KafkaRecoveryConfig(["k:9092"], "p")) == ("KafkaRecoveryConfig(brokers=['k:9092'], topic_prefix='p')")
 
 
 def test_kafka_settings_are_copied_and_stay_out_of_the_repr() -> None:
@@ -184,24 +182,47 @@ def test_sqlite_recovery_takes_a_str_or_a_path_and_keeps_a_path() -> None:
     "make, error, message",
     [
         (lambda: ManualInputConfig(None), TypeError, "ManualInputConfig needs a callable input_builder, got None"),
-        (lambda: TestingBuilderInputConfig([1]), TypeError, "TestingBuilderInputConfig needs a callable builder, got [1]"),
+        (
+            lambda: TestingBuilderInputConfig([1]),
+            TypeError,
+            "TestingBuilderInputConfig needs a callable builder, got [1]",
+        ),
         (lambda: TestingInputConfig(5), TypeError, "TestingInputConfig needs an iterable, got 5"),
-        (lambda: KafkaInputConfig([], "t", starting_offset="middle"), ValueError,
-         "KafkaInputConfig starting_offset must be 'beginning' or 'end', got 'middle'"),
+        (
+            lambda: KafkaInputConfig([], "t", starting_offset="middle"),
+            ValueError,
+            "KafkaInputConfig starting_offset must be 'beginning' or 'end', got 'middle'",
+        ),
         (lambda: ManualOutputConfig(3), TypeError, "ManualOutputConfig needs a callable output_builder, got 3"),
-        (lambda: ManualEpochOutputConfig(3), TypeError, "ManualEpochOutputConfig needs a callable output_builder, got 3"),
+        (
+            lambda: ManualEpochOutputConfig(3),
+            TypeError,
+            "ManualEpochOutputConfig needs a callable output_builder, got 3",
+        ),
         (lambda: TestingOutputConfig(()), TypeError, "TestingOutputConfig needs a list to append to, got ()"),
         (lambda: EventClockConfig("at"), TypeError, "EventClockConfig needs a callable dt_getter, got 'at'"),
-        (lambda: EventClockConfig(at, 5), TypeError,
-         "EventClockConfig wait_for_system_duration must be a datetime.timedelta, got 5"),
-        (lambda: EventClockConfig(at, timedelta(seconds=-1)), ValueError,
-         "EventClockConfig wait_for_system_duration must not be negative"),
+        (
+            lambda: EventClockConfig(at, 5),
+            TypeError,
+            "EventClockConfig wait_for_system_duration must be a datetime.timedelta, got 5",
+        ),
+        (
+            lambda: EventClockConfig(at, timedelta(seconds=-1)),
+            ValueError,
+            "EventClockConfig wait_for_system_duration must not be negative",
+        ),
         (lambda: TumblingWindowConfig(60), TypeError, "TumblingWindowConfig length must be a timedelta, got 60"),
         (lambda: TumblingWindowConfig(timedelta(0)), ValueError, "TumblingWindowConfig length must be positive"),
-        (lambda: TumblingWindowConfig(timedelta(1), "2024"), TypeError,
-         "TumblingWindowConfig start_at must be a datetime, got '2024'"),
-        (lambda: TumblingWindowConfig(timedelta(1), datetime(2024, 1, 1)), ValueError,
-         "TumblingWindowConfig start_at must be timezone-aware (UTC), got the naive"),
+        (
+            lambda: TumblingWindowConfig(timedelta(1), "2024"),
+            TypeError,
+            "TumblingWindowConfig start_at must be a datetime, got '2024'",
+        ),
+        (
+            lambda: TumblingWindowConfig(timedelta(1), datetime(2024, 1, 1)),
+            ValueError,
+            "TumblingWindowConfig start_at must be timezone-aware (UTC), got the naive",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_by_name(make: Any, error: type, message: str) -> None:

@@ -112,8 +112,9 @@ def test_every_flow_gives_the_run_main_result_in_any_delivery_order(name, shape,
 
 
 @pytest.mark.parametrize("shuffled", SEEDS, indirect=True, ids=lambda seed: f"seed{seed}")
-@pytest.mark.parametrize("before,after", [((1, 2), (1, 3)), ((1, 2), (2, 2)), ((1, 1), (2, 2))],
-                         ids=["2to3", "2to2x2", "1to2x2"])
+@pytest.mark.parametrize(
+    "before,after", [((1, 2), (1, 3)), ((1, 2), (2, 2)), ((1, 1), (2, 2))], ids=["2to3", "2to2x2", "1to2x2"]
+)
 def test_a_grown_cluster_keeps_every_keys_state_in_any_delivery_order(tmp_path, before, after, shuffled):
     options = dict(epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path))
     first: list = []

@@ -69,7 +69,9 @@ def logic_of(kind: str) -> Any:
         "reduce": lambda: ReduceLogic(plan.Reduce("r", add, bool)),
         "stateful_map": lambda: StatefulMapLogic(plan.StatefulMap("s", list, add)),
         "reduce_window": lambda: SystemClockWindowLogic(plan.ReduceWindow("w", reducer=add, **window), HOUR_START),
-        "fold_window": lambda: SystemClockWindowLogic(plan.FoldWindow("w", builder=list, folder=add, **window), HOUR_START),
+        "fold_window": lambda: SystemClockWindowLogic(
+            plan.FoldWindow("w", builder=list, folder=add, **window), HOUR_START
+        ),
         "collect_window": lambda: SystemClockWindowLogic(plan.CollectWindow("w", **window), HOUR_START),
     }[kind]()
 
@@ -99,7 +101,14 @@ def test_every_template_compiles_in_every_shape_of_loop(kind: str) -> None:
             assert template.factory is not None
             # Only what the generated module and the builtins give is read as a global.
             assert chain._globals_read(compile("\n".join(template.lines), "<t>", "exec")) <= {
-                "MISSING", "type", "tuple", "str", "int", "range", "len", "KeyError",
+                "MISSING",
+                "type",
+                "tuple",
+                "str",
+                "int",
+                "range",
+                "len",
+                "KeyError",
             }
 
 
@@ -110,7 +119,9 @@ def test_the_table_names_every_name_the_loop_binds_for_itself() -> None:
     every_kind = ("map", "filter", "flat_map", "inspect", "inspect_epoch", "capture", "map", "flat_map")
     for routed in (False, True):
         tree = ast.parse("".join(line + "\n" for line in chain._template(every_kind, code, routed).lines))
-        bound = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load)}
+        bound = {
+            node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load)
+        }
         bound |= {node.arg for node in ast.walk(tree) if isinstance(node, ast.arg)}
         bound |= {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
         unlisted = {name for name in bound - {"_emit"} if not is_loop_own(name) and name not in LOOP_NAMES}
@@ -124,7 +135,11 @@ def test_the_table_names_every_name_the_loop_binds_for_itself() -> None:
         (("_emit = []",), ("_key = str(_key)",), r"binds '_key', which the loop gives it"),
         (("_emit = []",), ("_touched = None",), r"binds '_touched', which the loop uses for itself"),
         (("_emit = []",), ("_f0 = _value",), r"binds '_f0', which the loop uses for itself"),
-        (("_emit = []",), ("if _value is None:", "    continue"), r"per_key line 2 .* does not compile: 'continue' not properly in loop"),
+        (
+            ("_emit = []",),
+            ("if _value is None:", "    continue"),
+            r"per_key line 2 .* does not compile: 'continue' not properly in loop",
+        ),
         (("_emit = []",), ("return _emit",), r"a Return statement has no place in the loop"),
         (("_emit = []",), ("import os",), r"a Import statement"),
         (("_emit = []",), ("total = _value",), r"binds 'total': the code's own names start with '_'"),
@@ -180,15 +195,42 @@ def never(acc: Any) -> bool:
 # (step name, the user function that raises, the name the loop calls it by, how to add the step)
 CASES: dict[str, tuple[str, Callable[..., Any], str, Callable[[Dataflow], None]]] = {
     "reduce/reducer": ("reduce 'r'", angry_reducer, "_reducer", lambda f: f.reduce("r", angry_reducer, never)),
-    "reduce/is_complete": ("reduce 'r'", angry_is_complete, "_is_complete", lambda f: f.reduce("r", add, angry_is_complete)),
-    "stateful_map/builder": ("stateful_map 's'", angry_builder, "_builder", lambda f: f.stateful_map("s", angry_builder, angry_mapper)),
-    "stateful_map/mapper": ("stateful_map 's'", angry_mapper, "_mapper", lambda f: f.stateful_map("s", lambda: 0, angry_mapper)),
-    "reduce_window/reducer": ("reduce_window 'w'", angry_reducer, "_reducer",
-                              lambda f: f.reduce_window("w", SystemClockConfig(), HOUR, angry_reducer)),
-    "fold_window/builder": ("fold_window 'w'", angry_builder, "_builder",
-                            lambda f: f.fold_window("w", SystemClockConfig(), HOUR, angry_builder, add)),
-    "fold_window/folder": ("fold_window 'w'", angry_reducer, "_folder",
-                           lambda f: f.fold_window("w", SystemClockConfig(), HOUR, lambda: 0, angry_reducer)),
+    "reduce/is_complete": (
+        "reduce 'r'",
+        angry_is_complete,
+        "_is_complete",
+        lambda f: f.reduce("r", add, angry_is_complete),
+    ),
+    "stateful_map/builder": (
+        "stateful_map 's'",
+        angry_builder,
+        "_builder",
+        lambda f: f.stateful_map("s", angry_builder, angry_mapper),
+    ),
+    "stateful_map/mapper": (
+        "stateful_map 's'",
+        angry_mapper,
+        "_mapper",
+        lambda f: f.stateful_map("s", lambda: 0, angry_mapper),
+    ),
+    "reduce_window/reducer": (
+        "reduce_window 'w'",
+        angry_reducer,
+        "_reducer",
+        lambda f: f.reduce_window("w", SystemClockConfig(), HOUR, angry_reducer),
+    ),
+    "fold_window/builder": (
+        "fold_window 'w'",
+        angry_builder,
+        "_builder",
+        lambda f: f.fold_window("w", SystemClockConfig(), HOUR, angry_builder, add),
+    ),
+    "fold_window/folder": (
+        "fold_window 'w'",
+        angry_reducer,
+        "_folder",
+        lambda f: f.fold_window("w", SystemClockConfig(), HOUR, lambda: 0, angry_reducer),
+    ),
 }
 
 

@@ -71,9 +71,15 @@ def grow(old_count: int, new_count: int, keys: range, order: str) -> list[dict[s
     """Run the migration of ``keys`` held by ``old_count`` workers (each the keys it owned)
     to ``new_count``; ``order``: "in-turn" delivers each worker's messages once it has
     migrated, "early" delivers every message before its receiver migrates (a faster peer)."""
-    held = [{step: {k: v for k, v in states.items() if owner(k, old_count) == w}
-             for step, states in keyed_for(keys).items()} if w < old_count else {}
-            for w in range(new_count)]
+    held = [
+        {
+            step: {k: v for k, v in states.items() if owner(k, old_count) == w}
+            for step, states in keyed_for(keys).items()
+        }
+        if w < old_count
+        else {}
+        for w in range(new_count)
+    ]
     machines = [Recovery(w, new_count) for w in range(new_count)]
     inbox: list[list[Message]] = [[] for _ in range(new_count)]
     for w, m in enumerate(machines):

@@ -22,14 +22,17 @@ def installed(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("package")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(work / "dist"), str(ROOT)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     (wheel,) = (work / "dist").glob("millrace-*.whl")
     env_dir = work / "venv"
     venv.create(env_dir, with_pip=True)
     done = subprocess.run(
         [str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", f"{wheel}[operator]"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
     return env_dir / "bin"
@@ -109,13 +112,15 @@ def test_the_worker_and_operator_tools_run_on_a_read_only_root_filesystem(instal
         'mount --bind / / && mount -o remount,bind,ro / && mount -t tmpfs tmpfs "$VOLUMES" '
         '&& mkdir "$VOLUMES/tmp" "$VOLUMES/state" '
         '&& ! touch "$ROOT_PROBE" 2>/dev/null '
-        '&& millrace-operator --help >/dev/null && python -m millrace_operator.smoke --help >/dev/null '
+        "&& millrace-operator --help >/dev/null && python -m millrace_operator.smoke --help >/dev/null "
         '&& millrace-worker && cat "$MILLRACE_TERMINATION_LOG"'
     )
     done = subprocess.run(
         ["unshare", "--mount", "sh", "-c", script],
         env={**env, "VOLUMES": str(volumes), "ROOT_PROBE": str(installed / "probe")},
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if done.returncode != 0 and "unshare" in done.stderr and "Operation not permitted" in done.stderr:
         unavailable(f"no mount namespaces here: {done.stderr.strip()}")

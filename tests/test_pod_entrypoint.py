@@ -46,8 +46,12 @@ def test_unresolvable_peer_names_are_a_clear_error_after_the_timeout():
 
 def test_a_flow_that_cannot_load_is_reported_to_the_operator(tmp_path, monkeypatch):
     log = tmp_path / "termination-log"
-    for name, value in {**ENV, "MILLRACE_FLOW": "no_such_module_here:flow", "MILLRACE_POD_INDEX": "0",
-                        "MILLRACE_TERMINATION_LOG": str(log)}.items():
+    for name, value in {
+        **ENV,
+        "MILLRACE_FLOW": "no_such_module_here:flow",
+        "MILLRACE_POD_INDEX": "0",
+        "MILLRACE_TERMINATION_LOG": str(log),
+    }.items():
         monkeypatch.setenv(name, value)
     assert pod.main([]) == 1
     assert log.read_text().startswith("millrace: failed: ModuleNotFoundError: No module named 'no_such_module_here'")
@@ -88,10 +92,17 @@ def test_sigterm_stops_the_pod_promptly_and_says_so(tmp_path, procs):
     flow_file.write_text(ENDLESS_FLOW)
     state = tmp_path / "state"
     log = tmp_path / "termination-log"
-    env = {**ENV, "MILLRACE_PROCESSES": "1", "MILLRACE_POD_INDEX": "0", "MILLRACE_FLOW": "",
-           "MILLRACE_FLOW_FILE": str(flow_file), "MILLRACE_STATE_DIR": str(state),
-           "MILLRACE_EPOCH_SECONDS": "0.2", "MILLRACE_RECOVERY_DIR": str(tmp_path),
-           "MILLRACE_TERMINATION_LOG": str(log)}
+    env = {
+        **ENV,
+        "MILLRACE_PROCESSES": "1",
+        "MILLRACE_POD_INDEX": "0",
+        "MILLRACE_FLOW": "",
+        "MILLRACE_FLOW_FILE": str(flow_file),
+        "MILLRACE_STATE_DIR": str(state),
+        "MILLRACE_EPOCH_SECONDS": "0.2",
+        "MILLRACE_RECOVERY_DIR": str(tmp_path),
+        "MILLRACE_TERMINATION_LOG": str(log),
+    }
     proc = procs.start("-m", "millrace.pod", env=env)
     deadline = time.monotonic() + 60
     while not (state / pod.READY_FILE).exists():

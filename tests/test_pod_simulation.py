@@ -115,7 +115,9 @@ def test_a_killed_pod_restarted_as_a_kubelet_would_loses_nothing(tmp_path):
         first = [sim.start(i) for i in range(3)]
         # Ready (the readinessProbe passes) once in a formed cluster.
         sim.wait_ready([0, 1, 2], timeout=60)
-        assert all(proc.poll() is None for proc in first), [p.communicate()[1][-2000:] for p in first if p.poll() is not None]
+        assert all(proc.poll() is None for proc in first), [
+            p.communicate()[1][-2000:] for p in first if p.poll() is not None
+        ]
         first[1].send_signal(signal.SIGKILL)
         killed = first[1].communicate(timeout=60)
         assert first[1].returncode != 0
@@ -146,7 +148,9 @@ def test_the_batch_example_runs_as_pods(tmp_path):
         results = [proc.communicate(timeout=120) for proc in procs]
         for proc, (_, stderr) in zip(procs, results):
             assert proc.returncode == 0, stderr
-    counts = dict(ast.literal_eval(line) for stdout, _ in results for line in stdout.splitlines() if line.startswith("("))
+    counts = dict(
+        ast.literal_eval(line) for stdout, _ in results for line in stdout.splitlines() if line.startswith("(")
+    )
     text = "the river turns the wheel and the wheel turns the stones " * 50
     assert counts == dict(collections.Counter(text.split()))
 

@@ -74,13 +74,21 @@ def test_a_step_flushes_before_the_next_is_marked_only_when_every_input_is_exhau
     one worker with input left keeps every step from flushing, and says so in DONE."""
     peers = [mark(0, 0, 1, True), mark(1, 0, 1, True), done(0, 1, True)]
     assert finish(Progress(0, 2, steps=2), 0, True, peers) == [
-        Broadcast(mark(0, 0, 0, True)), Flush(0), Broadcast(mark(1, 0, 0, True)), Flush(1),
-        Snapshot(0), Broadcast(done(0, 0, True)), Ended(0, True),
+        Broadcast(mark(0, 0, 0, True)),
+        Flush(0),
+        Broadcast(mark(1, 0, 0, True)),
+        Flush(1),
+        Snapshot(0),
+        Broadcast(done(0, 0, True)),
+        Ended(0, True),
     ]
     peers = [mark(0, 0, 1, False), mark(1, 0, 1, False), done(0, 1, False)]
     assert finish(Progress(0, 2, steps=2), 0, True, peers) == [
-        Broadcast(mark(0, 0, 0, True)), Broadcast(mark(1, 0, 0, False)),
-        Snapshot(0), Broadcast(done(0, 0, False)), Ended(0, False),
+        Broadcast(mark(0, 0, 0, True)),
+        Broadcast(mark(1, 0, 0, False)),
+        Snapshot(0),
+        Broadcast(done(0, 0, False)),
+        Ended(0, False),
     ]
 
 
@@ -92,7 +100,10 @@ def test_a_faster_peers_words_for_later_rounds_are_kept_until_then():
     for msg in (mark(0, 0, 1), mark(1, 0, 1), done(0, 1), mark(0, 1, 1)):
         p.receive(msg)
     assert p.end_input(0, eof=False) == [
-        Broadcast(mark(0, 0, 0)), Broadcast(mark(1, 0, 0)), Snapshot(0), Broadcast(done(0, 0)),
+        Broadcast(mark(0, 0, 0)),
+        Broadcast(mark(1, 0, 0)),
+        Snapshot(0),
+        Broadcast(done(0, 0)),
         Ended(0, False),
     ]
     assert p.end_input(1, eof=False) == [Broadcast(mark(0, 1, 0)), Broadcast(mark(1, 1, 0))]
@@ -105,8 +116,7 @@ def test_any_order_of_peers_words_gives_the_same_actions(eofs):
     every way; what the worker does never depends on it."""
     own, *others = eofs
     every = all(eofs)
-    per_peer = [[mark(0, 2, w, eof), mark(1, 2, w, eof and every), done(2, w, every)]
-                for w, eof in zip((1, 2), others)]
+    per_peer = [[mark(0, 2, w, eof), mark(1, 2, w, eof and every), done(2, w, every)] for w, eof in zip((1, 2), others)]
     seen = set()
     for choice in set(itertools.permutations([0, 0, 0, 1, 1, 1])):
         queues = [list(q) for q in per_peer]

@@ -243,8 +243,9 @@ def test_the_state_as_of_the_settled_epoch_survives_garbage_collection(tmp_path)
                     state[step].pop(k, None)
                 else:
                     state[step][k] = v
-            chunks[step] = Chunk({k: v for k, v in rows.items() if v is not None},
-                                 [k for k, v in rows.items() if v is None], full=False)
+            chunks[step] = Chunk(
+                {k: v for k, v in rows.items() if v is not None}, [k for k, v in rows.items() if v is None], full=False
+            )
         store.snapshot(epoch, {"inp": epoch}, chunks)
         history.append({step: dict(held) for step, held in state.items()})
         for resume in (epoch, epoch + 1):
@@ -277,17 +278,29 @@ def test_a_format_1_store_is_rewritten_and_resumes_where_it_was(tmp_path):
     path = tmp_path / "worker-0.sqlite3"
     with sqlite3.connect(path) as conn:
         conn.executescript(FORMAT_1)
-        conn.executemany("INSERT INTO meta VALUES (?, ?)", [
-            ("format", "1"), ("worker_index", "0"), ("worker_count", "1"),
-            ("step_ids", json.dumps(["inp", "s", "w"])), ("flow_start", "2024-01-01T00:00:00+00:00")])
+        conn.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [
+                ("format", "1"),
+                ("worker_index", "0"),
+                ("worker_count", "1"),
+                ("step_ids", json.dumps(["inp", "s", "w"])),
+                ("flow_start", "2024-01-01T00:00:00+00:00"),
+            ],
+        )
         conn.execute("INSERT INTO progress VALUES (0, 3)")
         conn.executemany("INSERT INTO inputs VALUES ('inp', ?, ?)", [(2, dump_state(3)), (3, dump_state(4))])
-        conn.executemany("INSERT INTO state VALUES (?, ?, ?, ?)", [
-            ("s", "a", 2, dump_state(5)), ("s", "a", 3, dump_state(6)),
-            ("s", "b", 1, dump_state(7)), ("s", "b", 3, None),  # forgotten in epoch 3
-            ("s", 4, 0, dump_state([1, 2])),
-            ("w", "c", 1, dump_state((0, 0, {1: 3}))),  # the step was emptied in epoch 3
-        ])
+        conn.executemany(
+            "INSERT INTO state VALUES (?, ?, ?, ?)",
+            [
+                ("s", "a", 2, dump_state(5)),
+                ("s", "a", 3, dump_state(6)),
+                ("s", "b", 1, dump_state(7)),
+                ("s", "b", 3, None),  # forgotten in epoch 3
+                ("s", 4, 0, dump_state([1, 2])),
+                ("w", "c", 1, dump_state((0, 0, {1: 3}))),  # the step was emptied in epoch 3
+            ],
+        )
         conn.execute("INSERT INTO cleared VALUES ('w', 3)")
     store = WorkerStore(tmp_path, 0, 1, ["inp", "s", "w"], datetime(2024, 1, 1, tzinfo=timezone.utc))
     try:
@@ -428,10 +441,20 @@ def test_a_grown_cluster_keeps_every_keys_state(tmp_path, before, after):
 
     with multiprocessing.Manager() as manager:
         first, second = manager.list(), manager.list()
-        spawn_cluster(counting_flow(first, 60), proc_count=before[0], worker_count_per_proc=before[1],
-                      epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path))
-        spawn_cluster(counting_flow(second, 130), proc_count=after[0], worker_count_per_proc=after[1],
-                      epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path))
+        spawn_cluster(
+            counting_flow(first, 60),
+            proc_count=before[0],
+            worker_count_per_proc=before[1],
+            epoch_config=TestingEpochConfig(),
+            recovery_config=SqliteRecoveryConfig(tmp_path),
+        )
+        spawn_cluster(
+            counting_flow(second, 130),
+            proc_count=after[0],
+            worker_count_per_proc=after[1],
+            epoch_config=TestingEpochConfig(),
+            recovery_config=SqliteRecoveryConfig(tmp_path),
+        )
         first, second = list(first), list(second)
     assert sorted(first) == sorted((f"k{k}", n) for k in range(10) for n in range(1, 7))
     # Every key goes on from 6, on whichever worker owns it now: none restarts at 1.
@@ -446,8 +469,13 @@ def test_a_grown_cluster_can_be_recovered_again(tmp_path):
     with multiprocessing.Manager() as manager:
         outs = [manager.list() for _ in range(3)]
         for out, items, workers in zip(outs, (30, 60, 90), (1, 2, 2)):
-            spawn_cluster(counting_flow(out, items), proc_count=1, worker_count_per_proc=workers,
-                          epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path))
+            spawn_cluster(
+                counting_flow(out, items),
+                proc_count=1,
+                worker_count_per_proc=workers,
+                epoch_config=TestingEpochConfig(),
+                recovery_config=SqliteRecoveryConfig(tmp_path),
+            )
         last = list(outs[2])
     assert sorted(last) == sorted((f"k{k}", n) for k in range(10) for n in range(7, 10))
 
@@ -466,9 +494,14 @@ def _grow_stopped_before_any_rewrite(db_dir: Path, to_count: int) -> None:
 @pytest.mark.parametrize("resumed_with", [3, 1, 2], ids=["same", "back", "other"])
 def test_a_rescale_stopped_before_it_rewrote_a_store_runs_again(tmp_path, resumed_with):
     def in_threads(out, items, workers):
-        spawn_cluster(counting_flow(out, items), proc_count=1, worker_count_per_proc=workers,
-                      epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path),
-                      mp_ctx=doctest_ctx)
+        spawn_cluster(
+            counting_flow(out, items),
+            proc_count=1,
+            worker_count_per_proc=workers,
+            epoch_config=TestingEpochConfig(),
+            recovery_config=SqliteRecoveryConfig(tmp_path),
+            mp_ctx=doctest_ctx,
+        )
 
     first: list = []
     in_threads(first, 60, 1)
@@ -488,14 +521,24 @@ def test_stores_that_never_took_a_snapshot_start_afresh_whatever_cluster_made_th
     WorkerStore(tmp_path, 0, 1, step_ids, datetime.now(timezone.utc)).close()
     WorkerStore(tmp_path, 1, 4, step_ids, datetime.now(timezone.utc)).close()
     out: list = []
-    spawn_cluster(counting_flow(out, 20), proc_count=1, worker_count_per_proc=2,
-                  epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path),
-                  mp_ctx=doctest_ctx)
+    spawn_cluster(
+        counting_flow(out, 20),
+        proc_count=1,
+        worker_count_per_proc=2,
+        epoch_config=TestingEpochConfig(),
+        recovery_config=SqliteRecoveryConfig(tmp_path),
+        mp_ctx=doctest_ctx,
+    )
     assert sorted(out) == sorted((f"k{k}", n) for k in range(10) for n in (1, 2))
     again: list = []
-    spawn_cluster(counting_flow(again, 30), proc_count=1, worker_count_per_proc=2,
-                  epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path),
-                  mp_ctx=doctest_ctx)
+    spawn_cluster(
+        counting_flow(again, 30),
+        proc_count=1,
+        worker_count_per_proc=2,
+        epoch_config=TestingEpochConfig(),
+        recovery_config=SqliteRecoveryConfig(tmp_path),
+        mp_ctx=doctest_ctx,
+    )
     assert sorted(again) == [(f"k{k}", 3) for k in range(10)]
 
 
@@ -503,17 +546,25 @@ class Stopped(Exception):
     pass
 
 
-@pytest.mark.parametrize("half,worker", [("stage_rescale", 2), ("commit_rescale", 2), ("commit_rescale", 0)],
-                         ids=["staging", "swapping-new", "swapping-old"])
+@pytest.mark.parametrize(
+    "half,worker",
+    [("stage_rescale", 2), ("commit_rescale", 2), ("commit_rescale", 0)],
+    ids=["staging", "swapping-new", "swapping-old"],
+)
 def test_a_rescale_stopped_while_it_rewrote_the_stores_is_finished_or_run_again(tmp_path, monkeypatch, half, worker):
     """Worker ``worker`` stops in ``half`` of the rewrite of a 1 -> 3 rescale; the others go
     on as far as they can. The next start (3 workers) finds every key's state."""
     from millrace.runtime.store import WorkerStore
 
     def in_threads(out, items, workers):
-        spawn_cluster(counting_flow(out, items), proc_count=1, worker_count_per_proc=workers,
-                      epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path),
-                      mp_ctx=doctest_ctx)
+        spawn_cluster(
+            counting_flow(out, items),
+            proc_count=1,
+            worker_count_per_proc=workers,
+            epoch_config=TestingEpochConfig(),
+            recovery_config=SqliteRecoveryConfig(tmp_path),
+            mp_ctx=doctest_ctx,
+        )
 
     in_threads([], 60, 1)
     original = getattr(WorkerStore, half)
@@ -557,9 +608,14 @@ def test_a_rescale_handles_a_faster_workers_next_message_whenever_it_comes(tmp_p
             released.set()
 
     def in_threads(out, items, workers):
-        spawn_cluster(counting_flow(out, items), proc_count=1, worker_count_per_proc=workers,
-                      epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(tmp_path),
-                      mp_ctx=doctest_ctx)
+        spawn_cluster(
+            counting_flow(out, items),
+            proc_count=1,
+            worker_count_per_proc=workers,
+            epoch_config=TestingEpochConfig(),
+            recovery_config=SqliteRecoveryConfig(tmp_path),
+            mp_ctx=doctest_ctx,
+        )
 
     in_threads([], 60, 2)
     monkeypatch.setattr(ex.Exchange, "send", send)
@@ -596,8 +652,13 @@ def test_a_staged_rescale_stays_beside_the_store_until_it_is_swapped_in(tmp_path
 def test_stores_rewritten_for_different_cluster_sizes_are_refused_and_left_alone(tmp_path):
     """A rescale stopped while it rewrote the stores: some keys' state may be in none of
     them, so nothing is guessed."""
-    flow_args = dict(proc_count=1, worker_count_per_proc=2, epoch_config=TestingEpochConfig(),
-                     recovery_config=SqliteRecoveryConfig(tmp_path), mp_ctx=doctest_ctx)
+    flow_args = dict(
+        proc_count=1,
+        worker_count_per_proc=2,
+        epoch_config=TestingEpochConfig(),
+        recovery_config=SqliteRecoveryConfig(tmp_path),
+        mp_ctx=doctest_ctx,
+    )
     spawn_cluster(counting_flow([], 30), **flow_args)
     with sqlite3.connect(tmp_path / "worker-1.sqlite3") as conn:
         conn.execute("UPDATE meta SET value = '1' WHERE name = 'worker_count'")
@@ -740,11 +801,16 @@ def _start_cluster(procs: Procs, tmp_path: Path, out: str) -> list:
     return [
         procs.start(
             RECOVERY_PROC,
-            "--addresses", addresses,
-            "--proc-id", str(proc_id),
-            "--out", out,
-            "--db-dir", str(tmp_path / "db"),
-            "--count", str(COUNT),
+            "--addresses",
+            addresses,
+            "--proc-id",
+            str(proc_id),
+            "--out",
+            out,
+            "--db-dir",
+            str(tmp_path / "db"),
+            "--count",
+            str(COUNT),
         )
         for proc_id in range(2)
     ]
@@ -806,9 +872,23 @@ def test_states_of_every_kind_come_back_as_they_were():
     from millrace.runtime.store import dump_state, load_state
 
     Point = namedtuple("Point", "x y")
-    for value in [0, 10**30, -1.5, "word", b"raw", None, True, (1, "a"), [1, [2]], {"k": {1: 2}},
-                  {1, 2}, frozenset({"a"}), Point(1, 2), datetime(2024, 1, 1, tzinfo=timezone.utc),
-                  {"window": [(datetime(2024, 1, 1, tzinfo=timezone.utc), 1)]}]:
+    for value in [
+        0,
+        10**30,
+        -1.5,
+        "word",
+        b"raw",
+        None,
+        True,
+        (1, "a"),
+        [1, [2]],
+        {"k": {1: 2}},
+        {1, 2},
+        frozenset({"a"}),
+        Point(1, 2),
+        datetime(2024, 1, 1, tzinfo=timezone.utc),
+        {"window": [(datetime(2024, 1, 1, tzinfo=timezone.utc), 1)]},
+    ]:
         back = load_state(dump_state(value))
         assert back == value and type(back) is type(value), value
     closure = load_state(dump_state(lambda x: x + 1))
@@ -823,11 +903,18 @@ def test_window_state_written_by_an_earlier_millrace_is_read(tmp_path):
 
     kw = KeyWindows(1_000_000, 2_000_000)
     kw.windows = {3: ["a"], 1: ["b"]}
-    step = plan.CollectWindow(step_id="w", clock=EventClockConfig(lambda v: v, timedelta(0)),
-                              window=TumblingWindowConfig(timedelta(seconds=1)))
+    step = plan.CollectWindow(
+        step_id="w",
+        clock=EventClockConfig(lambda v: v, timedelta(0)),
+        window=TumblingWindowConfig(timedelta(seconds=1)),
+    )
     logic = WindowLogic(step, datetime(2024, 1, 1, tzinfo=timezone.utc))
     logic.restore({"old": load_state(dump_state(kw)), "new": load_state(dump_state(logic.export(kw)))})
     for key in ("old", "new"):
         restored = logic.state[key]
         assert (restored.watermark_base, restored.seen_at, restored.windows, restored.first) == (
-            1_000_000, 2_000_000, {3: ["a"], 1: ["b"]}, 1)
+            1_000_000,
+            2_000_000,
+            {3: ["a"], 1: ["b"]},
+            1,
+        )

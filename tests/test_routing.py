@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from millrace.runtime.routing import Router, owner
 
-keys = st.one_of(st.text(max_size=6), st.integers(-10**12, 10**12))
+keys = st.one_of(st.text(max_size=6), st.integers(-(10**12), 10**12))
 batches = st.lists(st.tuples(keys, st.integers()), max_size=200)
 
 

@@ -41,10 +41,10 @@ class Clock:
 def logic(kind: str = "reduce", clock: Clock | None = None) -> tuple[SystemClockWindowLogic, Clock]:
     clock = clock or Clock()
     steps = {
-        "reduce": plan.ReduceWindow(step_id="w", clock=SystemClockConfig(), window=TEN_S,
-                                    reducer=lambda a, b: a + b),
-        "fold": plan.FoldWindow(step_id="w", clock=SystemClockConfig(), window=TEN_S,
-                                builder=list, folder=lambda acc, v: [*acc, v]),
+        "reduce": plan.ReduceWindow(step_id="w", clock=SystemClockConfig(), window=TEN_S, reducer=lambda a, b: a + b),
+        "fold": plan.FoldWindow(
+            step_id="w", clock=SystemClockConfig(), window=TEN_S, builder=list, folder=lambda acc, v: [*acc, v]
+        ),
         "collect": plan.CollectWindow(step_id="w", clock=SystemClockConfig(), window=TEN_S),
     }
     return SystemClockWindowLogic(steps[kind], flow_start=T0, clock=clock), clock
@@ -169,8 +169,7 @@ def test_a_flow_on_the_system_clock_counts_like_a_counter():
     flow = Dataflow()
     flow.input("inp", TestingInputConfig(words))
     flow.map(lambda word: (word, 1))
-    flow.reduce_window("count", SystemClockConfig(), TumblingWindowConfig(timedelta(days=1)),
-                       lambda a, b: a + b)
+    flow.reduce_window("count", SystemClockConfig(), TumblingWindowConfig(timedelta(days=1)), lambda a, b: a + b)
     flow.capture(TestingOutputConfig(out))
     run_main(flow)
     assert sorted(out) == sorted(Counter(words).items())

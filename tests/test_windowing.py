@@ -85,9 +85,7 @@ def test_window_boundaries_follow_start_at():
     items = [("k", (at(s), s)) for s in (3, 12, 13, 22)]
     out = run(
         items,
-        lambda f: f.collect_window(
-            "c", clock(), TumblingWindowConfig(timedelta(seconds=10), start_at=start)
-        ),
+        lambda f: f.collect_window("c", clock(), TumblingWindowConfig(timedelta(seconds=10), start_at=start)),
     )
     assert [[s for _, s in values] for _, values in out] == [[3, 12], [13, 22]]
 
@@ -95,7 +93,9 @@ def test_window_boundaries_follow_start_at():
 def test_system_clock_groups_items_as_they_come():
     out = run(
         [("a", 1), ("b", 2), ("a", 3)],
-        lambda f: f.reduce_window("sum", SystemClockConfig(), TumblingWindowConfig(timedelta(hours=1)), lambda x, y: x + y),
+        lambda f: f.reduce_window(
+            "sum", SystemClockConfig(), TumblingWindowConfig(timedelta(hours=1)), lambda x, y: x + y
+        ),
     )
     assert sorted(out) == [("a", 4), ("b", 2)]
 

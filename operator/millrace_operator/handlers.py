@@ -50,12 +50,15 @@ def _announce(body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) ->
     if new.get("phase") != old.get("phase"):
         kind = "Warning" if new.get("phase") == "Failed" else "Normal"
         # kopf reads the object reference (apiVersion, kind, metadata) off any mapping.
-        kopf.event(cast(kopf.Body, body), type=kind, reason=str(new.get("phase")),
-                   message=str(new.get("message", "")))
+        kopf.event(cast(kopf.Body, body), type=kind, reason=str(new.get("phase")), message=str(new.get("message", "")))
 
 
 def _reconcile_into(body: dict[str, Any], patch: kopf.Patch) -> None:
-    df = {"metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
+    df = {
+        "metadata": dict(body["metadata"]),
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
     try:
         with _reconciling[df["metadata"].get("namespace", "default"), df["metadata"]["name"]]:
             status = reconcile(Kube(), df, now())
@@ -64,8 +67,15 @@ def _reconcile_into(body: dict[str, Any], patch: kopf.Patch) -> None:
             "phase": "Failed",
             "message": str(exc),
             "observedGeneration": df["metadata"].get("generation"),
-            "conditions": [{"type": "Failed", "status": "True", "reason": "InvalidSpec",
-                            "message": str(exc), "lastTransitionTime": now()}],
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "InvalidSpec",
+                    "message": str(exc),
+                    "lastTransitionTime": now(),
+                }
+            ],
         }
     if status != {k: v for k, v in df["status"].items() if k in status}:
         patch.status.update(status)

@@ -65,8 +65,12 @@ class Kube:
         meta = manifest["metadata"]
         try:
             applied = self._call("patch", manifest["kind"])(
-                meta["name"], meta["namespace"], manifest,
-                field_manager=FIELD_MANAGER, force=True, _content_type=_APPLY,
+                meta["name"],
+                meta["namespace"],
+                manifest,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type=_APPLY,
             )
         except ApiException as exc:
             if exc.status in (403, 422):  # e.g. a claim whose storage class cannot expand

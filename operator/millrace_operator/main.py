@@ -11,10 +11,8 @@ import kubernetes
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="millrace-operator", description=__doc__)
-    parser.add_argument("--namespace", action="append", default=[],
-                        help="watch only these namespaces (default: all)")
-    parser.add_argument("--liveness", metavar="URL",
-                        help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--namespace", action="append", default=[], help="watch only these namespaces (default: all)")
+    parser.add_argument("--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     try:

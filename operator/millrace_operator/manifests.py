@@ -159,10 +159,12 @@ def network_policy(df: Manifest) -> Manifest:
         "spec": {
             "podSelector": {"matchLabels": selector(name)},
             "policyTypes": ["Ingress"],
-            "ingress": [{
-                "from": [{"podSelector": {"matchLabels": selector(name)}}],
-                "ports": [{"protocol": "TCP", "port": spec.port}],
-            }],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": selector(name)}}],
+                    "ports": [{"protocol": "TCP", "port": spec.port}],
+                }
+            ],
         },
     }
 

@@ -31,6 +31,7 @@ class Api(Protocol):
     def apply(self, manifest: Manifest) -> Manifest:
         """Server-side apply; :class:`Refused` with the API server's reason if it refuses."""
         ...
+
     def delete(self, kind: str, namespace: str, name: str) -> None: ...
 
 
@@ -61,16 +62,17 @@ def reconcile(api: Api, df: Manifest, now: str) -> Manifest:
     status = compute_status(df, pods, now)
     current = manifests.template_hash(spec)
     wanted = {manifests.job_name(name, i) for i in range(spec.processes)}
-    outdated = [job for job in api.list("Job", namespace, selector)
-                if manifests.template_hash_of(job) != current or _name(job) not in wanted]
+    outdated = [
+        job
+        for job in api.list("Job", namespace, selector)
+        if manifests.template_hash_of(job) != current or _name(job) not in wanted
+    ]
     for job in outdated:
         if not job["metadata"].get("deletionTimestamp"):
             api.delete("Job", namespace, _name(job))
     leftover = [pod for pod in pods if manifests.template_hash_of(pod) != current]
     if outdated or leftover:
-        status["message"] = (
-            f"restarting: waiting for {len(leftover)} pods of the previous pod template to stop"
-        )
+        status["message"] = f"restarting: waiting for {len(leftover)} pods of the previous pod template to stop"
         return status
     if spec.recovery.enabled:
         problem = _claims(api, df, namespace, selector)

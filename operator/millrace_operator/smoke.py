@@ -88,8 +88,10 @@ def run(api: Any, name: str, namespace: str, processes: int, timeout: float, pol
                 outcome = "succeeded" if done else "failed"
                 return done, f"Dataflow {namespace}/{name} {outcome}: {status.get('message', '')}"
             time.sleep(poll)
-        return False, (f"Dataflow {namespace}/{name} did not finish within {timeout:g} s; "
-                       f"phase {status.get('phase', 'unset')}: {status.get('message', '')}")
+        return False, (
+            f"Dataflow {namespace}/{name} did not finish within {timeout:g} s; "
+            f"phase {status.get('phase', 'unset')}: {status.get('message', '')}"
+        )
     finally:
         try:
             api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
@@ -99,8 +101,11 @@ def run(api: Any, name: str, namespace: str, processes: int, timeout: float, pol
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m millrace_operator.smoke", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m millrace_operator.smoke",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--name", default="millrace-smoke")
     parser.add_argument("--processes", type=int, default=2)
@@ -112,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
-    succeeded, message = run(kubernetes.client.CustomObjectsApi(), args.name, args.namespace,
-                             args.processes, args.timeout)
+    succeeded, message = run(
+        kubernetes.client.CustomObjectsApi(), args.name, args.namespace, args.processes, args.timeout
+    )
     print(message, file=sys.stdout if succeeded else sys.stderr)
     return 0 if succeeded else 1
 

@@ -48,8 +48,9 @@ def _ready(pod: dict[str, Any]) -> bool:
     return False
 
 
-def _condition(previous: list[dict[str, Any]], kind: str, value: bool, reason: str, message: str,
-               generation: int | None, now: str) -> dict[str, Any]:
+def _condition(
+    previous: list[dict[str, Any]], kind: str, value: bool, reason: str, message: str, generation: int | None, now: str
+) -> dict[str, Any]:
     status = "True" if value else "False"
     old = next((c for c in previous if c.get("type") == kind), None)
     changed = old is None or old.get("status") != status
@@ -77,8 +78,17 @@ def compute_status(df: dict[str, Any], pods: list[dict[str, Any]], now: str) -> 
         # A finished run stays as it ended: phase, message and the reason of its condition.
         phase, message = previous["phase"], previous.get("message", "")
         kind = "Failed" if phase == "Failed" else "Completed"
-        reason = next((c.get("reason") for c in previous.get("conditions") or []
-                       if c.get("type") == kind and c.get("status") == "True"), None) or "Finished"
+        reason = (
+            next(
+                (
+                    c.get("reason")
+                    for c in previous.get("conditions") or []
+                    if c.get("type") == kind and c.get("status") == "True"
+                ),
+                None,
+            )
+            or "Finished"
+        )
     elif spec.suspend:
         phase, reason, message = "Suspended", "Suspended", "spec.suspend is true"
     else:
@@ -89,7 +99,7 @@ def compute_status(df: dict[str, Any], pods: list[dict[str, Any]], now: str) -> 
                 done += 1
             for code, text in terminations:
                 if code != 0 and text.startswith(FAILED) and any(e in text for e in _LOAD_ERRORS):
-                    phase, reason, message = "Failed", "FlowFailed", text[len(FAILED):]
+                    phase, reason, message = "Failed", "FlowFailed", text[len(FAILED) :]
             if phase != "Failed" and (looping := _crash_looping(pod)) is not None:
                 name = (pod.get("metadata") or {}).get("name", "a pod")
                 phase, reason, message = "Failed", "CrashLoop", f"{name}: {looping}"
@@ -126,7 +136,8 @@ def volume_size_condition(df: dict[str, Any], problem: tuple[str, str] | None, n
     generation = (df.get("metadata") or {}).get("generation")
     if problem is None:
         size = parse_spec(df.get("spec")).recovery.volume_size
-        return _condition(previous, "VolumeSize", True, "Applied",
-                          f"every recovery volume claims {size}", generation, now)
+        return _condition(
+            previous, "VolumeSize", True, "Applied", f"every recovery volume claims {size}", generation, now
+        )
     reason, message = problem
     return _condition(previous, "VolumeSize", False, reason, message, generation, now)

@@ -76,8 +76,15 @@ def _storage(claim: dict[str, Any]) -> Any:
 
 
 def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
     return aiohttp.web.json_response(body, status=code)
 
 
@@ -95,14 +102,26 @@ class Apiserver(kmock.KubernetesEmulator):
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         # Every write makes a new resourceVersion: kopf tells the events of its own patches from
         # older ones by it (with one version for all, it handles stale bodies again and again).
-        if (request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE)
-                and isinstance(request.data, dict)):
+        if (
+            request.resource is not None
+            and request.action in (kmock.action.CREATE, kmock.action.UPDATE)
+            and isinstance(request.data, dict)
+        ):
             request.data.setdefault("metadata", {})["resourceVersion"] = self._version()
-        if (request.resource is not None and request.name is not None and request.method == kmock.method.PATCH
-                and _content_type(request) == APPLY):
+        if (
+            request.resource is not None
+            and request.name is not None
+            and request.method == kmock.method.PATCH
+            and _content_type(request) == APPLY
+        ):
             return await self._apply(request)
-        if (request.resource is not None and request.name is not None and request.action == kmock.action.DELETE
-                and isinstance(request.data, dict) and request.data.get("propagationPolicy") == "Foreground"):
+        if (
+            request.resource is not None
+            and request.name is not None
+            and request.action == kmock.action.DELETE
+            and isinstance(request.data, dict)
+            and request.data.get("propagationPolicy") == "Foreground"
+        ):
             await self._hold_for_dependents(request)
         return await super()._handle(request)
 
@@ -142,12 +161,20 @@ class Apiserver(kmock.KubernetesEmulator):
         from kubernetes.utils import parse_quantity
 
         if _storage(old) is not None and parse_quantity(_storage(new)) < parse_quantity(_storage(old)):
-            return _status(422, "Invalid", f'PersistentVolumeClaim "{name}" is invalid: spec.resources.requests.'
-                                           "storage: Forbidden: field can not be less than status.capacity")
+            return _status(
+                422,
+                "Invalid",
+                f'PersistentVolumeClaim "{name}" is invalid: spec.resources.requests.'
+                "storage: Forbidden: field can not be less than status.capacity",
+            )
         if not self.claims_expand:
-            return _status(403, "Forbidden", f'persistentvolumeclaims "{name}" is forbidden: only dynamically '
-                                             "provisioned pvc can be resized and the storageclass that "
-                                             "provisions the pvc must support resize")
+            return _status(
+                403,
+                "Forbidden",
+                f'persistentvolumeclaims "{name}" is forbidden: only dynamically '
+                "provisioned pvc can be resized and the storageclass that "
+                "provisions the pvc must support resize",
+            )
         return None
 
     async def _hold_for_dependents(self, request: kmock.Request) -> None:
@@ -175,8 +202,9 @@ class Apiserver(kmock.KubernetesEmulator):
 
 def live(cluster: Apiserver, resource: Any, namespace: str = "jobs") -> list[dict[str, Any]]:
     """The raw objects of ``resource`` in ``namespace`` that are not deleted."""
-    return [o.raw for (r, ns, _), o in list(cluster.objects.items())
-            if r == resource and ns == namespace and not o.deleted]
+    return [
+        o.raw for (r, ns, _), o in list(cluster.objects.items()) if r == resource and ns == namespace and not o.deleted
+    ]
 
 
 def dependents(cluster: Apiserver, owner: dict[str, Any]) -> list[dict[str, Any]]:
@@ -193,9 +221,17 @@ def dependents(cluster: Apiserver, owner: dict[str, Any]) -> list[dict[str, Any]
     return found
 
 
-_RESOURCES = [(DATAFLOWS, "Dataflow"), (JOBS, "Job"), (SERVICES, "Service"), (CONFIGMAPS, "ConfigMap"),
-              (SECRETS, "Secret"), (PODS, "Pod"), (NETWORKPOLICIES, "NetworkPolicy"), (EVENTS, "Event"),
-              (CLAIMS, "PersistentVolumeClaim")]
+_RESOURCES = [
+    (DATAFLOWS, "Dataflow"),
+    (JOBS, "Job"),
+    (SERVICES, "Service"),
+    (CONFIGMAPS, "ConfigMap"),
+    (SECRETS, "Secret"),
+    (PODS, "Pod"),
+    (NETWORKPOLICIES, "NetworkPolicy"),
+    (EVENTS, "Event"),
+    (CLAIMS, "PersistentVolumeClaim"),
+]
 
 
 @pytest_asyncio.fixture
@@ -203,16 +239,24 @@ async def cluster() -> AsyncIterator[Apiserver]:
     async with Apiserver() as emulator, kmock.Server(emulator):
         for resource, kind in _RESOURCES:
             emulator.resources[resource] = kmock.ResourceInfo(
-                kind=kind, namespaced=True, singular=kind.lower(),
+                kind=kind,
+                namespaced=True,
+                singular=kind.lower(),
                 verbs={"get", "list", "watch", "create", "patch", "update", "delete", "deletecollection"},
                 subresources={"status"} if kind in ("Dataflow", "Pod", "Job", "PersistentVolumeClaim") else set(),
             )
         # What kopf's own machinery watches: CRDs (to notice new resources) and namespaces.
-        emulator.resources[kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")] = kmock.ResourceInfo(
-            kind="CustomResourceDefinition", namespaced=False, verbs={"get", "list", "watch"},
+        emulator.resources[kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")] = (
+            kmock.ResourceInfo(
+                kind="CustomResourceDefinition",
+                namespaced=False,
+                verbs={"get", "list", "watch"},
+            )
         )
         emulator.resources[kmock.resource("", "v1", "namespaces")] = kmock.ResourceInfo(
-            kind="Namespace", namespaced=False, verbs={"get", "list", "watch"},
+            kind="Namespace",
+            namespaced=False,
+            verbs={"get", "list", "watch"},
         )
         config = kubernetes.client.Configuration()
         config.host = str(emulator.url).rstrip("/")
@@ -277,23 +321,37 @@ def obj(kmock_, resource, name):
 
 def jobs_of(cluster: Apiserver, name: str = "wc") -> dict[str, dict[str, Any]]:
     """The Dataflow's Jobs by name, those being deleted included."""
-    return {j["metadata"]["name"]: j for j in live(cluster, JOBS)
-            if (j["metadata"].get("labels") or {}).get("millrace.dev/dataflow") == name}
+    return {
+        j["metadata"]["name"]: j
+        for j in live(cluster, JOBS)
+        if (j["metadata"].get("labels") or {}).get("millrace.dev/dataflow") == name
+    }
 
 
 def pods_of(cluster: Apiserver, name: str = "wc") -> dict[str, dict[str, Any]]:
-    return {p["metadata"]["name"]: p for p in live(cluster, PODS)
-            if (p["metadata"].get("labels") or {}).get("millrace.dev/dataflow") == name}
+    return {
+        p["metadata"]["name"]: p
+        for p in live(cluster, PODS)
+        if (p["metadata"].get("labels") or {}).get("millrace.dev/dataflow") == name
+    }
 
 
 def template_hash(o: dict[str, Any]) -> str | None:
     return ((o.get("metadata") or {}).get("annotations") or {}).get("millrace.dev/template-hash")
 
 
-def pod_status(*, ready: bool = True, terminated: tuple[int, str] | None = None,
-               crash_loop: tuple[int, str, int] | None = None) -> dict[str, Any]:
-    container: dict[str, Any] = {"name": "worker", "restartCount": 0, "state": {}, "lastState": {},
-                                 "image": "x", "imageID": "", "ready": ready}
+def pod_status(
+    *, ready: bool = True, terminated: tuple[int, str] | None = None, crash_loop: tuple[int, str, int] | None = None
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "worker",
+        "restartCount": 0,
+        "state": {},
+        "lastState": {},
+        "image": "x",
+        "imageID": "",
+        "ready": ready,
+    }
     if terminated:
         container["state"] = {"terminated": {"exitCode": terminated[0], "message": terminated[1]}}
     if crash_loop:
@@ -301,11 +359,10 @@ def pod_status(*, ready: bool = True, terminated: tuple[int, str] | None = None,
         container["restartCount"] = restarts
         container["state"] = {"waiting": {"reason": "CrashLoopBackOff"}}
         container["lastState"] = {"terminated": {"exitCode": code, "message": message}}
-    return {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-            "containerStatuses": [container]}
+    return {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}], "containerStatuses": [container]}
 
 
-_SUFFIXES = (f"{n:05x}" for n in itertools.count(0xa0000, 7919))
+_SUFFIXES = (f"{n:05x}" for n in itertools.count(0xA0000, 7919))
 
 
 def pod(job: dict[str, Any], **status: Any) -> dict[str, Any]:
@@ -315,13 +372,27 @@ def pod(job: dict[str, Any], **status: Any) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": f"{job_name}-{next(_SUFFIXES)}", "namespace": job["metadata"]["namespace"],
-                     "labels": {**template["metadata"]["labels"], "batch.kubernetes.io/job-name": job_name},
-                     "annotations": dict(template["metadata"]["annotations"]),
-                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name,
-                                          "uid": f"uid-{job_name}", "controller": True, "blockOwnerDeletion": True}]},
-        "spec": {"hostname": template["spec"]["hostname"], "subdomain": template["spec"]["subdomain"],
-                 "containers": [{"name": "worker", "image": "x"}]},
+        "metadata": {
+            "name": f"{job_name}-{next(_SUFFIXES)}",
+            "namespace": job["metadata"]["namespace"],
+            "labels": {**template["metadata"]["labels"], "batch.kubernetes.io/job-name": job_name},
+            "annotations": dict(template["metadata"]["annotations"]),
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": job_name,
+                    "uid": f"uid-{job_name}",
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "hostname": template["spec"]["hostname"],
+            "subdomain": template["spec"]["subdomain"],
+            "containers": [{"name": "worker", "image": "x"}],
+        },
         "status": pod_status(**status),
     }
 
@@ -337,8 +408,9 @@ async def play_kubelet(cluster: Apiserver, name: str = "wc", **status: Any) -> N
         mine = [p for p in pods.values() if p["metadata"]["ownerReferences"][0]["name"] == job["metadata"]["name"]]
         if mine:
             for found in mine:
-                await asyncio.to_thread(core.patch_namespaced_pod, found["metadata"]["name"], "jobs",
-                                        {"status": pod_status(**status)})
+                await asyncio.to_thread(
+                    core.patch_namespaced_pod, found["metadata"]["name"], "jobs", {"status": pod_status(**status)}
+                )
         else:
             await asyncio.to_thread(core.create_namespaced_pod, "jobs", pod(job, **status))
 
@@ -354,8 +426,9 @@ async def play_garbage_collector(cluster: Apiserver) -> None:
         for dependent in dependents(cluster, job):
             await asyncio.to_thread(core.delete_namespaced_pod, dependent["metadata"]["name"], "jobs")
         rest = [f for f in job["metadata"]["finalizers"] if f != FOREGROUND]
-        await asyncio.to_thread(batch.patch_namespaced_job, job["metadata"]["name"], "jobs",
-                                {"metadata": {"finalizers": rest or None}})
+        await asyncio.to_thread(
+            batch.patch_namespaced_job, job["metadata"]["name"], "jobs", {"metadata": {"finalizers": rest or None}}
+        )
 
 
 # Requests the tests make while playing the controllers and the user carry this user agent, so
@@ -373,8 +446,9 @@ def as_test(api_class: type) -> Any:
 async def patch_spec(spec: dict[str, Any], name: str = "wc") -> None:
     """The user edits the Dataflow's spec."""
     custom = as_test(kubernetes.client.CustomObjectsApi)
-    await asyncio.to_thread(custom.patch_namespaced_custom_object, "millrace.dev", "v1alpha1", "jobs",
-                            "dataflows", name, {"spec": spec})
+    await asyncio.to_thread(
+        custom.patch_namespaced_custom_object, "millrace.dev", "v1alpha1", "jobs", "dataflows", name, {"spec": spec}
+    )
 
 
 def phase(cluster, name: str = "wc") -> str | None:
@@ -383,4 +457,3 @@ def phase(cluster, name: str = "wc") -> str | None:
 
 def message(cluster, name: str = "wc") -> str:
     return ((obj(cluster, DATAFLOWS, name) or {}).get("status") or {}).get("message") or ""
-

@@ -128,16 +128,20 @@ def _spec(processes: int, workers: int, recovery: bool | None) -> dict[str, Any]
     return spec
 
 
-@pytest.mark.parametrize("old,new,allowed", [
-    (_spec(2, 2, True), _spec(3, 1, True), False),   # 4 workers -> 3: their state has no reader
-    (_spec(3, 1, True), _spec(2, 1, True), False),
-    (_spec(2, 2, True), _spec(4, 1, True), True),    # as many workers, spread otherwise
-    (_spec(2, 1, True), _spec(3, 1, True), True),    # more workers
-    (_spec(3, 1, True), _spec(2, 1, False), True),   # recovery off: nothing to read
-    (_spec(3, 1, False), _spec(2, 1, True), True),   # nothing recovered yet
-    (_spec(3, 1, None), _spec(2, 1, True), True),
-    (_spec(3, 1, True), _spec(2, 1, None), True),
-], ids=["4to3", "3to2", "4to4", "2to3", "off-now", "off-before", "none-before", "none-now"])
+@pytest.mark.parametrize(
+    "old,new,allowed",
+    [
+        (_spec(2, 2, True), _spec(3, 1, True), False),  # 4 workers -> 3: their state has no reader
+        (_spec(3, 1, True), _spec(2, 1, True), False),
+        (_spec(2, 2, True), _spec(4, 1, True), True),  # as many workers, spread otherwise
+        (_spec(2, 1, True), _spec(3, 1, True), True),  # more workers
+        (_spec(3, 1, True), _spec(2, 1, False), True),  # recovery off: nothing to read
+        (_spec(3, 1, False), _spec(2, 1, True), True),  # nothing recovered yet
+        (_spec(3, 1, None), _spec(2, 1, True), True),
+        (_spec(3, 1, True), _spec(2, 1, None), True),
+    ],
+    ids=["4to3", "3to2", "4to4", "2to3", "off-now", "off-before", "none-before", "none-now"],
+)
 def test_with_recovery_the_worker_count_cannot_shrink(old, new, allowed):
     """A transition rule (the API server checks it on updates, against the stored spec)."""
     import celpy

@@ -7,8 +7,28 @@ from typing import Any
 import pytest
 
 from .kopf_harness import (  # noqa: F401 - cluster is a fixture
-    APPLY, CLAIMS, CONFIGMAPS, DATAFLOWS, JOBS, NETWORKPOLICIES, RUN, SECRETS, SERVICES, Operator, cluster, dataflow,
-    jobs_of, login, message, obj, patch_spec, phase, play_garbage_collector, play_kubelet, pods_of, template_hash,
+    APPLY,
+    CLAIMS,
+    CONFIGMAPS,
+    DATAFLOWS,
+    JOBS,
+    NETWORKPOLICIES,
+    RUN,
+    SECRETS,
+    SERVICES,
+    Operator,
+    cluster,
+    dataflow,
+    jobs_of,
+    login,
+    message,
+    obj,
+    patch_spec,
+    phase,
+    play_garbage_collector,
+    play_kubelet,
+    pods_of,
+    template_hash,
     until,
 )
 
@@ -32,15 +52,27 @@ async def test_create_makes_owned_children_and_a_status(cluster):
         assert job["spec"]["suspend"] is False
         assert job["spec"]["template"]["spec"]["hostname"] == f"wc-{index}"
         assert job["spec"]["template"]["metadata"]["labels"]["millrace.dev/process"] == str(index)
-    children = [(SERVICES, "wc"), (CONFIGMAPS, "wc-flow"), (SECRETS, "wc-cluster-key"), (NETWORKPOLICIES, "wc"),
-                (JOBS, "wc-0"), (JOBS, "wc-1")]
+    children = [
+        (SERVICES, "wc"),
+        (CONFIGMAPS, "wc-flow"),
+        (SECRETS, "wc-cluster-key"),
+        (NETWORKPOLICIES, "wc"),
+        (JOBS, "wc-0"),
+        (JOBS, "wc-1"),
+    ]
     for resource, name in children:
         child = obj(cluster, resource, name)
         assert child is not None, name
         assert child["metadata"]["ownerReferences"][0]["uid"] == "uid-wc"
     # Every child was written by server-side apply, none by a plain create.
-    writes = [r for r in list(cluster) if r.resource is not None and r.resource != DATAFLOWS
-              and r.method.value in ("POST", "PUT", "PATCH") and r.resource.plural != "events"]
+    writes = [
+        r
+        for r in list(cluster)
+        if r.resource is not None
+        and r.resource != DATAFLOWS
+        and r.method.value in ("POST", "PUT", "PATCH")
+        and r.resource.plural != "events"
+    ]
     assert writes and all(r.method.value == "PATCH" for r in writes)
     assert all(r.headers.get("Content-Type", "").startswith(APPLY) for r in writes)
     assert runner.exit_code == 0, runner.output
@@ -83,11 +115,17 @@ async def test_a_spec_change_restarts_every_pod(cluster):
         assert {template_hash(j) for j in jobs_of(cluster).values()} == {old_hash}
         assert set(pods_of(cluster)) == old_pods
         await play_garbage_collector(cluster)
-        await until(lambda: sorted(jobs_of(cluster)) == ["wc-0", "wc-1", "wc-2"]
-                    and old_hash not in {template_hash(j) for j in jobs_of(cluster).values()})
+        await until(
+            lambda: (
+                sorted(jobs_of(cluster)) == ["wc-0", "wc-1", "wc-2"]
+                and old_hash not in {template_hash(j) for j in jobs_of(cluster).values()}
+            )
+        )
         assert not set(pods_of(cluster)) & old_pods
-        env = {e["name"]: e.get("value") for e in
-               obj(cluster, JOBS, "wc-2")["spec"]["template"]["spec"]["containers"][0]["env"]}
+        env = {
+            e["name"]: e.get("value")
+            for e in obj(cluster, JOBS, "wc-2")["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
         assert env["MILLRACE_PROCESSES"] == "3" and env["MILLRACE_POD_INDEX"] == "2"
         await play_kubelet(cluster, ready=True)
         await until(lambda: phase(cluster) == "Running")
@@ -175,8 +213,11 @@ async def test_a_claim_that_cannot_grow_is_reported_and_the_flow_runs_on(cluster
         for index in range(2):
             claim = obj(cluster, CLAIMS, f"recovery-wc-{index}")
             assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
-            (volume,) = [v for v in obj(cluster, JOBS, f"wc-{index}")["spec"]["template"]["spec"]["volumes"]
-                         if v["name"] == "recovery"]
+            (volume,) = [
+                v
+                for v in obj(cluster, JOBS, f"wc-{index}")["spec"]["template"]["spec"]["volumes"]
+                if v["name"] == "recovery"
+            ]
             assert volume["persistentVolumeClaim"]["claimName"] == f"recovery-wc-{index}"
         await patch_spec({"recovery": {"enabled": True, "volumeSize": "2Gi"}})
         await until(lambda: volume_size().get("reason") == "ResizeFailed")

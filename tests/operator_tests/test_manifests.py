@@ -128,8 +128,15 @@ def test_the_pod_security_check_catches_what_the_standard_forbids(df):
     container["securityContext"].update(allowPrivilegeEscalation=True, capabilities={"add": ["SYS_ADMIN"]})
     del pod["securityContext"]["seccompProfile"]
     found = "\n".join(restricted_violations(pod))
-    for rule in ("host namespaces", "HostPath", "Volume types", "Privilege escalation", "SYS_ADMIN",
-                 "must drop ALL", "Seccomp"):
+    for rule in (
+        "host namespaces",
+        "HostPath",
+        "Volume types",
+        "Privilege escalation",
+        "SYS_ADMIN",
+        "must drop ALL",
+        "Seccomp",
+    ):
         assert rule in found
 
 
@@ -139,10 +146,12 @@ def test_only_the_dataflows_own_pods_reach_its_worker_port(df):
     pods = {"matchLabels": {"millrace.dev/dataflow": name}}
     assert policy["spec"]["podSelector"] == pods
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    assert policy["spec"]["ingress"] == [{
-        "from": [{"podSelector": pods}],
-        "ports": [{"protocol": "TCP", "port": df["spec"].get("port", 2101)}],
-    }]
+    assert policy["spec"]["ingress"] == [
+        {
+            "from": [{"podSelector": pods}],
+            "ports": [{"protocol": "TCP", "port": df["spec"].get("port", 2101)}],
+        }
+    ]
     # The policy selects every process's pods.
     for job in manifests.jobs(df, suspend=False):
         assert pods["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()

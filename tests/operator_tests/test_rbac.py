@@ -22,8 +22,24 @@ import pytest
 from tests.support.helm import render, require_helm
 
 from .kopf_harness import (  # noqa: F401 - cluster is a fixture
-    APPLY, CLAIMS, CONFIGMAPS, DATAFLOWS, TEST_AGENT, Operator, as_test, cluster, dataflow, jobs_of, login, obj,
-    patch_spec, phase, play_garbage_collector, play_kubelet, template_hash, until,
+    APPLY,
+    CLAIMS,
+    CONFIGMAPS,
+    DATAFLOWS,
+    TEST_AGENT,
+    Operator,
+    as_test,
+    cluster,
+    dataflow,
+    jobs_of,
+    login,
+    obj,
+    patch_spec,
+    phase,
+    play_garbage_collector,
+    play_kubelet,
+    template_hash,
+    until,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -83,6 +99,7 @@ def _permissions(requests: Any) -> tuple[set[Permission], set[Permission]]:
 async def _garbage_collector(cluster) -> AsyncIterator[None]:
     """The garbage collector, all along: Foreground deletions of Jobs finish once their pods
     are gone, as in a cluster."""
+
     async def collect() -> None:
         while True:
             await play_garbage_collector(cluster)
@@ -98,8 +115,11 @@ async def _garbage_collector(cluster) -> AsyncIterator[None]:
 
 
 def _claims(cluster) -> dict[str, dict[str, Any]]:
-    return {name: obj(cluster, CLAIMS, name) for name in (f"recovery-wc-{i}" for i in range(3))
-            if obj(cluster, CLAIMS, name) is not None}
+    return {
+        name: obj(cluster, CLAIMS, name)
+        for name in (f"recovery-wc-{i}" for i in range(3))
+        if obj(cluster, CLAIMS, name) is not None
+    }
 
 
 def _volume_size(cluster) -> dict[str, Any]:
@@ -109,6 +129,7 @@ def _volume_size(cluster) -> dict[str, Any]:
 
 async def _a_dataflow_life(cluster) -> None:
     """Every path of the operator: each API call it can make happens at least once."""
+
     def restarted(processes: int, old: set[str | None]) -> bool:
         jobs = jobs_of(cluster)
         return len(jobs) == processes and not {template_hash(j) for j in jobs.values()} & old
@@ -128,12 +149,21 @@ async def _a_dataflow_life(cluster) -> None:
     # Another storage class: a claim's class cannot change, so the claims are replaced.
     old = hashes()
     await patch_spec({"recovery": {"enabled": True, "storageClassName": "standard"}})
-    await until(lambda: restarted(3, old) and len(_claims(cluster)) == 3 and all(
-        c["spec"].get("storageClassName") == "standard" for c in _claims(cluster).values()))
+    await until(
+        lambda: (
+            restarted(3, old)
+            and len(_claims(cluster)) == 3
+            and all(c["spec"].get("storageClassName") == "standard" for c in _claims(cluster).values())
+        )
+    )
     # A larger size: the claims grow in place.
     await patch_spec({"recovery": {"enabled": True, "volumeSize": "3Gi"}})
-    await until(lambda: all(c["spec"]["resources"]["requests"]["storage"] == "3Gi" for c in _claims(cluster).values())
-                and _volume_size(cluster).get("message", "").endswith("3Gi"))
+    await until(
+        lambda: (
+            all(c["spec"]["resources"]["requests"]["storage"] == "3Gi" for c in _claims(cluster).values())
+            and _volume_size(cluster).get("message", "").endswith("3Gi")
+        )
+    )
     # The flow moves from code to a module: its ConfigMap is deleted, the processes restarted.
     old = hashes()
     await patch_spec({"flow": {"code": None, "module": "flows.count:flow"}})
@@ -145,7 +175,9 @@ async def _a_dataflow_life(cluster) -> None:
     await patch_spec({"suspend": True})
     await until(lambda: phase(cluster) == "Suspended" and all(j["spec"]["suspend"] for j in jobs_of(cluster).values()))
     await patch_spec({"suspend": False})
-    await until(lambda: phase(cluster) == "Pending" and not any(j["spec"]["suspend"] for j in jobs_of(cluster).values()))
+    await until(
+        lambda: phase(cluster) == "Pending" and not any(j["spec"]["suspend"] for j in jobs_of(cluster).values())
+    )
     # A failure, announced by a Warning event.
     message = "millrace: failed: ZeroDivisionError: division by zero"
     await play_kubelet(cluster, ready=False, crash_loop=(1, message, 5))
@@ -153,8 +185,9 @@ async def _a_dataflow_life(cluster) -> None:
     await until(lambda: any(r.resource and r.resource.plural == "events" for r in list(cluster)))
     # The Dataflow is deleted (its children go with it, by their ownerReferences).
     custom = as_test(kubernetes.client.CustomObjectsApi)
-    await asyncio.to_thread(custom.delete_namespaced_custom_object, "millrace.dev", "v1alpha1", "jobs",
-                            "dataflows", "wc")
+    await asyncio.to_thread(
+        custom.delete_namespaced_custom_object, "millrace.dev", "v1alpha1", "jobs", "dataflows", "wc"
+    )
     await until(lambda: obj(cluster, DATAFLOWS, "wc") is None)
 
 
@@ -184,8 +217,11 @@ def _rules(manifests: list[dict[str, Any]], kind: str) -> set[Permission]:
 
 def _operator_rules(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The operator's roles (not those of the `helm test` hook)."""
-    return [m for m in manifests if m["kind"] in ("ClusterRole", "Role")
-            and "helm.sh/hook" not in (m["metadata"].get("annotations") or {})]
+    return [
+        m
+        for m in manifests
+        if m["kind"] in ("ClusterRole", "Role") and "helm.sh/hook" not in (m["metadata"].get("annotations") or {})
+    ]
 
 
 async def test_cluster_wide_install_grants_exactly_what_the_operator_uses(cluster):

@@ -29,15 +29,22 @@ class FakeApi:
         return copy.deepcopy(found) if found else None
 
     def list(self, kind, namespace, selector):
-        return [copy.deepcopy(o) for (k, ns, _), o in self.objects.items() if k == kind and ns == namespace
-                and selector.items() <= (o["metadata"].get("labels") or {}).items()]
+        return [
+            copy.deepcopy(o)
+            for (k, ns, _), o in self.objects.items()
+            if k == kind and ns == namespace and selector.items() <= (o["metadata"].get("labels") or {}).items()
+        ]
 
     def apply(self, manifest):
         meta = manifest["metadata"]
         key = (manifest["kind"], meta["namespace"], meta["name"])
         existing = self.objects.get(key)
-        if key[0] == "PersistentVolumeClaim" and existing and self.expansion_refused and (
-                _storage(existing) != _storage(manifest)):
+        if (
+            key[0] == "PersistentVolumeClaim"
+            and existing
+            and self.expansion_refused
+            and (_storage(existing) != _storage(manifest))
+        ):
             raise Refused("only dynamically provisioned pvc can be resized")
         applied = copy.deepcopy(manifest)
         if existing:
@@ -85,8 +92,11 @@ class FakeApi:
                 container["state"]["terminated"] = {"exitCode": terminated[0], "message": terminated[1]}
             pod = f"{name}-x7k2p"
             self.objects[("Pod", "ns", pod)] = {
-                "metadata": {"name": pod, "labels": {**template["metadata"]["labels"], "job": name},
-                             "annotations": dict(template["metadata"]["annotations"])},
+                "metadata": {
+                    "name": pod,
+                    "labels": {**template["metadata"]["labels"], "job": name},
+                    "annotations": dict(template["metadata"]["annotations"]),
+                },
                 "status": {
                     "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
                     "containerStatuses": [container],
@@ -201,8 +211,10 @@ def test_no_new_jobs_while_pods_of_the_old_template_remain():
         del api.objects[("Pod", "ns", name)]
     reconcile(api, df, NOW)
     assert sorted(api.jobs()) == ["df-0", "df-1", "df-2"]
-    assert all(job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/other:1"
-               for job in api.jobs().values())
+    assert all(
+        job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/other:1"
+        for job in api.jobs().values()
+    )
 
 
 def test_suspend_suspends_the_jobs_without_a_restart():
@@ -371,7 +383,8 @@ def test_another_storage_class_replaces_the_claims():
     assert api.claims() == {} and api.jobs() == {}
     settle(api, df)
     assert {name: c["spec"]["storageClassName"] for name, c in api.claims().items()} == {
-        f"recovery-df-{i}": "fast" for i in range(3)}
+        f"recovery-df-{i}": "fast" for i in range(3)
+    }
     assert sorted(api.jobs()) == ["df-0", "df-1", "df-2"]
 
 

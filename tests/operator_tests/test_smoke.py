@@ -17,8 +17,15 @@ pytestmark = pytest.mark.timeout(60)
 async def _finish_as(cluster, phase: str, message: str) -> None:
     await until(lambda: obj(cluster, DATAFLOWS, "smoke") is not None)
     custom = as_test(kubernetes.client.CustomObjectsApi)
-    await asyncio.to_thread(custom.patch_namespaced_custom_object_status, "millrace.dev", "v1alpha1", "jobs",
-                            "dataflows", "smoke", {"status": {"phase": phase, "message": message}})
+    await asyncio.to_thread(
+        custom.patch_namespaced_custom_object_status,
+        "millrace.dev",
+        "v1alpha1",
+        "jobs",
+        "dataflows",
+        "smoke",
+        {"status": {"phase": phase, "message": message}},
+    )
 
 
 async def _run(timeout: float = 20.0) -> asyncio.Task:

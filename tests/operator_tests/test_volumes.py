@@ -43,14 +43,19 @@ def test_claims_smaller_than_the_size_grow_and_larger_ones_are_refused():
     assert plan.too_large == [("r-2", "3Gi")]
     refusal = plan.refusal()
     assert refusal is not None and refusal.startswith(
-        "recovery.volumeSize 2Gi is smaller than the claims r-2 (3Gi): a volume cannot shrink")
+        "recovery.volumeSize 2Gi is smaller than the claims r-2 (3Gi): a volume cannot shrink"
+    )
 
 
-@pytest.mark.parametrize("existing", [
-    claim("r-0", storage_class="slow"),
-    claim("r-0", storage_class="slow", size="5Gi"),
-    claim("r-0", storage_class="fast", access=("ReadWriteMany",)),
-], ids=["another-class", "another-class-larger", "another-access-mode"])
+@pytest.mark.parametrize(
+    "existing",
+    [
+        claim("r-0", storage_class="slow"),
+        claim("r-0", storage_class="slow", size="5Gi"),
+        claim("r-0", storage_class="fast", access=("ReadWriteMany",)),
+    ],
+    ids=["another-class", "another-class-larger", "another-access-mode"],
+)
 def test_claims_of_another_kind_are_replaced(existing):
     plan = claim_plan([existing], [claim("r-0", storage_class="fast")], "1Gi")
     assert plan.replace == ["r-0"]

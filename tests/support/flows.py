@@ -154,9 +154,7 @@ def windows_fold(out: OutputConfig) -> Dataflow:
 def windows_collect(out: OutputConfig) -> Dataflow:
     flow = Dataflow()
     flow.input("inp", TestingInputConfig([_event(i) for i in range(400)]))
-    flow.collect_window(
-        "collect", _event_clock(), TumblingWindowConfig(timedelta(seconds=100), start_at=T0)
-    )
+    flow.collect_window("collect", _event_clock(), TumblingWindowConfig(timedelta(seconds=100), start_at=T0))
     flow.map(lambda kv: (kv[0], tuple(e["v"] for e in kv[1])))
     flow.capture(out)
     return flow
@@ -166,9 +164,7 @@ def windows_system_clock(out: OutputConfig) -> Dataflow:
     # One window far longer than the run: it closes at end of input with every value.
     flow = Dataflow()
     flow.input("inp", TestingInputConfig(keyed_items()))
-    flow.reduce_window(
-        "total", SystemClockConfig(), TumblingWindowConfig(timedelta(hours=1)), lambda a, b: a + b
-    )
+    flow.reduce_window("total", SystemClockConfig(), TumblingWindowConfig(timedelta(hours=1)), lambda a, b: a + b)
     flow.capture(out)
     return flow
 

@@ -37,12 +37,18 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def render(values: dict[str, Any] | None = None, *, release: str = "millrace", namespace: str = "millrace-system",
-           extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def render(
+    values: dict[str, Any] | None = None,
+    *,
+    release: str = "millrace",
+    namespace: str = "millrace-system",
+    extra: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
     """``helm template`` of the chart with ``values``: every manifest it would apply, CRDs included."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
         yaml.safe_dump(values or {}, file)
         file.flush()
-        done = helm("template", release, str(CHART), "--namespace", namespace, "--include-crds",
-                    "--values", file.name, *extra)
+        done = helm(
+            "template", release, str(CHART), "--namespace", namespace, "--include-crds", "--values", file.name, *extra
+        )
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]

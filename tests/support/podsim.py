@@ -79,8 +79,18 @@ class PodSimulation:
         for i, job in enumerate(jobs):
             template = job["spec"]["template"]
             name = f"{job['metadata']['name']}-{self.tag[:5]}"
-            self.pods.append(Pod(i, name, template["spec"]["hostname"], template["spec"]["subdomain"], template,
-                                 f"mrpod{self.tag}{i}", f"{SUBNET}.{10 + i}", workdir / f"pod-{name}"))
+            self.pods.append(
+                Pod(
+                    i,
+                    name,
+                    template["spec"]["hostname"],
+                    template["spec"]["subdomain"],
+                    template,
+                    f"mrpod{self.tag}{i}",
+                    f"{SUBNET}.{10 + i}",
+                    workdir / f"pod-{name}",
+                )
+            )
 
     # -- network -------------------------------------------------------------------------
 
@@ -156,8 +166,9 @@ class PodSimulation:
             "metadata.namespace": self.namespace,
             "status.podIP": pod.ip,
         }
-        fields.update({f"metadata.labels['{key}']": value
-                       for key, value in pod.template["metadata"].get("labels", {}).items()})
+        fields.update(
+            {f"metadata.labels['{key}']": value for key, value in pod.template["metadata"].get("labels", {}).items()}
+        )
         env: dict[str, str] = {}
         for var in container.get("env", []):
             if "value" in var:
@@ -167,7 +178,7 @@ class PodSimulation:
             # Paths inside mounted volumes point to the pod's local copy of that volume.
             for mount_path, local in mounts.items():
                 if value == mount_path or value.startswith(mount_path + "/"):
-                    value = local + value[len(mount_path):]
+                    value = local + value[len(mount_path) :]
             env[var["name"]] = value
         env["MILLRACE_TERMINATION_LOG"] = str(pod.root / "termination-log")
         pod.env = env
@@ -179,10 +190,25 @@ class PodSimulation:
 
     def start(self, index: int) -> subprocess.Popen[str]:
         pod = self.pods[index]
-        env = {"PATH": os.environ.get("PATH", ""), "MILLRACE_TEST_TAG": os.environ.get("MILLRACE_TEST_TAG", ""), **pod.env}
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "MILLRACE_TEST_TAG": os.environ.get("MILLRACE_TEST_TAG", ""),
+            **pod.env,
+        }
         pod.proc = subprocess.Popen(
-            ["ip", "netns", "exec", pod.netns, "unshare", "--uts", "sh", "-c",
-             f'hostname "{pod.hostname}" && exec "$@"', "pod", *pod.command],
+            [
+                "ip",
+                "netns",
+                "exec",
+                pod.netns,
+                "unshare",
+                "--uts",
+                "sh",
+                "-c",
+                f'hostname "{pod.hostname}" && exec "$@"',
+                "pod",
+                *pod.command,
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -214,7 +240,7 @@ class PodSimulation:
         for arg in probe:
             for mount_path, path in pod.mounts.items():
                 if arg == mount_path or arg.startswith(mount_path + "/"):
-                    arg = path + arg[len(mount_path):]
+                    arg = path + arg[len(mount_path) :]
             local.append(arg)
         return subprocess.run(local, capture_output=True).returncode == 0
 
@@ -226,6 +252,5 @@ class PodSimulation:
             if ended:
                 raise AssertionError(f"pods {ended} ended before every pod was ready")
             if time.monotonic() > deadline:
-                raise AssertionError(f"pods not ready within {timeout} s: "
-                                     f"{[i for i in indexes if not self.ready(i)]}")
+                raise AssertionError(f"pods not ready within {timeout} s: {[i for i in indexes if not self.ready(i)]}")
             time.sleep(0.1)

@@ -65,9 +65,7 @@ def build(scenario: str, out: str, count: int, delay: float, running: str | None
         flow.map(explode_on(1, count // 2))
     if running is not None:  # after the map, whose name (map #1) the tests expect in errors
         flow.inspect(announce_running(running))
-    flow.reduce_window(
-        "sum", SystemClockConfig(), TumblingWindowConfig(timedelta(hours=1)), lambda a, b: a + b
-    )
+    flow.reduce_window("sum", SystemClockConfig(), TumblingWindowConfig(timedelta(hours=1)), lambda a, b: a + b)
     flow.capture(file_output(out))
     return flow
 

@@ -63,19 +63,12 @@ class Dataflow:
         _require_callable(cls.kind, "the function", fn)
         self.steps.append(cls(position=len(self.steps), fn=fn))
 
-    def _check_windowed(
-        self, method: str, step_id: Any, clock_config: Any, window_config: Any
-    ) -> None:
+    def _check_windowed(self, method: str, step_id: Any, clock_config: Any, window_config: Any) -> None:
         self._check_step_id(method, step_id)
         if not isinstance(clock_config, ClockConfig):
-            raise TypeError(
-                f"{method} {step_id!r}: clock_config must be a ClockConfig, got {clock_config!r}"
-            )
+            raise TypeError(f"{method} {step_id!r}: clock_config must be a ClockConfig, got {clock_config!r}")
         if not isinstance(window_config, WindowConfig):
-            raise TypeError(
-                f"{method} {step_id!r}: window_config must be a WindowConfig, "
-                f"got {window_config!r}"
-            )
+            raise TypeError(f"{method} {step_id!r}: window_config must be a WindowConfig, got {window_config!r}")
 
     # -- inputs and outputs ----------------------------------------------------------------
 
@@ -291,11 +284,7 @@ class Dataflow:
         """
         self._check_windowed("reduce_window", step_id, clock_config, window_config)
         _require_callable(f"reduce_window {step_id!r}", "reducer", reducer)
-        self.steps.append(
-            plan.ReduceWindow(
-                step_id=step_id, clock=clock_config, window=window_config, reducer=reducer
-            )
-        )
+        self.steps.append(plan.ReduceWindow(step_id=step_id, clock=clock_config, window=window_config, reducer=reducer))
 
     def fold_window(
         self,
@@ -344,9 +333,7 @@ class Dataflow:
             )
         )
 
-    def collect_window(
-        self, step_id: str, clock_config: ClockConfig, window_config: WindowConfig
-    ) -> None:
+    def collect_window(self, step_id: str, clock_config: ClockConfig, window_config: WindowConfig) -> None:
         """Collect the values of each key and window into a list ordered by the clock's time;
         emit ``(key, list)`` when the window closes.
 
@@ -370,8 +357,4 @@ class Dataflow:
         ('k', ['a', 'c'])
         """
         self._check_windowed("collect_window", step_id, clock_config, window_config)
-        self.steps.append(
-            plan.CollectWindow(step_id=step_id, clock=clock_config, window=window_config)
-        )
-
-
+        self.steps.append(plan.CollectWindow(step_id=step_id, clock=clock_config, window=window_config))

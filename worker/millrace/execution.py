@@ -190,9 +190,7 @@ def spawn_cluster(
     if type(proc_count) is not int or proc_count < 1:
         raise ValueError(f"proc_count must be a positive int, got {proc_count!r}")
     if type(worker_count_per_proc) is not int or worker_count_per_proc < 1:
-        raise ValueError(
-            f"worker_count_per_proc must be a positive int, got {worker_count_per_proc!r}"
-        )
+        raise ValueError(f"worker_count_per_proc must be a positive int, got {worker_count_per_proc!r}")
     ctx = mp_ctx if mp_ctx is not None else multiprocessing.get_context("spawn")
     # Fail here, not in every child, on a flow or config that cannot run.
     from .runtime.worker import check_flow

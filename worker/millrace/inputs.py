@@ -150,8 +150,7 @@ class KafkaInputConfig(InputConfig):
     def __post_init__(self) -> None:
         if self.starting_offset not in ("beginning", "end"):
             raise ValueError(
-                f"KafkaInputConfig starting_offset must be 'beginning' or 'end', "
-                f"got {self.starting_offset!r}"
+                f"KafkaInputConfig starting_offset must be 'beginning' or 'end', got {self.starting_offset!r}"
             )
         # Copies, so that changing the caller's list or dict later does not change the flow.
         set_field(self, "brokers", list(self.brokers))

@@ -27,10 +27,10 @@ def cluster_args(args: Iterable[str] | None = None) -> dict[str, Any]:
     {'proc_count': 3, 'worker_count_per_proc': 2}
     """
     parser = ArgumentParser(description="Run a dataflow on local processes.")
-    parser.add_argument("-w", dest="worker_count_per_proc", type=int, default=1,
-                        help="worker threads per process (default 1)")
-    parser.add_argument("-n", dest="proc_count", type=int, default=1,
-                        help="processes to start (default 1)")
+    parser.add_argument(
+        "-w", dest="worker_count_per_proc", type=int, default=1, help="worker threads per process (default 1)"
+    )
+    parser.add_argument("-n", dest="proc_count", type=int, default=1, help="processes to start (default 1)")
     parsed = parser.parse_args(None if args is None else list(args))
     return {"proc_count": parsed.proc_count, "worker_count_per_proc": parsed.worker_count_per_proc}
 
@@ -43,12 +43,17 @@ def proc_args(args: Iterable[str] | None = None) -> dict[str, Any]:
     {'proc_id': 1, 'addresses': ['a:2101', 'b:2101'], 'worker_count_per_proc': 2}
     """
     parser = ArgumentParser(description="Run one process of a dataflow cluster.")
-    parser.add_argument("-w", dest="worker_count_per_proc", type=int, default=1,
-                        help="worker threads per process (default 1)")
-    parser.add_argument("-p", dest="proc_id", type=int, required=True,
-                        help="the id of this process, from 0")
-    parser.add_argument("-a", dest="addresses", action="append", default=[],
-                        help="host:port of every process of the cluster, this one included")
+    parser.add_argument(
+        "-w", dest="worker_count_per_proc", type=int, default=1, help="worker threads per process (default 1)"
+    )
+    parser.add_argument("-p", dest="proc_id", type=int, required=True, help="the id of this process, from 0")
+    parser.add_argument(
+        "-a",
+        dest="addresses",
+        action="append",
+        default=[],
+        help="host:port of every process of the cluster, this one included",
+    )
     parsed = parser.parse_args(None if args is None else list(args))
     return {
         "proc_id": parsed.proc_id,

@@ -143,8 +143,7 @@ def settings_from(env: Mapping[str, str], hostname: str) -> PodSettings:
     proc_id = proc_id_from(env, hostname)
     if not 0 <= proc_id < len(addresses):
         raise PodConfigError(
-            f"process id {proc_id} is outside 0..{len(addresses) - 1} "
-            f"(MILLRACE_PROCESSES={len(addresses)})"
+            f"process id {proc_id} is outside 0..{len(addresses) - 1} (MILLRACE_PROCESSES={len(addresses)})"
         )
     module = env.get("MILLRACE_FLOW") or None
     file = env.get("MILLRACE_FLOW_FILE") or None
@@ -182,9 +181,7 @@ def load_flow(module: str | None, file: Path | None) -> Dataflow:
         attribute = "flow"
         where = str(file)
     if not isinstance(flow, Dataflow):
-        raise PodConfigError(
-            f"{where} does not define a Dataflow named {attribute!r} (got {type(flow).__name__})"
-        )
+        raise PodConfigError(f"{where} does not define a Dataflow named {attribute!r} (got {type(flow).__name__})")
     return flow
 
 
@@ -215,9 +212,7 @@ def wait_for_names(addresses: Sequence[str], timeout: float) -> None:
         if not pending:
             return
         if monotonic() >= deadline:
-            raise PodConfigError(
-                f"these peer names did not resolve within {timeout:g} s: {', '.join(sorted(pending))}"
-            )
+            raise PodConfigError(f"these peer names did not resolve within {timeout:g} s: {', '.join(sorted(pending))}")
         time.sleep(0.5)
 
 

@@ -58,8 +58,7 @@ class EventClockConfig(ClockConfig):
         check_type(self, "wait_for_system_duration", timedelta, "a datetime.timedelta")
         if self.wait_for_system_duration < timedelta(0):
             raise ValueError(
-                "EventClockConfig wait_for_system_duration must not be negative, "
-                f"got {self.wait_for_system_duration!r}"
+                f"EventClockConfig wait_for_system_duration must not be negative, got {self.wait_for_system_duration!r}"
             )
 
 
@@ -91,6 +90,5 @@ class TumblingWindowConfig(WindowConfig):
             check_type(self, "start_at", datetime, "a datetime")
             if start_at.tzinfo is None or start_at.utcoffset() is None:
                 raise ValueError(
-                    "TumblingWindowConfig start_at must be timezone-aware (UTC), "
-                    f"got the naive {start_at!r}"
+                    f"TumblingWindowConfig start_at must be timezone-aware (UTC), got the naive {start_at!r}"
                 )

@@ -30,13 +30,9 @@ class PeriodicEpochConfig(EpochConfig):
 
     def __post_init__(self) -> None:
         if not isinstance(self.epoch_length, timedelta):
-            raise TypeError(
-                f"PeriodicEpochConfig epoch_length must be a timedelta, got {self.epoch_length!r}"
-            )
+            raise TypeError(f"PeriodicEpochConfig epoch_length must be a timedelta, got {self.epoch_length!r}")
         if self.epoch_length <= timedelta(0):
-            raise ValueError(
-                f"PeriodicEpochConfig epoch_length must be positive, got {self.epoch_length!r}"
-            )
+            raise ValueError(f"PeriodicEpochConfig epoch_length must be positive, got {self.epoch_length!r}")
 
 
 @dataclass(frozen=True)

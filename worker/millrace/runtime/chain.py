@@ -45,6 +45,7 @@ from .sinks import Sink
 Batch = list[Any]
 BatchFn = Callable[[Batch, int], Batch]
 
+
 class KeyedStep(Protocol):
     """What a keyed step that ends a chain provides (:class:`~.keyed.KeyedLogic` does)."""
 
@@ -77,15 +78,11 @@ _KINDS: dict[type, str] = {
 
 
 def _not_bool(step_name: str, verdict: Any, item: Any) -> TypeError:
-    return TypeError(
-        f"{step_name} must return a bool, got {describe(verdict)} for the item {describe(item)}"
-    )
+    return TypeError(f"{step_name} must return a bool, got {describe(verdict)} for the item {describe(item)}")
 
 
 def _not_iterable(step_name: str, result: Any, item: Any) -> TypeError:
-    return TypeError(
-        f"{step_name} must return an iterable, got {describe(result)} for the item {describe(item)}"
-    )
+    return TypeError(f"{step_name} must return an iterable, got {describe(result)} for the item {describe(item)}")
 
 
 @dataclass
@@ -118,9 +115,7 @@ class _Template:
 
 
 @lru_cache(maxsize=256)
-def _template(
-    kinds: tuple[str, ...], terminal: LoopCode | None = None, routed: bool = False
-) -> _Template:
+def _template(kinds: tuple[str, ...], terminal: LoopCode | None = None, routed: bool = False) -> _Template:
     t = _Template(kinds, terminal, routed)
     names = [f"_f{index}" for index in range(len(kinds))]
     if terminal is not None:
@@ -304,9 +299,7 @@ class Chain:
             if keyed is None:
                 raise TypeError("only a chain that ends in a keyed step routes")
             fns.append(router)
-        self._template = _template(
-            tuple(_KINDS[type(step)] for step in steps), terminal, router is not None
-        )
+        self._template = _template(tuple(_KINDS[type(step)] for step in steps), terminal, router is not None)
         assert self._template.factory is not None
         #: ``run(batch, epoch)``: the batch out of the last step; with a router, also the
         #: items every worker owns, ``(emitted, parts)`` (this worker's part stays empty).

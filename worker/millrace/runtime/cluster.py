@@ -31,10 +31,7 @@ _STOP_GRACE = 5.0
 def failure_reason(exc: BaseException, worker: int, proc_id: int) -> str:
     """One line for the other processes: which worker, which step, what error."""
     place = where(exc) or f"worker {worker}"
-    return (
-        f"worker {worker} (process {proc_id}) failed, {place}: "
-        f"{type(exc).__name__}: {exc}"
-    )
+    return f"worker {worker} (process {proc_id}) failed, {place}: {type(exc).__name__}: {exc}"
 
 
 def run_process(
@@ -76,9 +73,7 @@ def run_process(
             raise ValueError(f"worker_count_per_proc must be a positive int, got {workers_per_proc!r}")
         link = None
         if proc_count > 1:
-            link = ZmqLink(
-                addresses, proc_id, workers_per_proc, secret, connect_timeout, cluster_id, listener
-            )
+            link = ZmqLink(addresses, proc_id, workers_per_proc, secret, connect_timeout, cluster_id, listener)
     except BaseException:
         if listener is not None:
             listener.close()
@@ -104,8 +99,13 @@ def run_process(
     def work(index: int) -> None:
         try:
             Worker(
-                flow, index, exchange, epoch_policy(epoch_config, clock), flow_start,
-                recovery_dir, clock,
+                flow,
+                index,
+                exchange,
+                epoch_policy(epoch_config, clock),
+                flow_start,
+                recovery_dir,
+                clock,
             ).run()
         except Stopped:
             pass
@@ -114,7 +114,9 @@ def run_process(
             exchange.fail(failure_reason(exc, index, proc_id))
 
     threads = [
-        threading.Thread(target=work, args=(exchange.first + t,), name=f"millrace-worker-{exchange.first + t}", daemon=True)
+        threading.Thread(
+            target=work, args=(exchange.first + t,), name=f"millrace-worker-{exchange.first + t}", daemon=True
+        )
         for t in range(workers_per_proc)
     ]
     for thread in threads:
@@ -136,9 +138,7 @@ def run_process(
         raise (PeerLost if exchange.peer_lost else ClusterError)(exchange.reason or "the cluster stopped")
 
 
-def _supervise(
-    threads: list[threading.Thread], exchange: Exchange, abandoned: Callable[[], str | None] | None
-) -> None:
+def _supervise(threads: list[threading.Thread], exchange: Exchange, abandoned: Callable[[], str | None] | None) -> None:
     """Wait for the workers; once the cluster is failing, give them a grace period."""
     for thread in threads:
         while thread.is_alive():
@@ -160,5 +160,3 @@ def _join(threads: list[threading.Thread], timeout: float) -> None:
     stuck = [t.name for t in threads if t.is_alive()]
     if stuck:
         log.warning("workers %s are still inside user code; leaving them behind", stuck)
-
-

@@ -26,9 +26,7 @@ def epoch_policy(epoch_config: EpochConfig | None, clock: Clock = SYSTEM_CLOCK) 
         return ItemEpochs()
     if isinstance(epoch_config, PeriodicEpochConfig):
         return PeriodicEpochs(epoch_config.epoch_length, clock.monotonic)
-    raise TypeError(
-        f"epoch_config must be a PeriodicEpochConfig or TestingEpochConfig, got {epoch_config!r}"
-    )
+    raise TypeError(f"epoch_config must be a PeriodicEpochConfig or TestingEpochConfig, got {epoch_config!r}")
 
 
 def check_recovery(recovery_config: Any) -> Path | None:

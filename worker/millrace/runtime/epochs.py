@@ -30,9 +30,7 @@ class PeriodicEpochs(EpochPolicy):
     """An epoch ends once ``length`` has passed on ``monotonic`` (a clock's ``monotonic``;
     bound here once because :meth:`over` is asked after every batch)."""
 
-    def __init__(
-        self, length: timedelta, monotonic: Callable[[], float] = SYSTEM_CLOCK.monotonic
-    ) -> None:
+    def __init__(self, length: timedelta, monotonic: Callable[[], float] = SYSTEM_CLOCK.monotonic) -> None:
         self.seconds = length.total_seconds()
         self.ends_at = 0.0
         self._monotonic = monotonic

@@ -63,9 +63,7 @@ class Exchange:
         self.first = first
         self.local_count = local_count
         self.remote = remote
-        self.inboxes: list[queue.SimpleQueue[Message]] = [
-            queue.SimpleQueue() for _ in range(local_count)
-        ]
+        self.inboxes: list[queue.SimpleQueue[Message]] = [queue.SimpleQueue() for _ in range(local_count)]
         self.stopping = threading.Event()
         self.reason: str | None = None
         # Whether the first reason is a peer that went away (see errors.PeerLost).

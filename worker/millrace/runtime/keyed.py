@@ -171,6 +171,5 @@ class StatefulMapLogic(KeyedLogic):
 
     def not_a_pair(self, result: Any, key: Any) -> TypeError:
         return TypeError(
-            f"{self.name}: the mapper must return a (new_state, output) 2-tuple, "
-            f"got {describe(result)} for key {key!r}"
+            f"{self.name}: the mapper must return a (new_state, output) 2-tuple, got {describe(result)} for key {key!r}"
         )

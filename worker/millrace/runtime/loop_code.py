@@ -49,11 +49,29 @@ LOOP_GLOBALS: frozenset[str] = frozenset({"len", "KeyError"})
 #: The names the loop itself binds, which keyed code must leave alone: rebinding one would
 #: corrupt the loop around it (``_touched`` records the keys a snapshot must store, ``_parts``
 #: what goes to other workers, ``_f<i>`` are the stateless steps' functions...).
-LOOP_OWN_NAMES: frozenset[str] = frozenset({
-    "_factory", "run", "batch", "epoch", "_not_bool", "_names", "_r",
-    "_item", "_out", "_keep", "_touched", "_key_type",
-    "_count", "_me", "_owners_get", "_owner_of", "_parts", "_dest", "_",
-})
+LOOP_OWN_NAMES: frozenset[str] = frozenset(
+    {
+        "_factory",
+        "run",
+        "batch",
+        "epoch",
+        "_not_bool",
+        "_names",
+        "_r",
+        "_item",
+        "_out",
+        "_keep",
+        "_touched",
+        "_key_type",
+        "_count",
+        "_me",
+        "_owners_get",
+        "_owner_of",
+        "_parts",
+        "_dest",
+        "_",
+    }
+)
 #: The loop's numbered names: ``_f<i>`` the functions of step ``i``, ``_i<i>`` its output
 #: item, ``_r<i>`` a flat_map's result.
 LOOP_OWN_PATTERN = re.compile(r"_[fir]\d+")
@@ -64,8 +82,17 @@ CHAIN_GLOBALS: frozenset[str] = frozenset({"MISSING", "type", "tuple", "str", "i
 # Statements that would change what the loop is rather than work inside it: a return or a
 # yield ends or suspends the whole batch, an import or a definition binds a name unchecked.
 _REFUSED = (
-    ast.Return, ast.Yield, ast.YieldFrom, ast.Await, ast.Global, ast.Nonlocal,
-    ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+    ast.Return,
+    ast.Yield,
+    ast.YieldFrom,
+    ast.Await,
+    ast.Global,
+    ast.Nonlocal,
+    ast.Import,
+    ast.ImportFrom,
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
 )
 
 
@@ -157,7 +184,6 @@ def check_loop_code(code: LoopCode) -> frozenset[str]:
         if name not in LOOP_NAMES and name not in LOOP_GLOBALS and name not in bound:
             raise fail(
                 lineno,
-                f"reads {name!r}, which is not in LOOP_NAMES, not in LOOP_GLOBALS, and not "
-                "bound by the code itself",
+                f"reads {name!r}, which is not in LOOP_NAMES, not in LOOP_GLOBALS, and not bound by the code itself",
             )
     return frozenset(attributes)

@@ -122,9 +122,7 @@ class Recovery:
 
     # -- 2. the keyed state of a grown cluster ---------------------------------------------
 
-    def migrate(
-        self, keyed: dict[str, dict[Any, Any]], old_count: int
-    ) -> list[tuple[int, Message]]:
+    def migrate(self, keyed: dict[str, dict[Any, Any]], old_count: int) -> list[tuple[int, Message]]:
         """Sort this worker's ``keyed`` state (per step id, per key) by each key's owner among
         ``count`` workers; keep its own, and return the ``(dest, MIGRATE)`` messages that take
         the rest to them, in the order to send. A worker of the old cluster (``index <
@@ -141,7 +139,7 @@ class Recovery:
             self._migration_senders.add(self.index)
             for dest, entries in outgoing.items():
                 for start in range(0, max(len(entries), 1), MIGRATE_CHUNK):
-                    chunk = entries[start:start + MIGRATE_CHUNK]
+                    chunk = entries[start : start + MIGRATE_CHUNK]
                     final = start + MIGRATE_CHUNK >= len(entries)
                     sends.append((dest, (MIGRATE, self.index, chunk, final)))
         return sends

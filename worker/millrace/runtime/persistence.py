@@ -89,7 +89,8 @@ def check_stores(db_dir: Path, info: store.StoreInfo | None, step_ids: list[str]
             )
     numbers = {path.name: path.stem.split("-", 1)[1] for path in db_dir.glob("worker-*.sqlite3")}
     strays = sorted(
-        name for name, number in numbers.items()
+        name
+        for name, number in numbers.items()
         if number.isdigit() and int(number) >= count and _holds_a_snapshot(db_dir, int(number))
     )
     if strays:

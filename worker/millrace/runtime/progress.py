@@ -86,8 +86,7 @@ class Progress:
     """The progress protocol of worker ``index`` of ``count``, for a flow of ``steps`` stateful
     steps (module docstring)."""
 
-    __slots__ = ("index", "count", "steps", "_marks", "_dones", "_phase", "_epoch", "_step",
-                 "_eof", "_round")
+    __slots__ = ("index", "count", "steps", "_marks", "_dones", "_phase", "_epoch", "_step", "_eof", "_round")
 
     def __init__(self, index: int, count: int, steps: int) -> None:
         self.index = index

@@ -86,8 +86,7 @@ def stopped_rescale(summaries: Mapping[int, StoreSummary]) -> int | None:
         return None
     (target,) = targets
     swapped = any(
-        summary.staged is None and summary.worker_count == target and summary.progress >= 0
-        for summary in existing
+        summary.staged is None and summary.worker_count == target and summary.progress >= 0 for summary in existing
     )
     return target if swapped else None
 

@@ -50,13 +50,10 @@ def check_flow(flow: Dataflow) -> None:
         raise ValueError("the flow has no input: add one with Dataflow.input(step_id, config)")
     if not any(isinstance(step, plan.Capture) for step in steps):
         raise ValueError(
-            "the flow has no capture, so its results would go nowhere: add one with "
-            "Dataflow.capture(output_config)"
+            "the flow has no capture, so its results would go nowhere: add one with Dataflow.capture(output_config)"
         )
     if not isinstance(steps[0], plan.Input):
-        raise ValueError(
-            f"{steps[0].name} comes before any input; a flow starts with Dataflow.input"
-        )
+        raise ValueError(f"{steps[0].name} comes before any input; a flow starts with Dataflow.input")
 
 
 def build_logic(

@@ -85,8 +85,7 @@ def build_sink(config: OutputConfig, worker_index: int, worker_count: int, step_
         fn = config.output_builder(worker_index, worker_count)
         if not callable(fn):
             raise TypeError(
-                f"{step_name}: output_builder must return a callable that takes each item, "
-                f"got {describe(fn)}"
+                f"{step_name}: output_builder must return a callable that takes each item, got {describe(fn)}"
             )
         return _CallableSink(fn, with_epoch=isinstance(config, ManualEpochOutputConfig))
     if isinstance(config, TestingOutputConfig):
@@ -95,7 +94,6 @@ def build_sink(config: OutputConfig, worker_index: int, worker_count: int, step_
         return _StdoutSink()
     if isinstance(config, KafkaOutputConfig):
         raise NotImplementedError(
-            f"{step_name}: KafkaOutputConfig needs Kafka support, which this build of millrace "
-            "does not include"
+            f"{step_name}: KafkaOutputConfig needs Kafka support, which this build of millrace does not include"
         )
     raise TypeError(f"{step_name}: unsupported output configuration {describe(config)}")

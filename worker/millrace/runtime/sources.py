@@ -83,8 +83,7 @@ class ManualReader(Reader):
 
     def _bad(self, got: Any) -> TypeError:
         return TypeError(
-            f"{self.name}: the input builder must yield (state, item) 2-tuples or None, "
-            f"got {describe(got)}"
+            f"{self.name}: the input builder must yield (state, item) 2-tuples or None, got {describe(got)}"
         )
 
     def _take(self, want: int) -> list[Any]:
@@ -123,7 +122,7 @@ class ManualReader(Reader):
                         last = one
                     elif one is None:
                         # Nothing yet: stop here; what was pulled after it comes next time.
-                        self._pending[:0] = [x for x in got[position + 1:] if x is not None]
+                        self._pending[:0] = [x for x in got[position + 1 :] if x is not None]
                         paused = True
                         break
                     else:
@@ -187,9 +186,7 @@ class TestingReader(Reader):
         return items
 
 
-def build_reader(
-    config: InputConfig, name: str, worker_index: int, worker_count: int, resume_state: Any
-) -> Reader:
+def build_reader(config: InputConfig, name: str, worker_index: int, worker_count: int, resume_state: Any) -> Reader:
     """The reader of ``config`` for one worker, resumed at ``resume_state`` (``None``: fresh)."""
     if isinstance(config, TestingBuilderInputConfig):
         if resume_state is None:
@@ -204,13 +201,11 @@ def build_reader(
             iterator = iter(built)
         except TypeError:
             raise TypeError(
-                f"{name}: the input builder must return an iterable of (state, item) "
-                f"2-tuples, got {describe(built)}"
+                f"{name}: the input builder must return an iterable of (state, item) 2-tuples, got {describe(built)}"
             ) from None
         return ManualReader(name, iterator, resume_state)
     if isinstance(config, KafkaInputConfig):
         raise NotImplementedError(
-            f"{name}: KafkaInputConfig needs Kafka support, which this build of millrace does "
-            "not include"
+            f"{name}: KafkaInputConfig needs Kafka support, which this build of millrace does not include"
         )
     raise TypeError(f"{name}: unsupported input configuration {describe(config)}")

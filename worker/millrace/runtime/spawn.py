@@ -52,8 +52,18 @@ def run(
     procs = [
         ctx.Process(
             target=_spawned_main,
-            args=(payload, proc_id, proc_count, worker_count_per_proc, secret, errors, ports,
-                  inboxes[proc_id], connect_timeout, cluster_id),
+            args=(
+                payload,
+                proc_id,
+                proc_count,
+                worker_count_per_proc,
+                secret,
+                errors,
+                ports,
+                inboxes[proc_id],
+                connect_timeout,
+                cluster_id,
+            ),
             name=f"millrace-proc-{proc_id}",
             daemon=False,
         )
@@ -227,7 +237,4 @@ def _raise_failure(procs: list[Any], failures: list[tuple[int, bytes]]) -> None:
         raise excs[0][1]
     bad = [(i, proc.exitcode) for i, proc in enumerate(procs) if proc.exitcode not in (0, None)]
     if bad:
-        raise ClusterError(
-            "spawn_cluster: "
-            + ", ".join(f"process {i} exited with code {code}" for i, code in bad)
-        )
+        raise ClusterError("spawn_cluster: " + ", ".join(f"process {i} exited with code {code}" for i, code in bad))

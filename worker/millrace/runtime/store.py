@@ -160,9 +160,7 @@ def inspect(db_dir: Path, worker_index: int) -> StoreInfo | None:
             if _is_empty(conn):
                 return None  # its worker was stopped while creating it: nothing was written
             meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
-            row = conn.execute(
-                "SELECT epoch FROM progress WHERE worker = ?", (worker_index,)
-            ).fetchone()
+            row = conn.execute("SELECT epoch FROM progress WHERE worker = ?", (worker_index,)).fetchone()
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
@@ -185,8 +183,7 @@ def inspect(db_dir: Path, worker_index: int) -> StoreInfo | None:
             step_ids=tuple(json.loads(meta["step_ids"])),
             flow_start=datetime.fromisoformat(meta["flow_start"]),
             progress=None if row is None else int(row[0]),
-            staged=(int(meta["staged_count"]), int(meta["staged_epoch"]))
-            if "staged_count" in meta else None,
+            staged=(int(meta["staged_count"]), int(meta["staged_epoch"])) if "staged_count" in meta else None,
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise RecoveryError(f"recovery store {path} has damaged metadata ({exc!r})") from None
@@ -239,9 +236,7 @@ class WorkerStore:
         """Input states and keyed states as of the end of epoch ``resume_epoch - 1``."""
         last = resume_epoch - 1
         inputs: dict[str, Any] = {}
-        for step_id, blob in self.conn.execute(
-            "SELECT step_id, state FROM inputs WHERE epoch = ?", (last,)
-        ):
+        for step_id, blob in self.conn.execute("SELECT step_id, state FROM inputs WHERE epoch = ?", (last,)):
             inputs[step_id] = load_state(blob)
         keyed: dict[str, dict[Any, Any]] = {}
         rows = self.conn.execute(
@@ -299,8 +294,9 @@ class WorkerStore:
         self.stage_rescale(worker_count, epoch, inputs, keyed)
         self.commit_rescale()
 
-    def stage_rescale(self, worker_count: int, epoch: int, inputs: dict[str, Any],
-                      keyed: dict[str, dict[Any, Any]]) -> None:
+    def stage_rescale(
+        self, worker_count: int, epoch: int, inputs: dict[str, Any], keyed: dict[str, dict[Any, Any]]
+    ) -> None:
         """Write what :meth:`rescale` writes beside this file's current content, which stays
         what a restart reads until :meth:`commit_rescale` (or :meth:`drop_rescale`)."""
         chunks = {step_id: Chunk(states, [], full=True) for step_id, states in keyed.items()}
@@ -321,16 +317,16 @@ class WorkerStore:
         """Swap what :meth:`stage_rescale` wrote in for this file's content, in one
         transaction."""
         with self._transaction() as conn:
-            meta = dict(conn.execute(
-                "SELECT name, value FROM meta WHERE name IN ('staged_count', 'staged_epoch')"))
+            meta = dict(conn.execute("SELECT name, value FROM meta WHERE name IN ('staged_count', 'staged_epoch')"))
             if len(meta) != 2:
                 raise RecoveryError(f"recovery store {self.path} holds no staged rescale to commit")
             conn.execute("DELETE FROM chunks")
             conn.execute("DELETE FROM inputs")
             conn.execute("INSERT INTO chunks SELECT * FROM staged_chunks")
             conn.execute("INSERT INTO inputs SELECT * FROM staged_inputs")
-            conn.execute("INSERT OR REPLACE INTO progress VALUES (?, ?)",
-                         (self.worker_index, int(meta["staged_epoch"])))
+            conn.execute(
+                "INSERT OR REPLACE INTO progress VALUES (?, ?)", (self.worker_index, int(meta["staged_epoch"]))
+            )
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('worker_count', ?)", (meta["staged_count"],))
             self._drop_staged(conn)
 
@@ -351,9 +347,7 @@ class WorkerStore:
         (version,) = self.conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
         if int(version) == FORMAT_VERSION:
             return
-        row = self.conn.execute(
-            "SELECT epoch FROM progress WHERE worker = ?", (self.worker_index,)
-        ).fetchone()
+        row = self.conn.execute("SELECT epoch FROM progress WHERE worker = ?", (self.worker_index,)).fetchone()
         has_cleared = self.conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cleared'"
         ).fetchone()
@@ -362,10 +356,8 @@ class WorkerStore:
             if row is not None:
                 for last in sorted({row[0] - 1, row[0]} - {-1}):
                     keyed = _load_format_1(conn, last, bool(has_cleared))
-                    step_ids = json.loads(
-                        conn.execute("SELECT value FROM meta WHERE name = 'step_ids'").fetchone()[0])
-                    chunks = {step_id: Chunk(keyed.get(step_id, {}), [], full=True)
-                              for step_id in step_ids}
+                    step_ids = json.loads(conn.execute("SELECT value FROM meta WHERE name = 'step_ids'").fetchone()[0])
+                    chunks = {step_id: Chunk(keyed.get(step_id, {}), [], full=True) for step_id in step_ids}
                     self._write_chunks(conn, last, chunks)
             conn.execute("DROP TABLE state")
             if has_cleared:
@@ -385,8 +377,9 @@ class WorkerStore:
                 conn.execute("ROLLBACK")
             raise
 
-    def _write_epoch(self, conn: sqlite3.Connection, epoch: int, inputs: dict[str, Any],
-                     chunks: dict[str, Chunk]) -> None:
+    def _write_epoch(
+        self, conn: sqlite3.Connection, epoch: int, inputs: dict[str, Any], chunks: dict[str, Chunk]
+    ) -> None:
         """The rows of the end of ``epoch``: input states, chunks, this worker's progress."""
         conn.executemany("INSERT OR REPLACE INTO inputs VALUES (?, ?, ?)", _input_rows(epoch, inputs))
         self._write_chunks(conn, epoch, chunks)
@@ -402,16 +395,19 @@ def _input_rows(epoch: int, inputs: dict[str, Any]) -> list[tuple[str, int, byte
 
 
 def _chunk_rows(epoch: int, chunks: dict[str, Chunk]) -> list[tuple[str, int, int, bytes]]:
-    return [(step_id, epoch, int(chunk.full), dump_state((chunk.changed, chunk.forgotten)))
-            for step_id, chunk in chunks.items()]
+    return [
+        (step_id, epoch, int(chunk.full), dump_state((chunk.changed, chunk.forgotten)))
+        for step_id, chunk in chunks.items()
+    ]
 
 
 def _load_format_1(conn: sqlite3.Connection, last: int, has_cleared: bool) -> dict[str, dict[Any, Any]]:
     """The keyed states as of the end of epoch ``last`` in a format 1 file: per key its newest
     row up to ``last``, unless a clear of its step is newer; a ``NULL`` row is a forgotten key."""
     cleared = (
-        "AND s.epoch > COALESCE((SELECT MAX(epoch) FROM cleared "
-        "WHERE step_id = s.step_id AND epoch <= :last), -1)" if has_cleared else ""
+        "AND s.epoch > COALESCE((SELECT MAX(epoch) FROM cleared WHERE step_id = s.step_id AND epoch <= :last), -1)"
+        if has_cleared
+        else ""
     )
     rows = conn.execute(
         f"""

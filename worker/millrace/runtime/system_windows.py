@@ -151,8 +151,7 @@ class SystemClockWindowLogic(KeyedLogic):
         open_windows = sorted(self.open.items())
         if len(open_windows) == 1:  # the usual case: only the current window is open
             ((index, accs),) = open_windows
-            return [(key, (now, now, {index: accs[key]}) if key in accs else FORGOTTEN)
-                    for key in keys]
+            return [(key, (now, now, {index: accs[key]}) if key in accs else FORGOTTEN) for key in keys]
         exported: list[tuple[Any, Any]] = []
         for key in keys:
             windows = {index: accs[key] for index, accs in open_windows if key in accs}

@@ -68,9 +68,7 @@ class Worker:
         self.recovery = Recovery(index, self.count)
         self.snapshots = Snapshots()
         self._now = clock.now
-        self.logics, self.input_steps, self.after = lay_out(
-            flow, flow_start, self.router, clock.now
-        )
+        self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router, clock.now)
         self.progress = Progress(index, self.count, len(self.logics))
 
     # -- inputs ----------------------------------------------------------------------------
@@ -210,9 +208,7 @@ class Worker:
         while (msg := recv(self.index, None)) is not None:
             self._handle(msg)
 
-    def _wait_for(
-        self, ready: Callable[[], bool], epoch: int = 0, tick_from: int | None = None
-    ) -> None:
+    def _wait_for(self, ready: Callable[[], bool], epoch: int = 0, tick_from: int | None = None) -> None:
         """Handle messages until ``ready()``; meanwhile let time close the windows of steps
         ``tick_from`` and later (a worker whose input ran dry may wait here a whole epoch)."""
         recv = self.exchange.recv
@@ -334,17 +330,22 @@ class Worker:
     # -- recovery --------------------------------------------------------------------------
 
     def _step_ids(self) -> list[str]:
-        return [step.step_id for step, _ in self.input_steps] + [
-            logic.step_id for logic in self.logics
-        ]
+        return [step.step_id for step, _ in self.input_steps] + [logic.step_id for logic in self.logics]
 
     def _recover(self) -> dict[str, Any]:
         """With a recovery directory, bring the state back (:func:`.persistence.restore`) and
         return the input states; without, start afresh."""
         if self.recovery_dir is None:
             return {}
-        restored = restore(self.recovery_dir, self.recovery, self.exchange, self._gather,
-                           self._step_ids(), self.logics, self.flow_start)
+        restored = restore(
+            self.recovery_dir,
+            self.recovery,
+            self.exchange,
+            self._gather,
+            self._step_ids(),
+            self.logics,
+            self.flow_start,
+        )
         self.store, self.epoch, input_states = restored
         return input_states
 

@@ -72,7 +72,12 @@ def derive_key(secret: bytes | None) -> bytes | None:
 
 
 def seal(
-    key: bytes | None, kind: int, sender: int, dest: int, seq: int, payload: bytes,
+    key: bytes | None,
+    kind: int,
+    sender: int,
+    dest: int,
+    seq: int,
+    payload: bytes,
     run: bytes = bytes(RUN_SIZE),
 ) -> list[bytes]:
     header = _HEADER.pack(kind, sender, dest, seq, run)
@@ -96,9 +101,7 @@ def open_frame(key: bytes | None, parts: list[bytes], proc_count: int) -> Frame:
     if sender >= proc_count:
         raise BadFrame(f"sender process {sender} is not in this cluster of {proc_count}")
     if key is not None:
-        if len(mac) != _MAC_SIZE or not hmac.compare_digest(
-            mac, hmac.digest(key, header + payload, "sha256")
-        ):
+        if len(mac) != _MAC_SIZE or not hmac.compare_digest(mac, hmac.digest(key, header + payload, "sha256")):
             raise BadFrame(
                 f"authentication failed for a frame claiming to come from process {sender}",
                 kind,
@@ -167,8 +170,7 @@ def load_messages(payload: bytes) -> list[tuple[int, Any]]:
     except Exception as exc:
         raise BadFrame(f"undecodable message: {type(exc).__name__}: {exc}") from None
     if type(messages) is not list or not all(
-        type(m) is tuple and len(m) == 2 and type(m[0]) is int and type(m[1]) is tuple
-        for m in messages
+        type(m) is tuple and len(m) == 2 and type(m[0]) is int and type(m[1]) is tuple for m in messages
     ):
         raise BadFrame("a MESSAGE payload must be a list of (worker, message) pairs")
     return messages

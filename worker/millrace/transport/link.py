@@ -164,9 +164,7 @@ class ZmqLink:
         self._exchange = exchange
         if self._listener is None:
             host, port = self.hosts[self.proc_id]
-            self._listener = Listener(
-                bind_endpoint(host, port), self.addresses[self.proc_id], self.proc_id
-            )
+            self._listener = Listener(bind_endpoint(host, port), self.addresses[self.proc_id], self.proc_id)
         ctx = self._listener.ctx
         self._pull = self._listener.socket
         for peer in self.peers:
@@ -190,16 +188,13 @@ class ZmqLink:
                 push.connect(connect_endpoint(peer_host, peer_port))
             except zmq.ZMQError as exc:
                 raise ClusterError(
-                    f"process {self.proc_id} cannot connect to process {peer} at "
-                    f"{self.addresses[peer]}: {exc}"
+                    f"process {self.proc_id} cannot connect to process {peer} at {self.addresses[peer]}: {exc}"
                 ) from None
             self._push[peer] = push
         for peer in self.peers:
             self._outbound.put((peer, frames.HELLO, self._hello))
         for target, name in ((self._send_loop, "sender"), (self._receive_loop, "receiver")):
-            thread = threading.Thread(
-                target=target, name=f"millrace-{name}-{self.proc_id}", daemon=True
-            )
+            thread = threading.Thread(target=target, name=f"millrace-{name}-{self.proc_id}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -284,9 +279,7 @@ class ZmqLink:
                 if kind == frames.MESSAGE and self._failing.is_set():
                     continue  # after a failure only ABORT matters
                 seq[peer] += 1
-                self._send(
-                    peer, frames.seal(self.key, kind, self.proc_id, 0, seq[peer], payload, self.run)
-                )
+                self._send(peer, frames.seal(self.key, kind, self.proc_id, 0, seq[peer], payload, self.run))
         except Exception as exc:  # a bug here must not leave the peers waiting forever
             log.exception("process %d: sender failed", self.proc_id)
             assert self._exchange is not None
@@ -451,7 +444,10 @@ class ZmqLink:
             if self._refused.get(frame.sender) != why:
                 log.warning(
                     "process %d: refused a HELLO from process %d (%s): %s",
-                    self.proc_id, frame.sender, self.addresses[frame.sender], why,
+                    self.proc_id,
+                    frame.sender,
+                    self.addresses[frame.sender],
+                    why,
                 )
             self._refused[frame.sender] = why
             return
@@ -518,14 +514,13 @@ class ZmqLink:
             elif now >= deadline:
                 del self._suspects[peer]
                 what = (
-                    f"it said HELLO, but could not be reached within {_CONNECT_GRACE:g} s after "
-                    "the cluster formed" if peer in self._unconnected
+                    f"it said HELLO, but could not be reached within {_CONNECT_GRACE:g} s after the cluster formed"
+                    if peer in self._unconnected
                     else "its connection closed before the flow finished"
                 )
                 self._unconnected.discard(peer)
                 self._failing.set()
                 self._exchange.fail(
-                    f"lost process {peer} ({self.addresses[peer]}): {what} (the process died "
-                    "or the network failed)",
+                    f"lost process {peer} ({self.addresses[peer]}): {what} (the process died or the network failed)",
                     peer_lost=True,
                 )
