@@ -23,7 +23,7 @@ from millrace.execution import cluster_main, run_main, spawn_cluster
 from millrace.inputs import TestingInputConfig
 from millrace.outputs import TestingOutputConfig
 from millrace.runtime.errors import ClusterError
-from millrace.testing import doctest_ctx
+from millrace.testing import ManualClock, doctest_ctx
 from millrace.transport import frames
 from millrace.transport.addresses import free_ports
 from millrace.transport.link import Listener
@@ -282,11 +282,34 @@ def _cluster(procs: Procs, tmp_path: Path, scenario: str, count=2, workers=1, ex
                 str(workers),
                 "--out",
                 out,
+                "--running",
+                _running(out, proc_id),
                 *extra,
                 env=(env[proc_id] if env else {"MILLRACE_CLUSTER_SECRET": "s3cret"}),
             )
         )
     return started, addresses, out
+
+
+def _wait_running(started: list, out: str, timeout: float = 60.0) -> None:
+    """Until every process of a :func:`_cluster` started with ``--running`` has had its first
+    item: the cluster has formed and is computing. A readiness signal, not a guess at how
+    long starting takes; fails at once if a process ends first."""
+    marks = [Path(_running(out, proc_id)) for proc_id in range(len(started))]
+    deadline = time.monotonic() + timeout
+    while not all(mark.exists() for mark in marks):
+        ended = [proc_id for proc_id, proc in enumerate(started) if proc.poll() is not None]
+        assert not ended, (
+            f"processes {ended} ended before the cluster ran",
+            [started[proc_id].communicate()[1][-2000:] for proc_id in ended],
+        )
+        assert time.monotonic() < deadline, f"the cluster did not run within {timeout:g} s"
+        time.sleep(0.01)
+
+
+def _running(out: str, proc_id: int) -> str:
+    # Beside the outputs, but not one of them (_read_outputs reads OUT.*).
+    return f"{out}-running.{proc_id}"
 
 
 def _read_outputs(out: str) -> list:
@@ -326,8 +349,8 @@ def test_exception_in_one_worker_stops_every_process(procs, tmp_path):
 
 
 def test_a_killed_process_fails_its_peers(procs, tmp_path):
-    started, addresses, _ = _cluster(procs, tmp_path, "forever", extra=("--delay", "0.01"))
-    time.sleep(2.0)
+    started, addresses, out = _cluster(procs, tmp_path, "forever", extra=("--delay", "0.01"))
+    _wait_running(started, out)
     assert all(proc.poll() is None for proc in started), "the cluster should be running"
     started[1].send_signal(signal.SIGKILL)
     _, stderr = started[0].communicate(timeout=30)
@@ -346,7 +369,7 @@ def _endless_cluster_script(tmp_path: Path, *body: str) -> str:
             [
                 "import sys",
                 f"sys.path.insert(0, {str(SUPPORT.parent)!r})",
-                "from support.flows import slow_numbers",
+                "from support.flows import print_running, slow_numbers",
                 "from millrace.dataflow import Dataflow",
                 "from millrace.execution import spawn_cluster",
                 "from millrace.outputs import StdOutputConfig, TestingOutputConfig",
@@ -372,6 +395,7 @@ def test_ctrl_c_stops_the_whole_cluster(procs, tmp_path):
     parent = procs.start(
         _endless_cluster_script(
             tmp_path,
+            "flow.inspect(print_running)",
             "flow.reduce('r', lambda a, b: a + b, lambda a: False)",
             "flow.capture(TestingOutputConfig([]))",
             "print('starting', flush=True)",
@@ -379,7 +403,11 @@ def test_ctrl_c_stops_the_whole_cluster(procs, tmp_path):
         )
     )
     assert parent.stdout.readline().strip() == "starting"
-    time.sleep(4.0)  # let the children start and connect
+    # Each child prints "running" at its first item, once the cluster has formed; a line that
+    # does not come (the parent ended) fails here, and pytest's timeout bounds the wait.
+    for _ in range(2):
+        line = parent.stdout.readline()
+        assert line.strip() == "running", f"the cluster did not start: {line!r}"
     assert parent.poll() is None
     # A terminal's Ctrl-C goes to the whole foreground process group.
     os.killpg(parent.pid, signal.SIGINT)
@@ -424,7 +452,7 @@ def _inject(addresses: str, *messages: list[bytes], pause: float = 0.5) -> None:
 def test_hostile_bytes_are_dropped_and_the_flow_finishes(procs, tmp_path):
     started, addresses, out = _cluster(procs, tmp_path, "sum", extra=("--count", "150", "--delay", "0.02"))
     host, port = addresses.split(",")[0].split(":")
-    time.sleep(1.0)
+    _wait_running(started, out)
     # Raw garbage that is not even ZMTP.
     for payload in (b"\x00" * 64, os.urandom(4096), b"GET / HTTP/1.1\r\n\r\n"):
         with socket.create_connection((host, int(port)), timeout=5) as raw:
@@ -447,7 +475,7 @@ def test_hostile_bytes_are_dropped_and_the_flow_finishes(procs, tmp_path):
 
 def test_hostile_frames_are_logged(procs, tmp_path):
     started, addresses, out = _cluster(procs, tmp_path, "sum", extra=("--count", "100", "--delay", "0.02"))
-    time.sleep(1.0)
+    _wait_running(started, out)
     _inject(addresses, frames.seal(b"x" * 32, frames.MESSAGE, 1, 0, 10**9, b"garbage"))
     results = [proc.communicate(timeout=60) for proc in started]
     assert [proc.returncode for proc in started] == [0, 0]
@@ -465,7 +493,7 @@ def test_authentic_frames_of_another_run_are_dropped_and_the_flow_finishes(procs
     key = frames.derive_key(secret)
     env = [{"MILLRACE_CLUSTER_SECRET": secret.decode()}] * 2 if secret else [{}, {}]
     started, addresses, out = _cluster(procs, tmp_path, "sum", extra=("--count", "200", "--delay", "0.02"), env=env)
-    time.sleep(1.0)
+    _wait_running(started, out)
     other_run = b"\x01" * frames.RUN_SIZE
     _inject(
         addresses,
@@ -532,15 +560,15 @@ class _Failures:
         self.delivered.append((dest, msg))
 
 
-def _formed_link(monkeypatch, connected: bool):
-    """A link of process 0 of two whose peer said HELLO, connected to it or not; no sockets."""
+def _formed_link(connected: bool) -> tuple[Any, _Failures, ManualClock]:
+    """A link of process 0 of two whose peer said HELLO, connected to it or not; no sockets.
+    Its grace periods run on the manual clock returned, which the test moves past them."""
     import zmq
 
     from millrace.transport import link as link_module
 
-    clock = [1000.0]
-    monkeypatch.setattr(link_module.time, "monotonic", lambda: clock[0])
-    link = link_module.ZmqLink(["127.0.0.1:1", "127.0.0.1:2"], 0, 1, b"s", 5.0)
+    clock = ManualClock()
+    link = link_module.ZmqLink(["127.0.0.1:1", "127.0.0.1:2"], 0, 1, b"s", 5.0, clock=clock)
     failures = _Failures()
     link._exchange = failures  # type: ignore[assignment]
     if connected:
@@ -551,15 +579,18 @@ def _formed_link(monkeypatch, connected: bool):
 
 
 @pytest.mark.parametrize("late_connect", [False, True])
-def test_a_peer_that_said_hello_but_cannot_be_reached_is_lost(monkeypatch, late_connect):
+def test_a_peer_that_said_hello_but_cannot_be_reached_is_lost(late_connect):
     """A peer may say HELLO and die before our connection to it is made (or while it drops,
     before the cluster formed): no later event tells, so the link must judge it itself."""
     import zmq
 
-    link, failures, clock = _formed_link(monkeypatch, connected=False)
+    link, failures, clock = _formed_link(connected=False)
     if late_connect:
         link._on_connection(1, zmq.EVENT_CONNECTED)  # slow, but there
-    clock[0] += 5.1
+    clock.advance(4.9)
+    link._judge_suspects()
+    assert failures.reasons == []  # still within the grace period
+    clock.advance(0.2)
     link._judge_suspects()
     if late_connect:
         assert failures.reasons == []
@@ -571,24 +602,27 @@ def test_a_peer_that_said_hello_but_cannot_be_reached_is_lost(monkeypatch, late_
         )
 
 
-def test_a_dropped_connection_after_the_cluster_formed_loses_the_peer(monkeypatch):
+def test_a_dropped_connection_after_the_cluster_formed_loses_the_peer():
     import zmq
 
-    link, failures, clock = _formed_link(monkeypatch, connected=True)
+    link, failures, clock = _formed_link(connected=True)
     link._on_connection(1, zmq.EVENT_DISCONNECTED)
     link._on_connection(1, zmq.EVENT_CONNECTED)  # a reconnect does not make up for lost frames
-    clock[0] += 2.1
+    clock.advance(1.9)
+    link._judge_suspects()
+    assert failures.reasons == []  # its BYE may still come
+    clock.advance(0.2)
     link._judge_suspects()
     assert len(failures.reasons) == 1 and "its connection closed before the flow finished" in failures.reasons[0]
 
 
-def test_a_peer_that_said_bye_is_not_lost(monkeypatch):
+def test_a_peer_that_said_bye_is_not_lost():
     import zmq
 
-    link, failures, clock = _formed_link(monkeypatch, connected=True)
+    link, failures, clock = _formed_link(connected=True)
     link._byes.add(1)
     link._on_connection(1, zmq.EVENT_DISCONNECTED)
-    clock[0] += 10
+    clock.advance(10)
     link._judge_suspects()
     assert failures.reasons == []
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import os
 import signal
+import subprocess
+import threading
 import time
 
 import pytest
@@ -177,18 +179,52 @@ flow.capture(ManualEpochOutputConfig(output))
 """
 
 
+def _every_key_snapshotted(printed: list[tuple[int, tuple[str, int]]], keys: int) -> bool:
+    """Every key has counted, and the cluster has since gone two epochs on. No worker reads
+    epoch e + 1 before every worker has ended (and snapshotted) epoch e, so by then each
+    key's count is in the stores."""
+    first: dict[str, int] = {}
+    for epoch, (key, _) in printed:
+        first[key] = min(epoch, first.get(key, epoch))
+    return len(first) == keys and max(epoch for epoch, _ in printed) >= max(first.values()) + 2
+
+
+def _stdout_lines(procs: list[subprocess.Popen[str]]) -> tuple[list[str], list[threading.Thread]]:
+    """The lines ``procs`` print, read on threads as they come, so a test can wait for what
+    it needs to see; the threads end when the processes' stdout closes."""
+    lines: list[str] = []
+
+    def read(proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    threads = [threading.Thread(target=read, args=(proc,), daemon=True) for proc in procs]
+    for thread in threads:
+        thread.start()
+    return lines, threads
+
+
 def test_rescaling_2_to_3_pods_keeps_every_keys_count(tmp_path):
     count = 240
     df = dataflow(count, 0.0, recovery=True)
     df["spec"].update(processes=2, flow={"code": TICKS.format(count=count, delay=0.05)})
     with simulation(df, tmp_path) as sim:
         first = [sim.start(i) for i in range(2)]
-        time.sleep(6)
-        assert all(proc.poll() is None for proc in first), [p.communicate()[1][-2000:] for p in first]
+        # Stop the first cluster once every key's count is in the stores (not after a guess
+        # at how long that takes), well before the input's 12 s are over.
+        lines, readers = _stdout_lines(first)
+        deadline = time.monotonic() + 60
+        while not _every_key_snapshotted(outputs("".join(lines)), keys=6):
+            assert all(proc.poll() is None for proc in first), "the first cluster ended early"
+            assert time.monotonic() < deadline, ("no progress within 60 s", lines[-20:])
+            time.sleep(0.05)
         for proc in first:  # the operator deletes every pod of the old template
             os.killpg(proc.pid, signal.SIGKILL)
+        for reader in readers:
+            reader.join(30)
         ended = [proc.communicate(timeout=30) for proc in first]
-        before = [item for stdout, _ in ended for _, item in outputs(stdout)]
+        before = [item for _, item in outputs("".join(lines))]
     assert before, ("the first cluster printed nothing before it was stopped", [err[-3000:] for _, err in ended])
     df["spec"]["processes"] = 3
     # New pods: processes 0 and 1 mount their recovery claims again; process 2's claim is new.

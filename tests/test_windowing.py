@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from millrace import plan
+from millrace.common.clock import ManualClock
 from millrace.dataflow import Dataflow
 from millrace.execution import run_main
 from millrace.inputs import TestingInputConfig
@@ -101,7 +102,8 @@ def test_system_clock_groups_items_as_they_come():
 
 def _logic(clock_config, window_config) -> WindowLogic:
     step = plan.CollectWindow(step_id="c", clock=clock_config, window=window_config)
-    return WindowLogic(step, flow_start=T0)
+    # The system time that moves watermarks on: stands still at T0 unless a test moves it.
+    return WindowLogic(step, flow_start=T0, clock=ManualClock(T0).now)
 
 
 def test_a_key_without_open_windows_keeps_no_state():

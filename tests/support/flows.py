@@ -3,6 +3,7 @@ same flow runs under run_main (a list) and across processes (a Manager list or a
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,22 @@ from millrace.window import EventClockConfig, SystemClockConfig, TumblingWindowC
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 KEYS = ["apple", "banana", "cherry", "date", "elder", 1, 2, 3, 17, -4]
+
+
+_running_lock = threading.Lock()
+_running = [False]
+
+
+def print_running(item: Any) -> None:
+    """An inspect step that prints ``running`` at the first item of its process: a spawned
+    cluster's sign that it has formed (workers start only once every process has joined) and
+    computes, which tests wait for instead of sleeping. Once per process, under a lock: two
+    workers printing at once could interleave their lines."""
+    if not _running[0]:
+        with _running_lock:
+            if not _running[0]:
+                _running[0] = True
+                print("running", flush=True)
 
 
 def _refuse_to_load() -> None:

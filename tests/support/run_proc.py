@@ -1,14 +1,19 @@
 """Run one cluster_main process of a test scenario: ``python run_proc.py SCENARIO ...``.
 
-Each worker writes what it captures to ``OUT.<worker_index>``, one ``repr`` per line.
+Each worker writes what it captures to ``OUT.<worker_index>``, one ``repr`` per line. With
+``--running PATH`` the process creates ``PATH`` when its first item flows: the test's sign
+that the cluster has formed and is computing, which it waits for instead of sleeping.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import threading
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,7 +41,20 @@ def explode_on(worker: int, item: int):
     return check
 
 
-def build(scenario: str, out: str, count: int, delay: float) -> Dataflow:
+def announce_running(path: str) -> Callable[[Any], None]:
+    """An inspect step that creates ``path`` at the first item of this process. Workers start
+    only once every process has joined, so by then the cluster has formed."""
+    announced = threading.Event()
+
+    def inspect(item: Any) -> None:
+        if not announced.is_set():
+            announced.set()
+            Path(path).touch()
+
+    return inspect
+
+
+def build(scenario: str, out: str, count: int, delay: float, running: str | None = None) -> Dataflow:
     flow = Dataflow()
     if scenario == "forever":
         flow.input("inp", slow_numbers(10**9, delay))
@@ -44,6 +62,8 @@ def build(scenario: str, out: str, count: int, delay: float) -> Dataflow:
         flow.input("inp", slow_numbers(count, delay))
     if scenario == "boom":
         flow.map(explode_on(1, count // 2))
+    if running is not None:  # after the map, whose name (map #1) the tests expect in errors
+        flow.inspect(announce_running(running))
     flow.reduce_window("sum", SystemClockConfig(), TumblingWindowConfig(timedelta(hours=1)), lambda a, b: a + b)
     flow.capture(file_output(out))
     return flow
@@ -59,8 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--connect-timeout", type=float, default=20.0)
+    parser.add_argument("--running", help="a file to create once items flow in this process")
     args = parser.parse_args(argv)
-    flow = build(args.scenario, args.out, args.count, args.delay)
+    flow = build(args.scenario, args.out, args.count, args.delay, args.running)
     cluster_main(
         flow,
         args.addresses.split(","),

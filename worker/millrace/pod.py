@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from .common.clock import SYSTEM_CLOCK
 from .common.errors import PeerLost
 from .common.settings import VARIABLES, SettingsError, ordinal, read
 from .dataflow import Dataflow
@@ -160,7 +161,9 @@ def _peer_names(addresses: Sequence[str], timeout: float) -> None:
 
 def wait_for_names(addresses: Sequence[str], timeout: float) -> None:
     """Wait until every peer's DNS name resolves (a pod's name appears once it exists)."""
-    deadline = time.monotonic() + timeout
+    # Real time, whatever clock a flow reads: this waits for the cluster's DNS.
+    monotonic = SYSTEM_CLOCK.monotonic
+    deadline = monotonic() + timeout
     pending = {split_address(address)[0] for address in addresses}
     while True:
         for host in sorted(pending):
@@ -171,7 +174,7 @@ def wait_for_names(addresses: Sequence[str], timeout: float) -> None:
                 pass
         if not pending:
             return
-        if time.monotonic() >= deadline:
+        if monotonic() >= deadline:
             raise PodConfigError(f"these peer names did not resolve within {timeout:g} s: {', '.join(sorted(pending))}")
         time.sleep(0.5)
 

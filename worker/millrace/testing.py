@@ -4,6 +4,47 @@
 thread of the calling process, so that output printed by :func:`~millrace.execution.spawn_cluster`
 children lands where a doctest can see it. Each thread still runs a full cluster process: its
 own workers, its own ZeroMQ sockets on loopback.
+
+:class:`ManualClock` and :func:`use_clock` let a test drive the time a flow sees instead of
+waiting for it. Under ``with use_clock(clock):`` the runs started in the block
+(:func:`~millrace.execution.run_main`, :func:`~millrace.execution.cluster_main`,
+:func:`~millrace.execution.spawn_cluster`) read ``clock`` for their periodic epochs
+(``PeriodicEpochConfig``), their system-clock windows (``SystemClockConfig``: item times and
+window closes) and the event clock's watermarks (moved on by system time between events);
+``clock.advance(timedelta)`` is the only thing that moves it. Advancing it from the flow's own
+input makes the point where time passes exact: an epoch ends after the batch in which its
+length has passed, and an input that yields ``None`` ("nothing yet") right after advancing
+ends the batch there.
+
+>>> from datetime import timedelta
+>>> from millrace.dataflow import Dataflow
+>>> from millrace.execution import PeriodicEpochConfig, run_main
+>>> from millrace.inputs import ManualInputConfig
+>>> from millrace.outputs import StdOutputConfig
+>>> clock = ManualClock()
+>>> def minutes(worker_index, worker_count, resume_state):
+...     for minute in range(3):
+...         yield minute, minute
+...         clock.advance(timedelta(minutes=1))  # a minute passes, in no time
+...         yield None
+>>> flow = Dataflow()
+>>> flow.input("inp", ManualInputConfig(minutes))
+>>> flow.inspect_epoch(lambda epoch, item: print(f"epoch {epoch}: {item}"))
+>>> flow.capture(StdOutputConfig())
+>>> with use_clock(clock):
+...     run_main(flow, epoch_config=PeriodicEpochConfig(timedelta(minutes=1)))
+epoch 0: 0
+0
+epoch 1: 1
+1
+epoch 2: 2
+2
+
+The clock is read when a run starts and is kept until it ends; it is process-wide (the thread
+processes of :data:`doctest_ctx` share it). ``spawn_cluster`` on real processes gives each
+process a copy, pickled together with the flow, so a flow's function that advances the clock
+advances its own process's copy. The transport's liveness timers (connect timeouts, lost
+peers) always run on real time.
 """
 
 from __future__ import annotations
@@ -13,7 +54,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["doctest_ctx", "test_print"]
+from .common.clock import ManualClock, installed
+
+__all__ = ["ManualClock", "doctest_ctx", "test_print", "use_clock"]
+
+#: ``with use_clock(clock):`` runs started in the block read ``clock``
+#: (:func:`millrace.common.clock.installed`).
+use_clock = installed
 
 _print_lock = threading.Lock()
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from ..common import clock as clocks
+from ..common.clock import SYSTEM_CLOCK, Clock
 from ..transport.link import Listener, ZmqLink
 from .engine import check_recovery, epoch_policy
 from .errors import ClusterError, PeerLost, where
 from .exchange import Exchange
-from .windowing import utcnow
 from .worker import Stopped, Worker, check_flow
 
 if TYPE_CHECKING:
@@ -48,17 +48,20 @@ def run_process(
     listener: Listener | None = None,
     abandoned: Callable[[], str | None] | None = None,
     on_formed: Callable[[], None] | None = None,
+    clock: Clock | None = None,
 ) -> None:
     """Run process ``proc_id`` of the cluster at ``addresses`` until the flow ends everywhere.
     ``listener``: this process's socket, already bound at its address (the link closes it).
     ``abandoned``: polled while the workers run; a reason it returns (whoever waits for this
     process is gone) stops the whole cluster. ``on_formed``: called once every process has
-    joined, before the workers start (a pod becomes ready then).
+    joined, before the workers start (a pod becomes ready then). ``clock``: what the epochs
+    and windows read (default: the clock installed now, :func:`millrace.common.clock.current`).
 
     A failure raises: the original exception where it happened; elsewhere a
     :class:`ClusterError`, or a :class:`PeerLost` when a process went away (then forming the
     cluster again can go on); a ``KeyboardInterrupt`` (Ctrl-C, or a pod's SIGTERM) stops the
     whole cluster, which the others see as a lost peer."""
+    clock = clock if clock is not None else clocks.current()
     try:
         check_flow(flow)
         epoch_policy(epoch_config)  # reject a bad config before connecting to anyone
@@ -90,12 +93,20 @@ def run_process(
             raise
     if on_formed is not None:
         on_formed()
-    flow_start: datetime = utcnow()
+    flow_start: datetime = clock.now()
     errors: list[tuple[int, BaseException]] = []
 
     def work(index: int) -> None:
         try:
-            Worker(flow, index, exchange, epoch_policy(epoch_config), flow_start, recovery_dir).run()
+            Worker(
+                flow,
+                index,
+                exchange,
+                epoch_policy(epoch_config, clock),
+                flow_start,
+                recovery_dir,
+                clock,
+            ).run()
         except Stopped:
             pass
         except BaseException as exc:
@@ -141,10 +152,11 @@ def _supervise(threads: list[threading.Thread], exchange: Exchange, abandoned: C
 
 
 def _join(threads: list[threading.Thread], timeout: float) -> None:
-
-    deadline = time.monotonic() + timeout
+    # Real time, whatever clock the flow reads: this waits for real threads.
+    monotonic = SYSTEM_CLOCK.monotonic
+    deadline = monotonic() + timeout
     for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
+        thread.join(max(0.0, deadline - monotonic()))
     stuck = [t.name for t in threads if t.is_alive()]
     if stuck:
         log.warning("workers %s are still inside user code; leaving them behind", stuck)

@@ -6,24 +6,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..common import clock as clocks
+from ..common.clock import SYSTEM_CLOCK, Clock
 from ..common.epoch_config import EpochConfig, PeriodicEpochConfig, TestingEpochConfig
 from ..recovery import KafkaRecoveryConfig, RecoveryConfig, SqliteRecoveryConfig
 from .epochs import EpochPolicy, ItemEpochs, PeriodicEpochs
 from .exchange import Exchange
-from .windowing import utcnow
 from .worker import Worker, check_flow
 
 if TYPE_CHECKING:
     from ..dataflow import Dataflow
 
 
-def epoch_policy(epoch_config: EpochConfig | None) -> EpochPolicy:
+def epoch_policy(epoch_config: EpochConfig | None, clock: Clock = SYSTEM_CLOCK) -> EpochPolicy:
+    """The policy of ``epoch_config``; a periodic one measures its epochs on ``clock``."""
     if epoch_config is None:
-        return PeriodicEpochs(PeriodicEpochConfig().epoch_length)
+        return PeriodicEpochs(PeriodicEpochConfig().epoch_length, clock.monotonic)
     if isinstance(epoch_config, TestingEpochConfig):
         return ItemEpochs()
     if isinstance(epoch_config, PeriodicEpochConfig):
-        return PeriodicEpochs(epoch_config.epoch_length)
+        return PeriodicEpochs(epoch_config.epoch_length, clock.monotonic)
     raise TypeError(f"epoch_config must be a PeriodicEpochConfig or TestingEpochConfig, got {epoch_config!r}")
 
 
@@ -48,10 +50,14 @@ def run_single(
     *,
     epoch_config: EpochConfig | None,
     recovery_config: RecoveryConfig | None,
+    clock: Clock | None = None,
 ) -> None:
+    """Run ``flow`` on one worker in this thread; its epochs and windows read ``clock``
+    (default: the clock installed now, :func:`millrace.common.clock.current`)."""
     check_flow(flow)
-    policy = epoch_policy(epoch_config)
+    clock = clock if clock is not None else clocks.current()
+    policy = epoch_policy(epoch_config, clock)
     recovery_dir = check_recovery(recovery_config)
-    flow_start: datetime = utcnow()
-    worker = Worker(flow, 0, Exchange(1), policy, flow_start, recovery_dir)
+    flow_start: datetime = clock.now()
+    worker = Worker(flow, 0, Exchange(1), policy, flow_start, recovery_dir, clock)
     worker.run()

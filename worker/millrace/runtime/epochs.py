@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from datetime import timedelta
+
+from ..common.clock import SYSTEM_CLOCK
 
 # Large enough that per-batch overhead vanishes, small enough that a batch stays in cache and
 # a periodic epoch is not overshot by much.
@@ -25,19 +27,23 @@ class EpochPolicy:
 
 
 class PeriodicEpochs(EpochPolicy):
-    def __init__(self, length: timedelta) -> None:
+    """An epoch ends once ``length`` has passed on ``monotonic`` (a clock's ``monotonic``;
+    bound here once because :meth:`over` is asked after every batch)."""
+
+    def __init__(self, length: timedelta, monotonic: Callable[[], float] = SYSTEM_CLOCK.monotonic) -> None:
         self.seconds = length.total_seconds()
         self.ends_at = 0.0
+        self._monotonic = monotonic
 
     def begin(self) -> None:
         super().begin()
-        self.ends_at = time.monotonic() + self.seconds
+        self.ends_at = self._monotonic() + self.seconds
 
     def limit(self) -> int:
         return BATCH_SIZE
 
     def over(self) -> bool:
-        return time.monotonic() >= self.ends_at
+        return self._monotonic() >= self.ends_at
 
 
 class ItemEpochs(EpochPolicy):

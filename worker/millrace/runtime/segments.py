@@ -8,9 +8,11 @@ runs it too, and with more than one worker routes each item to the key's owner.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from .. import plan
+from ..common.clock import SYSTEM_CLOCK
 from ..dataflow import Dataflow
 from ..window import SystemClockConfig
 from .chain import Chain, compile_chain
@@ -54,24 +56,33 @@ def check_flow(flow: Dataflow) -> None:
         raise ValueError(f"{steps[0].name} comes before any input; a flow starts with Dataflow.input")
 
 
-def build_logic(step: plan.StatefulStep, flow_start: datetime) -> KeyedLogic:
+def build_logic(
+    step: plan.StatefulStep,
+    flow_start: datetime,
+    now: Callable[[], datetime] = SYSTEM_CLOCK.now,
+) -> KeyedLogic:
+    """The logic of ``step``; a windowed one reads the time from ``now`` (a clock's ``now``)."""
     if isinstance(step, plan.Reduce):
         return ReduceLogic(step)
     if isinstance(step, plan.StatefulMap):
         return StatefulMapLogic(step)
     if isinstance(step, plan.WindowStep):
         if isinstance(step.clock, SystemClockConfig):
-            return SystemClockWindowLogic(step, flow_start)
-        return WindowLogic(step, flow_start)
+            return SystemClockWindowLogic(step, flow_start, now)
+        return WindowLogic(step, flow_start, now)
     raise TypeError(f"unknown stateful step {step!r}")
 
 
 def lay_out(
-    flow: Dataflow, flow_start: datetime, router: Router
+    flow: Dataflow,
+    flow_start: datetime,
+    router: Router,
+    now: Callable[[], datetime] = SYSTEM_CLOCK.now,
 ) -> tuple[list[KeyedLogic], list[tuple[plan.Input, Segment]], list[Segment]]:
     """``flow`` for worker ``router.me`` of ``router.worker_count``: the stateful steps'
     logic, each input's segment, and the segment after each stateful step. Builds the sinks
-    (an error in one names its step and the worker)."""
+    (an error in one names its step and the worker). Windowed steps read the time from
+    ``now``."""
     index, count = router.me, router.worker_count
     logics: list[KeyedLogic] = []
     input_steps: list[tuple[plan.Input, Segment]] = []
@@ -84,7 +95,7 @@ def lay_out(
             open_segments.append(segment)
         elif isinstance(step, plan.StatefulStep):
             target = len(logics)
-            logics.append(build_logic(step, flow_start))
+            logics.append(build_logic(step, flow_start, now))
             for segment in open_segments:
                 segment.target = target
                 segment.target_name = step.name

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from itertools import islice
 from operator import countOf
-from time import monotonic
 from typing import Any
 
+from ..common.clock import SYSTEM_CLOCK
 from ..inputs import (
     InputConfig,
     KafkaInputConfig,
@@ -26,6 +26,9 @@ _EMPTY = object()
 
 # About how long a reader may spend filling one batch from a source that is slow per item.
 BATCH_SECONDS = 0.01
+# Real time, never a run's test clock: this bounds how long filling a batch holds the worker,
+# and a ManualClock must not change how items are batched. (time.monotonic itself.)
+monotonic = SYSTEM_CLOCK.monotonic
 
 
 def _append_items(pairs: list[tuple[Any, ...]], items: list[Any]) -> bool:

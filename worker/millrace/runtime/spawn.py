@@ -8,12 +8,13 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import secrets
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle
 
+from ..common import clock as clocks
+from ..common.clock import SYSTEM_CLOCK, Clock
 from ..common.errors import ClusterError
 from ..transport.link import Listener
 from . import cluster
@@ -38,7 +39,9 @@ def run(
     """Run ``flow`` on ``proc_count`` processes of ``ctx`` (a :mod:`multiprocessing` context,
     or :data:`millrace.testing.doctest_ctx`) and return when all have finished; raise the
     failure of any. The arguments are checked already."""
-    payload: Any = (flow, epoch_config, recovery_config)
+    # The clock installed in the caller travels with the flow, in the same pickle: functions
+    # of the flow that hold a ManualClock then hold the very copy their process runs on.
+    payload: Any = (flow, epoch_config, recovery_config, clocks.current())
     if not getattr(ctx, "shares_memory", False):
         # Real processes get the flow as cloudpickle bytes, so lambdas and closures travel;
         # thread "processes" share it as it is, plain output lists included.
@@ -79,7 +82,7 @@ def run(
 
 
 def _spawned_main(
-    payload: bytes | tuple[Dataflow, Any, Any],
+    payload: bytes | tuple[Dataflow, Any, Any, Clock],
     proc_id: int,
     proc_count: int,
     worker_count_per_proc: int,
@@ -95,7 +98,9 @@ def _spawned_main(
     was called off), and run."""
     try:
         loaded = cloudpickle.loads(payload) if isinstance(payload, bytes) else payload
-        flow, epoch_config, recovery_config = cast("tuple[Dataflow, EpochConfig | None, RecoveryConfig | None]", loaded)
+        flow, epoch_config, recovery_config, clock = cast(
+            "tuple[Dataflow, EpochConfig | None, RecoveryConfig | None, Clock]", loaded
+        )
         addresses: list[str] = []
         listener = None
         parent_gone = _parent_gone(proc_id)
@@ -115,6 +120,7 @@ def _spawned_main(
             cluster_id=cluster_id,
             listener=listener,
             abandoned=parent_gone,
+            clock=clock,
         )
     except BaseException as exc:
         try:
@@ -196,13 +202,15 @@ def _hand_out_addresses(procs: list[Any], ports: Any, inboxes: list[Any]) -> Non
 def _wait_all(procs: list[Any]) -> None:
     """Wait for every process; when one fails, give the others a moment to stop on their own
     (they are told through the cluster), then stop them."""
+    # Real time, whatever clock the flow reads: this supervises real processes.
+    monotonic = SYSTEM_CLOCK.monotonic
     failed_at: float | None = None
     while any(proc.is_alive() for proc in procs):
         for proc in procs:
             proc.join(0.05)
         if failed_at is None and any(proc.exitcode not in (None, 0) for proc in procs):
-            failed_at = time.monotonic()
-        if failed_at is not None and time.monotonic() - failed_at > 15.0:
+            failed_at = monotonic()
+        if failed_at is not None and monotonic() - failed_at > 15.0:
             _stop_all(procs)
             return
 

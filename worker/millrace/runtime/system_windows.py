@@ -19,10 +19,11 @@ from itertools import chain
 from typing import Any
 
 from .. import plan
+from ..common.clock import SYSTEM_CLOCK
 from ..window import TumblingWindowConfig
 from .keyed import FORGOTTEN, KeyedLogic
 from .loop_code import LoopCode
-from .windowing import KeyWindows, collected, duration_us, from_us, to_us, utcnow
+from .windowing import KeyWindows, collected, duration_us, from_us, to_us
 
 _SETUP = ("_emit, _windows, _now = _k.begin_batch()",)
 
@@ -67,7 +68,12 @@ _LOOPS = {
 class SystemClockWindowLogic(KeyedLogic):
     """One windowed step on the system clock, on one worker."""
 
-    def __init__(self, step: plan.WindowStep, flow_start: datetime, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        step: plan.WindowStep,
+        flow_start: datetime,
+        clock: Callable[[], datetime] = SYSTEM_CLOCK.now,
+    ) -> None:
         self.name = step.name
         self.step_id = step.step_id
         if not isinstance(step.window, TumblingWindowConfig):

@@ -19,6 +19,7 @@ from operator import itemgetter
 from typing import Any
 
 from .. import plan
+from ..common.clock import SYSTEM_CLOCK
 from ..window import EventClockConfig, TumblingWindowConfig
 from .errors import bad_keyed_item, describe
 from .keyed import KeyedLogic
@@ -28,10 +29,6 @@ UTC = UTC
 _ZERO = timedelta(0)
 _by_time = itemgetter(0)
 _key_of = itemgetter(0)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -89,18 +86,23 @@ class KeyWindows:
 class WindowLogic(KeyedLogic):
     """One windowed step on the event clock, on one worker."""
 
-    def __init__(self, step: plan.WindowStep, flow_start: datetime) -> None:
+    def __init__(
+        self,
+        step: plan.WindowStep,
+        flow_start: datetime,
+        clock: Callable[[], datetime] = SYSTEM_CLOCK.now,
+    ) -> None:
         self.name = step.name
         self.step_id = step.step_id
         if not isinstance(step.window, TumblingWindowConfig):
             raise TypeError(f"{self.name}: unsupported window configuration {step.window!r}")
         self.length = duration_us(step.window.length)
         self.start = to_us(step.window.start_at or flow_start)
-        clock = step.clock
-        if not isinstance(clock, EventClockConfig):
-            raise TypeError(f"{self.name}: unsupported clock configuration {clock!r}")
-        self.dt_getter: Callable[[Any], datetime] = clock.dt_getter
-        self.wait = duration_us(clock.wait_for_system_duration)
+        config = step.clock
+        if not isinstance(config, EventClockConfig):
+            raise TypeError(f"{self.name}: unsupported clock configuration {config!r}")
+        self.dt_getter: Callable[[Any], datetime] = config.dt_getter
+        self.wait = duration_us(config.wait_for_system_duration)
         self.step = step
         self._fold = self._folder(step)
         self._collect = isinstance(step, plan.CollectWindow)
@@ -110,6 +112,8 @@ class WindowLogic(KeyedLogic):
         self._scheduled: dict[Any, tuple[int, int, Any]] = {}
         self._seq = 0
         self.late_dropped = 0
+        # The system time that moves watermarks on between events (a clock's ``now``).
+        self._clock = clock
 
     def rebase(self, flow_start: datetime) -> None:
         """Use the flow start a recovery store recorded, so window boundaries stay put."""
@@ -230,7 +234,7 @@ class WindowLogic(KeyedLogic):
     def on_batch(self, batch: list[tuple[Any, Any]]) -> list[Any]:
         # The per-item path, with the common cases inlined: an aware UTC event time, a fold
         # into an open window, nothing due. Times are int microseconds (see to_us).
-        now = to_us(utcnow())
+        now = to_us(self._clock())
         state = self.state
         length = self.length
         start = self.start

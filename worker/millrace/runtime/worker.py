@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..common.clock import SYSTEM_CLOCK, Clock
 from ..dataflow import Dataflow
 from . import store
 from .epochs import EpochPolicy
@@ -27,7 +28,6 @@ from .progress import Broadcast, Ended, Flush, Progress, Snapshot
 from .routing import Router, check_pairs
 from .segments import Segment, build_logic, check_flow, lay_out
 from .sources import Reader, build_reader
-from .windowing import utcnow
 
 # Stopped, Worker and check_flow are what the runtime's entry points import from here;
 # build_logic and Segment moved to .segments, and stay importable from here too.
@@ -42,7 +42,8 @@ class Stopped(Exception):
 
 class Worker:
     """Worker ``index`` of ``exchange.worker_count``, running ``flow``; with ``recovery_dir``
-    it resumes from, and snapshots to, the SQLite store there."""
+    it resumes from, and snapshots to, the SQLite store there. Its windows read the time from
+    ``clock`` (``epochs`` carries its own, which should be the same)."""
 
     def __init__(
         self,
@@ -52,6 +53,7 @@ class Worker:
         epochs: EpochPolicy,
         flow_start: datetime,
         recovery_dir: Path | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.index = index
         self.count = exchange.worker_count
@@ -65,7 +67,8 @@ class Worker:
         self.inputs: list[tuple[Reader, Segment]] = []
         self.recovery = Recovery(index, self.count)
         self.snapshots = Snapshots()
-        self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router)
+        self._now = clock.now
+        self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router, clock.now)
         self.progress = Progress(index, self.count, len(self.logics))
 
     # -- inputs ----------------------------------------------------------------------------
@@ -174,7 +177,7 @@ class Worker:
             if deadline is None:
                 continue
             if now is None:
-                now = utcnow()
+                now = self._now()
             if deadline <= now:
                 try:
                     out = logic.on_tick(now)
@@ -225,7 +228,7 @@ class Worker:
         for logic in self.logics[first:]:
             deadline = logic.next_deadline()
             if deadline is not None:
-                pause = max(0.0, min(pause, (deadline - utcnow()).total_seconds()))
+                pause = max(0.0, min(pause, (deadline - self._now()).total_seconds()))
         return pause
 
     def _idle(self, pause: float) -> None:

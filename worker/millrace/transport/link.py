@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from ..common.clock import SYSTEM_CLOCK, Clock
 from ..common.errors import ClusterError, PeerLost
 from . import frames
 from .addresses import bind_endpoint, check_addresses, connect_endpoint
@@ -101,7 +102,10 @@ class Listener:
 class ZmqLink:
     """Process ``proc_id`` of the cluster at ``addresses``, each running ``workers_per_proc``
     workers. ``secret`` (bytes) authenticates every frame; ``None`` runs unauthenticated.
-    ``listener``: this process's socket, already bound at its address (the link owns it)."""
+    ``listener``: this process's socket, already bound at its address (the link owns it).
+    ``clock``: what the connect timeout and the grace periods for lost peers are measured on;
+    the system clock but in tests (they drive a :class:`~millrace.common.clock.ManualClock`
+    past a grace period instead of waiting it out)."""
 
     def __init__(
         self,
@@ -112,8 +116,10 @@ class ZmqLink:
         connect_timeout: float,
         cluster_id: str = "",
         listener: Listener | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.hosts = check_addresses(addresses)
+        self._monotonic = clock.monotonic
         # Which run of which cluster this process belongs to (the operator passes its pod
         # template hash), so a pod of an old template never joins a new cluster.
         self.cluster_id = cluster_id
@@ -197,11 +203,11 @@ class ZmqLink:
         after the connect timeout (:class:`PeerLost`: they may come later), or at once when the
         cluster is failing."""
         assert self._exchange is not None
-        deadline = time.monotonic() + self.connect_timeout
+        deadline = self._monotonic() + self.connect_timeout
         while not self._ready.wait(0.05):
             if self._exchange.stopping.is_set():
                 raise ClusterError(self._exchange.reason or "the cluster is stopping")
-            if time.monotonic() >= deadline:
+            if self._monotonic() >= deadline:
                 missing = [p for p in self.peers if p not in self._hellos]
                 refused = "".join(
                     f"; process {p} answered, but {self._refused[p]}" for p in missing if p in self._refused
@@ -464,7 +470,7 @@ class ZmqLink:
     def _formed(self) -> None:
         """Every peer said HELLO. Any of them our connection does not reach now must be
         reached soon, or it is lost."""
-        deadline = time.monotonic() + _CONNECT_GRACE
+        deadline = self._monotonic() + _CONNECT_GRACE
         for peer in self.peers:
             if peer not in self._connected:
                 self._unconnected.add(peer)
@@ -497,11 +503,11 @@ class ZmqLink:
         # A finishing peer closes right after its BYE, which travels on the other
         # connection and may come a moment after this event: wait for it briefly.
         self._unconnected.discard(peer)
-        self._suspects.setdefault(peer, time.monotonic() + _BYE_GRACE)
+        self._suspects.setdefault(peer, self._monotonic() + _BYE_GRACE)
 
     def _judge_suspects(self) -> None:
         assert self._exchange is not None
-        now = time.monotonic()
+        now = self._monotonic()
         for peer, deadline in list(self._suspects.items()):
             if peer in self._byes or self._failing.is_set():
                 del self._suspects[peer]
