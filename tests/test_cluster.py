@@ -26,7 +26,7 @@ from millrace.runtime.errors import ClusterError
 from millrace.testing import ManualClock, doctest_ctx
 from millrace.transport import frames
 from millrace.transport.addresses import free_ports
-from millrace.transport.link import Listener
+from millrace.transport.listener import Listener
 
 from .conftest import SUPPORT, Procs
 from .support import flows
@@ -661,9 +661,9 @@ def test_a_hello_of_another_cluster_is_refused_and_the_right_peer_still_joins():
     link, failures = _fresh_link()
     link._on_frame(_hello_from(link, 1, b"o" * frames.RUN_SIZE, 1, "df-old"))
     assert not link._ready.is_set() and failures.reasons == []
-    assert "df-old" in link._refused[1]
+    assert "df-old" in link._admission.refused[1]
     link._on_frame(_hello_from(link, 1, b"n" * frames.RUN_SIZE, 1, "df-new"))
-    assert link._ready.is_set() and failures.reasons == [] and 1 not in link._refused
+    assert link._ready.is_set() and failures.reasons == [] and 1 not in link._admission.refused
 
 
 def test_a_peer_that_starts_again_after_the_cluster_formed_is_a_lost_peer():
@@ -708,3 +708,34 @@ def test_bad_arguments_are_clear_errors():
         spawn_cluster(flow, proc_count=0)
     with pytest.raises(ValueError, match="worker_count_per_proc"):
         spawn_cluster(flow, worker_count_per_proc=0)
+
+
+def test_admission_and_liveness_are_plain_state_machines():
+    """The link's judgement of frames and of peers needs no sockets: each decision is shown
+    by feeding the state machines directly."""
+    from millrace.transport.admission import Admission
+    from millrace.transport.liveness import BYE_GRACE, Liveness
+
+    gate = Admission(proc_id=0, proc_count=3, workers_per_proc=1, cluster_id="c")
+    hello = frames.hello_payload(2, 3, 1, "c")
+    run = b"x" * frames.RUN_SIZE
+    assert gate.admit(frames.Frame(frames.HELLO, 2, 0, 7, hello, run), formed=False).action == "join"
+    assert gate.admit(frames.Frame(frames.MESSAGE, 2, 0, 7, b"", run), formed=True).reason == (
+        "replayed frame 7 from process 2"
+    )
+    assert gate.admit(frames.Frame(frames.HELLO, 2, 0, 1, hello, b"y" * 8), formed=True).action == "restarted"
+    assert gate.admit(frames.Frame(frames.BYE, 0, 0, 1, b"", run), formed=True).action == "drop"
+    other = frames.hello_payload(1, 3, 2, "c")
+    first = gate.admit(frames.Frame(frames.HELLO, 1, 0, 1, other, run), formed=False)
+    again = gate.admit(frames.Frame(frames.HELLO, 1, 0, 2, other, run), formed=False)
+    assert (first.action, first.first, again.first) == ("refuse", True, False)
+
+    live = Liveness([1, 2])
+    live.connected(1)
+    live.connected(2)
+    live.formed(now=0.0)
+    live.disconnected(1, now=1.0, expected=True)  # it said BYE
+    live.disconnected(2, now=1.0)
+    assert live.judge(now=1.0 + BYE_GRACE - 0.1, finished=set()) == []
+    assert live.judge(now=1.0 + BYE_GRACE, finished=set()) == [(2, "its connection closed before the flow finished")]
+    assert live.judge(now=100.0, finished=set()) == []  # reported once

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 from ..common import clock as clocks
 from ..common.clock import SYSTEM_CLOCK, Clock
-from ..transport.link import Listener, ZmqLink
+from ..transport.link import ZmqLink
+from ..transport.listener import Listener
 from .engine import check_recovery, epoch_policy
 from .errors import ClusterError, PeerLost, where
 from .exchange import Exchange

@@ -16,7 +16,7 @@ import cloudpickle
 from ..common import clock as clocks
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..common.errors import ClusterError
-from ..transport.link import Listener
+from ..transport.listener import Listener
 from . import cluster
 
 if TYPE_CHECKING:

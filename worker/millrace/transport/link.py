@@ -41,6 +41,9 @@ from ..common.clock import SYSTEM_CLOCK, Clock
 from ..common.errors import ClusterError, PeerLost
 from . import frames
 from .addresses import bind_endpoint, check_addresses, connect_endpoint
+from .admission import Admission, Verdict
+from .listener import HWM, Listener
+from .liveness import Liveness
 
 if TYPE_CHECKING:
     from .protocols import Exchange, Message
@@ -48,8 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("millrace.transport")
 
 _STOP = object()
-# Per-peer socket buffers, in frames; each frame holds up to a few batches.
-_HWM = 64
 # How many frames the receiver takes in a row before it looks at its other duties.
 _COALESCE = 64
 # Outbound messages queued beyond this make workers stop reading input for a while.
@@ -57,46 +58,9 @@ OUTBOUND_LIMIT = 256
 # A local worker inbox longer than this makes the receiver stop reading the socket, so a slow
 # worker pushes back on its senders instead of growing memory.
 INBOX_LIMIT = 128
-# How long a dropped connection may wait for the peer's BYE before the peer counts as lost.
-_BYE_GRACE = 2.0
-# How long after the cluster formed a connection to a peer may still be missing: a peer can
-# say HELLO (on its connection to us) and die before ours to it was made or while it dropped,
-# and no later event would tell.
-_CONNECT_GRACE = 5.0
 # A ZeroMQ socket monitor message: [16-bit event, 32-bit value; the endpoint]. Read here, not
 # with zmq.utils.monitor, whose import brings asyncio: ~45 ms of every cluster process's start.
 _MONITOR_EVENT = struct.Struct("=Hi")
-
-
-class Listener:
-    """A process's PULL socket, bound at ``endpoint`` (``address`` names it in errors).
-
-    A link normally binds its own at :meth:`ZmqLink.start`. ``spawn_cluster`` binds one in each
-    child first, on any free port (:meth:`any_port`), and only then hands out the address
-    list: a port chosen free and bound later could be taken by another program in between.
-    """
-
-    def __init__(self, endpoint: str, address: str, proc_id: int) -> None:
-        self.ctx = zmq.Context()
-        self.socket = self.ctx.socket(zmq.PULL)
-        self.socket.setsockopt(zmq.RCVHWM, _HWM)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        try:
-            self.socket.bind(endpoint)
-        except zmq.ZMQError as exc:
-            self.close()
-            raise ClusterError(f"process {proc_id} cannot listen on {address}: {exc}") from None
-        bound = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.port = int(bound.rsplit(":", 1)[1])
-
-    @classmethod
-    def any_port(cls, proc_id: int) -> Listener:
-        """Bound on loopback, on a port the system picks."""
-        return cls("tcp://127.0.0.1:*", "127.0.0.1 (any free port)", proc_id)
-
-    def close(self) -> None:
-        self.socket.close(linger=0)
-        self.ctx.term()
 
 
 class ZmqLink:
@@ -143,16 +107,9 @@ class ZmqLink:
         self._all_bye = threading.Event()
         self._failing = threading.Event()
         self._closing = threading.Event()
-        self._last_seq: dict[int, int] = {}
-        # The run of each peer whose HELLO this link accepted, and why others were refused.
-        self._peer_run: dict[int, bytes] = {}
-        self._refused: dict[int, str] = {}
+        self._admission = Admission(proc_id, self.proc_count, workers_per_proc, cluster_id)
+        self._liveness = Liveness(self.peers)
         self._hello = frames.hello_payload(proc_id, self.proc_count, workers_per_proc, cluster_id)
-        self._suspects: dict[int, float] = {}
-        # Peers our PUSH socket is connected to now (ZeroMQ reconnects by itself).
-        self._connected: set[int] = set()
-        # Suspects that a connection clears: not connected when the cluster formed.
-        self._unconnected: set[int] = set()
         self._threads: list[threading.Thread] = []
         # Wakes the receiver out of its poll when the link closes (a byte on ``_wake[1]``).
         self._wake = socket.socketpair()
@@ -169,7 +126,7 @@ class ZmqLink:
         self._pull = self._listener.socket
         for peer in self.peers:
             push = ctx.socket(zmq.PUSH)
-            push.setsockopt(zmq.SNDHWM, _HWM)
+            push.setsockopt(zmq.SNDHWM, HWM)
             push.setsockopt(zmq.SNDTIMEO, 100)
             push.setsockopt(zmq.RECONNECT_IVL, 100)
             push.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
@@ -209,9 +166,8 @@ class ZmqLink:
                 raise ClusterError(self._exchange.reason or "the cluster is stopping")
             if self._monotonic() >= deadline:
                 missing = [p for p in self.peers if p not in self._hellos]
-                refused = "".join(
-                    f"; process {p} answered, but {self._refused[p]}" for p in missing if p in self._refused
-                )
+                refusals = self._admission.refused
+                refused = "".join(f"; process {p} answered, but {refusals[p]}" for p in missing if p in refusals)
                 raise PeerLost(
                     f"process {self.proc_id} could not reach "
                     + ", ".join(f"process {p} at {self.addresses[p]}" for p in missing)
@@ -325,7 +281,7 @@ class ZmqLink:
                 for monitor, peer in self._monitors.items():
                     if monitor in ready:
                         self._on_monitor_event(monitor, peer)
-                if self._suspects:
+                if self._liveness.suspects:
                     self._judge_suspects()
         except zmq.ContextTerminated:
             pass
@@ -362,38 +318,10 @@ class ZmqLink:
             else:
                 self._drop(str(exc))
             return
-        if frame.sender == self.proc_id:
-            self._drop("it claims to come from this very process")
+        verdict = self._admission.admit(frame, formed=self._ready.is_set())
+        if verdict.action != "accept":
+            self._on_verdict(frame.sender, verdict)
             return
-        run = self._peer_run.get(frame.sender)
-        if frame.run != run:
-            if frame.kind == frames.HELLO:
-                self._on_new_run(frame)
-            else:
-                self._drop(
-                    f"a frame of another run of process {frame.sender} (sent before it started "
-                    "again, or before the cluster formed again)"
-                )
-            return
-        last = self._last_seq[frame.sender]
-        if frame.seq <= last:
-            self._drop(f"replayed frame {frame.seq} from process {frame.sender}")
-            return
-        if frame.seq != last + 1:
-            # A frame skipped some: they were lost (a send failed) or are late (a reconnect can
-            # deliver an old connection's frames after a new one's). Either way their items
-            # would be missing or out of order, so the cluster fails instead. Without a secret
-            # the frame may be forged, but taking it would make every later frame of the real
-            # peer look replayed and drop them all.
-            self._failing.set()
-            self._exchange.fail(
-                f"process {self.proc_id} lost frames {last + 1}..{frame.seq - 1} from process "
-                f"{frame.sender} ({self.addresses[frame.sender]}): its connection was "
-                "interrupted, and the items in them cannot be recovered",
-                peer_lost=True,
-            )
-            return
-        self._last_seq[frame.sender] = frame.seq
         if frame.kind == frames.MESSAGE:
             try:
                 messages = frames.load_messages(frame.payload)
@@ -421,60 +349,38 @@ class ZmqLink:
             if len(self._byes) == len(self.peers):
                 self._all_bye.set()
 
-    def _on_new_run(self, frame: frames.Frame) -> None:
-        """A HELLO of a run of ``frame.sender`` this link has not seen: the peer joins, or,
-        once the cluster formed, it started again and what it held of this run is lost."""
+    def _on_verdict(self, peer: int, verdict: Verdict) -> None:
+        """Act on a frame that does not simply count (see :mod:`.admission`)."""
         assert self._exchange is not None
-        try:
-            shape = frames.parse_hello(frame.payload)
-        except frames.BadFrame as exc:
-            self._drop(str(exc))
-            return
-        mine = {
-            "proc_id": frame.sender,
-            "proc_count": self.proc_count,
-            "workers_per_proc": self.workers_per_proc,
-            "cluster_id": self.cluster_id,
-        }
-        if shape != mine:
-            why = (
-                f"it runs as {shape} where process {self.proc_id} expects {mine}: every process "
-                "must get the same address list, worker count and cluster id"
+        where = f"process {peer} ({self.addresses[peer]})"
+        if verdict.action == "drop":
+            self._drop(verdict.reason)
+        elif verdict.action == "refuse":
+            if verdict.first:
+                log.warning("process %d: refused a HELLO from %s: %s", self.proc_id, where, verdict.reason)
+        elif verdict.action == "join":
+            # Answered, so a peer that started after our HELLO went out still gets one.
+            self._outbound.put((peer, frames.HELLO, self._hello))
+            self._hellos.add(peer)
+            if len(self._hellos) == len(self.peers):
+                self._formed()
+        elif verdict.action == "restarted":
+            self._lose(f"{where} started again while the cluster ran, so what it held of this run is lost")
+        elif verdict.action == "gap":
+            self._lose(
+                f"process {self.proc_id} {verdict.reason} from {where}: its connection was interrupted, "
+                "and the items in them cannot be recovered"
             )
-            if self._refused.get(frame.sender) != why:
-                log.warning(
-                    "process %d: refused a HELLO from process %d (%s): %s",
-                    self.proc_id,
-                    frame.sender,
-                    self.addresses[frame.sender],
-                    why,
-                )
-            self._refused[frame.sender] = why
-            return
-        if self._ready.is_set():
-            self._failing.set()
-            self._exchange.fail(
-                f"process {frame.sender} ({self.addresses[frame.sender]}) started again while "
-                "the cluster ran, so what it held of this run is lost",
-                peer_lost=True,
-            )
-            return
-        self._refused.pop(frame.sender, None)
-        self._peer_run[frame.sender] = frame.run
-        self._last_seq[frame.sender] = frame.seq
-        self._outbound.put((frame.sender, frames.HELLO, self._hello))
-        self._hellos.add(frame.sender)
-        if len(self._hellos) == len(self.peers):
-            self._formed()
+
+    def _lose(self, reason: str) -> None:
+        """Stop this run: a peer went away (a cluster formed again can go on)."""
+        assert self._exchange is not None
+        self._failing.set()
+        self._exchange.fail(reason, peer_lost=True)
 
     def _formed(self) -> None:
-        """Every peer said HELLO. Any of them our connection does not reach now must be
-        reached soon, or it is lost."""
-        deadline = self._monotonic() + _CONNECT_GRACE
-        for peer in self.peers:
-            if peer not in self._connected:
-                self._unconnected.add(peer)
-                self._suspects.setdefault(peer, deadline)
+        """Every peer said HELLO: any of them our connection does not reach soon is lost."""
+        self._liveness.formed(self._monotonic())
         self._ready.set()
 
     def _on_monitor_event(self, monitor: zmq.Socket[bytes], peer: int) -> None:
@@ -490,37 +396,15 @@ class ZmqLink:
     def _on_connection(self, peer: int, event: int) -> None:
         """Our connection to ``peer`` was made (``EVENT_CONNECTED``) or dropped."""
         if event == zmq.EVENT_CONNECTED:
-            self._connected.add(peer)
-            if peer in self._unconnected:
-                self._unconnected.discard(peer)
-                self._suspects.pop(peer, None)
-            return
-        if event != zmq.EVENT_DISCONNECTED:
-            return
-        self._connected.discard(peer)
-        if not self._ready.is_set() or peer in self._byes or self._failing.is_set():
-            return  # still connecting (judged when the cluster forms), or the peer has finished
-        # A finishing peer closes right after its BYE, which travels on the other
-        # connection and may come a moment after this event: wait for it briefly.
-        self._unconnected.discard(peer)
-        self._suspects.setdefault(peer, self._monotonic() + _BYE_GRACE)
+            self._liveness.connected(peer)
+        elif event == zmq.EVENT_DISCONNECTED:
+            # After its BYE, or once the cluster is failing, a peer may close as it likes.
+            expected = peer in self._byes or self._failing.is_set()
+            self._liveness.disconnected(peer, self._monotonic(), expected=expected)
 
     def _judge_suspects(self) -> None:
-        assert self._exchange is not None
-        now = self._monotonic()
-        for peer, deadline in list(self._suspects.items()):
-            if peer in self._byes or self._failing.is_set():
-                del self._suspects[peer]
-            elif now >= deadline:
-                del self._suspects[peer]
-                what = (
-                    f"it said HELLO, but could not be reached within {_CONNECT_GRACE:g} s after the cluster formed"
-                    if peer in self._unconnected
-                    else "its connection closed before the flow finished"
-                )
-                self._unconnected.discard(peer)
-                self._failing.set()
-                self._exchange.fail(
-                    f"lost process {peer} ({self.addresses[peer]}): {what} (the process died or the network failed)",
-                    peer_lost=True,
-                )
+        if self._failing.is_set():
+            self._liveness.forget()
+            return
+        for peer, what in self._liveness.judge(self._monotonic(), finished=self._byes):
+            self._lose(f"lost process {peer} ({self.addresses[peer]}): {what} (the process died or the network failed)")
