@@ -627,9 +627,12 @@ def test_a_peer_that_said_bye_is_not_lost():
     assert failures.reasons == []
 
 
-def _hello_from(link, sender: int, run: bytes, seq: int, cluster_id: str = "") -> list[bytes]:
+def _hello_from(link, sender: int, run: bytes, seq: int, cluster_id: str = "", echo: bool = True) -> list[bytes]:
+    """A HELLO to ``link`` from process ``sender`` of ``run``; ``echo``: it names the link's
+    run (an answer, which confirms ``run``), else none (a first HELLO)."""
     payload = frames.hello_payload(sender, link.proc_count, link.workers_per_proc, cluster_id)
-    return frames.seal(link.key, frames.HELLO, sender, 0, seq, payload, run)
+    dest_run = link.run if echo else frames.NO_RUN
+    return frames.seal(link.key, frames.HELLO, sender, link.proc_id, seq, payload, run, dest_run)
 
 
 def _fresh_link():
@@ -645,15 +648,15 @@ def test_a_run_counts_from_its_hello_and_replays_and_gaps_are_told_apart():
     link, failures = _fresh_link()
     run = b"r" * frames.RUN_SIZE
     data = frames.dump_messages([(0, (0, 0, 0, [1]))])
-    link._on_frame(frames.seal(link.key, frames.MESSAGE, 1, 0, 1, data, run))  # before its HELLO
+    link._on_frame(frames.seal(link.key, frames.MESSAGE, 1, 0, 1, data, run, link.run))  # before its HELLO
     assert failures.delivered == [] and link.dropped_frames == 1
     link._on_frame(_hello_from(link, 1, run, 5, "df-new"))
-    assert link._ready.is_set() and link._outbound.get_nowait()[:2] == (1, frames.HELLO)  # answered
-    link._on_frame(frames.seal(link.key, frames.MESSAGE, 1, 0, 6, data, run))
-    link._on_frame(frames.seal(link.key, frames.MESSAGE, 1, 0, 6, data, run))  # a replay
+    assert link._ready.is_set() and link._outbound.get_nowait() == (1, frames.HELLO, link._hello, run)  # answered
+    link._on_frame(frames.seal(link.key, frames.MESSAGE, 1, 0, 6, data, run, link.run))
+    link._on_frame(frames.seal(link.key, frames.MESSAGE, 1, 0, 6, data, run, link.run))  # a replay
     assert failures.delivered == [(0, (0, 0, 0, [1]))] and link.dropped_frames == 2
     assert failures.reasons == []
-    link._on_frame(frames.seal(link.key, frames.MESSAGE, 1, 0, 9, data, run))  # 7 and 8 are lost
+    link._on_frame(frames.seal(link.key, frames.MESSAGE, 1, 0, 9, data, run, link.run))  # 7 and 8 are lost
     assert failures.lost == [True] and "lost frames 7..8 from process 1" in failures.reasons[0]
 
 
@@ -716,18 +719,21 @@ def test_admission_and_liveness_are_plain_state_machines():
     from millrace.transport.admission import Admission
     from millrace.transport.liveness import BYE_GRACE, Liveness
 
-    gate = Admission(proc_id=0, proc_count=3, workers_per_proc=1, cluster_id="c")
+    mine = b"m" * frames.RUN_SIZE
+    gate = Admission(proc_id=0, proc_count=3, workers_per_proc=1, cluster_id="c", run=mine)
     hello = frames.hello_payload(2, 3, 1, "c")
     run = b"x" * frames.RUN_SIZE
-    assert gate.admit(frames.Frame(frames.HELLO, 2, 0, 7, hello, run), formed=False).action == "join"
-    assert gate.admit(frames.Frame(frames.MESSAGE, 2, 0, 7, b"", run), formed=True).reason == (
+    assert gate.admit(frames.Frame(frames.HELLO, 2, 0, 7, hello, run, mine), formed=False).action == "join"
+    assert gate.admit(frames.Frame(frames.MESSAGE, 2, 0, 7, b"", run, mine), formed=True).reason == (
         "replayed frame 7 from process 2"
     )
-    assert gate.admit(frames.Frame(frames.HELLO, 2, 0, 1, hello, b"y" * 8), formed=True).action == "restarted"
-    assert gate.admit(frames.Frame(frames.BYE, 0, 0, 1, b"", run), formed=True).action == "drop"
+    # A HELLO of a new run that does not echo ours is only answered; one that does is a restart.
+    assert gate.admit(frames.Frame(frames.HELLO, 2, 0, 1, hello, b"y" * 8), formed=True).action == "answer"
+    assert gate.admit(frames.Frame(frames.HELLO, 2, 0, 2, hello, b"y" * 8, mine), formed=True).action == "restarted"
+    assert gate.admit(frames.Frame(frames.BYE, 0, 0, 1, b"", run, mine), formed=True).action == "drop"
     other = frames.hello_payload(1, 3, 2, "c")
-    first = gate.admit(frames.Frame(frames.HELLO, 1, 0, 1, other, run), formed=False)
-    again = gate.admit(frames.Frame(frames.HELLO, 1, 0, 2, other, run), formed=False)
+    first = gate.admit(frames.Frame(frames.HELLO, 1, 0, 1, other, run, mine), formed=False)
+    again = gate.admit(frames.Frame(frames.HELLO, 1, 0, 2, other, run, mine), formed=False)
     assert (first.action, first.first, again.first) == ("refuse", True, False)
 
     live = Liveness([1, 2])

@@ -1,10 +1,12 @@
 """The wire format between processes.
 
 A frame is a ZeroMQ multipart message ``[MAGIC, header, payload, mac]``. The header says what
-the frame is, who sent it, to which worker, its sequence number, and the sender's run: a random
-value each process draws when it joins a cluster, so that frames of an earlier run of a peer
-(a pod that restarted, a cluster formed again) are told apart from the current ones. The MAC is
-an HMAC-SHA256 of header and payload under the cluster secret. :func:`open_frame` checks all of that before
+the frame is, which process sent it, to which process, its sequence number, the sender's run
+and the destination's run. A run is a random value each process draws when it joins a cluster;
+a process learns each peer's run at HELLO (see :mod:`.admission`), and every frame it sends
+after that names both, so a frame is bound to its sender, its destination and this run of both:
+recorded and sent to another process, or to a later run, it is refused. The MAC is an
+HMAC-SHA256 of header and payload under the cluster secret. :func:`open_frame` checks all of that before
 the payload is touched, and only :data:`MESSAGE` payloads are ever decoded, after that check.
 
 A :data:`MESSAGE` payload is one tag byte and the encoded messages: :mod:`marshal` when they
@@ -23,7 +25,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-MAGIC = b"MRC3"  # MRC2: no run in the header; MRC1: payloads without a tag byte
+MAGIC = b"MRC4"  # MRC3: no destination run; MRC2: no run at all; MRC1: payloads without a tag byte
 
 HELLO = 1  # payload: JSON of the sender's view of the cluster shape
 MESSAGE = 2  # payload: a pickled worker message (see millrace.runtime.exchange)
@@ -31,10 +33,12 @@ ABORT = 3  # payload: a cause byte (LOST or FAILED), then the UTF-8 reason
 BYE = 4  # payload: empty; the sender has finished and sends nothing more
 
 _KINDS = (HELLO, MESSAGE, ABORT, BYE)
-# kind, sender process, destination worker, sequence number, sender's run
-_HEADER = struct.Struct("!BHIQ8s")
+# kind, sender process, destination process, sequence number, sender's run, destination's run
+_HEADER = struct.Struct("!BHHQ8s8s")
 _MAC_SIZE = 32
 RUN_SIZE = 8
+#: The destination run of a frame sent before the destination's run is known (a first HELLO).
+NO_RUN = bytes(RUN_SIZE)
 
 # Why a cluster stops, as an ABORT says it: a peer went away (stopped, died, unreachable), which
 # a cluster formed again can get over, or the flow itself failed, which no new attempt cures.
@@ -62,6 +66,7 @@ class Frame:
     seq: int
     payload: bytes
     run: bytes
+    dest_run: bytes = NO_RUN
 
 
 def derive_key(secret: bytes | None) -> bytes | None:
@@ -78,9 +83,12 @@ def seal(
     dest: int,
     seq: int,
     payload: bytes,
-    run: bytes = bytes(RUN_SIZE),
+    run: bytes = NO_RUN,
+    dest_run: bytes = NO_RUN,
 ) -> list[bytes]:
-    header = _HEADER.pack(kind, sender, dest, seq, run)
+    """The parts of a frame from process ``sender`` (of ``run``) to process ``dest`` (of
+    ``dest_run``), MACed under ``key`` (``None``: no MAC)."""
+    header = _HEADER.pack(kind, sender, dest, seq, run, dest_run)
     # hmac.digest is OpenSSL's one-shot HMAC: no Python-level object per frame.
     mac = hmac.digest(key, header + payload, "sha256") if key is not None else b""
     return [MAGIC, header, payload, mac]
@@ -95,7 +103,7 @@ def open_frame(key: bytes | None, parts: list[bytes], proc_count: int) -> Frame:
         raise BadFrame(f"bad magic {bytes(magic[:8])!r}")
     if len(header) != _HEADER.size:
         raise BadFrame(f"header of {len(header)} bytes, expected {_HEADER.size}")
-    kind, sender, dest, seq, run = _HEADER.unpack(header)
+    kind, sender, dest, seq, run, dest_run = _HEADER.unpack(header)
     if kind not in _KINDS:
         raise BadFrame(f"unknown frame kind {kind}")
     if sender >= proc_count:
@@ -107,7 +115,7 @@ def open_frame(key: bytes | None, parts: list[bytes], proc_count: int) -> Frame:
                 kind,
                 sender,
             )
-    return Frame(kind, sender, dest, seq, bytes(payload), run)
+    return Frame(kind, sender, dest, seq, bytes(payload), run, dest_run)
 
 
 def abort_payload(reason: str, *, lost: bool) -> bytes:

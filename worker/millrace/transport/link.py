@@ -15,13 +15,14 @@ HELLO came from every peer (or raises, naming who did not answer); :meth:`close`
 waits for the peers' BYE, so that nothing still in flight is lost. A peer whose connection
 drops before its BYE is lost, and the whole cluster fails.
 
-Runs: each link draws a random run id that every frame it sends carries. A peer's frames count
-only once its HELLO told this link its run, and only frames of that run: what an earlier run of
-the peer still had in flight (a process that started again, a cluster formed again after a loss)
-is dropped, never mixed into this one. The first HELLO of a run is answered with a HELLO, so a
-peer that started after ours went out still gets one. A HELLO of another cluster (another id or
-shape) is refused without failing: a process of an old pod template that is still stopping must
-not keep the new cluster from forming.
+Runs: each link draws a random run id. Peers confirm each other's runs with a HELLO handshake
+(see :mod:`.admission`), and every frame names sender, destination and the runs of both: what
+an earlier run still had in flight (a process that started again, a cluster formed again after
+a loss), or a frame recorded and sent again to another process or another run, is dropped and
+logged, never mixed into this one, and the genuine frames still count. A HELLO of another
+cluster (another id or shape), or one that fails authentication, is refused without failing:
+a process of an old pod template that is still stopping, or anyone who can reach the port,
+must not keep the new cluster from forming.
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ class ZmqLink:
         self._all_bye = threading.Event()
         self._failing = threading.Event()
         self._closing = threading.Event()
-        self._admission = Admission(proc_id, self.proc_count, workers_per_proc, cluster_id)
+        self._admission = Admission(proc_id, self.proc_count, workers_per_proc, cluster_id, self.run)
+        # Peers whose HELLO failed authentication (while the cluster forms), for the timeout's error.
+        self._bad_hellos: dict[int, str] = {}
         self._liveness = Liveness(self.peers)
         self._hello = frames.hello_payload(proc_id, self.proc_count, workers_per_proc, cluster_id)
         self._threads: list[threading.Thread] = []
@@ -149,7 +152,7 @@ class ZmqLink:
                 ) from None
             self._push[peer] = push
         for peer in self.peers:
-            self._outbound.put((peer, frames.HELLO, self._hello))
+            self._outbound.put((peer, frames.HELLO, self._hello, frames.NO_RUN))
         for target, name in ((self._send_loop, "sender"), (self._receive_loop, "receiver")):
             thread = threading.Thread(target=target, name=f"millrace-{name}-{self.proc_id}", daemon=True)
             thread.start()
@@ -166,7 +169,7 @@ class ZmqLink:
                 raise ClusterError(self._exchange.reason or "the cluster is stopping")
             if self._monotonic() >= deadline:
                 missing = [p for p in self.peers if p not in self._hellos]
-                refusals = self._admission.refused
+                refusals = {**self._bad_hellos, **self._admission.refused}
                 refused = "".join(f"; process {p} answered, but {refusals[p]}" for p in missing if p in refusals)
                 raise PeerLost(
                     f"process {self.proc_id} could not reach "
@@ -181,7 +184,7 @@ class ZmqLink:
         """Queue ``msg`` for worker ``dest``; pickled here, in the sending worker's thread, so
         an unpicklable value raises to that worker."""
         payload = frames.dump_messages([(dest, msg)])
-        self._outbound.put((dest // self.workers_per_proc, frames.MESSAGE, payload))
+        self._outbound.put((dest // self.workers_per_proc, frames.MESSAGE, payload, None))
 
     def congested(self) -> bool:
         return self._outbound.qsize() > OUTBOUND_LIMIT
@@ -190,7 +193,7 @@ class ZmqLink:
         self._failing.set()
         payload = frames.abort_payload(reason, lost=peer_lost)
         for peer in self.peers:
-            self._outbound.put((peer, frames.ABORT, payload))
+            self._outbound.put((peer, frames.ABORT, payload, None))
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -198,7 +201,7 @@ class ZmqLink:
         """Finish: on a clean end, BYE to every peer and wait for theirs; then close."""
         if clean and not self._failing.is_set():
             for peer in self.peers:
-                self._outbound.put((peer, frames.BYE, b""))
+                self._outbound.put((peer, frames.BYE, b"", None))
             if not self._all_bye.wait(bye_timeout):
                 missing = [p for p in self.peers if p not in self._byes]
                 log.warning(
@@ -226,16 +229,21 @@ class ZmqLink:
 
     def _send_loop(self) -> None:
         seq = dict.fromkeys(self.peers, 0)
+        runs = self._admission.runs  # written by the receiver; a peer's entry only once confirmed
         try:
             while True:
                 item = self._outbound.get()
                 if item is _STOP:
                     return
-                peer, kind, payload = item
+                peer, kind, payload, dest_run = item
                 if kind == frames.MESSAGE and self._failing.is_set():
                     continue  # after a failure only ABORT matters
+                if dest_run is None:  # the peer's run as confirmed now (a HELLO names its own)
+                    dest_run = runs.get(peer, frames.NO_RUN)
                 seq[peer] += 1
-                self._send(peer, frames.seal(self.key, kind, self.proc_id, 0, seq[peer], payload, self.run))
+                self._send(
+                    peer, frames.seal(self.key, kind, self.proc_id, peer, seq[peer], payload, self.run, dest_run)
+                )
         except Exception as exc:  # a bug here must not leave the peers waiting forever
             log.exception("process %d: sender failed", self.proc_id)
             assert self._exchange is not None
@@ -295,11 +303,13 @@ class ZmqLink:
             return False
         return any(inbox.qsize() > INBOX_LIMIT for inbox in exchange.inboxes)
 
-    def _drop(self, why: str) -> None:
+    def _drop(self, why: str, sender: int | None = None) -> None:
         self.dropped_frames += 1
+        claimed = f" claiming to come from process {sender} ({self.addresses[sender]})" if sender is not None else ""
         log.warning(
-            "process %d: dropped a frame received on %s: %s",
+            "process %d: dropped a frame%s received on %s: %s",
             self.proc_id,
+            claimed,
             self.addresses[self.proc_id],
             why,
         )
@@ -309,18 +319,18 @@ class ZmqLink:
         try:
             frame = frames.open_frame(self.key, parts, self.proc_count)
         except frames.BadFrame as exc:
-            if exc.kind == frames.HELLO and exc.sender is not None and not self._ready.is_set():
-                self._exchange.fail(
-                    f"process {self.proc_id} refused process {exc.sender} "
-                    f"({self.addresses[exc.sender]}): its HELLO failed authentication, so "
-                    "it holds a different cluster secret"
+            if exc.kind == frames.HELLO and exc.sender is not None:
+                # Anyone who reaches the port can send this: it must not stop the cluster
+                # from forming with the genuine peer. If no genuine HELLO comes, the timeout's
+                # error says what this one suggests.
+                self._bad_hellos[exc.sender] = (
+                    "its HELLO failed authentication: it holds a different cluster secret (or someone else sent it)"
                 )
-            else:
-                self._drop(str(exc))
+            self._drop(str(exc), exc.sender)
             return
         verdict = self._admission.admit(frame, formed=self._ready.is_set())
         if verdict.action != "accept":
-            self._on_verdict(frame.sender, verdict)
+            self._on_verdict(frame, verdict)
             return
         if frame.kind == frames.MESSAGE:
             try:
@@ -339,7 +349,15 @@ class ZmqLink:
                 if self._exchange.is_local(dest):
                     self._exchange.deliver(dest, msg)
                 else:
-                    self._drop(f"message for worker {dest}, which is not in this process")
+                    # The frame is for this process and in its sender's sequence, so this is
+                    # the sender's mistake, and items are lost: not something to drop quietly.
+                    self._failing.set()
+                    self._exchange.fail(
+                        f"process {self.proc_id} got a message for worker {dest}, which is not in "
+                        f"this process, from process {frame.sender} ({self.addresses[frame.sender]}): "
+                        "do all processes get the same worker count?"
+                    )
+                    return
         elif frame.kind == frames.ABORT:
             reason, lost = frames.parse_abort(frame.payload)
             self._failing.set()
@@ -349,19 +367,24 @@ class ZmqLink:
             if len(self._byes) == len(self.peers):
                 self._all_bye.set()
 
-    def _on_verdict(self, peer: int, verdict: Verdict) -> None:
+    def _on_verdict(self, frame: frames.Frame, verdict: Verdict) -> None:
         """Act on a frame that does not simply count (see :mod:`.admission`)."""
         assert self._exchange is not None
+        peer = frame.sender
         where = f"process {peer} ({self.addresses[peer]})"
         if verdict.action == "drop":
-            self._drop(verdict.reason)
+            self._drop(verdict.reason, peer)
+        elif verdict.action == "answer":
+            # So that a peer of that run, if it is a live one, can confirm itself.
+            self._outbound.put((peer, frames.HELLO, self._hello, frame.run))
         elif verdict.action == "refuse":
             if verdict.first:
                 log.warning("process %d: refused a HELLO from %s: %s", self.proc_id, where, verdict.reason)
         elif verdict.action == "join":
-            # Answered, so a peer that started after our HELLO went out still gets one.
-            self._outbound.put((peer, frames.HELLO, self._hello))
+            if verdict.first:  # its first HELLO of this run: it needs our answer to confirm us
+                self._outbound.put((peer, frames.HELLO, self._hello, frame.run))
             self._hellos.add(peer)
+            self._bad_hellos.pop(peer, None)
             if len(self._hellos) == len(self.peers):
                 self._formed()
         elif verdict.action == "restarted":

@@ -1,0 +1,193 @@
+"""Frames recorded on the wire and sent again: into a later run of the same cluster (same
+secret), or into another process of the same run. Real cluster_main processes, real ZeroMQ
+sockets: a recording proxy stands between process 1 and process 0 (process 1's address list
+names the proxy for process 0), and the test replays what it recorded. No replayed frame is
+ever accepted, and the genuine frames still are: every process ends well, the output is exact,
+and the process that got the replays logs each one, naming the peer it claims to come from."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from millrace.transport import frames
+from millrace.transport.addresses import free_ports
+
+from .conftest import Procs
+from .test_cluster import RUN_PROC, _expected_sums, _read_outputs, _running, _wait_running
+
+pytestmark = pytest.mark.timeout(180)
+
+SECRET = b"replay-secret"
+KEY = frames.derive_key(SECRET)
+
+
+class Recorder:
+    """A proxy: binds ``listen`` and forwards every frame to ``forward``, keeping a copy."""
+
+    def __init__(self, listen: int, forward: int) -> None:
+        self.ctx = zmq.Context()
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.bind(f"tcp://127.0.0.1:{listen}")
+        self.push = self.ctx.socket(zmq.PUSH)
+        self.push.connect(f"tcp://127.0.0.1:{forward}")
+        self.recorded: list[list[bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.pull.poll(50):
+                parts = self.pull.recv_multipart()
+                self.recorded.append(parts)
+                self.push.send_multipart(parts)
+
+    def kinds(self) -> list[int]:
+        return [frames.open_frame(KEY, parts, 3).kind for parts in list(self.recorded)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.pull.close(linger=0)
+        self.push.close(linger=1000)
+        self.ctx.term()
+
+
+class StderrLines:
+    """Reads a process's stderr as it comes, so a test can wait for a line."""
+
+    def __init__(self, proc: Any) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: Any) -> None:
+        for line in proc.stderr:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+
+    def wait_for(self, text: str, count: int, timeout: float = 60.0) -> None:
+        with self._changed:
+            found = self._changed.wait_for(lambda: self.count(text) >= count, timeout)
+        assert found, f"{count} lines with {text!r} did not come: {''.join(self.lines)[-3000:]}"
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    def text(self) -> str:
+        self._thread.join(30)
+        return "".join(self.lines)
+
+
+def _start(procs: Procs, addresses: list[str], proc_id: int, out: str, count: int, delay: float) -> Any:
+    return procs.start(
+        RUN_PROC,
+        "sum",
+        "--addresses",
+        ",".join(addresses),
+        "--proc-id",
+        str(proc_id),
+        "--out",
+        out,
+        "--count",
+        str(count),
+        "--delay",
+        str(delay),
+        "--running",
+        _running(out, proc_id),
+        env={"MILLRACE_CLUSTER_SECRET": SECRET.decode()},
+    )
+
+
+def _send(port: int, recorded: list[list[bytes]]) -> None:
+    """As an outsider, send the ``recorded`` frames to the process listening on ``port``."""
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    for parts in recorded:
+        push.send_multipart(parts)
+    push.close(linger=5000)
+    ctx.term()
+
+
+def _record_a_run(procs: Procs, tmp_path: Path) -> list[list[bytes]]:
+    """Run a two-process cluster whose traffic from process 1 to process 0 is recorded."""
+    port0, port1, proxy = free_ports(3)
+    recorder = Recorder(proxy, port0)
+    out = str(tmp_path / "first")
+    try:
+        started = [
+            _start(procs, [f"127.0.0.1:{port0}", f"127.0.0.1:{port1}"], 0, out, 30, 0.0),
+            _start(procs, [f"127.0.0.1:{proxy}", f"127.0.0.1:{port1}"], 1, out, 30, 0.0),
+        ]
+        for proc in started:
+            _, stderr = proc.communicate(timeout=60)
+            assert proc.returncode == 0, stderr
+    finally:
+        recorder.close()
+    assert Counter(_read_outputs(out)) == _expected_sums(2, 30)
+    kinds = [frames.open_frame(KEY, parts, 2).kind for parts in recorder.recorded]
+    assert kinds.count(frames.HELLO) >= 2 and frames.MESSAGE in kinds and kinds[-1] == frames.BYE, kinds
+    return recorder.recorded
+
+
+def test_frames_of_an_earlier_run_are_refused_and_the_new_run_is_exact(procs, tmp_path):
+    recorded = _record_a_run(procs, tmp_path)
+    port0, port1 = free_ports(2)
+    addresses = [f"127.0.0.1:{port0}", f"127.0.0.1:{port1}"]
+    out = str(tmp_path / "second")
+    first = _start(procs, addresses, 0, out, 60, 0.01)
+    log = StderrLines(first)
+    # Before process 1 of the new run even starts, process 0 gets every frame of the old run's
+    # process 1: the HELLOs (the old run's answer echoes the old run of process 0), the data
+    # and the BYE. Only the first HELLO is answered (its answer goes nowhere useful); each of
+    # the others is refused with a line naming process 1.
+    _send(port0, recorded)
+    log.wait_for("claiming to come from process 1", len(recorded) - 1)
+    second = _start(procs, addresses, 1, out, 60, 0.01)
+    for proc in (first, second):
+        proc.wait(timeout=60)
+    stderr = log.text()
+    assert [first.returncode, second.returncode] == [0, 0], (stderr, second.stderr.read())
+    assert Counter(_read_outputs(out)) == _expected_sums(2, 60)
+    assert stderr.count(f"claiming to come from process 1 ({addresses[1]})") == len(recorded) - 1
+    assert "a frame of another run of process 1" in stderr
+
+
+def test_frames_for_one_process_sent_to_another_of_the_same_run_are_refused(procs, tmp_path):
+    ports = free_ports(4)
+    real = [f"127.0.0.1:{port}" for port in ports[:3]]
+    proxy = ports[3]
+    recorder = Recorder(proxy, ports[0])
+    out = str(tmp_path / "out")
+    try:
+        started = []
+        for proc_id in range(3):
+            addresses = [f"127.0.0.1:{proxy}", *real[1:]] if proc_id == 1 else real
+            started.append(_start(procs, addresses, proc_id, out, 150, 0.02))
+        logs = [StderrLines(proc) for proc in started]
+        _wait_running(started, out)
+        while frames.MESSAGE not in recorder.kinds():
+            assert all(proc.poll() is None for proc in started)
+            threading.Event().wait(0.01)
+        # Everything process 1 sent to process 0 so far (HELLOs and data of this very run),
+        # sent to process 2, which gets frames from process 1 of the same run too.
+        replayed = list(recorder.recorded)
+        _send(ports[2], replayed)
+        for proc in started:
+            proc.wait(timeout=90)
+    finally:
+        recorder.close()
+    stderrs = [log.text() for log in logs]
+    assert [proc.returncode for proc in started] == [0, 0, 0], stderrs
+    assert Counter(_read_outputs(out)) == _expected_sums(3, 150)
+    assert stderrs[2].count("a frame from process 1 for process 0, not this one") == len(replayed), stderrs[2]
+    assert f"claiming to come from process 1 ({real[1]})" in stderrs[2]
