@@ -508,10 +508,13 @@ def test_authentic_frames_of_another_run_are_dropped_and_the_flow_finishes(procs
 
 
 def test_a_peer_with_the_wrong_secret_is_refused_on_both_sides(procs, tmp_path):
+    """Its HELLO is dropped (a forged one must not stop the cluster from forming), and the
+    timeout's error says what the dropped HELLO suggests."""
     started, _, _ = _cluster(
         procs,
         tmp_path,
         "sum",
+        extra=("--connect-timeout", "3"),
         env=[{"MILLRACE_CLUSTER_SECRET": "one"}, {"MILLRACE_CLUSTER_SECRET": "two"}],
     )
     for proc in started:

@@ -191,3 +191,21 @@ def test_frames_for_one_process_sent_to_another_of_the_same_run_are_refused(proc
     assert Counter(_read_outputs(out)) == _expected_sums(3, 150)
     assert stderrs[2].count("a frame from process 1 for process 0, not this one") == len(replayed), stderrs[2]
     assert f"claiming to come from process 1 ({real[1]})" in stderrs[2]
+
+
+def test_a_forged_hello_before_the_cluster_forms_is_dropped_and_the_genuine_peer_joins(procs, tmp_path):
+    """Anyone who reaches a port can send a HELLO with a bad MAC: it is dropped and logged,
+    never a reason to stop the cluster from forming."""
+    port0, port1 = free_ports(2)
+    addresses = [f"127.0.0.1:{port0}", f"127.0.0.1:{port1}"]
+    out = str(tmp_path / "out")
+    first = _start(procs, addresses, 0, out, 40, 0.0)
+    log = StderrLines(first)
+    forged = frames.hello_payload(1, 2, 1, "")
+    _send(port0, [frames.seal(b"not the key" * 3, frames.HELLO, 1, 0, 1, forged, b"f" * frames.RUN_SIZE)])
+    log.wait_for("authentication failed for a frame claiming to come from process 1", 1)
+    second = _start(procs, addresses, 1, out, 40, 0.0)
+    for proc in (first, second):
+        proc.wait(timeout=60)
+    assert [first.returncode, second.returncode] == [0, 0], (log.text(), second.stderr.read())
+    assert Counter(_read_outputs(out)) == _expected_sums(2, 40)
