@@ -59,6 +59,7 @@ SECRET_ENV = "MILLRACE_CLUSTER_SECRET"
 SECRET_FILE_ENV = "MILLRACE_CLUSTER_SECRET_FILE"
 CONNECT_TIMEOUT_ENV = "MILLRACE_CONNECT_TIMEOUT"
 CLUSTER_ID_ENV = "MILLRACE_CLUSTER_ID"
+ENCRYPT_ENV = "MILLRACE_CLUSTER_ENCRYPT"
 
 
 def _secret_bytes(secret: bytes | str | None) -> bytes | None:
@@ -108,7 +109,9 @@ def cluster_main(
 
     Frames between processes are authenticated with ``secret`` (bytes or str; by default
     ``$MILLRACE_CLUSTER_SECRET`` or the contents of the file named by
-    ``$MILLRACE_CLUSTER_SECRET_FILE``). Without one the cluster still runs, with a warning.
+    ``$MILLRACE_CLUSTER_SECRET_FILE``); with ``$MILLRACE_CLUSTER_ENCRYPT`` on, the traffic is
+    encrypted too (ZeroMQ CURVE, keys derived from the secret). Without a secret the cluster
+    still runs, with a warning, and accepts connections only from the hosts of ``addresses``.
     Processes whose ``$MILLRACE_CLUSTER_ID`` differ refuse each other (the operator sets it to
     the pod template's hash, so old and new pods never form one cluster).
 
@@ -130,11 +133,16 @@ def cluster_main(
     if type(proc_id) is not int:
         raise TypeError(f"proc_id must be an int, got {proc_id!r}")
     key = _secret_bytes(secret)
+    encrypt = bool(read(os.environ, ENCRYPT_ENV))
+    if encrypt and key is None:
+        raise ValueError(f"{ENCRYPT_ENV} is on, but there is no cluster secret to derive the keys from")
     if key is None and len(address_list) > 1:
+        hosts = sorted({address.rpartition(":")[0] for address in address_list})
         warnings.warn(
-            "cluster_main runs without a cluster secret, so its traffic is unauthenticated and "
-            f"anyone who can reach {address_list[proc_id] if 0 <= proc_id < len(address_list) else 'its port'} "
-            f"can inject data; set {SECRET_ENV} or pass secret=",
+            "cluster_main runs without a cluster secret, so its traffic is unauthenticated: it "
+            f"accepts connections only from the hosts of its address list ({', '.join(hosts)}), "
+            "but any process on those hosts can inject data and run code in it (data is "
+            f"unpickled); set {SECRET_ENV} or pass secret=",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -148,6 +156,7 @@ def cluster_main(
         secret=key,
         connect_timeout=_seconds(connect_timeout),
         cluster_id=read(os.environ, CLUSTER_ID_ENV),
+        encrypt=encrypt,
     )
 
 
@@ -206,4 +215,5 @@ def spawn_cluster(
         worker_count_per_proc=worker_count_per_proc,
         connect_timeout=_seconds(None),
         cluster_id=read(os.environ, CLUSTER_ID_ENV),
+        encrypt=bool(read(os.environ, ENCRYPT_ENV)),
     )

@@ -74,6 +74,8 @@ class PodSettings:
     connect_timeout: float
     cluster_id: str
     termination_log: Path
+    #: Encrypt the traffic (CURVE): on unless MILLRACE_CLUSTER_ENCRYPT turns it off; needs a secret.
+    encrypt: bool = True
 
 
 def proc_id_from(env: Mapping[str, str], hostname: str) -> int:
@@ -126,6 +128,7 @@ def settings_from(env: Mapping[str, str], hostname: str) -> PodSettings:
         connect_timeout=read(env, "MILLRACE_CONNECT_TIMEOUT"),
         cluster_id=read(env, "MILLRACE_CLUSTER_ID"),
         termination_log=read(env, "MILLRACE_TERMINATION_LOG"),
+        encrypt=read(env, "MILLRACE_CLUSTER_ENCRYPT") is not False,
     )
 
 
@@ -210,6 +213,14 @@ def run(settings: PodSettings) -> None:
     secret = settings.secret_file.read_bytes().strip() if settings.secret_file else None
     if secret == b"":
         raise PodConfigError(f"the cluster secret file {settings.secret_file} is empty")
+    # On Kubernetes the traffic crosses the pod network: encrypted whenever there is a secret
+    # (the operator always mounts one), unless MILLRACE_CLUSTER_ENCRYPT=0 says otherwise.
+    encrypt = settings.encrypt and secret is not None
+    if settings.encrypt and secret is None and len(settings.addresses) > 1:
+        log.warning(
+            "no cluster secret (MILLRACE_CLUSTER_SECRET_FILE): traffic is neither encrypted nor "
+            "authenticated; only the hosts of the address list may connect"
+        )
     readiness = _Readiness(settings.state_dir)
     attempt = 1
     while True:
@@ -227,6 +238,7 @@ def run(settings: PodSettings) -> None:
                 connect_timeout=settings.connect_timeout,
                 cluster_id=settings.cluster_id,
                 on_formed=readiness.formed,
+                encrypt=encrypt,
             )
             return
         except PeerLost as exc:

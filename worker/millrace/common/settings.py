@@ -58,6 +58,15 @@ def _positive_number(name: str, text: str) -> float:
     return value
 
 
+def _boolean(name: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false (1/0, yes/no, on/off), got {text!r}")
+
+
 def _text(name: str, text: str) -> str:
     return text
 
@@ -98,6 +107,13 @@ VARIABLES: dict[str, Variable] = {
             None,
             f"{_CLUSTER}, {_POD}",
             "a file holding the cluster secret (the pods' mounted Secret)",
+        ),
+        Variable(
+            "MILLRACE_CLUSTER_ENCRYPT",
+            _boolean,
+            None,
+            f"{_CLUSTER}, {_POD}",
+            "encrypt traffic with CURVE, keys derived from the secret (unset: on in pods, off elsewhere)",
         ),
         Variable(
             "MILLRACE_CONNECT_TIMEOUT",

@@ -50,6 +50,7 @@ def run_process(
     abandoned: Callable[[], str | None] | None = None,
     on_formed: Callable[[], None] | None = None,
     clock: Clock | None = None,
+    encrypt: bool = False,
 ) -> None:
     """Run process ``proc_id`` of the cluster at ``addresses`` until the flow ends everywhere.
     ``listener``: this process's socket, already bound at its address (the link closes it).
@@ -57,6 +58,7 @@ def run_process(
     process is gone) stops the whole cluster. ``on_formed``: called once every process has
     joined, before the workers start (a pod becomes ready then). ``clock``: what the epochs
     and windows read (default: the clock installed now, :func:`millrace.common.clock.current`).
+    ``encrypt``: encrypt the traffic (CURVE, keys derived from ``secret``).
 
     A failure raises: the original exception where it happened; elsewhere a
     :class:`ClusterError`, or a :class:`PeerLost` when a process went away (then forming the
@@ -74,7 +76,9 @@ def run_process(
             raise ValueError(f"worker_count_per_proc must be a positive int, got {workers_per_proc!r}")
         link = None
         if proc_count > 1:
-            link = ZmqLink(addresses, proc_id, workers_per_proc, secret, connect_timeout, cluster_id, listener)
+            link = ZmqLink(
+                addresses, proc_id, workers_per_proc, secret, connect_timeout, cluster_id, listener, encrypt=encrypt
+            )
     except BaseException:
         if listener is not None:
             listener.close()

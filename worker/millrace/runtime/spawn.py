@@ -17,6 +17,7 @@ from ..common import clock as clocks
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..common.errors import ClusterError
 from ..transport.listener import Listener
+from ..transport.security import Security
 from . import cluster
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ def run(
     worker_count_per_proc: int,
     connect_timeout: float,
     cluster_id: str,
+    encrypt: bool = False,
 ) -> None:
     """Run ``flow`` on ``proc_count`` processes of ``ctx`` (a :mod:`multiprocessing` context,
     or :data:`millrace.testing.doctest_ctx`) and return when all have finished; raise the
@@ -63,6 +65,7 @@ def run(
                 inboxes[proc_id],
                 connect_timeout,
                 cluster_id,
+                encrypt,
             ),
             name=f"millrace-proc-{proc_id}",
             daemon=False,
@@ -92,6 +95,7 @@ def _spawned_main(
     inbox: Any,
     connect_timeout: float,
     cluster_id: str,
+    encrypt: bool = False,
 ) -> None:
     """The body of each process :func:`~millrace.execution.spawn_cluster` starts: bind a port,
     report it on ``ports``, take the cluster's addresses from ``inbox`` (``None``: the start
@@ -105,7 +109,7 @@ def _spawned_main(
         listener = None
         parent_gone = _parent_gone(proc_id)
         if proc_count > 1:
-            listener = Listener.any_port(proc_id)
+            listener = Listener.any_port(proc_id, Security(secret, encrypt))
             ports.put((proc_id, listener.port))
             addresses = _addresses_from(inbox, listener, parent_gone)
         cluster.run_process(
@@ -121,6 +125,7 @@ def _spawned_main(
             listener=listener,
             abandoned=parent_gone,
             clock=clock,
+            encrypt=encrypt,
         )
     except BaseException as exc:
         try:

@@ -45,6 +45,7 @@ from .addresses import bind_endpoint, check_addresses, connect_endpoint
 from .admission import Admission, Verdict
 from .listener import HWM, Listener
 from .liveness import Liveness
+from .security import Security
 
 if TYPE_CHECKING:
     from .protocols import Exchange, Message
@@ -66,8 +67,10 @@ _MONITOR_EVENT = struct.Struct("=Hi")
 
 class ZmqLink:
     """Process ``proc_id`` of the cluster at ``addresses``, each running ``workers_per_proc``
-    workers. ``secret`` (bytes) authenticates every frame; ``None`` runs unauthenticated.
-    ``listener``: this process's socket, already bound at its address (the link owns it).
+    workers. ``secret`` (bytes) authenticates every frame; ``None`` runs unauthenticated, open
+    to the hosts of ``addresses`` only. ``encrypt``: CURVE with keys derived from the secret
+    (see :mod:`.security`). ``listener``: this process's socket, already bound at its address
+    with the same security (the link owns it).
     ``clock``: what the connect timeout and the grace periods for lost peers are measured on;
     the system clock but in tests (they drive a :class:`~millrace.common.clock.ManualClock`
     past a grace period instead of waiting it out)."""
@@ -82,8 +85,10 @@ class ZmqLink:
         cluster_id: str = "",
         listener: Listener | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        encrypt: bool = False,
     ) -> None:
         self.hosts = check_addresses(addresses)
+        self.security = Security(secret, encrypt, tuple(host for host, _ in self.hosts))
         self._monotonic = clock.monotonic
         # Which run of which cluster this process belongs to (the operator passes its pod
         # template hash), so a pod of an old template never joins a new cluster.
@@ -124,7 +129,9 @@ class ZmqLink:
         self._exchange = exchange
         if self._listener is None:
             host, port = self.hosts[self.proc_id]
-            self._listener = Listener(bind_endpoint(host, port), self.addresses[self.proc_id], self.proc_id)
+            self._listener = Listener(
+                bind_endpoint(host, port), self.addresses[self.proc_id], self.proc_id, self.security
+            )
         ctx = self._listener.ctx
         self._pull = self._listener.socket
         for peer in self.peers:
@@ -141,6 +148,7 @@ class ZmqLink:
             # answers, while a vanished host is noticed within the timeout.
             push.setsockopt(zmq.HEARTBEAT_IVL, 1000)
             push.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+            self.security.connecting(push)
             monitor = push.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
             self._monitors[monitor] = peer
             peer_host, peer_port = self.hosts[peer]
