@@ -17,7 +17,9 @@ is checked for correctness before it counts. Targets come from the issues:
 - memory: peak RSS of a 5,000,000-item run where a fast input feeds a slow step on the other
   process stays bounded (compared with a 500,000-item run);
 - recovery: wordcount with 1-second epochs and snapshots costs <= 15% against no recovery
-  (also shown, without a target: the same over four times the words, several epochs).
+  (also shown, without a target: the same over four times the words, several epochs);
+- encryption (no target, what it costs): the exchange flow (every item crosses) and the
+  2-process wordcount with ZeroMQ CURVE on (``MILLRACE_CLUSTER_ENCRYPT=1``) against off.
 
 Beside the multi-process figures, what this machine gave in the same run: ``machine_x``, two
 processes that share nothing against one, and ``by_hand_*``, the same flow's work written by
@@ -269,6 +271,63 @@ def m_exchange(scale: float) -> dict[str, float]:
     return {"items_per_s": rate, "by_hand_items_per_s": hand}
 
 
+def _encrypted(rate: Callable[[], float], on: bool) -> Callable[[], float]:
+    """``rate`` with encryption on or off: spawn_cluster reads the setting from the environment."""
+
+    def measured() -> float:
+        previous = os.environ.get("MILLRACE_CLUSTER_ENCRYPT")
+        os.environ["MILLRACE_CLUSTER_ENCRYPT"] = "1" if on else "0"
+        try:
+            return rate()
+        finally:
+            if previous is None:
+                del os.environ["MILLRACE_CLUSTER_ENCRYPT"]
+            else:
+                os.environ["MILLRACE_CLUSTER_ENCRYPT"] = previous
+
+    return measured
+
+
+def m_encryption(scale: float) -> dict[str, float]:
+    """Two processes, the traffic encrypted (CURVE) or not, taking turns."""
+    n = int(3_000_000 * scale)
+
+    def crossing(report_dir: str) -> Dataflow:
+        flow = Dataflow()
+        flow.input("inp", TestingBuilderInputConfig(lambda: by_hand.crossing_items(n)))
+        flow.stateful_map("seen", by_hand.no_state, by_hand.pass_on)
+        flow.capture(counting_output(report_dir))
+        return flow
+
+    m = int(2_000_000 * scale)
+
+    def word_input(worker_index: int, worker_count: int, resume_state: Any):
+        return zip(repeat(None), by_hand.word_share(worker_index, worker_count, m))
+
+    def wordcount(report_dir: str) -> Dataflow:
+        flow = Dataflow()
+        flow.input("inp", ManualInputConfig(word_input))
+        flow.map(to_pair)
+        flow.stateful_map("count", by_hand.zero, by_hand.running_total)
+        flow.capture(counting_output(report_dir))
+        return flow
+
+    x_off, x_on, wc_off, wc_on = by_hand.best_rates(
+        _encrypted(lambda: _cluster_rate(crossing, 2, n), on=False),
+        _encrypted(lambda: _cluster_rate(crossing, 2, n), on=True),
+        _encrypted(lambda: _cluster_rate(wordcount, 2, m), on=False),
+        _encrypted(lambda: _cluster_rate(wordcount, 2, m), on=True),
+    )
+    return {
+        "exchange_off": x_off,
+        "exchange_on": x_on,
+        "exchange_cost": 1 - x_on / x_off,
+        "wordcount_2p_off": wc_off,
+        "wordcount_2p_on": wc_on,
+        "wordcount_cost": 1 - wc_on / wc_off,
+    }
+
+
 def _peak_rss_run(n: int) -> float:
     def fast(worker_index: int, worker_count: int, resume_state: Any):
         if worker_index != 0:
@@ -355,6 +414,7 @@ MEASUREMENTS: dict[str, Callable[[float], dict[str, float]]] = {
     "exchange": m_exchange,
     "memory": m_memory,
     "recovery": m_recovery,
+    "encryption": m_encryption,
 }
 
 # (measurement, figure, comparison, target, and the figure of the same measurement that shows

@@ -209,3 +209,30 @@ def test_a_forged_hello_before_the_cluster_forms_is_dropped_and_the_genuine_peer
         proc.wait(timeout=60)
     assert [first.returncode, second.returncode] == [0, 0], (log.text(), second.stderr.read())
     assert Counter(_read_outputs(out)) == _expected_sums(2, 40)
+
+
+def test_handshake_hellos_of_other_runs_are_answered_once_and_only_an_echo_of_this_run_confirms():
+    """The admission state machine alone: HELLOs recorded in other runs (however many) are
+    answered at most once each and never trusted; the HELLO that echoes this process's own run,
+    which nobody could record before it was drawn, confirms the peer."""
+    from millrace.transport.admission import Admission
+
+    mine = b"m" * frames.RUN_SIZE
+    gate = Admission(proc_id=0, proc_count=2, workers_per_proc=1, cluster_id="", run=mine)
+    hello = frames.hello_payload(1, 2, 1, "")
+    verdicts = []
+    for n in range(100):
+        old_run = n.to_bytes(frames.RUN_SIZE, "big")
+        old = frames.Frame(frames.HELLO, 1, 0, 1, hello, old_run, b"o" * frames.RUN_SIZE)
+        verdicts += [gate.admit(old, formed=False).action, gate.admit(old, formed=False).action]
+    assert verdicts.count("answer") == 64 and "join" not in verdicts and gate.runs == {}
+    genuine = b"g" * frames.RUN_SIZE
+    confirm = gate.admit(frames.Frame(frames.HELLO, 1, 0, 2, hello, genuine, mine), formed=False)
+    assert (confirm.action, confirm.first, gate.runs) == ("join", True, {1: genuine})
+    data = frames.Frame(frames.MESSAGE, 1, 0, 3, b"", genuine, mine)
+    assert gate.admit(data, formed=True).action == "accept"
+    # The same frame again, or sent to process 0 as if for another process, counts for nothing.
+    assert gate.admit(data, formed=True).action == "drop"
+    elsewhere = frames.Frame(frames.MESSAGE, 1, 2, 4, b"", genuine, mine)
+    assert gate.admit(elsewhere, formed=True).reason == "a frame from process 1 for process 2, not this one"
+    assert gate.admit(frames.Frame(frames.MESSAGE, 1, 0, 4, b"", genuine, mine), formed=True).action == "accept"

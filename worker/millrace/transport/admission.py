@@ -142,16 +142,18 @@ class Admission:
             return Verdict("refuse", why, first)
         answered = self._answered.setdefault(peer, set())
         first_of_run = frame.run not in answered
-        if first_of_run:
-            if len(answered) >= _ANSWERED_LIMIT:
-                return Verdict("drop", f"a HELLO of yet another run of process {peer}")
-            answered.add(frame.run)
         if frame.dest_run != self.run:
             # Made before the peer knew our run (or recorded in another run): answer it, so a
             # live peer of that run can confirm itself, but trust nothing of it.
-            if first_of_run:
-                return Verdict("answer")
-            return Verdict("drop", f"a HELLO of process {peer} that this process answered already")
+            if not first_of_run:
+                return Verdict("drop", f"a HELLO of process {peer} that this process answered already")
+            if len(answered) >= _ANSWERED_LIMIT:
+                return Verdict("drop", f"a HELLO of yet another run of process {peer}, left unanswered")
+            answered.add(frame.run)
+            return Verdict("answer")
+        # It echoes our run, which no one could have recorded before we drew it: a confirmation,
+        # however many other runs' HELLOs came before.
+        answered.add(frame.run)
         if formed:
             return Verdict("restarted")
         self.refused.pop(peer, None)
