@@ -748,3 +748,46 @@ def test_admission_and_liveness_are_plain_state_machines():
     assert live.judge(now=1.0 + BYE_GRACE - 0.1, finished=set()) == []
     assert live.judge(now=1.0 + BYE_GRACE, finished=set()) == [(2, "its connection closed before the flow finished")]
     assert live.judge(now=100.0, finished=set()) == []  # reported once
+
+
+class _Watched(_Failures):
+    """An exchange for a link under test with real sockets: no local work, failures recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopping = threading.Event()
+        self.inboxes: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue()]
+        self.reason = None
+
+
+def test_a_peer_that_takes_nothing_for_the_connect_timeout_is_lost_not_waited_for_forever():
+    """A peer that is there (its socket accepts the connection) but never reads: the sender
+    waits for it (backpressure) only as long as the connect timeout, then the peer is lost,
+    named. Real sockets; the timeout runs on a manual clock the test moves."""
+    from millrace.transport import link as link_module
+
+    ports = free_ports(2)
+    ctx = zmq.Context()
+    stuck = ctx.socket(zmq.PULL)
+    stuck.setsockopt(zmq.RCVHWM, 1)
+    stuck.bind(f"tcp://127.0.0.1:{ports[1]}")  # never read
+    clock = ManualClock()
+    addresses = [f"127.0.0.1:{port}" for port in ports]
+    link = link_module.ZmqLink(addresses, 0, 1, b"s", 30.0, clock=clock)
+    exchange = _Watched()
+    link.start(exchange)  # type: ignore[arg-type]
+    try:
+        big = ("x" * 256_000,)
+        for _ in range(400):  # far more than the socket buffers on both ends hold
+            link.send(1, big)
+        for _ in range(600):
+            if exchange.reasons:
+                break
+            clock.advance(31)
+            time.sleep(0.05)
+        assert exchange.lost == [True], exchange.reasons
+        assert f"process 1 ({addresses[1]}) has taken nothing that process 0 sent for 30 s" in exchange.reasons[0]
+    finally:
+        link.close(clean=False)
+        stuck.close(linger=0)
+        ctx.term()

@@ -120,7 +120,7 @@ VARIABLES: dict[str, Variable] = {
             _positive_number,
             60.0,
             f"{_CLUSTER}, {_POD}",
-            "seconds to wait for every peer's HELLO (a pod then tries again)",
+            "seconds to wait for every peer's HELLO (a pod then tries again), or for a peer that reads nothing",
         ),
         Variable(
             "MILLRACE_CLUSTER_ID",

@@ -122,6 +122,8 @@ class ZmqLink:
         # Wakes the receiver out of its poll when the link closes (a byte on ``_wake[1]``).
         self._wake = socket.socketpair()
         self.dropped_frames = 0
+        # Peers the sender gave up on: they took nothing for too long (see _send).
+        self._stalled: set[int] = set()
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -259,14 +261,30 @@ class ZmqLink:
 
     def _send(self, peer: int, parts: list[bytes]) -> None:
         push = self._push[peer]
+        stalled_since: float | None = None
         while True:
+            if peer in self._stalled:
+                return  # lost already: what is still queued for it can never go
             try:
                 # Copying a frame of a few KiB is cheaper than ZeroMQ's zero-copy tracking.
                 push.send_multipart(parts)
                 return
             except zmq.Again:
-                # The peer is not reading (slow, or gone): keep trying unless we are leaving.
+                # The peer is not reading: slow (wait for it: that is the backpressure), or
+                # stuck or gone, once it has taken nothing for as long as the cluster waits
+                # for a peer to join. Leaving, we stop trying at once.
                 if self._closing.is_set():
+                    return
+                now = self._monotonic()
+                if stalled_since is None:
+                    stalled_since = now
+                elif now - stalled_since >= self.connect_timeout:
+                    self._stalled.add(peer)
+                    self._lose(
+                        f"process {peer} ({self.addresses[peer]}) has taken nothing that process "
+                        f"{self.proc_id} sent for {self.connect_timeout:g} s: it is stuck (or the "
+                        "network is), so the cluster cannot go on"
+                    )
                     return
             except zmq.ZMQError as exc:
                 log.warning("process %d: send to process %d failed: %s", self.proc_id, peer, exc)
