@@ -8,10 +8,14 @@ import marshal
 import pickle
 from collections import namedtuple
 from dataclasses import dataclass
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from millrace.transport import frames
+from millrace.transport.admission import Admission
 
 Point = namedtuple("Point", "x y")
 
@@ -69,3 +73,39 @@ def test_anything_else_travels_as_pickle_with_its_own_type(value):
 def test_a_malformed_payload_is_refused_by_name(payload, reason):
     with pytest.raises(frames.BadFrame, match=reason.replace("(", r"\(").replace(")", r"\)")):
         frames.load_messages(payload)
+
+
+# -- arbitrary bytes from the network ------------------------------------------------------------
+
+_HEADER_SIZE = frames._HEADER.size
+
+
+def _parts() -> st.SearchStrategy[list[bytes]]:
+    """Anything a ZeroMQ peer can send: any parts, or ones shaped like a frame (magic, a header
+    of the right size or not, a payload, a MAC)."""
+    header = st.one_of(st.binary(max_size=40), st.binary(min_size=_HEADER_SIZE, max_size=_HEADER_SIZE))
+    shaped = st.tuples(
+        st.sampled_from([frames.MAGIC, b"MRC3", b""]), header, st.binary(max_size=200), st.binary(max_size=40)
+    )
+    return st.one_of(st.lists(st.binary(max_size=64), max_size=6), shaped.map(list))
+
+
+def _no_unpickling(*args: object, **kwargs: object) -> None:
+    raise AssertionError("pickle.loads was called on bytes from the network")
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=_parts(), keyed=st.booleans())
+def test_arbitrary_bytes_are_refused_by_name_and_never_unpickled(parts, keyed):
+    """Whatever arrives, the decoder refuses it with :class:`BadFrame` or gives the admission
+    state machine a frame that it does not accept (a process that has confirmed no peer's run
+    accepts nothing); nothing is unpickled on the way."""
+    key = frames.derive_key(b"fuzz") if keyed else None
+    gate = Admission(0, 2, 1, "", b"m" * frames.RUN_SIZE)
+    with mock.patch.object(frames.pickle, "loads", _no_unpickling):
+        try:
+            frame = frames.open_frame(key, parts, 2)
+        except frames.BadFrame:
+            return
+        assert key is None, "a frame without the secret's MAC passed"
+        assert gate.admit(frame, formed=False).action in ("drop", "answer", "refuse")
