@@ -206,6 +206,39 @@ def _cluster_rate(flow_for: Callable[[str], Dataflow], procs: int, expected: int
     return sum(r["timed"] - 1 for r in active) / span
 
 
+def _shared_wordcount(m: int) -> Callable[[str], Dataflow]:
+    """A word count over ``m`` words, each worker making its own share, that reports how many
+    running counts came out."""
+
+    def word_input(worker_index: int, worker_count: int, resume_state: Any):
+        # Each worker makes only its own share: no work is repeated per process.
+        return zip(repeat(None), by_hand.word_share(worker_index, worker_count, m))
+
+    def wordcount(report_dir: str) -> Dataflow:
+        # Running counts per word come out of a keyed step, so every item is counted.
+        flow = Dataflow()
+        flow.input("inp", ManualInputConfig(word_input))
+        flow.map(to_pair)
+        flow.stateful_map("count", by_hand.zero, by_hand.running_total)
+        flow.capture(counting_output(report_dir))
+        return flow
+
+    return wordcount
+
+
+def _crossing(n: int) -> Callable[[str], Dataflow]:
+    """``n`` items, each keyed to the other process's worker, so every item crosses."""
+
+    def flow_for(report_dir: str) -> Dataflow:
+        flow = Dataflow()
+        flow.input("inp", TestingBuilderInputConfig(lambda: by_hand.crossing_items(n)))
+        flow.stateful_map("seen", by_hand.no_state, by_hand.pass_on)
+        flow.capture(counting_output(report_dir))
+        return flow
+
+    return flow_for
+
+
 def m_scaling(scale: float) -> dict[str, float]:
     n = int(4_000_000 * scale)
 
@@ -224,20 +257,7 @@ def m_scaling(scale: float) -> dict[str, float]:
         return flow
 
     m = int(2_000_000 * scale)
-
-    def word_input(worker_index: int, worker_count: int, resume_state: Any):
-        # Each worker makes only its own share: no work is repeated per process.
-        return zip(repeat(None), by_hand.word_share(worker_index, worker_count, m))
-
-    def wordcount(report_dir: str) -> Dataflow:
-        # Running counts per word come out of a keyed step, so every item is counted.
-        flow = Dataflow()
-        flow.input("inp", ManualInputConfig(word_input))
-        flow.map(to_pair)
-        flow.stateful_map("count", by_hand.zero, by_hand.running_total)
-        flow.capture(counting_output(report_dir))
-        return flow
-
+    wordcount = _shared_wordcount(m)
     one, two = by_hand.best_rates(
         lambda: _cluster_rate(stateless, 1, n // 2), lambda: _cluster_rate(stateless, 2, n // 2)
     )
@@ -259,14 +279,7 @@ def m_scaling(scale: float) -> dict[str, float]:
 def m_exchange(scale: float) -> dict[str, float]:
     """Every item is keyed to the other process's worker, so every item crosses."""
     n = int(3_000_000 * scale)
-
-    def flow_for(report_dir: str) -> Dataflow:
-        flow = Dataflow()
-        flow.input("inp", TestingBuilderInputConfig(lambda: by_hand.crossing_items(n)))
-        flow.stateful_map("seen", by_hand.no_state, by_hand.pass_on)
-        flow.capture(counting_output(report_dir))
-        return flow
-
+    flow_for = _crossing(n)
     rate, hand = by_hand.best_rates(lambda: _cluster_rate(flow_for, 2, n), lambda: by_hand.crossing_rate(n))
     return {"items_per_s": rate, "by_hand_items_per_s": hand}
 
@@ -290,28 +303,8 @@ def _encrypted(rate: Callable[[], float], on: bool) -> Callable[[], float]:
 
 def m_encryption(scale: float) -> dict[str, float]:
     """Two processes, the traffic encrypted (CURVE) or not, taking turns."""
-    n = int(3_000_000 * scale)
-
-    def crossing(report_dir: str) -> Dataflow:
-        flow = Dataflow()
-        flow.input("inp", TestingBuilderInputConfig(lambda: by_hand.crossing_items(n)))
-        flow.stateful_map("seen", by_hand.no_state, by_hand.pass_on)
-        flow.capture(counting_output(report_dir))
-        return flow
-
-    m = int(2_000_000 * scale)
-
-    def word_input(worker_index: int, worker_count: int, resume_state: Any):
-        return zip(repeat(None), by_hand.word_share(worker_index, worker_count, m))
-
-    def wordcount(report_dir: str) -> Dataflow:
-        flow = Dataflow()
-        flow.input("inp", ManualInputConfig(word_input))
-        flow.map(to_pair)
-        flow.stateful_map("count", by_hand.zero, by_hand.running_total)
-        flow.capture(counting_output(report_dir))
-        return flow
-
+    n, m = int(3_000_000 * scale), int(2_000_000 * scale)
+    crossing, wordcount = _crossing(n), _shared_wordcount(m)
     x_off, x_on, wc_off, wc_on = by_hand.best_rates(
         _encrypted(lambda: _cluster_rate(crossing, 2, n), on=False),
         _encrypted(lambda: _cluster_rate(crossing, 2, n), on=True),

@@ -87,7 +87,17 @@ class StderrLines:
         return "".join(self.lines)
 
 
-def _start(procs: Procs, addresses: list[str], proc_id: int, out: str, count: int, delay: float) -> Any:
+def start(
+    procs: Procs,
+    addresses: list[str],
+    proc_id: int,
+    out: str,
+    count: int,
+    delay: float,
+    env: dict[str, str] | None = None,
+) -> Any:
+    """Process ``proc_id`` of a ``sum`` cluster (see run_proc.py), with ``env`` (default: the
+    secret of these tests)."""
     return procs.start(
         RUN_PROC,
         "sum",
@@ -103,7 +113,7 @@ def _start(procs: Procs, addresses: list[str], proc_id: int, out: str, count: in
         str(delay),
         "--running",
         _running(out, proc_id),
-        env={"MILLRACE_CLUSTER_SECRET": SECRET.decode()},
+        env=env if env is not None else {"MILLRACE_CLUSTER_SECRET": SECRET.decode()},
     )
 
 
@@ -125,8 +135,8 @@ def _record_a_run(procs: Procs, tmp_path: Path) -> list[list[bytes]]:
     out = str(tmp_path / "first")
     try:
         started = [
-            _start(procs, [f"127.0.0.1:{port0}", f"127.0.0.1:{port1}"], 0, out, 30, 0.0),
-            _start(procs, [f"127.0.0.1:{proxy}", f"127.0.0.1:{port1}"], 1, out, 30, 0.0),
+            start(procs, [f"127.0.0.1:{port0}", f"127.0.0.1:{port1}"], 0, out, 30, 0.0),
+            start(procs, [f"127.0.0.1:{proxy}", f"127.0.0.1:{port1}"], 1, out, 30, 0.0),
         ]
         for proc in started:
             _, stderr = proc.communicate(timeout=60)
@@ -144,7 +154,7 @@ def test_frames_of_an_earlier_run_are_refused_and_the_new_run_is_exact(procs, tm
     port0, port1 = free_ports(2)
     addresses = [f"127.0.0.1:{port0}", f"127.0.0.1:{port1}"]
     out = str(tmp_path / "second")
-    first = _start(procs, addresses, 0, out, 60, 0.01)
+    first = start(procs, addresses, 0, out, 60, 0.01)
     log = StderrLines(first)
     # Before process 1 of the new run even starts, process 0 gets every frame of the old run's
     # process 1: the HELLOs (the old run's answer echoes the old run of process 0), the data
@@ -152,7 +162,7 @@ def test_frames_of_an_earlier_run_are_refused_and_the_new_run_is_exact(procs, tm
     # the others is refused with a line naming process 1.
     _send(port0, recorded)
     log.wait_for("claiming to come from process 1", len(recorded) - 1)
-    second = _start(procs, addresses, 1, out, 60, 0.01)
+    second = start(procs, addresses, 1, out, 60, 0.01)
     for proc in (first, second):
         proc.wait(timeout=60)
     stderr = log.text()
@@ -172,7 +182,7 @@ def test_frames_for_one_process_sent_to_another_of_the_same_run_are_refused(proc
         started = []
         for proc_id in range(3):
             addresses = [f"127.0.0.1:{proxy}", *real[1:]] if proc_id == 1 else real
-            started.append(_start(procs, addresses, proc_id, out, 150, 0.02))
+            started.append(start(procs, addresses, proc_id, out, 150, 0.02))
         logs = [StderrLines(proc) for proc in started]
         _wait_running(started, out)
         while frames.MESSAGE not in recorder.kinds():
@@ -199,12 +209,12 @@ def test_a_forged_hello_before_the_cluster_forms_is_dropped_and_the_genuine_peer
     port0, port1 = free_ports(2)
     addresses = [f"127.0.0.1:{port0}", f"127.0.0.1:{port1}"]
     out = str(tmp_path / "out")
-    first = _start(procs, addresses, 0, out, 40, 0.0)
+    first = start(procs, addresses, 0, out, 40, 0.0)
     log = StderrLines(first)
     forged = frames.hello_payload(1, 2, 1, "")
     _send(port0, [frames.seal(b"not the key" * 3, frames.HELLO, 1, 0, 1, forged, b"f" * frames.RUN_SIZE)])
     log.wait_for("authentication failed for a frame claiming to come from process 1", 1)
-    second = _start(procs, addresses, 1, out, 40, 0.0)
+    second = start(procs, addresses, 1, out, 40, 0.0)
     for proc in (first, second):
         proc.wait(timeout=60)
     assert [first.returncode, second.returncode] == [0, 0], (log.text(), second.stderr.read())

@@ -23,30 +23,24 @@ from millrace.transport.security import Security, curve_keys
 
 from .conftest import Procs
 from .support import flows
-from .test_cluster import RUN_PROC, _expected_sums, _read_outputs, _running, _wait_running
-from .test_replay import StderrLines
+from .test_cluster import _expected_sums, _read_outputs, _wait_running
+from .test_replay import StderrLines, start
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def _start(procs: Procs, addresses: list[str], proc_id: int, out: str, env: dict[str, str], count: int = 100):
-    return procs.start(
-        RUN_PROC,
-        "sum",
-        "--addresses",
-        ",".join(addresses),
-        "--proc-id",
-        str(proc_id),
-        "--out",
-        out,
-        "--count",
-        str(count),
-        "--delay",
-        "0.02",
-        "--running",
-        _running(out, proc_id),
-        env=env,
-    )
+    return start(procs, addresses, proc_id, out, count, 0.02, env)
+
+
+def _finish_exactly(started: list, logs: list[StderrLines], out: str) -> list[str]:
+    """Wait for the cluster; every process ends well with the exact output. Their stderr."""
+    for proc in started:
+        proc.wait(timeout=60)
+    stderrs = [log.text() for log in logs]
+    assert [proc.returncode for proc in started] == [0, 0], stderrs
+    assert Counter(_read_outputs(out)) == _expected_sums(2, 100)
+    return stderrs
 
 
 class _Payload:
@@ -83,11 +77,7 @@ def test_without_a_secret_a_host_outside_the_address_list_is_refused_and_nothing
         push.close(linger=0)
     finally:
         ctx.term()
-    for proc in started:
-        proc.wait(timeout=60)
-    stderrs = [log.text() for log in logs]
-    assert [proc.returncode for proc in started] == [0, 0], stderrs
-    assert Counter(_read_outputs(out)) == _expected_sums(2, 100)
+    stderrs = _finish_exactly(started, logs, out)
     assert "only the hosts of the address list (127.0.0.1) may connect" in stderrs[0]
     # Refused at the handshake: not one frame of it reached the process, let alone a decoder.
     assert "dropped a frame" not in stderrs[0]
@@ -204,12 +194,8 @@ def test_with_encryption_a_client_without_the_secret_is_refused(procs, tmp_path)
         push.close(linger=0)
     finally:
         ctx.term()
-    for proc in started:
-        proc.wait(timeout=60)
-    stderrs = [log.text() for log in logs]
-    assert [proc.returncode for proc in started] == [0, 0], stderrs
+    stderrs = _finish_exactly(started, logs, out)
     assert "dropped a frame" not in stderrs[0]
-    assert Counter(_read_outputs(out)) == _expected_sums(2, 100)
 
 
 def test_encryption_needs_a_secret_and_is_on_by_default_in_pods(monkeypatch):
