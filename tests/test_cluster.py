@@ -730,8 +730,9 @@ def test_admission_and_liveness_are_plain_state_machines():
     assert gate.admit(frames.Frame(frames.MESSAGE, 2, 0, 7, b"", run, mine), formed=True).reason == (
         "replayed frame 7 from process 2"
     )
-    # A HELLO of a new run that does not echo ours is only answered; one that does is a restart.
-    assert gate.admit(frames.Frame(frames.HELLO, 2, 0, 1, hello, b"y" * 8), formed=True).action == "answer"
+    # Once formed, a HELLO of a new run that does not echo ours is dropped; one that does (ours
+    # answered it before) is a restart.
+    assert gate.admit(frames.Frame(frames.HELLO, 2, 0, 1, hello, b"y" * 8), formed=True).action == "drop"
     assert gate.admit(frames.Frame(frames.HELLO, 2, 0, 2, hello, b"y" * 8, mine), formed=True).action == "restarted"
     assert gate.admit(frames.Frame(frames.BYE, 0, 0, 1, b"", run, mine), formed=True).action == "drop"
     other = frames.hello_payload(1, 3, 2, "c")

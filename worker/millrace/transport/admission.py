@@ -18,7 +18,9 @@ destination and both runs, and counts only if all four are this pair's, in seque
 - a number that skips some means frames went missing: the cluster cannot go on;
 - a HELLO of another cluster id or shape is refused, not a failure (a pod of an old template
   still stopping must not keep the new cluster from forming);
-- a confirmed HELLO of a new run once the cluster formed means the peer started again: what it
+- once the cluster formed, a HELLO of a new run is dropped, not answered: a process that
+  started again is lost (its connection dropped), and joins the cluster formed again; a
+  confirmed one (answered before the cluster formed) means the peer started again: what it
   held of this run is lost.
 
 >>> from millrace.transport import frames
@@ -144,7 +146,12 @@ class Admission:
         first_of_run = frame.run not in answered
         if frame.dest_run != self.run:
             # Made before the peer knew our run (or recorded in another run): answer it, so a
-            # live peer of that run can confirm itself, but trust nothing of it.
+            # live peer of that run can confirm itself, but trust nothing of it. Not once the
+            # cluster runs: our answer would let a peer that starts again join this run, which
+            # is ending (its loss shows in our connection to it, see .liveness), and a HELLO
+            # sent again must not cost anything.
+            if formed:
+                return Verdict("drop", f"a HELLO of another run of process {peer} while the cluster runs")
             if not first_of_run:
                 return Verdict("drop", f"a HELLO of process {peer} that this process answered already")
             if len(answered) >= _ANSWERED_LIMIT:
