@@ -16,7 +16,7 @@ from .common.errors import ClusterError as ClusterError  # importable from here,
 from .common.settings import read
 from .dataflow import Dataflow
 from .recovery import RecoveryConfig
-from .runtime import cluster, engine, spawn
+from .runtime import cluster, engine, spawn, telemetry
 
 __all__ = [
     "EpochConfig",
@@ -197,13 +197,16 @@ def spawn_cluster(
     engine.check_recovery(recovery_config)
     # The settings from the environment are read here, as cluster_main reads them: the
     # processes inherit this environment, so they would read the same.
-    spawn.run(
-        flow,
-        epoch_config,
-        recovery_config,
-        ctx=ctx,
-        proc_count=proc_count,
-        worker_count_per_proc=worker_count_per_proc,
-        connect_timeout=_seconds(None),
-        cluster_id=read(os.environ, CLUSTER_ID_ENV),
-    )
+    attributes = {"millrace.proc_count": proc_count, "millrace.worker.count": proc_count * worker_count_per_proc}
+    with telemetry.run_span("millrace.run", attributes) as parent:
+        spawn.run(
+            flow,
+            epoch_config,
+            recovery_config,
+            ctx=ctx,
+            proc_count=proc_count,
+            worker_count_per_proc=worker_count_per_proc,
+            connect_timeout=_seconds(None),
+            cluster_id=read(os.environ, CLUSTER_ID_ENV),
+            trace_parent=telemetry.carrier(parent),
+        )

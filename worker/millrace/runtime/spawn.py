@@ -17,7 +17,7 @@ from ..common import clock as clocks
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..common.errors import ClusterError
 from ..transport.listener import Listener
-from . import cluster
+from . import cluster, telemetry
 
 if TYPE_CHECKING:
     from ..common.epoch_config import EpochConfig
@@ -35,14 +35,20 @@ def run(
     worker_count_per_proc: int,
     connect_timeout: float,
     cluster_id: str,
+    trace_parent: dict[str, str] | None = None,
 ) -> None:
     """Run ``flow`` on ``proc_count`` processes of ``ctx`` (a :mod:`multiprocessing` context,
     or :data:`millrace.testing.doctest_ctx`) and return when all have finished; raise the
-    failure of any. The arguments are checked already."""
+    failure of any. The arguments are checked already. ``trace_parent``: the trace context
+    of the caller's run span (:func:`.telemetry.carrier`), which the processes' spans join."""
+    shares_memory = getattr(ctx, "shares_memory", False)
+    # A real process sets up the tracing installed here again (thread "processes" share it).
+    installed = telemetry.current()
+    handoff = None if installed is None or shares_memory else installed.handoff
     # The clock installed in the caller travels with the flow, in the same pickle: functions
     # of the flow that hold a ManualClock then hold the very copy their process runs on.
-    payload: Any = (flow, epoch_config, recovery_config, clocks.current())
-    if not getattr(ctx, "shares_memory", False):
+    payload: Any = (flow, epoch_config, recovery_config, clocks.current(), handoff, trace_parent)
+    if not shares_memory:
         # Real processes get the flow as cloudpickle bytes, so lambdas and closures travel;
         # thread "processes" share it as it is, plain output lists included.
         payload = cloudpickle.dumps(payload)
@@ -82,7 +88,7 @@ def run(
 
 
 def _spawned_main(
-    payload: bytes | tuple[Dataflow, Any, Any, Clock],
+    payload: bytes | tuple[Dataflow, Any, Any, Clock, Any, dict[str, str] | None],
     proc_id: int,
     proc_count: int,
     worker_count_per_proc: int,
@@ -96,11 +102,13 @@ def _spawned_main(
     """The body of each process :func:`~millrace.execution.spawn_cluster` starts: bind a port,
     report it on ``ports``, take the cluster's addresses from ``inbox`` (``None``: the start
     was called off), and run."""
+    flush: Callable[[], object] | None = None
     try:
         loaded = cloudpickle.loads(payload) if isinstance(payload, bytes) else payload
-        flow, epoch_config, recovery_config, clock = cast(
-            "tuple[Dataflow, EpochConfig | None, RecoveryConfig | None, Clock]", loaded
+        flow, epoch_config, recovery_config, clock, handoff, trace_parent = cast(
+            "tuple[Dataflow, EpochConfig | None, RecoveryConfig | None, Clock, Any, dict[str, str] | None]", loaded
         )
+        flush = telemetry.continue_in_child(handoff)
         addresses: list[str] = []
         listener = None
         parent_gone = _parent_gone(proc_id)
@@ -121,14 +129,19 @@ def _spawned_main(
             listener=listener,
             abandoned=parent_gone,
             clock=clock,
+            trace_parent=trace_parent,
         )
     except BaseException as exc:
+        if flush is not None:
+            flush()
         try:
             blob = cloudpickle.dumps(exc)
         except Exception:
             blob = cloudpickle.dumps(ClusterError(f"process {proc_id}: {type(exc).__name__}: {exc}"))
         errors.put((proc_id, blob))
         raise SystemExit(1) from None
+    if flush is not None:
+        flush()
 
 
 def _parent_gone(proc_id: int) -> Callable[[], str | None] | None:
