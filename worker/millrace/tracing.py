@@ -243,6 +243,8 @@ class JaegerConfig(TracingConfig):
             return plan_url(endpoint, None, owner)
         plan = plan_url(f"grpc://{endpoint}", None, f"{owner} (HOST:PORT or a URL)")
         parts = urlsplit(f"grpc://{endpoint}")
+        if parts.port is None:
+            raise ValueError(f"{owner} must be HOST:PORT or a URL, got {endpoint!r}")
         if parts.port in _JAEGER_AGENT_PORTS:
             return ExportPlan(GRPC, f"http://{parts.hostname}:{_JAEGER_OTLP_GRPC_PORT}")
         return plan
