@@ -113,7 +113,7 @@ def cluster_main(
     the pod template's hash, so old and new pods never form one cluster).
 
     A failure anywhere stops every process: the one where it happened raises the original
-    exception, the others a :class:`~millrace.runtime.errors.ClusterError` naming the worker,
+    exception, the others a :class:`~millrace.common.errors.ClusterError` naming the worker,
     the step and the error.
 
     >>> from millrace.dataflow import Dataflow
