@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +33,7 @@ from millrace.runtime.exchange import Exchange
 from millrace.runtime.traced import TracedWorker
 from millrace.runtime.worker import Worker
 from millrace.tracing import ExportPlan, JaegerConfig, OtlpTracingConfig, TracingConfig, setup_tracing
+from millrace.transport.addresses import free_ports
 from tests.support.otlp_receiver import ReceivedSpan, grpc_receiver, http_receiver
 
 
@@ -409,3 +413,63 @@ def test_spawn_cluster_processes_export_their_spans_into_one_trace() -> None:
         (3, 1),
     ]
     assert tree.named("millrace.epoch") and tree.steps()
+
+
+@pytest.mark.timeout(120)
+def test_cluster_main_processes_each_export_their_spans(procs: Any) -> None:
+    """Two cluster_main processes started by hand, each with its own setup_tracing: each
+    exports a trace of its own, with its own workers."""
+    addresses = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
+    script = str(Path(__file__).parent / "support" / "traced_proc.py")
+    env = {"MILLRACE_CLUSTER_SECRET": "tracing-test"}
+    with http_receiver() as (url, received):
+        started = [
+            procs.start(script, "--addresses", addresses, "--proc-id", str(proc_id), "--url", url, env=env)
+            for proc_id in (0, 1)
+        ]
+        results = [proc.communicate(timeout=90) for proc in started]
+        spans = received.all()
+    for proc, (_, stderr) in zip(started, results, strict=True):
+        assert proc.returncode == 0, stderr
+        assert "INFO" in stderr and "millrace.worker: worker" in stderr
+    tree = Tree.of_received(spans)
+    runs = tree.named("millrace.run")
+    assert sorted(attrs["millrace.proc_id"] for _, _, attrs in runs) == [0, 1]
+    assert len(tree.trace_ids()) == 2  # one trace per process
+    proc_of = {span_id: attrs["millrace.proc_id"] for span_id, _, attrs in runs}
+    workers = sorted(
+        (attrs["millrace.worker.index"], proc_of[parent]) for _, parent, attrs in tree.named("millrace.worker")
+    )
+    assert workers == [(0, 0), (1, 0), (2, 1), (3, 1)]
+    # The keyed sum's items crossed between the processes: the reduce ran batches on both.
+    reduce_procs = set()
+    for name, _, parent, _, _ in tree.spans:
+        if name == "reduce 'sum'":
+            epoch_parent = tree.by_id[parent][1]
+            worker_parent = tree.by_id[epoch_parent][1]
+            reduce_procs.add(proc_of[worker_parent])
+    assert reduce_procs == {0, 1}
+
+
+@pytest.mark.timeout(60)
+def test_an_untraced_run_does_not_load_opentelemetry() -> None:
+    """Tracing off costs nothing at all: not even OpenTelemetry's import (in a fresh process)."""
+    code = (
+        "import sys\n"
+        "from millrace.dataflow import Dataflow\n"
+        "from millrace.execution import cluster_main, run_main\n"
+        "from millrace.inputs import TestingInputConfig\n"
+        "from millrace.outputs import TestingOutputConfig\n"
+        "import millrace.tracing\n"
+        "out = []\n"
+        "flow = Dataflow()\n"
+        "flow.input('inp', TestingInputConfig([('a', 1), ('b', 2)]))\n"
+        "flow.reduce('sum', lambda a, b: a + b, lambda a: True)\n"
+        "flow.capture(TestingOutputConfig(out))\n"
+        "run_main(flow)\n"
+        "cluster_main(flow, [], 0, worker_count_per_proc=2)\n"
+        "print(sorted(out), sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[('a', 1), ('a', 1), ('b', 2), ('b', 2)] []"
