@@ -358,7 +358,7 @@ def setup_tracing(tracing_config: TracingConfig | None = None, log_level: str | 
     logger.addHandler(handler)
     logger.setLevel(level)
     _active = result = Tracer(provider, handler)
-    telemetry.install(telemetry.Telemetry(tracer, result.force_flush, _Handoff(tracing_config, log_level)))
+    telemetry.install(telemetry.Telemetry(tracer, _Handoff(tracing_config, log_level)))
     return result
 
 

@@ -36,11 +36,10 @@ logging.addLevelName(TRACE, "TRACE")
 @dataclass(frozen=True)
 class Telemetry:
     """An installed setup: ``tracer`` (an OpenTelemetry ``Tracer``; ``None`` when only logs
-    were asked for), ``flush`` (exports what is buffered), and ``handoff``, which sets up the
-    same in another process (a process started by ``spawn_cluster``) and returns its flush."""
+    were asked for), and ``handoff``, which sets up the same in another process (a process
+    started by ``spawn_cluster``) and returns what exports its spans before it exits."""
 
     tracer: Any
-    flush: Callable[[], object]
     handoff: Callable[[], Callable[[], object]] | None = None
 
 
