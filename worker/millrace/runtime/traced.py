@@ -88,17 +88,15 @@ class TracedWorker(Worker):
                     span.set_status(_ERROR, f"{type(exc).__name__}: {exc}")
                     span.end()
                 raise
-            size = args[0] if args and type(args[0]) is list else None
             if skip_empty and not out:
                 return out
             if tracer is not None:
-                span = tracer.start_span(name, self._context, attributes=attributes, start_time=start)
-                span.set_attribute("millrace.epoch", self.epoch)
-                if size is not None:
-                    span.set_attribute("millrace.batch.size", len(size))
-                elif skip_empty:
-                    span.set_attribute("millrace.batch.size", len(out))
-                span.end()
+                # All attributes at once: the SDK checks each value, and set_attribute takes a lock.
+                batch = args[0] if args and type(args[0]) is list else out if skip_empty else None
+                attrs = {**attributes, "millrace.epoch": self.epoch}
+                if batch is not None:
+                    attrs["millrace.batch.size"] = len(batch)
+                tracer.start_span(name, self._context, attributes=attrs, start_time=start).end()
             if tracing:
                 log.log(TRACE, "worker %d, epoch %d: %s ran a batch", index, self.epoch, name)
             return out
