@@ -20,8 +20,23 @@ def _short(value: Any, limit: int = 200) -> str:
 
 
 def bad_keyed_item(step_name: str, item: Any) -> TypeError:
+    """The error for an item a stateful step cannot route: not a ``(key, value)`` 2-tuple, or a
+    pair whose key is neither a ``str`` nor an ``int`` (then the key is what it names).
+
+    >>> print(bad_keyed_item("reduce 'sum'", ["k", 1]))
+    reduce 'sum' needs a (key, value) 2-tuple to route each item to the worker that owns its key,
+    got ['k', 1] of type list
+    >>> print(bad_keyed_item("reduce 'sum'", (1.5, 1)))
+    reduce 'sum': keys must be str or int, got the key 1.5 of type float (in the item (1.5, 1))
+    """
+    if type(item) is tuple and len(item) == 2:
+        key = item[0]
+        return TypeError(
+            f"{step_name}: keys must be str or int, got the key {_short(key)} of type {type(key).__name__} "
+            f"(in the item {_short(item)})"
+        )
     return TypeError(
-        f"{step_name} requires a (key, value) 2-tuple with a str or int key, "
+        f"{step_name} needs a (key, value) 2-tuple to route each item to the worker that owns its key, "
         f"got {_short(item)} of type {type(item).__name__}"
     )
 
