@@ -1,0 +1,102 @@
+"""A program written for Bytewax 0.15 behaves the same on millrace (issue 19): Manager proxies
+of either multiprocessing package in a spawned flow, errors from children that say where they
+happened, an input that fails after some items, Ctrl-C under cluster_main."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import traceback
+from pathlib import Path
+
+import pytest
+
+from millrace.dataflow import Dataflow
+from millrace.execution import spawn_cluster
+from millrace.inputs import TestingInputConfig
+from millrace.outputs import TestingOutputConfig
+
+from .conftest import Procs
+
+pytestmark = pytest.mark.timeout(180)
+
+
+# -- spawn_cluster and Manager proxies ------------------------------------------------------
+
+
+@pytest.mark.parametrize("package", ["multiprocessing", "multiprocess"])
+@pytest.mark.parametrize("context", ["default", "multiprocessing", "multiprocess"])
+def test_manager_proxies_of_either_package_travel_to_spawned_processes(package, context):
+    """Bytewax 0.15 programs hand ``multiprocess.Manager()`` lists to their flows; the
+    children must authenticate to that manager whichever package's context started them."""
+    manager_package = importlib.import_module(package)
+    mp_ctx = None if context == "default" else importlib.import_module(context).get_context("spawn")
+    with manager_package.Manager() as manager:
+        source = manager.list(range(20))  # iterated through __getitem__ by TestingInputConfig
+        out = manager.list()
+        flow = Dataflow()
+        flow.input("inp", TestingInputConfig(source))
+        flow.map(lambda x: x * 10)
+        flow.capture(TestingOutputConfig(out))
+        spawn_cluster(flow, proc_count=2, worker_count_per_proc=2, mp_ctx=mp_ctx)
+        assert sorted(out) == [x * 10 for x in range(20)]
+
+
+# -- a child's traceback --------------------------------------------------------------------
+
+
+def test_a_child_failure_is_raised_with_the_traceback_of_the_child(procs: Procs, tmp_path: Path):
+    """The function is defined in the script (``__main__``), so it travels by value, as in
+    most programs: the parent's traceback still shows its file, line and source."""
+    script = tmp_path / "flow_script.py"
+    script.write_text(
+        "from millrace.dataflow import Dataflow\n"
+        "from millrace.execution import spawn_cluster\n"
+        "from millrace.inputs import TestingInputConfig\n"
+        "from millrace.outputs import TestingOutputConfig\n"
+        "\n"
+        "def explode(x):\n"
+        "    if x == 7:\n"
+        "        raise ZeroDivisionError(f'cannot take {x}')\n"
+        "    return x\n"
+        "\n"
+        "if __name__ == '__main__':\n"
+        "    flow = Dataflow()\n"
+        "    flow.input('inp', TestingInputConfig(range(20)))\n"
+        "    flow.map(explode)\n"
+        "    flow.capture(TestingOutputConfig([]))\n"
+        "    spawn_cluster(flow, proc_count=2)\n"
+    )
+    proc = procs.start(str(script))
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    assert f'File "{script}", line 8, in explode' in stderr, stderr
+    assert "raise ZeroDivisionError(f'cannot take {x}')" in stderr, stderr
+    assert "The above exception was the direct cause of the following exception" in stderr
+    assert stderr.rstrip().splitlines()[-2:] == [
+        "ZeroDivisionError: cannot take 7",
+        "millrace: raised in map #1 (explode) on worker 1",
+    ], stderr
+
+
+def _explode(x: int) -> int:
+    if x == 3:
+        raise KeyError(x)
+    return x
+
+
+def test_the_cause_of_a_child_failure_holds_its_traceback():
+    from millrace.runtime.errors import RemoteTraceback
+
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(range(10)))
+    flow.map(_explode)
+    flow.capture(TestingOutputConfig([]))
+    with pytest.raises(KeyError) as info:
+        spawn_cluster(flow, proc_count=2)
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    line = _explode.__code__.co_firstlineno + 2
+    assert f'File "{__file__}", line {line}, in _explode' in cause.text
+    shown = "".join(traceback.format_exception(info.value))
+    assert re.search(r"raise KeyError\(x\)\nKeyError: 3\nmillrace: raised in map #1 \(_explode\)", shown), shown
