@@ -100,3 +100,96 @@ def test_the_cause_of_a_child_failure_holds_its_traceback():
     assert f'File "{__file__}", line {line}, in _explode' in cause.text
     shown = "".join(traceback.format_exception(info.value))
     assert re.search(r"raise KeyError\(x\)\nKeyError: 3\nmillrace: raised in map #1 \(_explode\)", shown), shown
+
+
+# -- an input that raises after some items ---------------------------------------------------
+
+
+class SourceFailed(Exception):
+    pass
+
+
+def _failing_builder(fail_at: int | None, count: int = 10):
+    """A Bytewax 0.15 input builder: ``(state, item)`` for the items from ``resume_state`` on,
+    raising instead of yielding item ``fail_at``."""
+
+    def build(worker_index, worker_count, resume_state):
+        for i in range(resume_state or 0, count):
+            if i == fail_at:
+                raise SourceFailed(f"the source failed before item {i}")
+            yield i + 1, i
+
+    return build
+
+
+def _run_single(flow, **kwargs):
+    from millrace.execution import run_main
+
+    run_main(flow, **kwargs)
+
+
+def _run_cluster_main(flow, **kwargs):
+    from millrace.execution import cluster_main
+
+    cluster_main(flow, [], 0, **kwargs)
+
+
+@pytest.mark.parametrize("entry", [_run_single, _run_cluster_main])
+@pytest.mark.parametrize("epochs", ["periodic", "testing"])
+@pytest.mark.parametrize("source", ["manual", "testing_builder"])
+def test_every_item_before_an_input_error_reaches_the_output(entry, epochs, source):
+    from millrace.execution import TestingEpochConfig
+    from millrace.inputs import ManualInputConfig, TestingBuilderInputConfig
+
+    def numbers_then_error():
+        yield from range(5)
+        raise SourceFailed("the source failed after 5 items")
+
+    flow = Dataflow()
+    if source == "manual":
+        flow.input("inp", ManualInputConfig(_failing_builder(5)))
+    else:
+        flow.input("inp", TestingBuilderInputConfig(numbers_then_error))
+    flow.map(lambda x: x * 10)
+    out: list = []
+    flow.capture(TestingOutputConfig(out))
+    with pytest.raises(SourceFailed) as info:
+        entry(flow, epoch_config=TestingEpochConfig() if epochs == "testing" else None)
+    assert out == [0, 10, 20, 30, 40]
+    assert info.value.__notes__ == ["millrace: raised in input 'inp' on worker 0"]
+
+
+@pytest.mark.parametrize("epochs", ["periodic", "testing"])
+def test_after_an_input_error_recovery_resumes_at_the_failed_epoch(tmp_path, epochs):
+    """As Bytewax's recovery tests have it: the first run's output has every item before the
+    error; the resumed run starts over at the epoch that failed (its items come again, those of
+    finished epochs do not), with the state as of the epoch before it."""
+    from millrace.execution import TestingEpochConfig, run_main
+    from millrace.inputs import ManualInputConfig
+    from millrace.outputs import ManualEpochOutputConfig
+    from millrace.recovery import SqliteRecoveryConfig
+
+    def flow_failing_at(fail_at, out):
+        flow = Dataflow()
+        flow.input("inp", ManualInputConfig(_failing_builder(fail_at)))
+        flow.map(lambda x: ("total", x))
+        flow.stateful_map("sum", lambda: 0, lambda total, x: (total + x, total + x))
+        flow.capture(ManualEpochOutputConfig(lambda worker_index, worker_count: out.append))
+        return flow
+
+    epoch_config = TestingEpochConfig() if epochs == "testing" else None
+    recovery = SqliteRecoveryConfig(tmp_path)
+    first: list = []
+    with pytest.raises(SourceFailed):
+        run_main(flow_failing_at(6, first), epoch_config=epoch_config, recovery_config=recovery)
+    sums = [sum(range(i + 1)) for i in range(10)]
+    if epochs == "testing":  # one epoch per item: epochs 0-5 finished, 6 failed
+        assert first == [(i, ("total", sums[i])) for i in range(6)]
+    else:  # everything in epoch 0, which failed
+        assert first == [(0, ("total", sums[i])) for i in range(6)]
+    resumed: list = []
+    run_main(flow_failing_at(None, resumed), epoch_config=epoch_config, recovery_config=recovery)
+    if epochs == "testing":
+        assert resumed == [(i, ("total", sums[i])) for i in range(6, 10)]
+    else:
+        assert resumed == [(0, ("total", sums[i])) for i in range(10)]
