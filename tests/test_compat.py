@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import signal
 import traceback
 from pathlib import Path
 
@@ -193,3 +194,70 @@ def test_after_an_input_error_recovery_resumes_at_the_failed_epoch(tmp_path, epo
         assert resumed == [(i, ("total", sums[i])) for i in range(6, 10)]
     else:
         assert resumed == [(0, ("total", sums[i])) for i in range(10)]
+
+
+# -- Ctrl-C under cluster_main --------------------------------------------------------------
+
+_CTRL_C_SCRIPT = """\
+import signal
+import sys
+import time
+from pathlib import Path
+
+from millrace.dataflow import Dataflow
+from millrace.execution import cluster_main
+from millrace.inputs import TestingInputConfig
+from millrace.outputs import ManualOutputConfig
+
+GATE = Path(sys.argv[1])
+OUT = sys.argv[2]
+
+
+def ctrl_c(signum, frame):
+    # Python's own Ctrl-C (KeyboardInterrupt in the main thread), after opening the gate.
+    GATE.touch()
+    signal.default_int_handler(signum, frame)
+
+
+def hold(x):
+    if not GATE.exists():
+        sys.stdout.write("waiting\\n")  # one write: the threads' lines do not interleave
+        sys.stdout.flush()
+        while not GATE.exists():
+            time.sleep(0.005)
+    return x
+
+
+def to_file(worker_index, worker_count):
+    handle = open(f"{OUT}.{worker_index}", "a", buffering=1)
+    return lambda item: handle.write(f"{item}\\n")
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, ctrl_c)
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(range(1000)))
+    flow.map(hold)
+    flow.capture(ManualOutputConfig(to_file))
+    cluster_main(flow, [], 0, worker_count_per_proc=3)
+"""
+
+
+def test_ctrl_c_under_cluster_main_stops_the_workers_at_once(procs: Procs, tmp_path: Path):
+    """Three worker threads each hold their first item until Ctrl-C (a real SIGINT, handled by
+    Python's own handler in the main thread) opens the gate: they finish the item in hand and
+    stop, and none of the other items reaches the output."""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(_CTRL_C_SCRIPT)
+    out = tmp_path / "out"
+    proc = procs.start(str(script), str(tmp_path / "gate"), str(out))
+    for _ in range(3):  # each worker holds its first item
+        line = proc.stdout.readline()
+        assert line == "waiting\n", (line, proc.stderr.read() if proc.poll() is not None else "")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr
+    written = sorted(int(line) for path in tmp_path.glob("out.*") for line in path.read_text().split())
+    # The item each worker held, and nothing after it.
+    assert written == [0, 1, 2], written
