@@ -261,3 +261,81 @@ def test_ctrl_c_under_cluster_main_stops_the_workers_at_once(procs: Procs, tmp_p
     written = sorted(int(line) for path in tmp_path.glob("out.*") for line in path.read_text().split())
     # The item each worker held, and nothing after it.
     assert written == [0, 1, 2], written
+
+
+# -- help() shows examples ----------------------------------------------------------------
+
+
+def _documented():
+    from millrace.dataflow import Dataflow
+    from millrace.execution import TestingEpochConfig
+    from millrace.testing import doctest_ctx, test_print
+    from millrace.window import SystemClockConfig
+
+    return {
+        "Dataflow.input": Dataflow.input,
+        "TestingEpochConfig": TestingEpochConfig,
+        "SystemClockConfig": SystemClockConfig,
+        "test_print": test_print,
+        "doctest_ctx": doctest_ctx,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_documented()))
+def test_help_shows_an_example_that_runs(name):
+    """What ``help()`` prints holds an example, and that example passes (the suite also runs
+    every docstring of millrace with --doctest-modules)."""
+    import doctest
+    import pydoc
+
+    obj = _documented()[name]
+    shown = pydoc.render_doc(obj, renderer=pydoc.plaintext)
+    assert ">>> " in shown, shown
+    # help() of an instance (doctest_ctx) shows its class's docstring.
+    documented = obj if callable(obj) else type(obj)
+    tests = [t for t in doctest.DocTestFinder(recurse=False).find(documented, name) if t.examples]
+    assert tests, f"{name} has no example"
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in tests:
+        result = runner.run(test)
+        assert result.failed == 0 and result.attempted > 0, name
+
+
+# -- the README -----------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _tour() -> str:
+    text = README.read_text()
+    tour = text[text.index("## A short tour") :]
+    return tour[tour.index("```python\n") + len("```python\n") : tour.index("```\n", tour.index("```python"))]
+
+
+@pytest.mark.parametrize("entry", ["run_main", "spawn_cluster"])
+def test_the_readme_tour_runs_as_written(procs: Procs, tmp_path: Path, entry):
+    """Its code, saved as a file and run, with either of its two entry points in use."""
+    code = _tour()
+    if entry == "spawn_cluster":
+        lines = code.splitlines()
+        run = next(i for i, line in enumerate(lines) if line.strip().startswith("run_main(flow)"))
+        spawn = next(i for i, line in enumerate(lines) if line.strip().startswith("# spawn_cluster("))
+        lines[run] = lines[run].replace("run_main(flow)", "# run_main(flow)", 1)
+        lines[spawn] = lines[spawn].replace("# spawn_cluster(", "spawn_cluster(", 1)
+        code = "\n".join(lines) + "\n"
+    script = tmp_path / "tour.py"
+    script.write_text(code)
+    proc = procs.start(str(script))
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert sorted(stdout.splitlines()) == sorted(["('the', 2)", "('cat', 1)", "('saw', 1)", "('dog', 1)"]), stdout
+
+
+def test_the_readme_links_only_to_files_of_the_repository():
+    root = README.parent
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", README.read_text()):
+        if "://" in target:
+            continue
+        path = (root / target).resolve()
+        assert path.is_relative_to(root) and path.exists(), target
+    assert "shared/reference" not in README.read_text()
