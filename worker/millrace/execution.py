@@ -166,10 +166,15 @@ def spawn_cluster(
     Each process binds a port the system picks before it learns the others', so clusters run
     side by side and never race another program for a port; a fresh secret authenticates
     the cluster's traffic. The flow travels with cloudpickle, so lambdas and closures work. A
-    failing process stops the others, and its exception is raised here.
+    failing process stops the others, and its exception is raised here, caused by a
+    :class:`~millrace.runtime.errors.RemoteTraceback` that shows where in your code it happened.
 
-    ``mp_ctx`` is a :mod:`multiprocessing` context (``spawn`` by default), or
-    :data:`millrace.testing.doctest_ctx` to run the processes as threads.
+    ``mp_ctx`` is a :mod:`multiprocessing` context (``spawn`` by default), a ``multiprocess``
+    one (Bytewax 0.15's default), or :data:`millrace.testing.doctest_ctx` to run the processes as
+    threads. Whichever starts them, the processes authenticate as this one does, so the
+    ``Manager()`` proxies of either package work in the flow (an output list, say). Spawned
+    processes import your script as ``__mp_main__``: guard its entry point with
+    ``if __name__ == "__main__":``.
 
     >>> from millrace.dataflow import Dataflow
     >>> from millrace.inputs import TestingInputConfig
