@@ -10,9 +10,10 @@ from ..common import clock as clocks
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..common.epoch_config import EpochConfig, PeriodicEpochConfig, TestingEpochConfig
 from ..recovery import KafkaRecoveryConfig, RecoveryConfig, SqliteRecoveryConfig
+from . import telemetry
 from .epochs import EpochPolicy, ItemEpochs, PeriodicEpochs
 from .exchange import Exchange
-from .worker import Worker, check_flow
+from .worker import check_flow
 
 if TYPE_CHECKING:
     from ..dataflow import Dataflow
@@ -59,5 +60,7 @@ def run_single(
     policy = epoch_policy(epoch_config, clock)
     recovery_dir = check_recovery(recovery_config)
     flow_start: datetime = clock.now()
-    worker = Worker(flow, 0, Exchange(1), policy, flow_start, recovery_dir, clock)
-    worker.run()
+    installed = telemetry.current()
+    with telemetry.run_span("millrace.run", {"millrace.proc_count": 1, "millrace.worker.count": 1}) as parent:
+        worker = telemetry.new_worker(installed, parent, flow, 0, Exchange(1), policy, flow_start, recovery_dir, clock)
+        worker.run()
