@@ -12,7 +12,7 @@ import queue
 import threading
 from typing import Any, Protocol
 
-# (DATA, stateful_step_index, epoch, items)
+# (DATA, stateful_step_index, epoch, items, sender)
 DATA = 0
 # (MARK, stateful_step_index, epoch, sender, eof): sender sent everything of epoch for that step
 MARK = 1
@@ -27,6 +27,8 @@ PROGRESS = 4
 MIGRATE = 5
 # (STAGED, sender): sender wrote its store for the grown cluster beside its current one
 STAGED = 6
+# (CREDIT, sender, count): sender handled count more of the DATA this worker sent it (see credits.py)
+CREDIT = 7
 
 Message = tuple[Any, ...]
 

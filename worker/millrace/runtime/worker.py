@@ -11,6 +11,7 @@ Only ``DATA`` (and ``STOP``) is the worker's own business.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -19,9 +20,10 @@ from typing import Any
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..dataflow import Dataflow
 from . import store
-from .epochs import BatchSizer, EpochPolicy
+from .credits import Credits
+from .epochs import BATCH_SIZE, BatchSizer, EpochPolicy
 from .errors import annotate, cannot_travel
-from .exchange import DATA, DONE, MARK, STOP, Exchange, Message
+from .exchange import CREDIT, DATA, DONE, MARK, STOP, Exchange, Message
 from .migration import RECOVERY_KINDS, Recovery
 from .persistence import Snapshots, restore
 from .progress import Broadcast, Ended, Flush, Progress, Snapshot
@@ -73,6 +75,10 @@ class Worker:
         self._now = clock.now
         self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router, clock.now)
         self.progress = Progress(index, self.count, len(self.logics))
+        self.credits = Credits(index, self.count)
+        # Messages taken from the inbox while waiting for credit that had to wait (see
+        # Credits.eligible); handled first once the worker no longer waits, in order.
+        self.aside: deque[Message] = deque()
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -139,12 +145,19 @@ class Worker:
 
     def _send(self, segment: Segment, target: int, parts: list[list[Any]], epoch: int) -> None:
         """Send each other worker its part of a batch for ``target``."""
+        credits = self.credits
         for dest, part in enumerate(parts):
-            if part:
+            # A part past a batch (what a fan-out or a flush emits) goes in pieces: credit
+            # counts messages, so bounded messages bound the bytes.
+            for start in range(0, len(part), BATCH_SIZE):
+                piece = part[start : start + BATCH_SIZE] if len(part) > BATCH_SIZE else part
+                if not credits.available(dest):
+                    self._await_credit(dest, target)
+                credits.spend(dest)
                 try:
-                    self.exchange.send(dest, (DATA, target, epoch, part))
+                    self.exchange.send(dest, (DATA, target, epoch, piece, self.index))
                 except Exception as exc:
-                    error = cannot_travel(segment.target_name, part, dest, exc)
+                    error = cannot_travel(segment.target_name, piece, dest, exc)
                     annotate(error, segment.target_name, self.index)
                     raise error from exc
 
@@ -197,8 +210,14 @@ class Worker:
         if kind == DATA:
             if self.exchange.stopping.is_set():
                 raise Stopped  # the cluster is stopping (a failure, Ctrl-C): process no more
-            _, target, epoch, items = msg
+            _, target, epoch, items, sender = msg
+            # Paid back before the work: the batch is out of every queue now, and a peer
+            # waiting for credit need not wait for what handling it emits.
+            if (credit := self.credits.handled(sender)) is not None:
+                self.exchange.send(sender, credit)
             self._apply(target, items, epoch)
+        elif kind == CREDIT:
+            self.credits.receive(msg)
         elif kind == MARK or kind == DONE:
             self.progress.receive(msg)
         elif kind in RECOVERY_KINDS:
@@ -208,21 +227,52 @@ class Worker:
         else:
             raise ValueError(f"worker {self.index} got an unknown message kind {kind!r}")
 
+    def _recv(self, timeout: float | None) -> Message | None:
+        """The next message: what was set aside while waiting for credit comes first."""
+        if self.aside:
+            return self.aside.popleft()
+        return self.exchange.recv(self.index, timeout)
+
     def _drain(self) -> None:
-        recv = self.exchange.recv
-        while (msg := recv(self.index, None)) is not None:
+        recv = self._recv
+        while (msg := recv(None)) is not None:
             self._handle(msg)
+
+    def _await_credit(self, dest: int, step: int) -> None:
+        """Wait until worker ``dest`` takes more ``DATA`` (for step ``step``), handling
+        meanwhile what does not make waiting workers a cycle, and setting the rest aside."""
+        credits = self.credits
+        aside = self.aside
+        eligible = Credits.eligible
+        while not credits.available(dest):
+            # What an inner wait (for a later step) set aside may be for this one to handle.
+            at = next((i for i, m in enumerate(aside) if eligible(m, step)), None)
+            if at is not None:
+                msg = aside[at]
+                del aside[at]
+                self._handle(msg)
+                continue
+            got = self.exchange.recv(self.index, 0.5)
+            if got is None:
+                if self.exchange.stopping.is_set():
+                    raise Stopped
+            elif got[0] == STOP:
+                raise Stopped
+            elif eligible(got, step):
+                self._handle(got)
+            else:
+                aside.append(got)
 
     def _wait_for(self, ready: Callable[[], bool], epoch: int = 0, tick_from: int | None = None) -> None:
         """Handle messages until ``ready()``; meanwhile let time close the windows of steps
         ``tick_from`` and later (a worker whose input ran dry may wait here a whole epoch)."""
-        recv = self.exchange.recv
+        recv = self._recv
         while not ready():
             timeout = 0.5
             if tick_from is not None:
                 self._tick(epoch, tick_from)
                 timeout = self._until_deadline(timeout, tick_from)
-            msg = recv(self.index, timeout)
+            msg = recv(timeout)
             if msg is not None:
                 self._handle(msg)
             elif self.exchange.stopping.is_set():
@@ -242,7 +292,7 @@ class Worker:
         if self.count == 1:
             time.sleep(pause)
             return
-        msg = self.exchange.recv(self.index, pause)
+        msg = self._recv(pause)
         if msg is not None:
             self._handle(msg)
             self._drain()

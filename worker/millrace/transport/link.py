@@ -33,7 +33,6 @@ import secrets
 import socket
 import struct
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -55,11 +54,11 @@ log = logging.getLogger("millrace.transport")
 _STOP = object()
 # How many frames the receiver takes in a row before it looks at its other duties.
 _COALESCE = 64
-# Outbound messages queued beyond this make workers stop reading input for a while.
+# Outbound messages queued beyond this make workers stop reading input for a while. What
+# bounds the queue is the workers' credit (runtime/credits.py): a worker sends a peer no more
+# than a window of messages it has not handled yet, so the receiver always reads its socket
+# (and the credit that comes back never waits behind data).
 OUTBOUND_LIMIT = 256
-# A local worker inbox longer than this makes the receiver stop reading the socket, so a slow
-# worker pushes back on its senders instead of growing memory.
-INBOX_LIMIT = 128
 # A ZeroMQ socket monitor message: [16-bit event, 32-bit value; the endpoint]. Read here, not
 # with zmq.utils.monitor, whose import brings asyncio: ~45 ms of every cluster process's start.
 _MONITOR_EVENT = struct.Struct("=Hi")
@@ -124,6 +123,10 @@ class ZmqLink:
         self.dropped_frames = 0
         # Peers the sender gave up on: they took nothing for too long (see _send).
         self._stalled: set[int] = set()
+        # Workers' messages waiting in the outbound queue now, and at most, in count and bytes.
+        self._queued_lock = threading.Lock()
+        self.queued = self.queued_bytes = self.sent_messages = 0
+        self.peak_queued = self.peak_queued_bytes = 0
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -194,6 +197,12 @@ class ZmqLink:
         """Queue ``msg`` for worker ``dest``; pickled here, in the sending worker's thread, so
         an unpicklable value raises to that worker."""
         payload = frames.dump_messages([(dest, msg)])
+        with self._queued_lock:
+            self.queued += 1
+            self.sent_messages += 1
+            self.queued_bytes += len(payload)
+            self.peak_queued = max(self.peak_queued, self.queued)
+            self.peak_queued_bytes = max(self.peak_queued_bytes, self.queued_bytes)
         self._outbound.put((dest // self.workers_per_proc, frames.MESSAGE, payload, None))
 
     def congested(self) -> bool:
@@ -219,6 +228,13 @@ class ZmqLink:
                     self.proc_id,
                     missing,
                 )
+        log.info(
+            "process %d: sent %d messages; at most %d messages (%d bytes) waited to be sent",
+            self.proc_id,
+            self.sent_messages,
+            self.peak_queued,
+            self.peak_queued_bytes,
+        )
         self._closing.set()
         self._outbound.put(_STOP)
         self._wake[1].send(b"x")
@@ -246,8 +262,12 @@ class ZmqLink:
                 if item is _STOP:
                     return
                 peer, kind, payload, dest_run = item
-                if kind == frames.MESSAGE and self._failing.is_set():
-                    continue  # after a failure only ABORT matters
+                if kind == frames.MESSAGE:
+                    with self._queued_lock:
+                        self.queued -= 1
+                        self.queued_bytes -= len(payload)
+                    if self._failing.is_set():
+                        continue  # after a failure only ABORT matters
                 if dest_run is None:  # the peer's run as confirmed now (a HELLO names its own)
                     dest_run = runs.get(peer, frames.NO_RUN)
                 seq[peer] += 1
@@ -303,15 +323,12 @@ class ZmqLink:
             while not self._closing.is_set():
                 ready = dict(poller.poll(100))
                 if pull in ready:
-                    if self._inbox_full(exchange):
-                        time.sleep(0.001)
-                    else:
-                        for _ in range(_COALESCE):
-                            try:
-                                parts = pull.recv_multipart(zmq.NOBLOCK)
-                            except zmq.Again:
-                                break
-                            self._on_frame(parts)
+                    for _ in range(_COALESCE):
+                        try:
+                            parts = pull.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._on_frame(parts)
                 for monitor, peer in self._monitors.items():
                     if monitor in ready:
                         self._on_monitor_event(monitor, peer)
@@ -322,12 +339,6 @@ class ZmqLink:
         except Exception as exc:  # a bug here must not leave the workers waiting forever
             log.exception("process %d: receiver failed", self.proc_id)
             exchange.fail(f"process {self.proc_id}: the network receiver failed: {exc!r}")
-
-    @staticmethod
-    def _inbox_full(exchange: Exchange) -> bool:
-        if exchange.stopping.is_set():
-            return False
-        return any(inbox.qsize() > INBOX_LIMIT for inbox in exchange.inboxes)
 
     def _drop(self, why: str, sender: int | None = None) -> None:
         self.dropped_frames += 1

@@ -4,9 +4,7 @@ never imports the runtime: :class:`millrace.runtime.exchange.Exchange` satisfies
 
 from __future__ import annotations
 
-import queue
 import threading
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 __all__ = ["Exchange", "Message"]
@@ -27,11 +25,6 @@ class Exchange(Protocol):
     @property
     def reason(self) -> str | None:
         """Why the cluster is failing (the first reason given), if it is."""
-        ...
-
-    @property
-    def inboxes(self) -> Sequence[queue.SimpleQueue[Message]]:
-        """The local workers' inboxes, which a link watches to push back on its senders."""
         ...
 
     def is_local(self, worker: int) -> bool: ...

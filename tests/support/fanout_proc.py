@@ -1,0 +1,120 @@
+"""One cluster_main process of a fast sender meeting a slow receiver:
+``python fanout_proc.py SCENARIO --addresses A,B --proc-id N --out PATH``.
+
+Every worker reads ``--count`` numbers, a few at a time (so there are many batches); a
+``flat_map`` fans each item out to ``--fan`` keyed items, which a slow step sums per key: in
+process 1 it sleeps a moment every few items. What fans out, and when, is the scenario:
+
+- ``peer``: a ``stateful_map`` in front of the fan-out, so items fan out while a worker
+  handles the batches its peers send it;
+- ``eof``: a window in front of it that closes only at the end of input, so everything fans
+  out at once, while the workers flush.
+
+The sums go to ``OUT.<worker_index>``, one ``repr`` per line. The link logs (INFO) how many
+messages it sent and how many waited at most in its outbound queue; the test reads that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from millrace.dataflow import Dataflow
+from millrace.execution import cluster_main
+from millrace.inputs import ManualInputConfig
+from millrace.outputs import ManualOutputConfig
+from millrace.window import SystemClockConfig, TumblingWindowConfig
+
+HOUR = TumblingWindowConfig(timedelta(hours=1))
+
+
+def numbers(count: int) -> ManualInputConfig:
+    def build(worker_index: int, worker_count: int, resume_state: Any) -> Iterator[Any]:
+        for i in range(count):
+            if i % 4 == 0:
+                yield None  # nothing more right now: ends the batch
+            yield i, (f"k{i % 97}", worker_index * 1_000_000 + i)
+
+    return ManualInputConfig(build)
+
+
+def fan(width: int):
+    def spread(kv: tuple[str, int]) -> list[tuple[str, int]]:
+        key, value = kv
+        return [(f"{key}/{j}", value) for j in range(width)]
+
+    return spread
+
+
+def slow_sum(proc_id: int):
+    calls = 0
+
+    def add(a: int, b: int) -> int:
+        nonlocal calls
+        calls += 1
+        if proc_id == 1 and calls % 20 == 0:
+            time.sleep(0.002)
+        return a + b
+
+    return add
+
+
+def expected(workers: int, count: int, width: int) -> Counter[tuple[str, int]]:
+    """The sums both scenarios give, for ``workers`` workers in all."""
+    sums: Counter[str] = Counter()
+    for w in range(workers):
+        for i in range(count):
+            key = f"k{i % 97}"
+            for j in range(width):
+                sums[f"{key}/{j}"] += w * 1_000_000 + i
+    return Counter(sums.items())
+
+
+def build(scenario: str, out: str, count: int, width: int, proc_id: int) -> Dataflow:
+    def output(worker_index: int, worker_count: int):
+        handle = open(f"{out}.{worker_index}", "a", buffering=1)
+        return lambda item: handle.write(f"{item!r}\n")
+
+    flow = Dataflow()
+    flow.input("inp", numbers(count))
+    if scenario == "peer":
+        # Emits every item as it comes: on the worker that owns its key, mostly a peer.
+        flow.stateful_map("own", lambda: None, lambda state, value: (state, value))
+    else:
+        # Every item its own key: emits them all at the end of input, as its windows close.
+        flow.map(lambda kv: (f"{kv[0]}@{kv[1]}", kv[1]))
+        flow.reduce_window("gather", SystemClockConfig(), HOUR, lambda a, b: a + b)
+        flow.map(lambda kv: (kv[0].split("@")[0], kv[1]))
+    flow.flat_map(fan(width))
+    flow.reduce_window("slow", SystemClockConfig(), HOUR, slow_sum(proc_id))
+    flow.capture(ManualOutputConfig(output))
+    return flow
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=["peer", "eof"])
+    parser.add_argument("--addresses", required=True)
+    parser.add_argument("--proc-id", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--fan", type=int, default=20)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+    logging.getLogger("millrace.transport").setLevel(logging.INFO)
+    flow = build(args.scenario, args.out, args.count, args.fan, args.proc_id)
+    cluster_main(flow, args.addresses.split(","), args.proc_id, worker_count_per_proc=args.workers)
+
+
+if __name__ == "__main__":
+    main()
