@@ -8,7 +8,8 @@ process 1 it sleeps a moment every few items. What fans out, and when, is the sc
 - ``peer``: a ``stateful_map`` in front of the fan-out, so items fan out while a worker
   handles the batches its peers send it;
 - ``eof``: a window in front of it that closes only at the end of input, so everything fans
-  out at once, while the workers flush.
+  out at once, while the workers flush;
+- ``timer``: the same with windows of 20 ms, which close on the clock as the input goes on.
 
 The sums go to ``OUT.<worker_index>``, one ``repr`` per line. The link logs (INFO) how many
 messages it sent and how many waited at most in its outbound queue; the test reads that.
@@ -17,7 +18,9 @@ messages it sent and how many waited at most in its outbound queue; the test rea
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import sys
 import time
 from collections import Counter
@@ -35,6 +38,7 @@ from millrace.outputs import ManualOutputConfig
 from millrace.window import SystemClockConfig, TumblingWindowConfig
 
 HOUR = TumblingWindowConfig(timedelta(hours=1))
+SHORT = TumblingWindowConfig(timedelta(milliseconds=20))
 
 
 def numbers(count: int) -> ManualInputConfig:
@@ -90,9 +94,11 @@ def build(scenario: str, out: str, count: int, width: int, proc_id: int) -> Data
         # Emits every item as it comes: on the worker that owns its key, mostly a peer.
         flow.stateful_map("own", lambda: None, lambda state, value: (state, value))
     else:
-        # Every item its own key: emits them all at the end of input, as its windows close.
+        # Every item its own key: emits them as its windows close (at the end of input, or
+        # on the clock).
         flow.map(lambda kv: (f"{kv[0]}@{kv[1]}", kv[1]))
-        flow.reduce_window("gather", SystemClockConfig(), HOUR, lambda a, b: a + b)
+        window = HOUR if scenario == "eof" else SHORT
+        flow.reduce_window("gather", SystemClockConfig(), window, lambda a, b: a + b)
         flow.map(lambda kv: (kv[0].split("@")[0], kv[1]))
     flow.flat_map(fan(width))
     flow.reduce_window("slow", SystemClockConfig(), HOUR, slow_sum(proc_id))
@@ -102,7 +108,7 @@ def build(scenario: str, out: str, count: int, width: int, proc_id: int) -> Data
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["peer", "eof"])
+    parser.add_argument("scenario", choices=["peer", "eof", "timer"])
     parser.add_argument("--addresses", required=True)
     parser.add_argument("--proc-id", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
@@ -110,6 +116,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--fan", type=int, default=20)
     args = parser.parse_args()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a stack dump, should it hang
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     logging.getLogger("millrace.transport").setLevel(logging.INFO)
     flow = build(args.scenario, args.out, args.count, args.fan, args.proc_id)

@@ -1,27 +1,29 @@
 """Credit-based flow control between workers: what bounds the memory a fast sender can fill.
 
-A worker may have at most :data:`WINDOW` ``DATA`` messages to one peer that the peer has not
-handled yet. The peer hands credit back (``CREDIT``) as it handles them, half a window at a
-time. Every queue a ``DATA`` message can wait in (the sender's outbound queue, the sockets, the
-receiver's inbox, a worker's set-aside messages) therefore holds at most ``WINDOW`` messages
-per pair of workers, whatever the step that emits them: a read of input, a peer's message, the
-end of input, a timer.
+A worker may have at most :data:`WINDOW` ``DATA`` messages for one step of one peer that the
+peer has not handled yet. The peer hands credit back (``CREDIT``) as it handles them, half a
+window at a time. Every queue a ``DATA`` message can wait in (the sender's outbound queue, the
+sockets, the receiver's inbox, a worker's set-aside messages) therefore holds at most
+``WINDOW`` messages per pair of workers and stateful step, whatever emits them: a read of
+input, a peer's message, the end of input, a timer. Per step, because a waiting worker sets
+aside the messages of earlier steps (see :meth:`Credits.eligible`): a window shared by all
+steps could fill with those, and two workers would wait for each other's credit for ever.
 
 A worker out of credit for a peer waits, and while it waits it must keep others going, or two
 workers that each wait for the other would never move (see :meth:`Credits.eligible`).
 
->>> c = Credits(index=0, count=3, window=4)
->>> c.available(1)
+>>> c = Credits(index=0, window=4)
+>>> c.available(1, step=0)
 True
 >>> for _ in range(4):
-...     c.spend(1)
->>> c.available(1), c.available(2)
-(False, True)
->>> c.handled(sender=2)  # handled one DATA of worker 2: not yet worth a message
->>> c.handled(sender=2)  # half a window: hand it back
-(7, 0, 2)
->>> c.receive((CREDIT, 1, 2))
->>> c.available(1)
+...     c.spend(1, step=0)
+>>> c.available(1, step=0), c.available(1, step=1), c.available(2, step=0)
+(False, True, True)
+>>> c.handled(sender=2, step=0)  # handled one DATA of worker 2: not yet worth a message
+>>> c.handled(sender=2, step=0)  # half a window: hand it back
+(7, 0, 0, 2)
+>>> c.receive((CREDIT, 1, 0, 2))
+>>> c.available(1, step=0)
 True
 """
 
@@ -34,36 +36,39 @@ WINDOW = 16
 
 
 class Credits:
-    """Worker ``index``'s credit with each of ``count`` workers, and what it owes them."""
+    """Worker ``index``'s credit with each (worker, step), and what it owes them."""
 
-    def __init__(self, index: int, count: int, window: int = WINDOW) -> None:
+    def __init__(self, index: int, window: int = WINDOW) -> None:
         if window < 2:
             raise ValueError(f"the credit window must be at least 2, got {window}")
         self.index = index
         self.window = window
-        self._credit = [window] * count
-        self._owed = [0] * count
+        self._credit: dict[tuple[int, int], int] = {}
+        self._owed: dict[tuple[int, int], int] = {}
 
-    def available(self, dest: int) -> bool:
-        return self._credit[dest] > 0
+    def available(self, dest: int, step: int) -> bool:
+        return self._credit.get((dest, step), self.window) > 0
 
-    def spend(self, dest: int) -> None:
-        self._credit[dest] -= 1
+    def spend(self, dest: int, step: int) -> None:
+        channel = (dest, step)
+        self._credit[channel] = self._credit.get(channel, self.window) - 1
 
     def receive(self, msg: Message) -> None:
-        """A peer's ``CREDIT``: it handled that many of this worker's ``DATA`` messages."""
-        _, sender, count = msg
-        self._credit[sender] += count
+        """A peer's ``CREDIT``: it handled that many of this worker's ``DATA`` for a step."""
+        _, sender, step, count = msg
+        channel = (sender, step)
+        self._credit[channel] = self._credit.get(channel, self.window) + count
 
-    def handled(self, sender: int) -> Message | None:
-        """This worker handled one ``DATA`` of ``sender``; the ``CREDIT`` to send it, if due.
-        Half a window at a time: a sender out of credit has at least half its window unhandled
-        at this worker, so it is always paid back once those are handled."""
-        owed = self._owed[sender] + 1
+    def handled(self, sender: int, step: int) -> Message | None:
+        """This worker handled one ``DATA`` of ``sender`` for ``step``; the ``CREDIT`` to send
+        it, if due. Half a window at a time: a sender out of credit has at least half its
+        window unhandled at this worker, so it is always paid back once those are handled."""
+        channel = (sender, step)
+        owed = self._owed.get(channel, 0) + 1
         if owed * 2 >= self.window:
-            self._owed[sender] = 0
-            return (CREDIT, self.index, owed)
-        self._owed[sender] = owed
+            self._owed[channel] = 0
+            return (CREDIT, self.index, step, owed)
+        self._owed[channel] = owed
         return None
 
     @staticmethod

@@ -27,7 +27,8 @@ PROGRESS = 4
 MIGRATE = 5
 # (STAGED, sender): sender wrote its store for the grown cluster beside its current one
 STAGED = 6
-# (CREDIT, sender, count): sender handled count more of the DATA this worker sent it (see credits.py)
+# (CREDIT, sender, step, count): sender handled count more of the DATA for step this worker
+# sent it (see credits.py)
 CREDIT = 7
 
 Message = tuple[Any, ...]

@@ -75,7 +75,7 @@ class Worker:
         self._now = clock.now
         self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router, clock.now)
         self.progress = Progress(index, self.count, len(self.logics))
-        self.credits = Credits(index, self.count)
+        self.credits = Credits(index)
         # Messages taken from the inbox while waiting for credit that had to wait (see
         # Credits.eligible); handled first once the worker no longer waits, in order.
         self.aside: deque[Message] = deque()
@@ -151,9 +151,9 @@ class Worker:
             # counts messages, so bounded messages bound the bytes.
             for start in range(0, len(part), BATCH_SIZE):
                 piece = part[start : start + BATCH_SIZE] if len(part) > BATCH_SIZE else part
-                if not credits.available(dest):
+                if not credits.available(dest, target):
                     self._await_credit(dest, target)
-                credits.spend(dest)
+                credits.spend(dest, target)
                 try:
                     self.exchange.send(dest, (DATA, target, epoch, piece, self.index))
                 except Exception as exc:
@@ -213,7 +213,7 @@ class Worker:
             _, target, epoch, items, sender = msg
             # Paid back before the work: the batch is out of every queue now, and a peer
             # waiting for credit need not wait for what handling it emits.
-            if (credit := self.credits.handled(sender)) is not None:
+            if (credit := self.credits.handled(sender, target)) is not None:
                 self.exchange.send(sender, credit)
             self._apply(target, items, epoch)
         elif kind == CREDIT:
@@ -244,7 +244,7 @@ class Worker:
         credits = self.credits
         aside = self.aside
         eligible = Credits.eligible
-        while not credits.available(dest):
+        while not credits.available(dest, step):
             # What an inner wait (for a later step) set aside may be for this one to handle.
             at = next((i for i, m in enumerate(aside) if eligible(m, step)), None)
             if at is not None:
