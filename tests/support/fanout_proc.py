@@ -35,6 +35,7 @@ from millrace.dataflow import Dataflow
 from millrace.execution import cluster_main
 from millrace.inputs import ManualInputConfig
 from millrace.outputs import ManualOutputConfig
+from millrace.runtime import credits
 from millrace.window import SystemClockConfig, TumblingWindowConfig
 
 HOUR = TumblingWindowConfig(timedelta(hours=1))
@@ -115,8 +116,11 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--fan", type=int, default=20)
+    parser.add_argument("--window", type=int, help="the credit window (default: credits.WINDOW)")
     args = parser.parse_args()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a stack dump, should it hang
+    if args.window is not None:
+        credits.WINDOW = args.window
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     logging.getLogger("millrace.transport").setLevel(logging.INFO)
     flow = build(args.scenario, args.out, args.count, args.fan, args.proc_id)

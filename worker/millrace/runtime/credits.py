@@ -31,14 +31,17 @@ from __future__ import annotations
 
 from .exchange import CREDIT, DATA, Message
 
-# Per pair of workers; each message is one batch (or part of one) for one step.
-WINDOW = 16
+# Per pair of workers and step; each message is one batch (or part of one). Fewer (16) cost the
+# two-process wordcount a fifth of its speed (benchmarks/ratios.py --only scaling): a worker
+# waited for credit that its peer, busy with a batch of its own input, had not sent yet.
+WINDOW = 64
 
 
 class Credits:
     """Worker ``index``'s credit with each (worker, step), and what it owes them."""
 
-    def __init__(self, index: int, window: int = WINDOW) -> None:
+    def __init__(self, index: int, window: int | None = None) -> None:
+        window = WINDOW if window is None else window  # read now: a test may set a smaller one
         if window < 2:
             raise ValueError(f"the credit window must be at least 2, got {window}")
         self.index = index

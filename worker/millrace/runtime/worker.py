@@ -79,6 +79,10 @@ class Worker:
         # Messages taken from the inbox while waiting for credit that had to wait (see
         # Credits.eligible); handled first once the worker no longer waits, in order.
         self.aside: deque[Message] = deque()
+        # Seconds spent waiting for credit (handling peers' messages meanwhile): not the time
+        # a batch of input took through the steps, which sizes the next read.
+        self.waited = 0.0
+        self._waiting = False
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -241,6 +245,18 @@ class Worker:
     def _await_credit(self, dest: int, step: int) -> None:
         """Wait until worker ``dest`` takes more ``DATA`` (for step ``step``), handling
         meanwhile what does not make waiting workers a cycle, and setting the rest aside."""
+        if self._waiting:  # inside an outer wait, whose time counts already
+            self._take_while_waiting(dest, step)
+            return
+        started = _monotonic()
+        self._waiting = True
+        try:
+            self._take_while_waiting(dest, step)
+        finally:
+            self._waiting = False
+            self.waited += _monotonic() - started
+
+    def _take_while_waiting(self, dest: int, step: int) -> None:
         credits = self.credits
         aside = self.aside
         eligible = Credits.eligible
@@ -320,8 +336,9 @@ class Worker:
                     got_any = True
                     epochs.items += len(batch)
                     started = _monotonic()
+                    waited = self.waited
                     self._push(segment, batch, epoch)
-                    sizer.took(len(batch), _monotonic() - started)
+                    sizer.took(len(batch), _monotonic() - started - (self.waited - waited))
                     if epochs.over():
                         return
                     if multi and stopping.is_set():
