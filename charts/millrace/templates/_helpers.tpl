@@ -103,6 +103,15 @@ derives these from the operator's own requests and fails when they differ.
   verbs: [create]
 {{- end }}
 
+{{/* With standby replicas: kopf's peering object, watched and renewed by every replica. */}}
+{{- define "millrace.peeringRules" -}}
+{{- if gt (int .Values.operator.replicas) 1 }}
+- apiGroups: [kopf.dev]
+  resources: [{{ if .Values.watchNamespaces }}kopfpeerings{{ else }}clusterkopfpeerings{{ end }}]
+  verbs: [list, watch, patch]
+{{- end }}
+{{- end }}
+
 {{/* Where `helm test` runs its Dataflow: the release namespace, if the operator watches it. */}}
 {{- define "millrace.testNamespace" -}}
 {{- if or (not .Values.watchNamespaces) (has .Release.Namespace .Values.watchNamespaces) }}
