@@ -193,7 +193,10 @@ def test_standby_replicas_share_a_peering_object_and_may_use_it(namespaces):
     manifests = render({"operator": {"replicas": 2, "peering": {"lifetimeSeconds": 20}}, "watchNamespaces": namespaces})
     deployment = _one(manifests, "Deployment")
     assert deployment["spec"]["replicas"] == 2
-    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     name = deployment["metadata"]["name"]
     assert f"--peering={name}" in container["args"] and "--peering-lifetime=20" in container["args"]
