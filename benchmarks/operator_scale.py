@@ -4,7 +4,8 @@ API server, and what a failover costs them.
 Needs the chart installed (release ``millrace`` in ``millrace-system``, as ``scripts/e2e``
 leaves it, or ``helm upgrade --install``) and k8slocal's audit log. Subcommands:
 
-- ``idle N``: N sleeping Dataflows; once all Running, the operator's requests over a minute.
+- ``idle N``: N sleeping Dataflows; once all Running, the operator's requests over a minute
+  (``--batch``: flows that end at once; once all Succeeded).
 - ``scale N``: N Dataflows (1 process, a flow that sleeps) applied at once: time from apply to
   Running (median, worst), the operator's CPU and peak memory, its requests per minute while
   idle, how long a spec change to one takes to reach its pod, and that deleting them all
@@ -55,6 +56,18 @@ flow.capture(StdOutputConfig())
 """
 
 
+# A flow that ends at once: its Dataflow is Succeeded, its pod Completed (holding no node's pod slot).
+BATCH_FLOW = """\
+from millrace.dataflow import Dataflow
+from millrace.inputs import TestingInputConfig
+from millrace.outputs import StdOutputConfig
+
+flow = Dataflow()
+flow.input("one", TestingInputConfig([1]))
+flow.capture(StdOutputConfig())
+"""
+
+
 def say(*args: Any) -> None:
     print(f"[{time.strftime('%H:%M:%S')}]", *args, file=sys.stderr, flush=True)
 
@@ -69,23 +82,23 @@ def kubectl(*args: str, input: str | None = None, check: bool = True, timeout: f
     return done.stdout
 
 
-def dataflow(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+def dataflow(namespace: str, name: str, code: str = SLEEPING_FLOW, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "millrace.dev/v1alpha1",
         "kind": "Dataflow",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "processes": 1,
-            "flow": {"code": SLEEPING_FLOW},
+            "flow": {"code": code},
             "resources": {"requests": {"cpu": "1m", "memory": "32Mi"}},
             **spec,
         },
     }
 
 
-def create(namespace: str, count: int) -> float:
+def create(namespace: str, count: int, code: str = SLEEPING_FLOW) -> float:
     kubectl("create", "namespace", namespace)
-    docs = [dataflow(namespace, f"nap-{i:03d}") for i in range(count)]
+    docs = [dataflow(namespace, f"nap-{i:03d}", code) for i in range(count)]
     started = time.time()
     kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
     return started
@@ -96,16 +109,16 @@ def dataflows(namespace: str) -> list[dict[str, Any]]:
     return items
 
 
-def running_times(namespace: str, count: int, timeout: float) -> dict[str, float]:
-    """When each Dataflow was first seen Running (polled by name, once a second)."""
+def running_times(namespace: str, count: int, timeout: float, phase: str = "Running") -> dict[str, float]:
+    """When each Dataflow was first seen in ``phase`` (polled, once a second)."""
     seen: dict[str, float] = {}
     deadline = time.time() + timeout
     while len(seen) < count and time.time() < deadline:
         now = time.time()
         for df in dataflows(namespace):
-            if (df.get("status") or {}).get("phase") == "Running":
+            if (df.get("status") or {}).get("phase") == phase:
                 seen.setdefault(df["metadata"]["name"], now)
-        say(f"{len(seen)}/{count} Running")
+        say(f"{len(seen)}/{count} {phase}")
         time.sleep(1)
     return seen
 
@@ -226,12 +239,13 @@ def scale(count: int, timeout: float, can_run: int) -> dict[str, Any]:
     return result
 
 
-def idle(count: int, timeout: float) -> dict[str, Any]:
+def idle(count: int, timeout: float, batch: bool) -> dict[str, Any]:
     namespace = f"bench-idle-{count}"
-    create(namespace, count)
-    times = running_times(namespace, count, timeout)
+    create(namespace, count, BATCH_FLOW if batch else SLEEPING_FLOW)
+    phase = "Succeeded" if batch else "Running"
+    times = running_times(namespace, count, timeout, phase)
     time.sleep(20)
-    result = {"dataflows": count, "running": len(times), "idle": idle_requests(count)}
+    result = {"dataflows": count, phase.lower(): len(times), "idle": idle_requests(count)}
     result["deletion"] = delete_all(namespace)
     return result
 
@@ -288,10 +302,11 @@ def main() -> None:
         default=10**6,
         help="scale: stop waiting once this many are Running (a node holds 110 pods by default)",
     )
+    parser.add_argument("--batch", action="store_true", help="idle: flows that end at once (Succeeded)")
     parser.add_argument("--how", choices=["sigkill", "delete"], default="sigkill", help="failover: how to kill")
     args = parser.parse_args()
     if args.what == "idle":
-        result = idle(args.count, args.timeout)
+        result = idle(args.count, args.timeout, args.batch)
     elif args.what == "scale":
         result = scale(args.count, args.timeout, args.can_run)
     else:

@@ -501,7 +501,16 @@ def test_the_operator_restarted_or_upgraded_never_restarts_a_flow(namespace):
     apply(dataflow("steady", namespace, TICKING_FLOW, processes=2))
     wait_for(namespace, "steady", "Ready")
     before = uids(namespace, "steady")
-    run("kubectl", "delete", "pod", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/name=millrace-operator", "--wait=true")
+    run(
+        "kubectl",
+        "delete",
+        "pod",
+        "-n",
+        OPERATOR_NAMESPACE,
+        "-l",
+        "app.kubernetes.io/name=millrace-operator",
+        "--wait=true",
+    )
     run(
         "kubectl", "rollout", "status", "-n", OPERATOR_NAMESPACE, f"deployment/{RELEASE}", "--timeout=180s", timeout=240
     )

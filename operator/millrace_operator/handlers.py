@@ -207,10 +207,13 @@ async def run_dataflow(
     flow.wake.set()  # the first reconcile: at creation, on start-up, on taking over
     index = cast(kopf.Index[Key, Manifest], kwargs["dataflows"])
     while not stopped:
-        try:
-            await asyncio.wait_for(flow.wake.wait(), RESYNC_SECONDS)
-        except TimeoutError:
-            pass
+        # Woken by an event, or by the resync; a deletion or a pause stops it at once.
+        waiters = {asyncio.ensure_future(flow.wake.wait()), asyncio.ensure_future(stopped.wait())}
+        _, pending = await asyncio.wait(waiters, timeout=RESYNC_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
+        if stopped:
+            break
         await asyncio.sleep(SETTLE_SECONDS)
         flow.wake.clear()
         latest = next(iter(index.get(key, ())), None)
