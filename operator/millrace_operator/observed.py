@@ -48,8 +48,11 @@ Memory = MutableMapping[tuple[str, str], Manifest | None]
 def applied_hash(manifest: Manifest) -> str:
     """A hash of what ``manifest`` says (its own ``applied-hash`` annotation left out)."""
     plain = copy.deepcopy(manifest)
-    annotations = (plain.get("metadata") or {}).get("annotations") or {}
+    meta = plain.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
     annotations.pop(APPLIED_HASH, None)
+    if "annotations" in meta and not annotations:
+        del meta["annotations"]
     canonical = json.dumps(plain, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
