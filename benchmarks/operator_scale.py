@@ -35,25 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from e2e.audit import log_size, operator_user, requests_since  # noqa: E402
+from e2e.flows import SLEEPING_FLOW  # noqa: E402
 
 RELEASE, OPERATOR_NAMESPACE = "millrace", "millrace-system"
 USER = operator_user(OPERATOR_NAMESPACE, RELEASE)
-
-SLEEPING_FLOW = """\
-import time
-from millrace.dataflow import Dataflow
-from millrace.inputs import ManualInputConfig
-from millrace.outputs import StdOutputConfig
-
-def naps(worker_index, worker_count, resume_state):
-    while True:
-        time.sleep(1)
-        yield None
-
-flow = Dataflow()
-flow.input("naps", ManualInputConfig(naps))
-flow.capture(StdOutputConfig())
-"""
 
 
 # A flow that ends at once: its Dataflow is Succeeded, its pod Completed (holding no node's pod slot).

@@ -18,6 +18,7 @@ import yaml
 
 from . import audit
 from .conftest import OPERATOR_NAMESPACE, RELEASE, ROOT, run
+from .flows import SLEEPING_FLOW
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -550,22 +551,6 @@ def test_deleting_the_dataflow_removes_every_child(namespace):
         assert time.monotonic() < deadline, f"left behind: {left}"
         time.sleep(2)
 
-
-SLEEPING_FLOW = """\
-import time
-from millrace.dataflow import Dataflow
-from millrace.inputs import ManualInputConfig
-from millrace.outputs import StdOutputConfig
-
-def naps(worker_index, worker_count, resume_state):
-    while True:
-        time.sleep(1)
-        yield None
-
-flow = Dataflow()
-flow.input("naps", ManualInputConfig(naps))
-flow.capture(StdOutputConfig())
-"""
 
 IDLE = 3  # Dataflows left alone while the operator's requests are counted
 
