@@ -57,6 +57,9 @@ class Reader:
         """What resumes this input right after the last item :meth:`read` returned."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Let go of what the reader holds (a client's connections); the run is over."""
+
 
 class ManualReader(Reader):
     """Reads ``(state, item)`` 2-tuples, or a bare ``None`` for "nothing yet".
@@ -204,7 +207,8 @@ def build_reader(config: InputConfig, name: str, worker_index: int, worker_count
             ) from None
         return ManualReader(name, iterator, resume_state)
     if isinstance(config, KafkaInputConfig):
-        raise NotImplementedError(
-            f"{name}: KafkaInputConfig needs Kafka support, which this build of millrace does not include"
-        )
+        # Imported here: only a flow that reads Kafka needs the client (millrace[kafka]).
+        from .kafka_source import build_kafka_reader
+
+        return build_kafka_reader(config, name, worker_index, worker_count, resume_state)
     raise TypeError(f"{name}: unsupported input configuration {describe(config)}")

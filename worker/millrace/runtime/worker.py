@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from .persistence import Snapshots, restore
 from .progress import Broadcast, Ended, Flush, Progress, Snapshot
 from .routing import Router, check_pairs
 from .segments import Segment, build_logic, check_flow, lay_out
+from .sinks import Sink
 from .sources import Reader, build_reader
 
 # Stopped, Worker and check_flow are what the runtime's entry points import from here;
@@ -70,6 +72,9 @@ class Worker:
         self._now = clock.now
         self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router, clock.now)
         self.progress = Progress(index, self.count, len(self.logics))
+        # Every capture's writer once (a capture's sink is in each segment that reaches it).
+        segments = [segment for _, segment in self.input_steps] + self.after
+        self.sinks: list[Sink] = list({id(s): s for seg in segments for s in seg.sinks if s is not None}.values())
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -295,12 +300,31 @@ class Worker:
                 elif isinstance(action, Flush):
                     self._flush(action.step, epoch)
                 elif isinstance(action, Snapshot):
+                    # The epoch's output is durable before the snapshot says it is complete.
+                    self._flush_sinks(epoch)
                     if self.store is not None:
                         self._snapshot(epoch)
                 elif isinstance(action, Ended):
                     return action.eof
             self._wait_for(progress.ready, epoch, progress.tick_from)
             actions = progress.advance()
+
+    def _flush_sinks(self, epoch: int) -> None:
+        for sink in self.sinks:
+            try:
+                sink.flush(epoch)
+            except Exception as exc:
+                annotate(exc, f"the output of epoch {epoch}", self.index)
+                raise
+
+    def _close(self) -> None:
+        """Let go of the readers', writers' and store's connections, whatever happened."""
+        for closable in [reader for reader, _ in self.inputs] + self.sinks:
+            # The run's own outcome (or error) is what counts, not a failure to let go.
+            with suppress(Exception):
+                closable.close()
+        if self.store is not None:
+            self.store.close()
 
     def _flush(self, target: int, epoch: int) -> None:
         logic = self.logics[target]
@@ -324,8 +348,7 @@ class Worker:
                     return
                 self.epoch += 1
         finally:
-            if self.store is not None:
-                self.store.close()
+            self._close()
 
     # -- recovery --------------------------------------------------------------------------
 

@@ -1,0 +1,88 @@
+"""What the Kafka input, output and recovery store share: the client library (confluent-kafka,
+the optional extra ``millrace[kafka]``), client settings, and the checks that turn a broker
+that cannot be reached, a topic that does not exist or a property the client refuses into an
+error naming it, within :data:`CONNECT_TIMEOUT`, before any item moves.
+
+Only the runtime imports this module, and only when a flow uses Kafka: a flow without Kafka
+runs without the client installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+try:
+    import confluent_kafka
+except ImportError as exc:  # pragma: no cover - the dev extra installs it
+    raise ImportError(
+        "Kafka inputs, outputs and recovery need the Kafka client: pip install 'millrace[kafka]'"
+    ) from exc
+
+# Seconds a Kafka input, output or store waits for the brokers' metadata at start. librdkafka
+# retries a broker it cannot reach for ever; a flow pointed at a wrong address fails instead.
+CONNECT_TIMEOUT = 10.0
+
+Properties = dict[str, str | int | float | bool]
+
+
+def client_properties(
+    brokers: Sequence[str],
+    defaults: Mapping[str, str | int | float | bool],
+    additional: Mapping[str, str] | None,
+    forced: Mapping[str, str | int | float | bool],
+) -> Properties:
+    """The client's configuration: ``defaults``, then the user's ``additional`` properties
+    (SASL, TLS, tuning), then ``forced`` ones the engine's semantics rest on.
+
+    >>> client_properties(["a:9092", "b:9092"], {"linger.ms": 5}, {"linger.ms": "50"}, {"acks": "all"})
+    {'linger.ms': '50', 'acks': 'all', 'bootstrap.servers': 'a:9092,b:9092'}
+    """
+    properties: Properties = dict(defaults)
+    properties.update(additional or {})
+    properties.update(forced)
+    properties["bootstrap.servers"] = ",".join(brokers)
+    return properties
+
+
+def describe_brokers(brokers: Sequence[str]) -> str:
+    """``brokers`` for an error message.
+
+    >>> describe_brokers(["a:9092", "b:9092"])
+    'Kafka brokers a:9092,b:9092'
+    """
+    return f"Kafka brokers {','.join(brokers)}"
+
+
+def refused_properties(what: str, brokers: Sequence[str], exc: confluent_kafka.KafkaException) -> ValueError:
+    """The error for client properties librdkafka refuses (it names the property)."""
+    return ValueError(f"{what}: the Kafka client refuses its properties for {describe_brokers(brokers)}: {exc}")
+
+
+def topic_partitions(
+    client: confluent_kafka.Consumer | confluent_kafka.Producer,
+    brokers: Sequence[str],
+    topic: str,
+    what: str,
+    timeout: float = CONNECT_TIMEOUT,
+) -> list[int]:
+    """The partition ids of ``topic``, asked of the brokers within ``timeout`` seconds.
+
+    Raises :class:`ConnectionError` when no broker answers, and :class:`LookupError` when the
+    topic does not exist; both name the brokers, the topic and ``what`` asks (a step). The
+    client must be made with ``allow.auto.create.topics`` false, or asking would create it.
+    """
+    try:
+        metadata = client.list_topics(topic, timeout=timeout)
+    except confluent_kafka.KafkaException as exc:
+        raise ConnectionError(
+            f"{what}: cannot reach the {describe_brokers(brokers)} within {timeout:g} s "
+            f"to read topic {topic!r}: {exc.args[0]}"
+        ) from None
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        reason = "it is not there" if found is None or found.error is None else str(found.error)
+        raise LookupError(
+            f"{what}: Kafka topic {topic!r} does not exist on the {describe_brokers(brokers)} "
+            f"({reason}); create it first"
+        )
+    return sorted(found.partitions)
