@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import signal
+import sqlite3
+import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from millrace.dataflow import Dataflow
 from millrace.execution import run_main, spawn_cluster
-from millrace.inputs import KafkaInputConfig
+from millrace.inputs import KafkaInputConfig, TestingInputConfig, distribute
 from millrace.outputs import KafkaOutputConfig, TestingOutputConfig
+from millrace.recovery import SqliteRecoveryConfig
+from millrace.runtime import store
+from millrace.runtime.kafka_source import build_kafka_reader
+from millrace.transport.addresses import free_ports
 
+from .conftest import SUPPORT, Procs
 from .support.kafka import create_topic, produce, read_all, tansu_broker
 
 pytestmark = pytest.mark.timeout(300)
@@ -77,3 +88,198 @@ def test_a_2x2_cluster_moves_every_record_exactly_once(broker, big_topic):
     got = Counter((key, value) for _, _, key, value in read_all(broker, "big-out"))
     assert len(got) == RECORDS and set(got.values()) == {1}
     assert set(got) == {(f"k{i}".encode(), f"v{i}!".encode()) for i in range(RECORDS)}
+
+
+KAFKA_PROC = str(SUPPORT / "kafka_proc.py")
+
+
+def _start(procs: Procs, broker: str, sink: str, db_dir: Path, delay: float) -> list:
+    addresses = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
+    return [
+        procs.start(
+            KAFKA_PROC,
+            *("--addresses", addresses, "--proc-id", str(proc_id), "--broker", broker),
+            *("--source", "big", "--sink", sink, "--db-dir", str(db_dir), "--delay", str(delay)),
+        )
+        for proc_id in range(2)
+    ]
+
+
+def _resume_offsets(db_dir: Path, workers: int) -> dict[int, int]:
+    """Per input partition, the offset a restart resumes at: the input states the SQLite
+    stores hold for the last epoch every worker finished."""
+    infos = [store.inspect(db_dir, w) for w in range(workers)]
+    progress = [-1 if info is None or info.progress is None else info.progress for info in infos]
+    last = min(progress)
+    offsets: dict[int, int] = {}
+    for w in range(workers):
+        path = store.store_path(db_dir, w)
+        if not path.exists():
+            continue
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            for (blob,) in conn.execute("SELECT state FROM inputs WHERE epoch = ?", (last,)):
+                offsets.update(store.load_state(blob))
+    return offsets
+
+
+def test_a_killed_process_of_a_2x2_cluster_resumes_from_sqlite_losing_nothing(procs, tmp_path, broker, big_topic):
+    create_topic(broker, "killed-out", 3)
+    db_dir = tmp_path / "db"
+    db_dir.mkdir()
+    cluster = _start(procs, broker, "killed-out", db_dir, delay=0.0002)
+    # Kill process 1 once a fifth of the output is in the broker: mid-run.
+    while len(read_all(broker, "killed-out")) < RECORDS // 5:
+        assert cluster[1].poll() is None, cluster[1].communicate()
+    cluster[1].kill()
+    for proc in cluster:
+        proc.communicate(timeout=60)
+    assert cluster[1].returncode == -signal.SIGKILL
+    assert cluster[0].returncode != 0, "the surviving process went on without its peer"
+    first = Counter((key, value) for _, _, key, value in read_all(broker, "killed-out"))
+    assert len(first) < RECORDS, "the run was over before the kill"
+    resume = _resume_offsets(db_dir, 4)
+
+    for proc in _start(procs, broker, "killed-out", db_dir, delay=0.0):
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+
+    got = Counter((key, value) for _, _, key, value in read_all(broker, "killed-out"))
+    expected = {(f"k{i}".encode(), f"v{i}!".encode()) for i in range(RECORDS)}
+    assert set(got) == expected, "records were lost or invented"
+    # A record is written twice at most, and only when the restart read it again: at or after
+    # its partition's resume offset (record i is at offset i // 3 of partition i % 3).
+    twice = [int(key[1:]) for (key, _), count in got.items() if count > 1]
+    assert set(got.values()) <= {1, 2}
+    assert all(i // 3 >= resume.get(i % 3, 0) for i in twice), "a record before the resume point came again"
+
+
+# -- errors: named, and within the connect timeout --------------------------------------------
+
+
+def _copy_flow(broker: str, source: str, sink: str, properties: dict[str, str] | None = None) -> Dataflow:
+    flow = Dataflow()
+    flow.input("kafka-in", KafkaInputConfig([broker], source, tail=False, additional_properties=properties))
+    flow.capture(KafkaOutputConfig([broker], sink))
+    return flow
+
+
+def test_an_unreachable_broker_is_named(broker):
+    (port,) = free_ports(1)  # nothing listens there
+    flow = Dataflow()
+    flow.input("kafka-in", KafkaInputConfig([f"127.0.0.1:{port}"], "t", tail=False))
+    flow.capture(TestingOutputConfig([]))
+    with pytest.raises(
+        ConnectionError, match=rf"input 'kafka-in': cannot reach the Kafka brokers 127.0.0.1:{port} within"
+    ):
+        run_main(flow)
+
+
+def test_a_missing_topic_is_named_and_not_created(broker):
+    create_topic(broker, "present", 1)
+    with pytest.raises(LookupError, match="input 'kafka-in': Kafka topic 'absent' does not exist on the Kafka brokers"):
+        run_main(_copy_flow(broker, "absent", "present"))
+    with pytest.raises(LookupError, match=r"capture #1 \(KafkaOutputConfig\): Kafka topic 'absent-out' does not exist"):
+        run_main(_copy_flow(broker, "present", "absent-out"))
+    topics = AdminClient({"bootstrap.servers": broker}).list_topics(timeout=10).topics
+    assert "absent" not in topics and "absent-out" not in topics
+
+
+def test_a_property_the_client_refuses_is_named(broker):
+    create_topic(broker, "props", 1)
+    with pytest.raises(ValueError, match=r"input 'kafka-in': the Kafka client refuses .*no.such.property"):
+        run_main(_copy_flow(broker, "props", "props", {"no.such.property": "1"}))
+
+
+def test_additional_properties_reach_the_client(broker):
+    """A client id travels to the broker (and a wrong security protocol would fail)."""
+    create_topic(broker, "props2", 1)
+    with pytest.raises(ValueError, match=r"security.protocol"):
+        run_main(_copy_flow(broker, "props2", "props2", {"security.protocol": "carrier-pigeon"}))
+
+
+@pytest.mark.parametrize("case, item", list(enumerate([b"no-key", (b"k", b"v", b"extra"), (b"k", 3)])))
+def test_an_item_the_output_cannot_write_is_named(broker, case, item):
+    create_topic(broker, f"shape-{case}", 1)
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([item]))
+    flow.capture(KafkaOutputConfig([broker], f"shape-{case}"))
+    with pytest.raises(
+        TypeError, match=r"capture #1 \(KafkaOutputConfig\): KafkaOutputConfig writes \(key, payload\) 2-tuples"
+    ) as info:
+        run_main(flow)
+    assert repr(item)[:20] in str(info.value)
+
+
+# -- where reading starts and ends ---------------------------------------------------------------
+
+
+def test_starting_at_the_end_reads_only_what_comes_after(broker):
+    create_topic(broker, "late", 2)
+    produce(broker, "late", _numbers(50, 2))
+    config = KafkaInputConfig([broker], "late", tail=True, starting_offset="end")
+    reader = build_kafka_reader(config, "in", 0, 1, None)
+    try:
+        # Up to the end, nothing: what was there before the reader is skipped.
+        items = _read_until(reader, lambda: not reader._skipping)
+        assert items == []
+        produce(broker, "late", [(b"new", b"1", 0), (b"new", b"2", 1)])
+        items = _read_until(reader, lambda: len(got) == 2, got := [])
+        assert sorted(items) == [(b"new", b"1"), (b"new", b"2")]
+        assert reader.state == {0: 26, 1: 26} and not reader.exhausted  # tail=True goes on
+    finally:
+        reader.close()
+
+
+def _read_until(reader, done, got=None) -> list:
+    got = [] if got is None else got
+    deadline = time.monotonic() + 30
+    while not done():
+        assert time.monotonic() < deadline, "the reader did not get there"
+        got += reader.read(1000)
+        time.sleep(0.01)
+    return got
+
+
+def test_starting_at_the_end_with_tail_false_reads_nothing(broker):
+    create_topic(broker, "late2", 2)
+    produce(broker, "late2", _numbers(50, 2))
+    out: list = []
+    flow = Dataflow()
+    flow.input("in", KafkaInputConfig([broker], "late2", tail=False, starting_offset="end"))
+    flow.capture(TestingOutputConfig(out))
+    run_main(flow)
+    assert out == []
+
+
+def test_a_recovered_flow_continues_after_a_finished_run(broker, tmp_path):
+    """The resume state is the per-partition offset: a second run reads only what came since."""
+    create_topic(broker, "cont", 3)
+    produce(broker, "cont", _numbers(30, 3))
+    recovery = SqliteRecoveryConfig(tmp_path)
+
+    def run() -> list:
+        out: list = []
+        flow = Dataflow()
+        flow.input("in", KafkaInputConfig([broker], "cont", tail=False))
+        flow.capture(TestingOutputConfig(out))
+        run_main(flow, recovery_config=recovery)
+        return out
+
+    assert sorted(run()) == sorted((k, v) for k, v, _ in _numbers(30, 3))
+    assert run() == []
+    produce(broker, "cont", [(b"more", b"x", 2)])
+    assert run() == [(b"more", b"x")]
+
+
+def test_a_resume_state_of_another_worker_count_is_refused(broker):
+    create_topic(broker, "grown", 3)
+    config = KafkaInputConfig([broker], "grown", tail=False)
+    with pytest.raises(ValueError, match=r"in: the resume state holds the offsets of partitions \[2\]"):
+        build_kafka_reader(config, "in", 0, 4, {0: 5, 2: 7})
+    with pytest.raises(ValueError, match="maps partitions to offsets"):
+        build_kafka_reader(config, "in", 0, 2, 17)
+
+
+def test_partitions_are_spread_over_workers_each_read_by_one():
+    assert [list(distribute(range(3), w, 4)) for w in range(4)] == [[0], [1], [2], []]
+    assert [list(distribute(range(5), w, 2)) for w in range(2)] == [[0, 2, 4], [1, 3]]

@@ -11,10 +11,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -32,30 +34,27 @@ def tansu_broker() -> Iterator[str]:
         raise RuntimeError(f"{TANSU} is missing: run scripts/kafka-broker (scripts/setup does)")
     (port,) = free_ports(1)
     url = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [str(TANSU), "broker", "--listener-url", url, "--advertised-listener-url", url]
-        + ["--storage-engine", "memory://tansu/"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    address = f"127.0.0.1:{port}"
-    try:
-        _wait_ready(proc, address)
-        yield address
-    finally:
-        proc.kill()
-        proc.communicate(timeout=10)
+    args = [str(TANSU), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    args += ["--storage-engine", "memory://tansu/"]
+    # Its log goes to a file, not a pipe nobody reads (a full pipe would stall the broker).
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        address = f"127.0.0.1:{port}"
+        try:
+            _wait_ready(proc, address, log)
+            yield address
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], address: str) -> None:
+def _wait_ready(proc: subprocess.Popen[bytes], address: str, log: IO[bytes]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     host, port = address.split(":")
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"tansu exited with {proc.returncode}: {proc.stderr.read().decode() if proc.stderr else ''}"
-            )
+            log.seek(0)
+            raise RuntimeError(f"tansu exited with {proc.returncode}: {log.read().decode(errors='replace')[-2000:]}")
         try:
             socket.create_connection((host, int(port)), timeout=0.2).close()
         except OSError:

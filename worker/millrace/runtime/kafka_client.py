@@ -9,6 +9,7 @@ runs without the client installed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 try:
@@ -21,6 +22,8 @@ except ImportError as exc:  # pragma: no cover - the dev extra installs it
 # Seconds a Kafka input, output or store waits for the brokers' metadata at start. librdkafka
 # retries a broker it cannot reach for ever; a flow pointed at a wrong address fails instead.
 CONNECT_TIMEOUT = 10.0
+
+LOGGER = logging.getLogger("millrace.kafka")
 
 Properties = dict[str, str | int | float | bool]
 
@@ -44,6 +47,17 @@ def client_properties(
     return properties
 
 
+def with_logger(properties: Properties) -> dict[str, object]:
+    """``properties`` with librdkafka's log sent to the ``millrace.kafka`` logger instead of
+    straight to stderr (a broker that cannot be reached logs a line every few milliseconds)."""
+    return {**properties, "logger": LOGGER}
+
+
+def _reason(exc: confluent_kafka.KafkaException) -> str:
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, confluent_kafka.KafkaError) else str(exc)
+
+
 def describe_brokers(brokers: Sequence[str]) -> str:
     """``brokers`` for an error message.
 
@@ -55,7 +69,9 @@ def describe_brokers(brokers: Sequence[str]) -> str:
 
 def refused_properties(what: str, brokers: Sequence[str], exc: confluent_kafka.KafkaException) -> ValueError:
     """The error for client properties librdkafka refuses (it names the property)."""
-    return ValueError(f"{what}: the Kafka client refuses its properties for {describe_brokers(brokers)}: {exc}")
+    return ValueError(
+        f"{what}: the Kafka client refuses its properties for {describe_brokers(brokers)}: {_reason(exc)}"
+    )
 
 
 def topic_partitions(
@@ -76,11 +92,11 @@ def topic_partitions(
     except confluent_kafka.KafkaException as exc:
         raise ConnectionError(
             f"{what}: cannot reach the {describe_brokers(brokers)} within {timeout:g} s "
-            f"to read topic {topic!r}: {exc.args[0]}"
+            f"to read topic {topic!r}: {_reason(exc)}"
         ) from None
     found = metadata.topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
-        reason = "it is not there" if found is None or found.error is None else str(found.error)
+        reason = "it is not there" if found is None or found.error is None else found.error.str()
         raise LookupError(
             f"{what}: Kafka topic {topic!r} does not exist on the {describe_brokers(brokers)} "
             f"({reason}); create it first"

@@ -15,7 +15,7 @@ import confluent_kafka
 
 from ..outputs import KafkaOutputConfig
 from .errors import describe
-from .kafka_client import client_properties, describe_brokers, refused_properties, topic_partitions
+from .kafka_client import client_properties, describe_brokers, refused_properties, topic_partitions, with_logger
 from .sinks import Sink
 
 # How long one wait for the producer's queue to drain lasts before the wait is asked again.
@@ -103,7 +103,7 @@ def build_kafka_sink(
     """The writer of ``config`` for one worker; the brokers, the topic and the properties are
     checked here, before any item is written (errors name the step)."""
     try:
-        producer = make_producer(producer_properties(config))
+        producer = make_producer(with_logger(producer_properties(config)))
     except confluent_kafka.KafkaException as exc:
         raise refused_properties(step_name, config.brokers, exc) from None
     topic_partitions(producer, config.brokers, config.topic, step_name)

@@ -21,7 +21,7 @@ import confluent_kafka
 
 from ..inputs import KafkaInputConfig, distribute
 from .errors import describe
-from .kafka_client import client_properties, describe_brokers, refused_properties, topic_partitions
+from .kafka_client import client_properties, describe_brokers, refused_properties, topic_partitions, with_logger
 from .sources import Reader
 
 _PARTITION_EOF = confluent_kafka.KafkaError._PARTITION_EOF
@@ -178,7 +178,7 @@ def build_kafka_reader(
     """The reader of ``config`` for one worker; the brokers, the topic and the properties are
     checked here, before any item is read (errors name the step ``name``)."""
     try:
-        consumer = make_consumer(consumer_properties(config))
+        consumer = make_consumer(with_logger(consumer_properties(config)))
     except confluent_kafka.KafkaException as exc:
         raise refused_properties(name, config.brokers, exc) from None
     try:
