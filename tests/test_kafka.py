@@ -6,9 +6,7 @@ import signal
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
 from contextlib import closing
-from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -17,21 +15,22 @@ from millrace.dataflow import Dataflow
 from millrace.execution import run_main, spawn_cluster
 from millrace.inputs import KafkaInputConfig, TestingInputConfig, distribute
 from millrace.outputs import KafkaOutputConfig, TestingOutputConfig
-from millrace.recovery import SqliteRecoveryConfig
+from millrace.recovery import KafkaRecoveryConfig, RecoveryConfig, SqliteRecoveryConfig
 from millrace.runtime import store
 from millrace.runtime.kafka_source import build_kafka_reader
+from millrace.runtime.kafka_store import KafkaStores
+from millrace.runtime.stores import stores_of
 from millrace.transport.addresses import free_ports
 
 from .conftest import SUPPORT, Procs
-from .support.kafka import create_topic, produce, read_all, tansu_broker
+from .support.kafka import create_topic, produce, read_all
 
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[str]:
-    with tansu_broker() as address:
-        yield address
+@pytest.fixture
+def broker(kafka_broker: str) -> str:
+    return kafka_broker
 
 
 def _numbers(n: int, partitions: int) -> list[tuple[bytes, bytes, int]]:
@@ -65,11 +64,11 @@ def test_one_worker_reads_every_record_and_writes_them(broker):
 RECORDS = 100_000
 
 
-@pytest.fixture(scope="module")
-def big_topic(broker) -> str:
+@pytest.fixture(scope="session")
+def big_topic(kafka_broker) -> str:
     """A 3-partition topic of RECORDS records, key ``k<i>`` and value ``v<i>``."""
-    create_topic(broker, "big", 3)
-    produce(broker, "big", _numbers(RECORDS, 3))
+    create_topic(kafka_broker, "big", 3)
+    produce(kafka_broker, "big", _numbers(RECORDS, 3))
     return "big"
 
 
@@ -93,57 +92,74 @@ def test_a_2x2_cluster_moves_every_record_exactly_once(broker, big_topic):
 KAFKA_PROC = str(SUPPORT / "kafka_proc.py")
 
 
-def _start(procs: Procs, broker: str, sink: str, db_dir: Path, delay: float) -> list:
+def _start(procs: Procs, broker: str, sink: str, recovery: str, *pause: str) -> list:
     addresses = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
     return [
         procs.start(
             KAFKA_PROC,
             *("--addresses", addresses, "--proc-id", str(proc_id), "--broker", broker),
-            *("--source", "big", "--sink", sink, "--db-dir", str(db_dir), "--delay", str(delay)),
+            *("--source", "big", "--sink", sink, "--recovery", recovery, *pause),
         )
         for proc_id in range(2)
     ]
 
 
-def _resume_offsets(db_dir: Path, workers: int) -> dict[int, int]:
-    """Per input partition, the offset a restart resumes at: the input states the SQLite
-    stores hold for the last epoch every worker finished."""
-    infos = [store.inspect(db_dir, w) for w in range(workers)]
-    progress = [-1 if info is None or info.progress is None else info.progress for info in infos]
-    last = min(progress)
+def _resume_offsets(recovery: RecoveryConfig, workers: int) -> dict[int, int]:
+    """Per input partition, the offset a restart resumes at: the input states the stores hold
+    for the last epoch every worker finished."""
+    stores = stores_of(recovery)
+    assert stores is not None
+    infos = [stores.inspect(w) for w in range(workers)]
+    last = min(-1 if info is None or info.progress is None else info.progress for info in infos)
     offsets: dict[int, int] = {}
     for w in range(workers):
-        path = store.store_path(db_dir, w)
-        if not path.exists():
-            continue
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-            for (blob,) in conn.execute("SELECT state FROM inputs WHERE epoch = ?", (last,)):
-                offsets.update(store.load_state(blob))
+        if isinstance(stores, KafkaStores):
+            generation = stores.progress()[w]["generation"]
+            image = stores.state_of(w).get(generation, {})
+            blobs = [blob for (kind, _, epoch), blob in image.items() if kind == "i" and epoch == last]
+        else:
+            path = store.store_path(stores.db_dir, w)
+            if not path.exists():
+                continue
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+                blobs = [blob for (blob,) in conn.execute("SELECT state FROM inputs WHERE epoch = ?", (last,))]
+        for blob in blobs:
+            offsets.update(store.load_state(blob))
     return offsets
 
 
-def test_a_killed_process_of_a_2x2_cluster_resumes_from_sqlite_losing_nothing(procs, tmp_path, broker, big_topic):
-    create_topic(broker, "killed-out", 3)
-    db_dir = tmp_path / "db"
-    db_dir.mkdir()
-    cluster = _start(procs, broker, "killed-out", db_dir, delay=0.0002)
-    # Kill process 1 once a fifth of the output is in the broker: mid-run.
-    while len(read_all(broker, "killed-out")) < RECORDS // 5:
+@pytest.mark.parametrize("kind", ["sqlite", "kafka"])
+def test_a_killed_process_of_a_2x2_cluster_resumes_losing_nothing(procs, tmp_path, broker, big_topic, kind):
+    """SIGKILL to one of two processes mid-run, recovery in SQLite or in Kafka: the restart
+    writes every record, and again only those of the epochs it runs again."""
+    sink = f"killed-out-{kind}"
+    create_topic(broker, sink, 3)
+    if kind == "sqlite":
+        (tmp_path / "db").mkdir()
+        spec, recovery = f"sqlite:{tmp_path / 'db'}", SqliteRecoveryConfig(tmp_path / "db")
+    else:
+        spec, recovery = "kafka:killed", KafkaRecoveryConfig([broker], "killed")
+    # Each process holds its items after 15,000 until the go file exists: the kill comes once
+    # a fifth of the output is in the broker, and surely before the end.
+    go = tmp_path / "go"
+    cluster = _start(procs, broker, sink, spec, "--pause-after", "15000", "--go-file", str(go))
+    while len(read_all(broker, sink)) < RECORDS // 5:
         assert cluster[1].poll() is None, cluster[1].communicate()
     cluster[1].kill()
+    go.touch()
     for proc in cluster:
         proc.communicate(timeout=60)
     assert cluster[1].returncode == -signal.SIGKILL
     assert cluster[0].returncode != 0, "the surviving process went on without its peer"
-    first = Counter((key, value) for _, _, key, value in read_all(broker, "killed-out"))
+    first = Counter((key, value) for _, _, key, value in read_all(broker, sink))
     assert len(first) < RECORDS, "the run was over before the kill"
-    resume = _resume_offsets(db_dir, 4)
+    resume = _resume_offsets(recovery, 4)
 
-    for proc in _start(procs, broker, "killed-out", db_dir, delay=0.0):
+    for proc in _start(procs, broker, sink, spec):
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr
 
-    got = Counter((key, value) for _, _, key, value in read_all(broker, "killed-out"))
+    got = Counter((key, value) for _, _, key, value in read_all(broker, sink))
     expected = {(f"k{i}".encode(), f"v{i}!".encode()) for i in range(RECORDS)}
     assert set(got) == expected, "records were lost or invented"
     # A record is written twice at most, and only when the restart read it again: at or after

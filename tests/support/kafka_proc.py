@@ -1,11 +1,15 @@
 """One cluster_main process of the Kafka fault-injection tests: 2 workers read a topic with
 ``tail=False``, tag every payload with ``!`` and write it to another topic; recovery in SQLite
-(``--db-dir``). ``--delay`` seconds per item keep the run long enough to be killed mid-way.
+in a SQLite directory (``--recovery sqlite:DIR``) or in Kafka topics
+(``--recovery kafka:PREFIX``). With ``--pause-after N --go-file PATH`` the process holds its items once it has tagged N
+of them until PATH exists: a test kills a process while the run is surely mid-way.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import time
 from datetime import timedelta
 from typing import Any
@@ -14,12 +18,18 @@ from millrace.dataflow import Dataflow
 from millrace.execution import PeriodicEpochConfig, cluster_main
 from millrace.inputs import KafkaInputConfig
 from millrace.outputs import KafkaOutputConfig
-from millrace.recovery import SqliteRecoveryConfig
+from millrace.recovery import KafkaRecoveryConfig, SqliteRecoveryConfig
 
 
-def build(broker: str, source: str, sink: str, delay: float) -> Dataflow:
+def build(broker: str, source: str, sink: str, pause_after: int | None, go_file: str | None) -> Dataflow:
+    tagged = itertools.count(1)
+
     def tag(kv: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
-        time.sleep(delay)
+        if pause_after is not None and next(tagged) >= pause_after:
+            assert go_file is not None
+            deadline = time.monotonic() + 60
+            while not os.path.exists(go_file) and time.monotonic() < deadline:
+                time.sleep(0.01)
         return kv[0], kv[1] + b"!"
 
     flow = Dataflow()
@@ -36,12 +46,14 @@ def main() -> None:
     parser.add_argument("--broker", required=True)
     parser.add_argument("--source", required=True)
     parser.add_argument("--sink", required=True)
-    parser.add_argument("--db-dir", required=True)
-    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--recovery", required=True)
+    parser.add_argument("--pause-after", type=int, default=None)
+    parser.add_argument("--go-file", default=None)
     args = parser.parse_args()
-    recovery: Any = SqliteRecoveryConfig(args.db_dir)
+    kind, _, where = args.recovery.partition(":")
+    recovery: Any = SqliteRecoveryConfig(where) if kind == "sqlite" else KafkaRecoveryConfig([args.broker], where)
     cluster_main(
-        build(args.broker, args.source, args.sink, args.delay),
+        build(args.broker, args.source, args.sink, args.pause_after, args.go_file),
         args.addresses.split(","),
         args.proc_id,
         worker_count_per_proc=2,

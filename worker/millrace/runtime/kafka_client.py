@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 try:
     import confluent_kafka
@@ -47,7 +48,7 @@ def client_properties(
     return properties
 
 
-def with_logger(properties: Properties) -> dict[str, object]:
+def with_logger(properties: Properties) -> dict[str, Any]:
     """``properties`` with librdkafka's log sent to the ``millrace.kafka`` logger instead of
     straight to stderr (a broker that cannot be reached logs a line every few milliseconds)."""
     return {**properties, "logger": LOGGER}

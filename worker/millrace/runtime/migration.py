@@ -115,7 +115,7 @@ class Recovery:
         self._round = _SHARING
         return (PROGRESS, self.index, summary)
 
-    def plan(self, where: Path) -> ResumePlan:
+    def plan(self, where: str | Path) -> ResumePlan:
         """The plan every worker reaches from all summaries (``where``: for errors)."""
         assert self.ready(), "the summaries of some workers are missing"
         return plan_resume(self.summaries, self.count, where)

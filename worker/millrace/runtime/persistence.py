@@ -19,6 +19,7 @@ from .exchange import Exchange
 from .keyed import FORGOTTEN, KeyedLogic
 from .migration import Recovery
 from .resume import StoreSummary
+from .stores import SqliteStores, Stores, WorkerStoreLike
 
 
 class Snapshots:
@@ -76,10 +77,10 @@ class Snapshots:
         return store.Chunk(changed, forgotten, full=False)
 
 
-def check_stores(db_dir: Path, info: store.StoreInfo | None, step_ids: list[str], count: int) -> None:
+def check_stores(stores: Stores, info: store.StoreInfo | None, step_ids: list[str], count: int) -> None:
     """Raise :class:`~.store.RecoveryError` when worker ``info``'s store (``None``: it has
-    none) in ``db_dir`` was written by a flow without some of its steps, or when ``db_dir``
-    holds snapshots of workers a cluster of ``count`` does not have."""
+    none) was written by a flow without some of its steps, or when ``stores`` hold snapshots
+    of workers a cluster of ``count`` does not have."""
     if info is not None:
         unknown = sorted(set(info.step_ids) - set(step_ids))
         if unknown:
@@ -87,27 +88,17 @@ def check_stores(db_dir: Path, info: store.StoreInfo | None, step_ids: list[str]
                 f"recovery store {info.path} holds state of steps {unknown} that this flow "
                 "does not have: it was written by a different flow"
             )
-    numbers = {path.name: path.stem.split("-", 1)[1] for path in db_dir.glob("worker-*.sqlite3")}
-    strays = sorted(
-        name
-        for name, number in numbers.items()
-        if number.isdigit() and int(number) >= count and _holds_a_snapshot(db_dir, int(number))
-    )
+    strays = [worker for worker in stores.snapshotted() if worker >= count]
     if strays:
         raise store.RecoveryError(
-            f"recovery directory {db_dir} holds stores of workers this run of {count} "
-            f"does not have ({', '.join(strays)}): it was written by a larger cluster, and "
-            "millrace cannot shrink a recovered cluster"
+            f"{stores.where} holds stores of workers this run of {count} does not have "
+            f"({', '.join(stores.store_name(worker) for worker in strays)}): it was written by a larger "
+            "cluster, and millrace cannot shrink a recovered cluster"
         )
 
 
-def _holds_a_snapshot(db_dir: Path, worker_index: int) -> bool:
-    info = store.inspect(db_dir, worker_index)
-    return info is not None and info.progress is not None and info.progress >= 0
-
-
 class Restored(NamedTuple):
-    store: store.WorkerStore
+    store: WorkerStoreLike
     #: The first epoch to run.
     epoch: int
     #: Per input step id, where its reader resumes.
@@ -115,7 +106,7 @@ class Restored(NamedTuple):
 
 
 def restore(
-    db_dir: Path,
+    stores: Stores | Path,
     recovery: Recovery,
     exchange: Exchange,
     gather: Callable[[], None],
@@ -131,27 +122,29 @@ def restore(
     A cluster may resume with more workers than wrote the stores: each key's state then
     moves to the worker that owns it now, and every store is rewritten for the new count.
     """
+    if isinstance(stores, Path):
+        stores = SqliteStores(stores)
     index, count = recovery.index, recovery.count
-    store.check_dir(db_dir)
-    info = store.inspect(db_dir, index)
-    check_stores(db_dir, info, step_ids, count)
+    stores.check()
+    info = stores.inspect(index)
+    check_stores(stores, info, step_ids, count)
     progress = recovery.share(StoreSummary.of(info))
     if count > 1:
         exchange.broadcast(index, progress)
         gather()
-    decided = recovery.plan(db_dir)
+    decided = recovery.plan(stores.where)
     old_count, resume, recorded_start = decided.old_count, decided.resume, decided.flow_start
     if recorded_start is not None:
         for logic in logics:
             logic.rebase(recorded_start)
-    worker_store = store.WorkerStore(db_dir, index, count, step_ids, recorded_start or flow_start)
+    worker_store = stores.open(index, count, step_ids, recorded_start or flow_start)
     try:
         if info is not None and info.staged is not None:
             if decided.finish_rescale == info.staged[0]:
                 worker_store.commit_rescale()
             else:
                 worker_store.drop_rescale()  # no store swapped it in: the current ones are whole
-            info = store.inspect(db_dir, index)
+            info = stores.inspect(index)
         input_states, keyed = worker_store.load(resume) if info is not None else ({}, {})
         if old_count not in (None, count):
             for dest, msg in recovery.migrate(keyed, old_count):
@@ -173,7 +166,7 @@ def restore(
 
 
 def _rewrite_for_count(
-    worker_store: store.WorkerStore,
+    worker_store: WorkerStoreLike,
     recovery: Recovery,
     exchange: Exchange,
     gather: Callable[[], None],

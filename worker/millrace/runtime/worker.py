@@ -14,12 +14,10 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..dataflow import Dataflow
-from . import store
 from .epochs import EpochPolicy
 from .errors import annotate, cannot_travel
 from .exchange import DATA, DONE, MARK, STOP, Exchange, Message
@@ -30,6 +28,7 @@ from .routing import Router, check_pairs
 from .segments import Segment, build_logic, check_flow, lay_out
 from .sinks import Sink
 from .sources import Reader, build_reader
+from .stores import Stores, WorkerStoreLike
 
 # Stopped, Worker and check_flow are what the runtime's entry points import from here;
 # build_logic and Segment moved to .segments, and stay importable from here too.
@@ -43,8 +42,8 @@ class Stopped(Exception):
 
 
 class Worker:
-    """Worker ``index`` of ``exchange.worker_count``, running ``flow``; with ``recovery_dir``
-    it resumes from, and snapshots to, the SQLite store there. Its windows read the time from
+    """Worker ``index`` of ``exchange.worker_count``, running ``flow``; with ``stores`` it
+    resumes from, and snapshots to, its recovery store among them. Its windows read the time from
     ``clock`` (``epochs`` carries its own, which should be the same)."""
 
     def __init__(
@@ -54,7 +53,7 @@ class Worker:
         exchange: Exchange,
         epochs: EpochPolicy,
         flow_start: datetime,
-        recovery_dir: Path | None = None,
+        stores: Stores | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.index = index
@@ -63,8 +62,8 @@ class Worker:
         self.epochs = epochs
         self.epoch = 0
         self.flow_start = flow_start
-        self.recovery_dir = recovery_dir
-        self.store: store.WorkerStore | None = None
+        self.stores = stores
+        self.store: WorkerStoreLike | None = None
         self.router = Router(self.count, index)
         self.inputs: list[tuple[Reader, Segment]] = []
         self.recovery = Recovery(index, self.count)
@@ -358,10 +357,10 @@ class Worker:
     def _recover(self) -> dict[str, Any]:
         """With a recovery directory, bring the state back (:func:`.persistence.restore`) and
         return the input states; without, start afresh."""
-        if self.recovery_dir is None:
+        if self.stores is None:
             return {}
         restored = restore(
-            self.recovery_dir,
+            self.stores,
             self.recovery,
             self.exchange,
             self._gather,
@@ -396,5 +395,5 @@ class Worker:
         try:
             self.store.snapshot(epoch, inputs, chunks)
         except Exception as exc:
-            annotate(exc, f"the snapshot of epoch {epoch} to {self.store.path}", self.index)
+            annotate(exc, f"the snapshot of epoch {epoch} to {self.store.where}", self.index)
             raise
