@@ -7,18 +7,20 @@ import sqlite3
 import time
 from collections import Counter
 from contextlib import closing
+from datetime import UTC, datetime
 
 import pytest
 from confluent_kafka.admin import AdminClient
 
 from millrace.dataflow import Dataflow
-from millrace.execution import run_main, spawn_cluster
+from millrace.execution import TestingEpochConfig, run_main, spawn_cluster
 from millrace.inputs import KafkaInputConfig, TestingInputConfig, distribute
 from millrace.outputs import KafkaOutputConfig, TestingOutputConfig
 from millrace.recovery import KafkaRecoveryConfig, RecoveryConfig, SqliteRecoveryConfig
 from millrace.runtime import store
 from millrace.runtime.kafka_source import build_kafka_reader
 from millrace.runtime.kafka_store import KafkaStores
+from millrace.runtime.store import Chunk, RecoveryError
 from millrace.runtime.stores import stores_of
 from millrace.transport.addresses import free_ports
 
@@ -26,6 +28,8 @@ from .conftest import SUPPORT, Procs
 from .support.kafka import create_topic, produce, read_all
 
 pytestmark = pytest.mark.timeout(300)
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -299,3 +303,73 @@ def test_a_resume_state_of_another_worker_count_is_refused(broker):
 def test_partitions_are_spread_over_workers_each_read_by_one():
     assert [list(distribute(range(3), w, 4)) for w in range(4)] == [[0], [1], [2], []]
     assert [list(distribute(range(5), w, 2)) for w in range(2)] == [[0, 2, 4], [1, 3]]
+
+
+# -- the recovery store in Kafka -----------------------------------------------------------------
+
+
+def _sums_flow(out: list) -> Dataflow:
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([("a", 1), ("b", 2), ("a", 3)]))
+    flow.stateful_map("sums", lambda: 0, lambda total, v: (total + v, total + v))
+    flow.capture(TestingOutputConfig(out))
+    return flow
+
+
+def test_the_recovery_topics_are_made_compacted_and_hold_the_progress(broker):
+    recovery = KafkaRecoveryConfig([broker], "made")
+    run_main(_sums_flow([]), epoch_config=TestingEpochConfig(), recovery_config=recovery)
+    admin = AdminClient({"bootstrap.servers": broker})
+    topics = admin.list_topics(timeout=10).topics
+    assert {"made-progress", "made-state"} <= set(topics)
+    stores = KafkaStores(recovery)
+    info = stores.inspect(0)
+    assert info is not None and (info.worker_count, info.progress, info.step_ids) == (1, 2, ("inp", "sums"))
+    assert stores.inspect(1) is None and stores.snapshotted() == [0]
+
+
+def test_an_unreachable_recovery_broker_is_named():
+    (port,) = free_ports(1)
+    recovery = KafkaRecoveryConfig([f"127.0.0.1:{port}"], "nowhere")
+    with pytest.raises(RecoveryError, match=rf"'nowhere-progress'.*127.0.0.1:{port}: cannot reach the brokers within"):
+        run_main(_sums_flow([]), recovery_config=recovery)
+
+
+def test_a_staged_rescale_stays_beside_the_kafka_store_until_it_is_swapped_in(broker):
+    """The two halves of a rescale in the topics: staged, the store still loads what it held
+    (also when opened anew, as after a kill); swapped in, it loads the new content, and the old
+    generation's records are gone."""
+    stores = KafkaStores(KafkaRecoveryConfig([broker], "halves"))
+    stores.check()
+    worker = stores.open(0, 1, ["inp", "sums"], T0)
+    worker.snapshot(0, {"inp": 1}, {"sums": Chunk({"a": 1}, [], full=True)})
+    worker.snapshot(1, {"inp": 2}, {"sums": Chunk({"b": 2}, [], full=False)})
+    assert worker.load(2) == ({"inp": 2}, {"sums": {"a": 1, "b": 2}})
+    worker.stage_rescale(2, 1, {"inp": 2}, {"sums": {"a": 1}})
+    worker.close()
+
+    again = stores.open(0, 1, ["inp", "sums"], T0)
+    assert stores.inspect(0).staged == (2, 1)
+    assert again.load(2) == ({"inp": 2}, {"sums": {"a": 1, "b": 2}})
+    again.commit_rescale()
+    info = stores.inspect(0)
+    assert (info.worker_count, info.progress, info.staged) == (2, 1, None)
+    assert again.load(2) == ({"inp": 2}, {"sums": {"a": 1}})
+    assert set(stores.state_of(0)) == {1}, "generation 0's records were not deleted"
+    assert stores.state_of(0)[1] == again.image
+    again.close()
+    assert stores.open(0, 2, ["inp", "sums"], T0).load(2) == ({"inp": 2}, {"sums": {"a": 1}})
+
+
+def test_a_kafka_store_forgets_what_a_restart_no_longer_needs(broker):
+    stores = KafkaStores(KafkaRecoveryConfig([broker], "collect"))
+    stores.check()
+    worker = stores.open(0, 1, ["sums"], T0)
+    for epoch in range(5):
+        worker.snapshot(epoch, {}, {"sums": Chunk({"k": epoch}, [], full=epoch % 2 == 0)})
+    worker.rewind(4)  # epoch 4 runs again
+    worker.close()
+    image = stores.state_of(0)[0]
+    # Epoch 2's full chunk and epoch 3's change are what a resume at 4 needs; 4 was rewound.
+    assert sorted(epoch for (_, _, epoch) in image) == [2, 3]
+    assert stores.open(0, 1, ["sums"], T0).load(4) == ({}, {"sums": {"k": 3}})

@@ -129,7 +129,7 @@ class KafkaStores:
                 image.pop((kind, step_id, epoch), None)
             else:
                 image[(kind, step_id, epoch)] = value
-        return found
+        return {generation: image for generation, image in found.items() if image}
 
     def _read(self, topic: str) -> list[tuple[bytes, bytes | None]]:
         """Every record of ``topic`` from the beginning to the end of each partition (learnt
