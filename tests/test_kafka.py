@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sqlite3
 import time
 from collections import Counter
 from contextlib import closing
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+import yaml
 from confluent_kafka.admin import AdminClient
 
+from millrace import plan
 from millrace.dataflow import Dataflow
 from millrace.execution import TestingEpochConfig, run_main, spawn_cluster
 from millrace.inputs import KafkaInputConfig, TestingInputConfig, distribute
@@ -373,3 +377,22 @@ def test_a_kafka_store_forgets_what_a_restart_no_longer_needs(broker):
     # Epoch 2's full chunk and epoch 3's change are what a resume at 4 needs; 4 was rewound.
     assert sorted(epoch for (_, _, epoch) in image) == [2, 3]
     assert stores.open(0, 1, ["sums"], T0).load(4) == ({}, {"sums": {"k": 3}})
+
+
+def test_the_kafka_example_moves_every_record(broker, monkeypatch):
+    """examples/dataflow-kafka.yaml's flow, with its brokers from the env as a pod gets them,
+    run here to the end of its topic (the example tails it)."""
+    example = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "dataflow-kafka.yaml").read_text())
+    create_topic(broker, "orders", 3)
+    create_topic(broker, "orders-upper", 3)
+    produce(broker, "orders", _numbers(300, 3))
+    monkeypatch.setenv("KAFKA_BROKERS", broker)
+    scope: dict = {}
+    exec(compile(example["spec"]["flow"]["code"], "dataflow-kafka.yaml", "exec"), scope)
+    flow = scope["flow"]
+    first = flow.steps[0]
+    assert isinstance(first, plan.Input) and first.config.tail
+    flow.steps[0] = dataclasses.replace(first, config=dataclasses.replace(first.config, tail=False))
+    spawn_cluster(flow, proc_count=2, worker_count_per_proc=2)
+    got = Counter((key, value) for _, _, key, value in read_all(broker, "orders-upper"))
+    assert got == Counter((f"k{i}".encode(), f"V{i}".encode()) for i in range(300))
