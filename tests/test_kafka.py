@@ -387,6 +387,7 @@ def test_the_kafka_example_moves_every_record(broker, monkeypatch):
     create_topic(broker, "orders-upper", 3)
     produce(broker, "orders", _numbers(300, 3))
     monkeypatch.setenv("KAFKA_BROKERS", broker)
+    monkeypatch.delenv("KAFKA_PASSWORD", raising=False)  # no Secret: no SASL
     scope: dict = {}
     exec(compile(example["spec"]["flow"]["code"], "dataflow-kafka.yaml", "exec"), scope)
     flow = scope["flow"]
