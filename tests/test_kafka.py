@@ -397,3 +397,28 @@ def test_the_kafka_example_moves_every_record(broker, monkeypatch):
     spawn_cluster(flow, proc_count=2, worker_count_per_proc=2)
     got = Counter((key, value) for _, _, key, value in read_all(broker, "orders-upper"))
     assert got == Counter((f"k{i}".encode(), f"V{i}".encode()) for i in range(300))
+
+
+def test_an_unreachable_output_broker_is_named():
+    (port,) = free_ports(1)
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([(b"k", b"v")]))
+    flow.capture(KafkaOutputConfig([f"127.0.0.1:{port}"], "t"))
+    with pytest.raises(ConnectionError, match=rf"capture #1 .*cannot reach the Kafka brokers 127.0.0.1:{port} within"):
+        run_main(flow)
+
+
+def test_without_the_client_a_kafka_flow_says_which_extra_to_install(monkeypatch):
+    import importlib
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("millrace.runtime.kafka")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'millrace\[kafka\]'"):
+        importlib.import_module("millrace.runtime.kafka_client")
+    flow = Dataflow()
+    flow.input("k", KafkaInputConfig(["127.0.0.1:9"], "t"))
+    flow.capture(TestingOutputConfig([]))
+    with pytest.raises(ImportError, match=r"millrace\[kafka\]"):
+        run_main(flow)

@@ -13,9 +13,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+# The Kafka modules of the runtime import the client from here, so that its absence is this
+# error wherever a flow first needs it.
 try:
-    import confluent_kafka
-except ImportError as exc:  # pragma: no cover - the dev extra installs it
+    import confluent_kafka as confluent_kafka
+    import confluent_kafka.admin
+    import confluent_kafka.cimpl
+except ImportError as exc:
     raise ImportError(
         "Kafka inputs, outputs and recovery need the Kafka client: pip install 'millrace[kafka]'"
     ) from exc

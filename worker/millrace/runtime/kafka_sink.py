@@ -11,11 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import confluent_kafka
-
 from ..outputs import KafkaOutputConfig
 from .errors import describe
-from .kafka_client import client_properties, describe_brokers, refused_properties, topic_partitions, with_logger
+from .kafka_client import (
+    client_properties,
+    confluent_kafka,
+    describe_brokers,
+    refused_properties,
+    topic_partitions,
+    with_logger,
+)
 from .sinks import Sink
 
 # How long one wait for the producer's queue to drain lasts before the wait is asked again.

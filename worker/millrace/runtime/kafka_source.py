@@ -17,11 +17,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import confluent_kafka
-
 from ..inputs import KafkaInputConfig, distribute
 from .errors import describe
-from .kafka_client import client_properties, describe_brokers, refused_properties, topic_partitions, with_logger
+from .kafka_client import (
+    client_properties,
+    confluent_kafka,
+    describe_brokers,
+    refused_properties,
+    topic_partitions,
+    with_logger,
+)
 from .sources import Reader
 
 _PARTITION_EOF = confluent_kafka.KafkaError._PARTITION_EOF

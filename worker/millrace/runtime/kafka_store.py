@@ -29,12 +29,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-import confluent_kafka
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
-
 from ..recovery import KafkaRecoveryConfig
-from .kafka_client import CONNECT_TIMEOUT, describe_brokers, with_logger
+from .kafka_client import CONNECT_TIMEOUT, confluent_kafka, describe_brokers, with_logger
 from .store import Chunk, RecoveryError, StoreInfo, dump_state, load_state
 
 FORMAT_VERSION = 1
@@ -62,7 +58,7 @@ class KafkaStores:
 
     def check(self) -> None:
         """Create the topics (compacted, one partition) unless they exist."""
-        admin = AdminClient(with_logger({"bootstrap.servers": ",".join(self.brokers)}))
+        admin = confluent_kafka.admin.AdminClient(with_logger({"bootstrap.servers": ",".join(self.brokers)}))
         try:
             existing = admin.list_topics(timeout=CONNECT_TIMEOUT).topics
         except confluent_kafka.KafkaException as exc:
@@ -72,7 +68,7 @@ class KafkaStores:
         missing = [topic for topic in (self.progress_topic, self.state_topic) if topic not in existing]
         if not missing:
             return
-        new = [NewTopic(topic, 1, config={"cleanup.policy": "compact"}) for topic in missing]
+        new = [confluent_kafka.cimpl.NewTopic(topic, 1, config={"cleanup.policy": "compact"}) for topic in missing]
         for topic, future in admin.create_topics(new, request_timeout=CONNECT_TIMEOUT).items():
             try:
                 future.result(timeout=CONNECT_TIMEOUT)
