@@ -346,7 +346,9 @@ def test_a_staged_rescale_stays_beside_the_kafka_store_until_it_is_swapped_in(br
     stores = KafkaStores(KafkaRecoveryConfig([broker], "halves"))
     stores.check()
     worker = stores.open(0, 1, ["inp", "sums"], T0)
+    assert stores.snapshotted() == []
     worker.snapshot(0, {"inp": 1}, {"sums": Chunk({"a": 1}, [], full=True)})
+    assert stores.snapshotted() == [0]
     worker.snapshot(1, {"inp": 2}, {"sums": Chunk({"b": 2}, [], full=False)})
     assert worker.load(2) == ({"inp": 2}, {"sums": {"a": 1, "b": 2}})
     worker.stage_rescale(2, 1, {"inp": 2}, {"sums": {"a": 1}})

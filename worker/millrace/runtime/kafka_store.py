@@ -82,7 +82,7 @@ class KafkaStores:
         return None if meta is None else self._info(worker_index, meta)
 
     def snapshotted(self) -> list[int]:
-        return sorted(w for w, meta in self.progress().items() if (meta.get("progress") or -1) >= 0)
+        return sorted(w for w, meta in self.progress().items() if _holds_a_snapshot(meta))
 
     def store_name(self, worker_index: int) -> str:
         return f"worker-{worker_index}"
@@ -201,6 +201,16 @@ class KafkaStores:
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise RecoveryError(f"recovery store {where} has damaged metadata ({exc!r})") from None
+
+
+def _holds_a_snapshot(meta: dict[str, Any]) -> bool:
+    """Whether a progress record counts a finished epoch (epoch 0 is one).
+
+    >>> [_holds_a_snapshot({"progress": p}) for p in (None, -1, 0, 3)]
+    [False, False, True, True]
+    """
+    progress = meta.get("progress")
+    return progress is not None and progress >= 0
 
 
 def _worker_of(key: bytes) -> int | None:
