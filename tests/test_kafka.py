@@ -295,13 +295,35 @@ def test_a_recovered_flow_continues_after_a_finished_run(broker, tmp_path):
     assert run() == [(b"more", b"x")]
 
 
-def test_a_resume_state_of_another_worker_count_is_refused(broker):
+def test_a_resume_state_must_be_offsets(broker):
     create_topic(broker, "grown", 3)
     config = KafkaInputConfig([broker], "grown", tail=False)
-    with pytest.raises(ValueError, match=r"in: the resume state holds the offsets of partitions \[2\]"):
-        build_kafka_reader(config, "in", 0, 4, {0: 5, 2: 7})
-    with pytest.raises(ValueError, match="maps partitions to offsets"):
+    with pytest.raises(ValueError, match="in: a Kafka input's resume state maps partitions to offsets, got 17"):
         build_kafka_reader(config, "in", 0, 2, 17)
+
+
+def test_a_kafka_to_kafka_flow_grown_from_2_to_4_workers_reads_on_exactly(broker, tmp_path):
+    """Recovery in Kafka; the first run reads the records there are, the grown run (4 workers,
+    partitions assigned anew) reads only those written since: each partition's offset went
+    to its new reader."""
+    create_topic(broker, "grow-in", 3)
+    create_topic(broker, "grow-out", 3)
+    produce(broker, "grow-in", _numbers(300, 3))
+    recovery = KafkaRecoveryConfig([broker], "grow")
+
+    def run(procs: int, workers: int) -> None:
+        flow = Dataflow()
+        flow.input("in", KafkaInputConfig([broker], "grow-in", tail=False))
+        flow.map(_tag)
+        flow.capture(KafkaOutputConfig([broker], "grow-out"))
+        spawn_cluster(flow, proc_count=procs, worker_count_per_proc=workers, recovery_config=recovery)
+
+    run(1, 2)
+    produce(broker, "grow-in", [(f"k{i}".encode(), f"v{i}".encode(), i % 3) for i in range(300, 450)])
+    run(2, 2)
+    got = Counter((key, value) for _, _, key, value in read_all(broker, "grow-out"))
+    assert got == Counter((f"k{i}".encode(), f"v{i}!".encode()) for i in range(450))
+    assert KafkaStores(recovery).inspect(3).worker_count == 4
 
 
 def test_partitions_are_spread_over_workers_each_read_by_one():

@@ -144,15 +144,15 @@ class KafkaReader(Reader):
 
 def resume_offsets(name: str, mine: list[int], resume_state: Any) -> dict[int, int | None]:
     """Where each of the partitions ``mine`` resumes (``None``: at the configured start), from
-    a reader's state; a :class:`ValueError` naming ``name`` when the state is not one, or holds
-    partitions this worker does not read now.
+    a resume state (which may hold other partitions too: a grown cluster gives each worker
+    every old worker's offsets); a :class:`ValueError` naming ``name`` when it is not one.
 
-    >>> resume_offsets("in", [0, 2], {0: 17})
+    >>> resume_offsets("in", [0, 2], {0: 17, 1: 4})
     {0: 17, 2: None}
-    >>> resume_offsets("in", [0], {0: 17, 2: 5})
+    >>> resume_offsets("in", [0], 17)
     Traceback (most recent call last):
     ...
-    ValueError: in: the resume state holds the offsets of partitions [2], which this worker does not read now: ...
+    ValueError: in: a Kafka input's resume state maps partitions to offsets, got 17
     """
     if resume_state is None:
         return dict.fromkeys(mine)
@@ -161,13 +161,6 @@ def resume_offsets(name: str, mine: list[int], resume_state: Any) -> dict[int, i
     ):
         raise ValueError(
             f"{name}: a Kafka input's resume state maps partitions to offsets, got {describe(resume_state)}"
-        )
-    strays = sorted(set(resume_state) - set(mine))
-    if strays:
-        raise ValueError(
-            f"{name}: the resume state holds the offsets of partitions {strays}, which this worker "
-            "does not read now: the worker count changed since the state was written, and millrace "
-            "does not move Kafka offsets between workers; resume with the worker count that wrote it"
         )
     return {p: resume_state.get(p) for p in mine}
 

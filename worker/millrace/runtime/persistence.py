@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -97,6 +98,15 @@ def check_stores(stores: Stores, info: store.StoreInfo | None, step_ids: list[st
         )
 
 
+def own_inputs(index: int, by_worker: dict[str, dict[int, Any]]) -> dict[str, Any]:
+    """The input states old worker ``index`` had (a new worker: none).
+
+    >>> own_inputs(1, {"ticks": {0: 5, 1: 7}})
+    {'ticks': 7}
+    """
+    return {step_id: states[index] for step_id, states in by_worker.items() if index in states}
+
+
 class Restored(NamedTuple):
     store: WorkerStoreLike
     #: The first epoch to run.
@@ -113,6 +123,7 @@ def restore(
     step_ids: list[str],
     logics: list[KeyedLogic],
     flow_start: datetime,
+    merge_inputs: Callable[[dict[str, dict[int, Any]]], dict[str, Any]] | None = None,
 ) -> Restored:
     """Agree with every worker on the resume epoch, load the state as of then into ``logics``
     and open the store for the snapshots to come. Every check runs before the store is
@@ -121,7 +132,12 @@ def restore(
 
     A cluster may resume with more workers than wrote the stores: each key's state then
     moves to the worker that owns it now, and every store is rewritten for the new count.
+    Every old worker's input states go to every worker, and ``merge_inputs`` makes this
+    worker's from them (per input step id, per old worker index); by default a worker keeps
+    its own old index's.
     """
+    if merge_inputs is None:
+        merge_inputs = partial(own_inputs, recovery.index)
     if isinstance(stores, Path):
         stores = SqliteStores(stores)
     index, count = recovery.index, recovery.count
@@ -147,10 +163,11 @@ def restore(
             info = stores.inspect(index)
         input_states, keyed = worker_store.load(resume) if info is not None else ({}, {})
         if old_count not in (None, count):
-            for dest, msg in recovery.migrate(keyed, old_count):
+            for dest, msg in recovery.migrate(keyed, old_count, input_states):
                 exchange.send(dest, msg)
             gather()
             keyed = recovery.owned()
+            input_states = merge_inputs(recovery.migrated_inputs)
             _rewrite_for_count(worker_store, recovery, exchange, gather, resume - 1, input_states, keyed)
         elif info is not None and info.worker_count != count and (info.progress is None or info.progress < 0):
             worker_store.rescale(count, resume - 1, {}, {})  # it held nothing

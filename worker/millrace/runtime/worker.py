@@ -27,7 +27,7 @@ from .progress import Broadcast, Ended, Flush, Progress, Snapshot
 from .routing import Router, check_pairs
 from .segments import Segment, build_logic, check_flow, lay_out
 from .sinks import Sink
-from .sources import Reader, build_reader
+from .sources import Reader, build_reader, merge_resume_states
 from .stores import Stores, WorkerStoreLike
 
 # Stopped, Worker and check_flow are what the runtime's entry points import from here;
@@ -367,9 +367,19 @@ class Worker:
             self._step_ids(),
             self.logics,
             self.flow_start,
+            self._merge_inputs,
         )
         self.store, self.epoch, input_states = restored
         return input_states
+
+    def _merge_inputs(self, by_worker: dict[str, dict[int, Any]]) -> dict[str, Any]:
+        """This worker's input states in a grown cluster, from every old worker's."""
+        merged = {}
+        for step, _ in self.input_steps:
+            state = merge_resume_states(step.config, self.index, by_worker.get(step.step_id, {}))
+            if state is not None:
+                merged[step.step_id] = state
+        return merged
 
     def _gather(self) -> None:
         """Handle messages until the recovery round awaited is complete; data of a faster
