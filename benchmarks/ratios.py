@@ -18,6 +18,8 @@ is checked for correctness before it counts. Targets come from the issues:
   process stays bounded (compared with a 500,000-item run);
 - recovery: wordcount with 1-second epochs and snapshots costs <= 15% against no recovery
   (also shown, without a target: the same over four times the words, several epochs).
+- tracing (no target): wordcount with ``setup_tracing`` on, spans made and dropped, against
+  off. What tracing costs when it is off shows in the other figures, measured against main.
 
 Beside the multi-process figures, what this machine gave in the same run: ``machine_x``, two
 processes that share nothing against one, and ``by_hand_*``, the same flow's work written by
@@ -49,6 +51,7 @@ from millrace.execution import PeriodicEpochConfig, run_main, spawn_cluster
 from millrace.inputs import ManualInputConfig, TestingBuilderInputConfig, TestingInputConfig
 from millrace.outputs import ManualOutputConfig
 from millrace.recovery import SqliteRecoveryConfig
+from millrace.tracing import TracingConfig, setup_tracing
 from workloads_data import add, inc, is_even, to_pair  # the user functions vs_bytewax.py calls too
 
 # -- the user functions every variant calls ----------------------------------------------------
@@ -348,6 +351,45 @@ def m_recovery(scale: float) -> dict[str, float]:
     }
 
 
+class _DroppedSpans(TracingConfig):
+    """Tracing on, spans made and batched as for a receiver, then dropped: what tracing costs
+    the flow itself, without a receiver's speed in the figure."""
+
+    service_name = "benchmark"
+    sampling_ratio = 1.0
+
+    def span_exporter(self) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+        class Drop(SpanExporter):
+            def __init__(self) -> None:
+                self.spans = 0
+
+            def export(self, spans: Any) -> SpanExportResult:
+                self.spans += len(spans)
+                return SpanExportResult.SUCCESS
+
+        self.exporter = Drop()
+        return self.exporter
+
+
+def m_tracing(scale: float) -> dict[str, float]:
+    """The wordcount flow with tracing on (a span per batch of each step) against off."""
+    data = words(int(1_000_000 * scale))
+    silent: list = []
+    config = _DroppedSpans()
+
+    def traced() -> None:
+        tracer = setup_tracing(config)
+        run_main(_wordcount_flow(data, silent))
+        tracer.shutdown()  # the spans still buffered are exported (dropped) here
+
+    untraced_s, traced_s = _best_seconds(lambda: run_main(_wordcount_flow(data, silent)), traced)
+    assert silent == [] and config.exporter.spans > 0
+    n = len(data)
+    return {"untraced": n / untraced_s, "traced": n / traced_s, "traced_vs_untraced": untraced_s / traced_s}
+
+
 MEASUREMENTS: dict[str, Callable[[float], dict[str, float]]] = {
     "stateless": m_stateless,
     "wordcount": m_wordcount,
@@ -355,6 +397,7 @@ MEASUREMENTS: dict[str, Callable[[float], dict[str, float]]] = {
     "exchange": m_exchange,
     "memory": m_memory,
     "recovery": m_recovery,
+    "tracing": m_tracing,
 }
 
 # (measurement, figure, comparison, target, and the figure of the same measurement that shows

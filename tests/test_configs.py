@@ -146,6 +146,38 @@ def test_a_testing_input_from_an_iterator_holds_its_items_for_every_worker() -> 
     assert list(back.builder()) == [0, 2, 4]
 
 
+class _Sequence:
+    """Iterable only through ``__getitem__`` and ``__len__``, as a Manager's ``ListProxy`` is."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+    def __getitem__(self, index: int) -> Any:
+        return self.items[index]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def test_a_testing_input_takes_whatever_iter_takes() -> None:
+    """Bytewax 0.15's TestingInputConfig iterates a ListProxy; so does this one, on one worker
+    and spread over several."""
+    import multiprocessing
+
+    from millrace.dataflow import Dataflow
+    from millrace.execution import cluster_main, run_main
+
+    with multiprocessing.Manager() as manager:
+        for source in (_Sequence(list(range(7))), manager.list(range(7))):
+            for run in (run_main, lambda flow: cluster_main(flow, [], 0, worker_count_per_proc=3)):
+                out: list[Any] = []
+                flow = Dataflow()
+                flow.input("inp", TestingInputConfig(source))
+                flow.capture(TestingOutputConfig(out))
+                run(flow)
+                assert sorted(out) == list(range(7)), source
+
+
 def test_reprs() -> None:
     assert repr(InputConfig()) == "InputConfig()"
     assert repr(StdOutputConfig()) == "StdOutputConfig()"
@@ -187,7 +219,7 @@ def test_sqlite_recovery_takes_a_str_or_a_path_and_keeps_a_path() -> None:
             TypeError,
             "TestingBuilderInputConfig needs a callable builder, got [1]",
         ),
-        (lambda: TestingInputConfig(5), TypeError, "TestingInputConfig needs an iterable, got 5"),
+        (lambda: TestingInputConfig(5), TypeError, "TestingInputConfig needs an iterable, got 5 of type int"),
         (
             lambda: KafkaInputConfig([], "t", starting_offset="middle"),
             ValueError,

@@ -157,9 +157,9 @@ def test_stores_of_the_event_clock_form_and_of_earlier_builds_restore():
 
 def test_bad_items_are_named_by_the_step():
     w, _ = logic()
-    with pytest.raises(TypeError, match=r"reduce_window 'w' requires a \(key, value\) 2-tuple.*got \['k', 1\]"):
+    with pytest.raises(TypeError, match=r"reduce_window 'w' needs a \(key, value\) 2-tuple.*got \['k', 1\]"):
         w.on_batch([["k", 1]])
-    with pytest.raises(TypeError, match=r"got \(1\.5, 1\) of type tuple"):
+    with pytest.raises(TypeError, match=r"reduce_window 'w': keys must be str or int, got the key 1\.5 of type float"):
         w.on_batch([(1.5, 1)])
 
 

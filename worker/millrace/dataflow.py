@@ -75,7 +75,20 @@ class Dataflow:
     def input(self, step_id: str, input_config: InputConfig) -> None:
         """Introduce items into the flow; each worker builds its own reader.
 
-        ``step_id`` names the input in errors and in recovery snapshots.
+        ``step_id`` names the input in errors and in recovery snapshots; ``input_config`` says
+        where the items come from (:mod:`millrace.inputs`). An input that raises stops the flow
+        with its error once every item it gave before has gone through the steps.
+
+        >>> from millrace.execution import run_main
+        >>> from millrace.inputs import TestingInputConfig
+        >>> from millrace.outputs import StdOutputConfig
+        >>> flow = Dataflow()
+        >>> flow.input("letters", TestingInputConfig(["a", "b"]))
+        >>> flow.map(str.upper)
+        >>> flow.capture(StdOutputConfig())
+        >>> run_main(flow)
+        A
+        B
         """
         self._check_step_id("input", step_id)
         if not isinstance(input_config, InputConfig):

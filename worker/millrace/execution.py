@@ -16,7 +16,7 @@ from .common.errors import ClusterError as ClusterError  # importable from here,
 from .common.settings import read
 from .dataflow import Dataflow
 from .recovery import RecoveryConfig
-from .runtime import cluster, engine, spawn
+from .runtime import cluster, engine, spawn, telemetry
 
 __all__ = [
     "EpochConfig",
@@ -113,7 +113,7 @@ def cluster_main(
     the pod template's hash, so old and new pods never form one cluster).
 
     A failure anywhere stops every process: the one where it happened raises the original
-    exception, the others a :class:`~millrace.runtime.errors.ClusterError` naming the worker,
+    exception, the others a :class:`~millrace.common.errors.ClusterError` naming the worker,
     the step and the error.
 
     >>> from millrace.dataflow import Dataflow
@@ -166,10 +166,15 @@ def spawn_cluster(
     Each process binds a port the system picks before it learns the others', so clusters run
     side by side and never race another program for a port; a fresh secret authenticates
     the cluster's traffic. The flow travels with cloudpickle, so lambdas and closures work. A
-    failing process stops the others, and its exception is raised here.
+    failing process stops the others, and its exception is raised here, caused by a
+    :class:`~millrace.runtime.errors.RemoteTraceback` that shows where in your code it happened.
 
-    ``mp_ctx`` is a :mod:`multiprocessing` context (``spawn`` by default), or
-    :data:`millrace.testing.doctest_ctx` to run the processes as threads.
+    ``mp_ctx`` is a :mod:`multiprocessing` context (``spawn`` by default), a ``multiprocess``
+    one (Bytewax 0.15's default), or :data:`millrace.testing.doctest_ctx` to run the processes as
+    threads. Whichever starts them, the processes authenticate as this one does, so the
+    ``Manager()`` proxies of either package work in the flow (an output list, say). Spawned
+    processes import your script as ``__mp_main__``: guard its entry point with
+    ``if __name__ == "__main__":``.
 
     >>> from millrace.dataflow import Dataflow
     >>> from millrace.inputs import TestingInputConfig
@@ -197,13 +202,16 @@ def spawn_cluster(
     engine.check_recovery(recovery_config)
     # The settings from the environment are read here, as cluster_main reads them: the
     # processes inherit this environment, so they would read the same.
-    spawn.run(
-        flow,
-        epoch_config,
-        recovery_config,
-        ctx=ctx,
-        proc_count=proc_count,
-        worker_count_per_proc=worker_count_per_proc,
-        connect_timeout=_seconds(None),
-        cluster_id=read(os.environ, CLUSTER_ID_ENV),
-    )
+    attributes = {"millrace.proc_count": proc_count, "millrace.worker.count": proc_count * worker_count_per_proc}
+    with telemetry.run_span("millrace.run", attributes) as parent:
+        spawn.run(
+            flow,
+            epoch_config,
+            recovery_config,
+            ctx=ctx,
+            proc_count=proc_count,
+            worker_count_per_proc=worker_count_per_proc,
+            connect_timeout=_seconds(None),
+            cluster_id=read(os.environ, CLUSTER_ID_ENV),
+            trace_parent=telemetry.carrier(parent),
+        )

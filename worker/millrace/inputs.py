@@ -99,7 +99,9 @@ class TestingBuilderInputConfig(InputConfig):
 
 @dataclass(frozen=True)
 class TestingInputConfig(TestingBuilderInputConfig):
-    """Items from a re-iterable collection (a list, a range), spread over workers.
+    """Items from a re-iterable collection (a list, a range, a Manager's ``ListProxy``: anything
+    :func:`iter` accepts, ``__getitem__`` sequences included), spread over workers. A one-shot
+    iterator (a generator) is read into a list first, so every worker sees the same items.
 
     >>> from millrace.dataflow import Dataflow
     >>> from millrace.execution import run_main
@@ -124,8 +126,16 @@ class TestingInputConfig(TestingBuilderInputConfig):
             # A one-shot iterator would be drained by the first worker and resumed wrongly;
             # materialise it so every worker and every resume sees the same items.
             set_field(self, "iterable", list(self.iterable))
-        elif not isinstance(self.iterable, Iterable):
-            raise TypeError(f"TestingInputConfig needs an iterable, got {self.iterable!r}")
+        else:
+            # What iter() accepts, not only what declares __iter__: an object with __getitem__
+            # (a multiprocessing ListProxy) is iterable too. Each worker iterates it anew.
+            try:
+                iter(self.iterable)
+            except TypeError:
+                raise TypeError(
+                    f"TestingInputConfig needs an iterable, got {self.iterable!r} "
+                    f"of type {type(self.iterable).__name__}"
+                ) from None
         set_field(self, "builder", self._items)
 
     def _items(self) -> Iterable[Any]:

@@ -66,7 +66,19 @@ _print_lock = threading.Lock()
 
 
 def test_print(*args: Any, **kwargs: Any) -> None:
-    """``print`` with flush, under a lock, so lines from concurrent workers stay whole."""
+    """``print`` with flush, under a lock, so lines from concurrent workers stay whole.
+
+    >>> from millrace.dataflow import Dataflow
+    >>> from millrace.execution import run_main
+    >>> from millrace.inputs import TestingInputConfig
+    >>> from millrace.outputs import ManualOutputConfig
+    >>> flow = Dataflow()
+    >>> flow.input("inp", TestingInputConfig(["a", "b"]))
+    >>> flow.capture(ManualOutputConfig(lambda worker_index, worker_count: test_print))
+    >>> run_main(flow)
+    a
+    b
+    """
     with _print_lock:
         print(*args, flush=True, **kwargs)
 
@@ -132,6 +144,24 @@ class _ThreadManager:
 
 
 class _DoctestContext:
+    """A stand-in for a :mod:`multiprocessing` context, for ``spawn_cluster(mp_ctx=...)``: each
+    "process" is a thread of this one (a full cluster process all the same), so what it prints
+    shows in a doctest and a plain list works as an output.
+
+    >>> from millrace.dataflow import Dataflow
+    >>> from millrace.execution import spawn_cluster
+    >>> from millrace.inputs import TestingInputConfig
+    >>> from millrace.outputs import TestingOutputConfig
+    >>> out = []
+    >>> flow = Dataflow()
+    >>> flow.input("inp", TestingInputConfig(range(6)))
+    >>> flow.map(lambda x: x * 10)
+    >>> flow.capture(TestingOutputConfig(out))
+    >>> spawn_cluster(flow, proc_count=2, worker_count_per_proc=2, mp_ctx=doctest_ctx)
+    >>> sorted(out)
+    [0, 10, 20, 30, 40, 50]
+    """
+
     Process = _ThreadProcess
     #: spawn_cluster hands the flow over as it is instead of pickling it.
     shares_memory = True

@@ -33,7 +33,22 @@ class ClockConfig:
 class SystemClockConfig(ClockConfig):
     """Item time is the wall-clock time (UTC) at which the window step processes the item.
 
-    The watermark is the current time, so no item is ever late.
+    The watermark is the current time, so no item is ever late. At the end of the input every
+    open window closes.
+
+    >>> from datetime import timedelta
+    >>> from millrace.dataflow import Dataflow
+    >>> from millrace.execution import run_main
+    >>> from millrace.inputs import TestingInputConfig
+    >>> from millrace.outputs import StdOutputConfig
+    >>> flow = Dataflow()
+    >>> flow.input("inp", TestingInputConfig([("a", 1), ("b", 2), ("a", 3)]))
+    >>> hour = TumblingWindowConfig(timedelta(hours=1))
+    >>> flow.reduce_window("sum", SystemClockConfig(), hour, lambda total, x: total + x)
+    >>> flow.capture(StdOutputConfig())
+    >>> run_main(flow)
+    ('a', 4)
+    ('b', 2)
     """
 
 

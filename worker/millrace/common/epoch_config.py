@@ -37,6 +37,19 @@ class PeriodicEpochConfig(EpochConfig):
 
 @dataclass(frozen=True)
 class TestingEpochConfig(EpochConfig):
-    """Every input item is its own epoch: deterministic epochs for tests."""
+    """Every input item is its own epoch: deterministic epochs for tests.
+
+    >>> from millrace.dataflow import Dataflow
+    >>> from millrace.execution import run_main
+    >>> from millrace.inputs import TestingInputConfig
+    >>> from millrace.outputs import TestingEpochOutputConfig
+    >>> out = []
+    >>> flow = Dataflow()
+    >>> flow.input("inp", TestingInputConfig(["a", "b", "c"]))
+    >>> flow.capture(TestingEpochOutputConfig(out))
+    >>> run_main(flow, epoch_config=TestingEpochConfig())
+    >>> out
+    [(0, 'a'), (1, 'b'), (2, 'c')]
+    """
 
     __test__ = False

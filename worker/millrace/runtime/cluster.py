@@ -13,10 +13,11 @@ from ..common import clock as clocks
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..transport.link import ZmqLink
 from ..transport.listener import Listener
+from . import telemetry
 from .engine import check_recovery, epoch_policy
 from .errors import ClusterError, PeerLost, where
 from .exchange import Exchange
-from .worker import Stopped, Worker, check_flow
+from .worker import Stopped, check_flow
 
 if TYPE_CHECKING:
     from ..common.epoch_config import EpochConfig
@@ -50,6 +51,7 @@ def run_process(
     abandoned: Callable[[], str | None] | None = None,
     on_formed: Callable[[], None] | None = None,
     clock: Clock | None = None,
+    trace_parent: dict[str, str] | None = None,
 ) -> None:
     """Run process ``proc_id`` of the cluster at ``addresses`` until the flow ends everywhere.
     ``listener``: this process's socket, already bound at its address (the link closes it).
@@ -57,6 +59,8 @@ def run_process(
     process is gone) stops the whole cluster. ``on_formed``: called once every process has
     joined, before the workers start (a pod becomes ready then). ``clock``: what the epochs
     and windows read (default: the clock installed now, :func:`millrace.common.clock.current`).
+    ``trace_parent``: the trace context (:func:`.telemetry.carrier`) of the ``spawn_cluster``
+    run this process is part of; its span is then a ``millrace.process`` in that trace.
 
     A failure raises: the original exception where it happened; elsewhere a
     :class:`ClusterError`, or a :class:`PeerLost` when a process went away (then forming the
@@ -97,46 +101,57 @@ def run_process(
     flow_start: datetime = clock.now()
     errors: list[tuple[int, BaseException]] = []
 
-    def work(index: int) -> None:
-        try:
-            Worker(
-                flow,
-                index,
-                exchange,
-                epoch_policy(epoch_config, clock),
-                flow_start,
-                stores,
-                clock,
-            ).run()
-        except Stopped:
-            pass
-        except BaseException as exc:
-            errors.append((index, exc))
-            exchange.fail(failure_reason(exc, index, proc_id))
+    installed = telemetry.current()
+    attributes = {
+        "millrace.proc_id": proc_id,
+        "millrace.proc_count": proc_count,
+        "millrace.worker.count": proc_count * workers_per_proc,
+    }
+    name = "millrace.process" if trace_parent else "millrace.run"
+    with telemetry.run_span(name, attributes, trace_parent) as parent:
 
-    threads = [
-        threading.Thread(
-            target=work, args=(exchange.first + t,), name=f"millrace-worker-{exchange.first + t}", daemon=True
-        )
-        for t in range(workers_per_proc)
-    ]
-    for thread in threads:
-        thread.start()
-    try:
-        _supervise(threads, exchange, abandoned)
-    except KeyboardInterrupt as exc:
-        exchange.fail(f"process {proc_id} was stopped ({exc or 'Ctrl-C'})", peer_lost=True)
-        _join(threads, _STOP_GRACE)
+        def work(index: int) -> None:
+            try:
+                telemetry.new_worker(
+                    installed,
+                    parent,
+                    flow,
+                    index,
+                    exchange,
+                    epoch_policy(epoch_config, clock),
+                    flow_start,
+                    stores,
+                    clock,
+                ).run()
+            except Stopped:
+                pass
+            except BaseException as exc:
+                errors.append((index, exc))
+                exchange.fail(failure_reason(exc, index, proc_id))
+
+        threads = [
+            threading.Thread(
+                target=work, args=(exchange.first + t,), name=f"millrace-worker-{exchange.first + t}", daemon=True
+            )
+            for t in range(workers_per_proc)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            _supervise(threads, exchange, abandoned)
+        except KeyboardInterrupt as exc:
+            exchange.fail(f"process {proc_id} was stopped ({exc or 'Ctrl-C'})", peer_lost=True)
+            _join(threads, _STOP_GRACE)
+            if link is not None:
+                link.close(clean=False)
+            raise
+        failed = bool(errors) or exchange.stopping.is_set()
         if link is not None:
-            link.close(clean=False)
-        raise
-    failed = bool(errors) or exchange.stopping.is_set()
-    if link is not None:
-        link.close(clean=not failed)
-    if errors:
-        raise errors[0][1]
-    if exchange.stopping.is_set():
-        raise (PeerLost if exchange.peer_lost else ClusterError)(exchange.reason or "the cluster stopped")
+            link.close(clean=not failed)
+        if errors:
+            raise errors[0][1]
+        if exchange.stopping.is_set():
+            raise (PeerLost if exchange.peer_lost else ClusterError)(exchange.reason or "the cluster stopped")
 
 
 def _supervise(threads: list[threading.Thread], exchange: Exchange, abandoned: Callable[[], str | None] | None) -> None:

@@ -9,10 +9,11 @@ from ..common import clock as clocks
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..common.epoch_config import EpochConfig, PeriodicEpochConfig, TestingEpochConfig
 from ..recovery import RecoveryConfig
+from . import telemetry
 from .epochs import EpochPolicy, ItemEpochs, PeriodicEpochs
 from .exchange import Exchange
 from .stores import Stores, stores_of
-from .worker import Worker, check_flow
+from .worker import check_flow
 
 if TYPE_CHECKING:
     from ..dataflow import Dataflow
@@ -48,5 +49,7 @@ def run_single(
     policy = epoch_policy(epoch_config, clock)
     stores = check_recovery(recovery_config)
     flow_start: datetime = clock.now()
-    worker = Worker(flow, 0, Exchange(1), policy, flow_start, stores, clock)
-    worker.run()
+    installed = telemetry.current()
+    with telemetry.run_span("millrace.run", {"millrace.proc_count": 1, "millrace.worker.count": 1}) as parent:
+        worker = telemetry.new_worker(installed, parent, flow, 0, Exchange(1), policy, flow_start, stores, clock)
+        worker.run()

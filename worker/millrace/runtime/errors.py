@@ -19,9 +19,45 @@ def _short(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in another process, as text: the cause of the
+    exception :func:`~millrace.execution.spawn_cluster` re-raises, so that the file and line in
+    your code where it happened show (as :mod:`multiprocessing.pool` does it).
+
+    >>> cause = RemoteTraceback('  File "flow.py", line 3, in double\\nZeroDivisionError: x\\n')
+    >>> print(cause)
+    <BLANKLINE>
+    The traceback in the process where it was raised:
+      File "flow.py", line 3, in double
+    ZeroDivisionError: x
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\nThe traceback in the process where it was raised:\n{self.text.rstrip()}"
+
+
 def bad_keyed_item(step_name: str, item: Any) -> TypeError:
+    """The error for an item a stateful step cannot route: not a ``(key, value)`` 2-tuple, or a
+    pair whose key is neither a ``str`` nor an ``int`` (then the key is what it names).
+
+    >>> print(bad_keyed_item("reduce 'sum'", ["k", 1]))
+    reduce 'sum' needs a (key, value) 2-tuple to route each item to the worker that owns its key,
+    got ['k', 1] of type list
+    >>> print(bad_keyed_item("reduce 'sum'", (1.5, 1)))
+    reduce 'sum': keys must be str or int, got the key 1.5 of type float (in the item (1.5, 1))
+    """
+    if type(item) is tuple and len(item) == 2:
+        key = item[0]
+        return TypeError(
+            f"{step_name}: keys must be str or int, got the key {_short(key)} of type {type(key).__name__} "
+            f"(in the item {_short(item)})"
+        )
     return TypeError(
-        f"{step_name} requires a (key, value) 2-tuple with a str or int key, "
+        f"{step_name} needs a (key, value) 2-tuple to route each item to the worker that owns its key, "
         f"got {_short(item)} of type {type(item).__name__}"
     )
 

@@ -3,6 +3,12 @@
 A reader hands out batches of items and knows the resume state after the last item it handed
 out. It looks one item ahead, so that it knows it is exhausted in the same epoch as its last
 item, as the input operators of the reference engine do.
+
+A source that raises has its error held until the items it gave before are handed out: the
+reference engine pulls one item at a time, so each of those flows through the dataflow (and
+reaches the outputs) before the error stops it, and the epoch they end goes on as usual. The
+batch's pull is one C call (``list += islice(...)``), which keeps what it appended when the
+iterator raises, so the fast path pays nothing for this.
 """
 
 from __future__ import annotations
@@ -47,10 +53,20 @@ class Reader:
 
     name: str
     exhausted: bool = False
+    #: What the source raised, held until the items pulled before it are handed out.
+    _error: Exception | None = None
 
     def read(self, limit: int) -> list[Any]:
-        """Up to ``limit`` items; fewer (even none) when the source has nothing yet."""
+        """Up to ``limit`` items; fewer (even none) when the source has nothing yet. Raises
+        what the source raised once every item it gave before has been returned."""
         raise NotImplementedError
+
+    def _raise_held(self) -> None:
+        error = self._error
+        if error is not None:
+            self._error = None
+            self.exhausted = True  # a source that failed gives nothing more
+            raise error
 
     @property
     def state(self) -> Any:
@@ -89,16 +105,25 @@ class ManualReader(Reader):
         )
 
     def _take(self, want: int) -> list[Any]:
+        """Up to ``want`` pairs, the pending ones first; when the source raises, those it gave
+        before (fewer than ``want``), the error held in ``_error``."""
         pending = self._pending
-        if not pending:
-            return list(islice(self._it, want))
-        got = pending[:want]
-        del pending[:want]
-        if len(got) < want:
-            got.extend(islice(self._it, want - len(got)))
+        got: list[Any] = []
+        if pending:
+            got = pending[:want]
+            del pending[:want]
+            if len(got) == want:
+                return got
+        if self._error is None:
+            try:
+                got += islice(self._it, want - len(got))
+            except Exception as exc:
+                self._error = exc
         return got
 
     def read(self, limit: int) -> list[Any]:
+        if self._error is not None and not self._pending and self._ahead is _EMPTY:
+            self._raise_held()
         if self.exhausted:
             return []
         items: list[Any] = []
@@ -128,11 +153,14 @@ class ManualReader(Reader):
                         paused = True
                         break
                     else:
-                        raise self._bad(one)
-                if paused:
+                        # Refused as the source's own error would be: after the items before it.
+                        self._error = self._bad(one)
+                        self._pending.clear()
+                        break
+                if paused or self._error is not None:
                     break
             if len(got) < want:
-                self.exhausted = True
+                self.exhausted = self._error is None
                 break
             limit -= want
             if monotonic() - started >= BATCH_SECONDS:
@@ -143,16 +171,18 @@ class ManualReader(Reader):
             self._look_ahead()
         if last is not None:
             self._state = last[0]
+        elif not items and not self._pending:
+            self._raise_held()  # nothing came before the error: no reason to wait
         return items
 
     def _look_ahead(self) -> None:
         got = self._take(1)
         if not got:
-            self.exhausted = True
+            self.exhausted = self._error is None
         elif type(got[0]) is tuple and len(got[0]) == 2:
             self._ahead = got[0]
         elif got[0] is not None:
-            raise self._bad(got[0])
+            self._error = self._bad(got[0])
 
 
 class TestingReader(Reader):
@@ -171,20 +201,25 @@ class TestingReader(Reader):
         return self._count
 
     def read(self, limit: int) -> list[Any]:
+        self._raise_held()
         if self.exhausted:
             return []
-        if self._ahead is not _EMPTY:
-            items = [self._ahead]
-            self._ahead = _EMPTY
-            items.extend(islice(self._it, limit - 1))
-        else:
-            items = list(islice(self._it, limit))
+        items: list[Any] = []
+        try:
+            if self._ahead is not _EMPTY:
+                items.append(self._ahead)
+                self._ahead = _EMPTY
+            items += islice(self._it, limit - len(items))
+            if len(items) < limit:
+                self.exhausted = True
+            else:
+                self._ahead = next(self._it, _EMPTY)
+                self.exhausted = self._ahead is _EMPTY
+        except Exception as exc:
+            self._error = exc
+            if not items:
+                self._raise_held()
         self._count += len(items)
-        if len(items) < limit:
-            self.exhausted = True
-        else:
-            self._ahead = next(self._it, _EMPTY)
-            self.exhausted = self._ahead is _EMPTY
         return items
 
 

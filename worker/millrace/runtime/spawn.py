@@ -5,9 +5,12 @@ stop by themselves once that caller is gone."""
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import queue
 import secrets
+import sys
+import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -17,7 +20,9 @@ from ..common import clock as clocks
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..common.errors import ClusterError
 from ..transport.listener import Listener
-from . import cluster
+from . import cluster, telemetry
+from .errors import RemoteTraceback
+from .payload import dumps
 
 if TYPE_CHECKING:
     from ..common.epoch_config import EpochConfig
@@ -35,18 +40,27 @@ def run(
     worker_count_per_proc: int,
     connect_timeout: float,
     cluster_id: str,
+    trace_parent: dict[str, str] | None = None,
 ) -> None:
     """Run ``flow`` on ``proc_count`` processes of ``ctx`` (a :mod:`multiprocessing` context,
     or :data:`millrace.testing.doctest_ctx`) and return when all have finished; raise the
-    failure of any. The arguments are checked already."""
+    failure of any. The arguments are checked already. ``trace_parent``: the trace context
+    of the caller's run span (:func:`.telemetry.carrier`), which the processes' spans join."""
+    shares_memory = getattr(ctx, "shares_memory", False)
+    # A real process sets up the tracing installed here again (thread "processes" share it).
+    installed = telemetry.current()
+    handoff = None if installed is None or shares_memory else installed.handoff
     # The clock installed in the caller travels with the flow, in the same pickle: functions
     # of the flow that hold a ManualClock then hold the very copy their process runs on.
-    payload: Any = (flow, epoch_config, recovery_config, clocks.current())
-    if not getattr(ctx, "shares_memory", False):
+    payload: Any = (flow, epoch_config, recovery_config, clocks.current(), handoff, trace_parent)
+    if not shares_memory:
         # Real processes get the flow as cloudpickle bytes, so lambdas and closures travel;
-        # thread "processes" share it as it is, plain output lists included.
-        payload = cloudpickle.dumps(payload)
+        # thread "processes" share it as it is, plain output lists included. Code keeps its
+        # file names (see .payload), so a traceback from a child says where in your script.
+        payload = dumps(payload)
     secret = secrets.token_bytes(32)
+    # Thread "processes" are this process, and have its keys already.
+    authkeys = {} if shares_memory else _authkeys()
     errors, ports = ctx.Queue(), ctx.Queue()
     inboxes = [ctx.Queue() for _ in range(proc_count)]
     procs = [
@@ -63,6 +77,7 @@ def run(
                 inboxes[proc_id],
                 connect_timeout,
                 cluster_id,
+                authkeys,
             ),
             name=f"millrace-proc-{proc_id}",
             daemon=False,
@@ -82,7 +97,7 @@ def run(
 
 
 def _spawned_main(
-    payload: bytes | tuple[Dataflow, Any, Any, Clock],
+    payload: bytes | tuple[Dataflow, Any, Any, Clock, Any, dict[str, str] | None],
     proc_id: int,
     proc_count: int,
     worker_count_per_proc: int,
@@ -92,15 +107,21 @@ def _spawned_main(
     inbox: Any,
     connect_timeout: float,
     cluster_id: str,
+    authkeys: dict[str, bytes],
 ) -> None:
-    """The body of each process :func:`~millrace.execution.spawn_cluster` starts: bind a port,
-    report it on ``ports``, take the cluster's addresses from ``inbox`` (``None``: the start
-    was called off), and run."""
+    """The body of each process :func:`~millrace.execution.spawn_cluster` starts: take the
+    caller's authentication keys (:func:`_authkeys`), bind a port, report it on ``ports``, take
+    the cluster's addresses from ``inbox`` (``None``: the start was called off), and run. A
+    failure goes to ``errors`` with its traceback as text; the spans of a traced run are
+    exported before the process reports (``flush``)."""
+    flush: Callable[[], object] | None = None
     try:
+        _adopt_authkeys(authkeys)  # before the flow is loaded: its Manager proxies read them
         loaded = cloudpickle.loads(payload) if isinstance(payload, bytes) else payload
-        flow, epoch_config, recovery_config, clock = cast(
-            "tuple[Dataflow, EpochConfig | None, RecoveryConfig | None, Clock]", loaded
+        flow, epoch_config, recovery_config, clock, handoff, trace_parent = cast(
+            "tuple[Dataflow, EpochConfig | None, RecoveryConfig | None, Clock, Any, dict[str, str] | None]", loaded
         )
+        flush = telemetry.continue_in_child(handoff)
         addresses: list[str] = []
         listener = None
         parent_gone = _parent_gone(proc_id)
@@ -121,14 +142,51 @@ def _spawned_main(
             listener=listener,
             abandoned=parent_gone,
             clock=clock,
+            trace_parent=trace_parent,
         )
     except BaseException as exc:
+        if flush is not None:
+            flush()
+        # A traceback does not pickle: it travels as text, with the user's files and lines.
+        text = "".join(traceback.format_exception(exc))
         try:
-            blob = cloudpickle.dumps(exc)
+            blob = cloudpickle.dumps((exc, text))
         except Exception:
-            blob = cloudpickle.dumps(ClusterError(f"process {proc_id}: {type(exc).__name__}: {exc}"))
+            blob = cloudpickle.dumps((ClusterError(f"process {proc_id}: {type(exc).__name__}: {exc}"), text))
         errors.put((proc_id, blob))
         raise SystemExit(1) from None
+    if flush is not None:
+        flush()
+
+
+#: The packages whose Manager proxies a flow may hold: the standard library's, and
+#: ``multiprocess`` (dill's fork of it, which Bytewax 0.15 programs use).
+_PROXY_PACKAGES = ("multiprocessing", "multiprocess")
+
+
+def _authkeys() -> dict[str, bytes]:
+    """This process's authentication key in each of :data:`_PROXY_PACKAGES` it has imported.
+
+    A Manager proxy that is unpickled connects to its manager with the key of the process it
+    is in (``current_process().authkey``), and the manager, started here, knows this process's
+    key. A spawned child gets a key of its own from every package but the one whose context
+    started it (each package keeps its own ``current_process()``): so a ``multiprocess``
+    proxy in a child of ``multiprocessing`` (or the other way round) is refused with
+    "digest sent was rejected". The children take these keys over, whatever the context.
+    A package not imported here has made no proxy, and needs no key."""
+    keys: dict[str, bytes] = {}
+    for name in _PROXY_PACKAGES:
+        module = sys.modules.get(name)
+        if module is not None:
+            keys[name] = bytes(module.current_process().authkey)
+    return keys
+
+
+def _adopt_authkeys(keys: dict[str, bytes]) -> None:
+    """In a spawned process: authenticate as the caller of spawn_cluster does (see
+    :func:`_authkeys`)."""
+    for name, key in keys.items():
+        importlib.import_module(name).current_process().authkey = key
 
 
 def _parent_gone(proc_id: int) -> Callable[[], str | None] | None:
@@ -227,14 +285,16 @@ def _stop_all(procs: list[Any]) -> None:
 
 
 def _raise_failure(procs: list[Any], failures: list[tuple[int, bytes]]) -> None:
-    excs = [(proc_id, cloudpickle.loads(blob)) for proc_id, blob in sorted(failures)]
+    excs: list[tuple[BaseException, str]] = [cloudpickle.loads(blob) for _, blob in sorted(failures)]
     # The process where the error happened raises it with its own type; the others raise
-    # ClusterError about it. Prefer the original.
-    for _, exc in excs:
+    # ClusterError about it. Prefer the original. Its traceback in the child, which did not
+    # travel, is its cause, as multiprocessing.Pool does it: the user's file and line show.
+    for exc, text in excs:
         if not isinstance(exc, ClusterError):
-            raise exc
+            raise exc from RemoteTraceback(text)
     if excs:
-        raise excs[0][1]
+        exc, text = excs[0]
+        raise exc from RemoteTraceback(text)
     bad = [(i, proc.exitcode) for i, proc in enumerate(procs) if proc.exitcode not in (0, None)]
     if bad:
         raise ClusterError("spawn_cluster: " + ", ".join(f"process {i} exited with code {code}" for i, code in bad))

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..dataflow import Dataflow
-from .epochs import EpochPolicy
+from .epochs import BatchSizer, EpochPolicy
 from .errors import annotate, cannot_travel
 from .exchange import DATA, DONE, MARK, STOP, Exchange, Message
 from .migration import RECOVERY_KINDS, Recovery
@@ -35,6 +35,8 @@ from .stores import Stores, WorkerStoreLike
 __all__ = ["Segment", "Stopped", "Worker", "build_logic", "check_flow"]
 
 _IDLE_SLEEP_MAX = 0.01
+# Real time, whatever clock the flow reads: it measures how long the steps take on a batch.
+_monotonic = SYSTEM_CLOCK.monotonic
 
 
 class Stopped(Exception):
@@ -68,6 +70,7 @@ class Worker:
         self.inputs: list[tuple[Reader, Segment]] = []
         self.recovery = Recovery(index, self.count)
         self.snapshots = Snapshots()
+        self.sizer = BatchSizer()
         self._now = clock.now
         self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router, clock.now)
         self.progress = Progress(index, self.count, len(self.logics))
@@ -196,6 +199,8 @@ class Worker:
     def _handle(self, msg: Message) -> None:
         kind = msg[0]
         if kind == DATA:
+            if self.exchange.stopping.is_set():
+                raise Stopped  # the cluster is stopping (a failure, Ctrl-C): process no more
             _, target, epoch, items = msg
             self._apply(target, items, epoch)
         elif kind == MARK or kind == DONE:
@@ -254,22 +259,27 @@ class Worker:
         idle = 0.0
         multi = self.count > 1
         stopping = self.exchange.stopping
+        sizer = self.sizer
         while True:
             got_any = False
             for reader, segment in self.inputs:
                 if reader.exhausted:
                     continue
                 try:
-                    batch = reader.read(epochs.limit())
+                    batch = reader.read(min(epochs.limit(), sizer.limit))
                 except Exception as exc:
                     annotate(exc, reader.name, self.index)
                     raise
                 if batch:
                     got_any = True
                     epochs.items += len(batch)
+                    started = _monotonic()
                     self._push(segment, batch, epoch)
+                    sizer.took(len(batch), _monotonic() - started)
                     if epochs.over():
                         return
+                    if multi and stopping.is_set():
+                        raise Stopped
             if all(reader.exhausted for reader, _ in self.inputs):
                 return
             if multi:
