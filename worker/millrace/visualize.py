@@ -9,7 +9,8 @@ worker that owns the key, before every stateful step. An input joins the pipelin
 step after it: its items go through every later step, as the runtime runs them.
 
 From the command line, ``python -m millrace.visualize FILE_OR_MODULE[:ATTR]`` (or
-``millrace visualize``) prints the graph of the flow it names (:mod:`millrace.locate`).
+``millrace visualize``) prints the graph of the flow a file or module holds (attribute ``flow``
+unless another is named).
 
 >>> from millrace.dataflow import Dataflow
 >>> from millrace.inputs import TestingInputConfig

@@ -140,7 +140,7 @@ class ProgressLine:
                 continue
             drawn_at = now
             total = sum(self._totals.values())
-            samples = [s for s in samples if now - s[0] <= 5.0] + [(now, total)]
+            samples = [s for s in samples if now - s[0] <= 3.0] + [(now, total)]
             (then, before) = samples[0]
             rate = (total - before) / (now - then) if now > then else 0.0
             epoch = "-" if self._epoch < 0 else str(self._epoch)
