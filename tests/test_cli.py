@@ -329,3 +329,26 @@ def test_progress_line_on_a_terminal(flows: Path) -> None:
     assert "millrace: " in text and " items in, " in text
     # The line is cleared before the last word, which stands on its own.
     assert text.rstrip().endswith("\r\x1b[Kmillrace: stopped (Ctrl-C)")
+
+
+# -- the README ---------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _block(text: str, after: str, fence: str) -> str:
+    start = text.index(fence, text.index(after)) + len(fence)
+    return text[start : text.index("```\n", start)]
+
+
+def test_the_readme_shows_the_tour_as_the_command_runs_and_draws_it(tmp_path: Path) -> None:
+    text = README.read_text()
+    (tmp_path / "tour.py").write_text(_block(text, "## A short tour", "```python\n"))
+    shown = _block(text, "## The `millrace` command", "```console\n").splitlines()
+    assert shown[0] == "$ millrace run tour.py                  # one worker: run_main"
+    ran = _run(MILLRACE, "run", "tour.py", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == shown[1:5]
+    drawn = _run(MILLRACE, "visualize", "tour.py", cwd=tmp_path)
+    assert drawn.returncode == 0, drawn.stderr
+    assert drawn.stdout == _block(text, "## The `millrace` command", "```mermaid\n")
