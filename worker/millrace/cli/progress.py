@@ -17,7 +17,7 @@ stderr is a terminal that shows the line.
 >>> with Counter(port=9) as counter:
 ...     counted = instrument(flow, counter)
 >>> [step.name for step in counted.steps]
-["input 'inp'", 'inspect_epoch #0 (Counter)', 'capture #1 (TestingOutputConfig)']
+["input 'inp'", "inspect_epoch #0 (the progress line's counter)", 'capture #1 (TestingOutputConfig)']
 >>> [step.name for step in flow.steps]  # the flow itself is left as it was
 ["input 'inp'", 'capture #1 (TestingOutputConfig)']
 """
@@ -71,6 +71,9 @@ class Counter:
                 self._socket.sendto(f"{os.getpid()} {total} {self._epoch}".encode(), (_HOST, self.port))
             except OSError:
                 pass  # the line is a courtesy: a full buffer must not stop the flow
+
+    def __repr__(self) -> str:
+        return "the progress line's counter"  # the step's name, were it ever in an error
 
     def close(self) -> None:
         self._socket.close()
