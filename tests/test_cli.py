@@ -57,7 +57,7 @@ flow.capture(StdOutputConfig())
 """
 FAILING_LINE = 7  # `return 1 / x`
 
-# Every item a worker sees is written to PIDS.<pid>, with its process id: the test's sign that
+# Every item a worker sees touches PIDS.<pid>, named by its process id: the test's sign that
 # the flow runs, and where it finds the processes that must be gone after Ctrl-C.
 ENDLESS = """
 import itertools, os, time
@@ -74,7 +74,7 @@ def ticks(worker_index, worker_count, resume_state):
 def output(worker_index, worker_count):
     path = Path(__file__).parent / f"PIDS.{os.getpid()}"
     def write(item):
-        path.write_text(str(os.getpid()))
+        path.touch()
     return write
 
 flow = Dataflow()
@@ -103,6 +103,8 @@ def flows(tmp_path: Path) -> Path:
     (tmp_path / "words.py").write_text(textwrap.dedent(WORDS))
     (tmp_path / "failing.py").write_text(textwrap.dedent(FAILING))
     (tmp_path / "endless.py").write_text(textwrap.dedent(ENDLESS))
+    (tmp_path / "shadow").mkdir()  # not beside the others: it would shadow the module in their runs
+    (tmp_path / "shadow" / "queue.py").write_text(textwrap.dedent(WORDS))
     (tmp_path / "import_fails.py").write_text("import no_such_dependency_of_the_flow\n")
     return tmp_path
 
@@ -142,6 +144,9 @@ def test_visualize_prints_the_graph_of_a_file(flows: Path) -> None:
     # The same from the module's own entry point, as `python -m bytewax.visualize`.
     module = _run(sys.executable, "-m", "millrace.visualize", str(flows / "words.py"), cwd=flows.parent)
     assert (module.returncode, module.stdout) == (0, WORDS_GRAPH), module.stderr
+    missing = _run(sys.executable, "-m", "millrace.visualize", "words.py:nothing", cwd=flows)
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines() == ["python -m millrace.visualize: error: words.py has no attribute 'nothing'"]
 
 
 def test_visualize_finds_a_module_and_attribute(flows: Path) -> None:
@@ -184,6 +189,10 @@ def test_run_a_module_attribute_with_recovery(flows: Path, tmp_path: Path) -> No
         (["run", "words:not_a_flow"], 2, "words:not_a_flow is a int, not a Dataflow"),
         (["visualize", "words.py:not_a_flow"], 2, "words.py:not_a_flow is a int, not a Dataflow"),
         (["visualize", "nowhere.py"], 2, "no such file: nowhere.py"),
+        (["visualize", "./"], 2, ". is not a file"),
+        (["visualize", "shadow/queue.py"], 2, "queue.py would import as 'queue', a module of the standard library"),
+        (["visualize", "words.py:"], 2, "'' in 'words.py:' is not an attribute name"),
+        (["visualize", ":flow"], 2, "no file or module before ':' in ':flow'"),
         (["run", "words.py", "-p", "0"], 2, "'-p' / '--processes': 0 is not in the range x>=1"),
         (["run", "words.py", "-w", "two"], 2, "'-w' / '--workers': 'two' is not a valid integer range"),
         (["run", "words.py", "--epoch-seconds", "0"], 2, "'--epoch-seconds': 0.0 is not in the range x>0"),
@@ -282,7 +291,7 @@ def test_ctrl_c_stops_an_endless_flow(flows: Path, layout: list[str], group: boo
     assert proc.returncode == 130, text
     assert "Traceback" not in text
     assert text.strip().splitlines()[-1] == "millrace: stopped (Ctrl-C)"
-    pids = [int(path.read_text()) for path in flows.glob("PIDS.*")]
+    pids = [int(path.suffix[1:]) for path in flows.glob("PIDS.*")]
     deadline = time.monotonic() + 10
     while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)

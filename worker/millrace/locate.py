@@ -81,6 +81,9 @@ def _module_name_of(file: Path) -> str:
         folder = folder.parent
     if not parts or not all(part.isidentifier() for part in parts):
         raise FlowNotFound(f"{file} cannot be imported: {'.'.join(parts)!r} is not a module name")
+    if parts[0] in sys.stdlib_module_names:
+        # First on sys.path, it would stand in for the standard library's module everywhere.
+        raise FlowNotFound(f"{file} would import as {parts[0]!r}, a module of the standard library: rename it")
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
     name = ".".join(parts)
@@ -92,8 +95,10 @@ def _module_name_of(file: Path) -> str:
 
 def _import(target: Target) -> ModuleType:
     if target.file is not None:
-        if not target.file.is_file():
+        if not target.file.exists():
             raise FlowNotFound(f"no such file: {target.file}")
+        if not target.file.is_file():
+            raise FlowNotFound(f"{target.file} is not a file")
         name = _module_name_of(target.file)
     else:
         assert target.module is not None
