@@ -1,4 +1,4 @@
-"""The console scripts as a user runs them: ``millrace`` (run, visualize) and ``millrace-worker``
+"""The console scripts as a user runs them: ``millrace`` (run, visualize, manifest) and ``millrace-worker``
 outside a pod. Every test runs the real script installed in the venv, in a subprocess."""
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+
+from .operator_tests.crd_validation import errors as crd_errors
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -106,18 +109,25 @@ def flows(tmp_path: Path) -> Path:
     (tmp_path / "shadow").mkdir()  # not beside the others: it would shadow the module in their runs
     (tmp_path / "shadow" / "queue.py").write_text(textwrap.dedent(WORDS))
     (tmp_path / "import_fails.py").write_text("import no_such_dependency_of_the_flow\n")
+    (tmp_path / "other.py").write_text("from words import other\n")
+    (tmp_path / "not_a_flow.py").write_text("flow = 42\n")
+    (tmp_path / "latin1.py").write_bytes(
+        "# -*- coding: latin-1 -*-\nfrom words import flow  # café\n".encode("latin-1")
+    )
     return tmp_path
 
 
 # -- help -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["visualize"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["visualize"], ["manifest"]])
 def test_every_command_has_help(flows: Path, command: list[str]) -> None:
     result = _run(MILLRACE, *command, "--help", cwd=flows)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"Usage: millrace {' '.join(command)}".rstrip())
-    if command:
+    if command == ["manifest"]:
+        assert "kubectl apply -f -" in result.stdout and "--recovery SIZE" in result.stdout
+    elif command:
         assert "FILE_OR_MODULE[:ATTR]" in result.stdout
 
 
@@ -177,6 +187,41 @@ def test_run_a_module_attribute_with_recovery(flows: Path, tmp_path: Path) -> No
     assert any(store.iterdir()), "the run kept no recovery snapshot"
 
 
+# -- manifest -------------------------------------------------------------------------------
+
+
+def test_manifest_prints_a_dataflow_the_api_server_accepts(flows: Path) -> None:
+    args = ["words.py", "--name", "words", "-p", "3", "-w", "2", "--recovery", "256Mi", "--image", "flows:1"]
+    result = _run(MILLRACE, "manifest", *args, cwd=flows)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    document = yaml.safe_load(result.stdout)
+    assert crd_errors(document) == []
+    assert document == {
+        "apiVersion": "millrace.dev/v1alpha1",
+        "kind": "Dataflow",
+        "metadata": {"name": "words"},
+        "spec": {
+            "image": "flows:1",
+            "processes": 3,
+            "workersPerProcess": 2,
+            "recovery": {"enabled": True, "volumeSize": "256Mi"},
+            "flow": {"code": (flows / "words.py").read_text()},
+        },
+    }
+
+
+def test_manifest_imports_the_file_without_running_the_flow(flows: Path) -> None:
+    result = _run(MILLRACE, "manifest", "endless.py", "--name", "endless", cwd=flows)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["spec"] == {
+        "processes": 1,
+        "workersPerProcess": 1,
+        "flow": {"code": (flows / "endless.py").read_text()},
+    }
+    assert not list(flows.glob("PIDS.*")), "the flow ran"
+
+
 # -- errors ---------------------------------------------------------------------------------
 
 
@@ -199,6 +244,19 @@ def test_run_a_module_attribute_with_recovery(flows: Path, tmp_path: Path) -> No
         (["run", "words.py", "--recovery-dir", "words.py"], 2, "'--recovery-dir': Directory 'words.py' is a file"),
         (["run", "words.py", "--recovery-dir", "no-dir"], 2, "'--recovery-dir': Directory 'no-dir' does not exist"),
         (["run"], 2, "Missing argument 'FILE_OR_MODULE[:ATTR]'"),
+        (["manifest", "nowhere.py", "--name", "w"], 2, "'FILE': File 'nowhere.py' does not exist"),
+        (["manifest", "shadow", "--name", "w"], 2, "'FILE': File 'shadow' is a directory"),
+        (["manifest", "words.py"], 2, "Missing option '--name'"),
+        (["manifest", "import_fails.py", "--name", "Words"], 2, "'--name': 'Words' is not a valid name"),
+        (["manifest", "words.py", "--name", "w_1"], 2, "lowercase letters, digits and '-', starting with a letter"),
+        (["manifest", "words.py", "--name", "w" * 62], 2, "'--name': 'www...w' is too long"),
+        (["manifest", "words.py", "--name", "w", "-p", "1001"], 2, "'-p' / '--processes': 1001 is not in the range"),
+        (["manifest", "words.py", "--name", "w", "-w", "0"], 2, "'-w' / '--workers': 0 is not in the range 1<=x<=256"),
+        (["manifest", "words.py", "--name", "w", "--recovery", "1GB"], 2, "'--recovery': '1GB' is not a volume size"),
+        (["manifest", "failing.py", "--name", "w", "--image", ""], 2, "the image name is empty"),
+        (["manifest", "other.py", "--name", "w"], 2, "other.py has no attribute 'flow'"),
+        (["manifest", "not_a_flow.py", "--name", "w"], 2, "not_a_flow.py:flow is a int, not a Dataflow"),
+        (["manifest", "latin1.py", "--name", "w"], 2, "latin1.py is not UTF-8 text"),
         (["launch"], 2, "No such command 'launch'"),
     ],
 )

@@ -28,7 +28,7 @@ from types import ModuleType
 
 from .dataflow import Dataflow
 
-__all__ = ["FlowNotFound", "Target", "parse_target", "load"]
+__all__ = ["FlowNotFound", "Target", "parse_target", "load", "load_target"]
 
 DEFAULT_ATTRIBUTE = "flow"
 
@@ -122,7 +122,12 @@ def _import(target: Target) -> ModuleType:
 
 def load(text: str) -> Dataflow:
     """The :class:`~millrace.dataflow.Dataflow` that ``text`` (``FILE_OR_MODULE[:ATTR]``) names."""
-    target = parse_target(text)
+    return load_target(parse_target(text))
+
+
+def load_target(target: Target) -> Dataflow:
+    """The :class:`~millrace.dataflow.Dataflow` that ``target`` names (a file named as it is,
+    whatever ``:`` its path holds)."""
     module = _import(target)
     where = target.file if target.file is not None else target.module
     if not hasattr(module, target.attribute):

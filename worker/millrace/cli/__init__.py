@@ -1,9 +1,11 @@
-"""The ``millrace`` command: run a flow on this machine, or print its graph.
+"""The ``millrace`` command: run a flow on this machine, print its graph, or print a Dataflow
+manifest that runs it on Kubernetes.
 
 ``millrace run FILE_OR_MODULE[:ATTR]`` runs the flow on one worker (:func:`run_main`), on
 threads of this process (``-w``, :func:`cluster_main`) or on local processes (``-p``,
 :func:`spawn_cluster`); ``millrace visualize`` prints its Mermaid graph
-(:mod:`millrace.visualize`). The target is found as :mod:`millrace.locate` says.
+(:mod:`millrace.visualize`); ``millrace manifest FILE --name N`` prints a Dataflow carrying the
+file's code (:mod:`millrace.manifest`). The target is found as :mod:`millrace.locate` says.
 
 A wrong argument is one line and exit code 2; an error of the flow itself is its traceback and
 exit code 1; Ctrl-C stops the flow (nothing is committed for the unfinished epoch) and exits
@@ -24,7 +26,16 @@ import click
 
 from ..dataflow import Dataflow
 from ..execution import PeriodicEpochConfig, cluster_main, run_main, spawn_cluster
-from ..locate import FlowNotFound, load
+from ..locate import FlowNotFound, Target, load, load_target
+from ..manifest import (
+    MAX_PROCESSES,
+    MAX_WORKERS_PER_PROCESS,
+    ManifestError,
+    check_name,
+    check_volume_size,
+    dataflow_manifest,
+    to_yaml,
+)
 from ..recovery import SqliteRecoveryConfig
 from ..visualize import to_mermaid
 from .progress import Counter, ProgressLine, instrument
@@ -37,7 +48,7 @@ TARGET_HELP = "FILE_OR_MODULE[:ATTR]: a Python file or an importable module, and
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def millrace() -> None:
-    """Run a millrace flow on this machine, or print its graph."""
+    """Run a millrace flow on this machine, print its graph, or print a Dataflow manifest for Kubernetes."""
 
 
 def _load(target: str) -> Dataflow:
@@ -112,6 +123,61 @@ def _run(flow: Dataflow, processes: int, workers: int, recovery_dir: Path | None
 def visualize(target: str) -> None:
     """Print a flow's graph in Mermaid: its steps, and where items are exchanged by key."""
     click.echo(to_mermaid(_load(target)))
+
+
+@millrace.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="The Dataflow's name: lowercase letters, digits and '-', from a letter.")
+@click.option(
+    "-p",
+    "--processes",
+    type=click.IntRange(1, MAX_PROCESSES),
+    default=1,
+    show_default=True,
+    help="Worker pods, one cluster process each.",
+)
+@click.option(
+    "-w",
+    "--workers",
+    type=click.IntRange(1, MAX_WORKERS_PER_PROCESS),
+    default=1,
+    show_default=True,
+    help="Worker threads per pod.",
+)
+@click.option("--recovery", metavar="SIZE", help="Keep snapshots on a volume of SIZE (256Mi, 1Gi) per pod.")
+@click.option("--image", help="The worker image (default: the operator's).")
+def manifest(file: Path, name: str, processes: int, workers: int, recovery: str | None, image: str | None) -> None:
+    """Print a Dataflow manifest running FILE on Kubernetes, its code inline.
+
+    FILE must define `flow`, a Dataflow; it is imported to check that, which builds the flow
+    but does not run it. Apply the manifest with `millrace manifest ... | kubectl apply -f -`.
+    """
+    # The arguments first: they are checked without running the file's code.
+    for option, check in (("--name", lambda: check_name(name, processes)), ("--recovery", lambda: _size(recovery))):
+        try:
+            check()
+        except ManifestError as exc:
+            raise click.BadParameter(str(exc), param_hint=f"'{option}'") from None
+    try:
+        load_target(Target(str(file), "flow", file=file))
+    except FlowNotFound as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        code = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.UsageError(f"{file} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    try:
+        document = dataflow_manifest(
+            name, code, processes=processes, workers_per_process=workers, recovery_size=recovery, image=image
+        )
+    except ManifestError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(to_yaml(document), nl=False)
+
+
+def _size(size: str | None) -> None:
+    if size is not None:
+        check_volume_size(size)
 
 
 _OWN_CODE = (str(Path(click.__file__).parent), str(Path(__file__).parent))
