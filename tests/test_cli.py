@@ -411,11 +411,19 @@ def _block(text: str, after: str, fence: str) -> str:
 def test_the_readme_shows_the_tour_as_the_command_runs_and_draws_it(tmp_path: Path) -> None:
     text = README.read_text()
     (tmp_path / "tour.py").write_text(_block(text, "## A short tour", "```python\n"))
-    shown = _block(text, "## The `millrace` command", "```console\n").splitlines()
-    assert shown[0] == "$ millrace run tour.py                  # one worker: run_main"
     ran = _run(MILLRACE, "run", "tour.py", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.splitlines() == shown[1:5]
+    # The tour's own quick start, and the command's section.
+    for section in ("## A short tour", "## The `millrace` command"):
+        shown = _block(text, section, "```console\n").splitlines()
+        assert shown[0] == "$ millrace run tour.py                  # one worker: run_main"
+        assert ran.stdout.splitlines() == shown[1:5]
+    listed = _block(text, "## The `millrace` command", "```console\n")
+    manifest_line = next(line for line in listed.splitlines() if line.startswith("$ millrace manifest "))
+    args = manifest_line.removeprefix("$ millrace ").split(" | ")[0].split()
+    printed = _run(MILLRACE, *args, cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    assert crd_errors(yaml.safe_load(printed.stdout)) == []
     drawn = _run(MILLRACE, "visualize", "tour.py", cwd=tmp_path)
     assert drawn.returncode == 0, drawn.stderr
     assert drawn.stdout == _block(text, "## The `millrace` command", "```mermaid\n")

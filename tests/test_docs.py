@@ -31,6 +31,7 @@ MODULES = [
     "testing",
     "parse",
     "visualize",
+    "manifest",
 ]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from millrace.manifest import (
@@ -66,6 +66,8 @@ def test_the_code_reads_as_a_literal_block() -> None:
     assert "  flow:\n    code: |\n      from millrace.dataflow import Dataflow\n\n      flow = Dataflow()\n" in text
 
 
+@example("flow = 1\x85\n")  # NEL: a line break to YAML, which PyYAML writes unescaped
+@example("a = '\u2028'\r\nflow = 1\n")
 @given(st.text(min_size=1, max_size=300).filter(str.strip))
 def test_any_code_comes_back_exactly(code: str) -> None:
     """Tabs, trailing spaces, quotes, no final newline, unicode: what YAML cannot hold in a

@@ -57,6 +57,20 @@ def test_the_wheel_holds_both_entrypoints_and_no_dev_dependencies(installed):
     assert kafka.returncode == 0, kafka.stderr
 
 
+def test_the_wheel_prints_a_manifest(installed, tmp_path):
+    """`millrace manifest` needs PyYAML at run time: a runtime dependency, not a dev one."""
+    flow = tmp_path / "flow.py"
+    flow.write_text("from millrace.dataflow import Dataflow\nflow = Dataflow()\n")
+    done = subprocess.run(
+        [str(installed / "millrace"), "manifest", str(flow), "--name", "flow"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("apiVersion: millrace.dev/v1alpha1\nkind: Dataflow\n")
+
+
 def pod_env(installed: Path, flow: Path, secret: Path, state: Path, termination_log: Path) -> dict[str, str]:
     """What the operator's StatefulSet gives a worker (docs/pod-contract.md), for pod 0 of 1."""
     return {

@@ -45,8 +45,11 @@ __all__ = [
 
 API_VERSION = "millrace.dev/v1alpha1"
 KIND = "Dataflow"
+#: The most worker pods a Dataflow runs (``spec.processes``).
 MAX_PROCESSES = 1000
+#: The most worker threads per pod (``spec.workersPerProcess``).
 MAX_WORKERS_PER_PROCESS = 256
+#: The most characters of inline code (``spec.flow.code``); a bigger flow goes in the image.
 MAX_CODE_CHARACTERS = 262144
 #: A Kubernetes quantity without a sign or exponent, as spec.recovery.volumeSize takes it.
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
@@ -146,10 +149,19 @@ class _Dumper(yaml.SafeDumper):
     """Multi-line strings (the code) as literal blocks, readable as the file they came from."""
 
 
+#: Line breaks of YAML other than ``\n``: PyYAML writes them unescaped, and a reader turns
+#: them into ``\n`` or a space. A double-quoted string escapes them.
+_OTHER_BREAKS = frozenset("\r\x85\u2028\u2029")
+
+
 def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     # PyYAML falls back to a quoted string itself where a block cannot hold the text exactly
     # (trailing spaces on a line, tabs, some control characters): the value is kept either way.
-    style = "|" if "\n" in value else None
+    style = None
+    if not _OTHER_BREAKS.isdisjoint(value):
+        style = '"'
+    elif "\n" in value:
+        style = "|"
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 

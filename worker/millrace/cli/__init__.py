@@ -153,11 +153,15 @@ def manifest(file: Path, name: str, processes: int, workers: int, recovery: str 
     but does not run it. Apply the manifest with `millrace manifest ... | kubectl apply -f -`.
     """
     # The arguments first: they are checked without running the file's code.
-    for option, check in (("--name", lambda: check_name(name, processes)), ("--recovery", lambda: _size(recovery))):
-        try:
-            check()
-        except ManifestError as exc:
-            raise click.BadParameter(str(exc), param_hint=f"'{option}'") from None
+    try:
+        check_name(name, processes)
+    except ManifestError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--name'") from None
+    try:
+        if recovery is not None:
+            check_volume_size(recovery)
+    except ManifestError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--recovery'") from None
     try:
         load_target(Target(str(file), "flow", file=file))
     except FlowNotFound as exc:
@@ -173,11 +177,6 @@ def manifest(file: Path, name: str, processes: int, workers: int, recovery: str 
     except ManifestError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(to_yaml(document), nl=False)
-
-
-def _size(size: str | None) -> None:
-    if size is not None:
-        check_volume_size(size)
 
 
 _OWN_CODE = (str(Path(click.__file__).parent), str(Path(__file__).parent))
