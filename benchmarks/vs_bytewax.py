@@ -489,7 +489,13 @@ def write_results(
         out += ["## Failures", ""] + [f"- `{f.splitlines()[0]}`" for f in failures] + [""]
     if chart is not None:
         out += ["## Chart", "", f"![ratios]({os.path.relpath(chart, path.parent)})", ""]
+    # Other benchmarks' sections (benchmarks/operator_scale.py's) follow this marker: kept.
+    if path.exists() and OTHER_RESULTS in (kept := path.read_text()):
+        out += [kept[kept.index(OTHER_RESULTS) :].rstrip("\n"), ""]
     path.write_text("\n".join(out))
+
+
+OTHER_RESULTS = "<!-- other benchmarks: kept when vs_bytewax.py writes this file -->"
 
 
 def draw_chart(bars: list[Bar], path: Path, title: str) -> bool:

@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+from . import audit
 from .conftest import OPERATOR_NAMESPACE, RELEASE, ROOT, run
+from .flows import SLEEPING_FLOW
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -500,7 +502,16 @@ def test_the_operator_restarted_or_upgraded_never_restarts_a_flow(namespace):
     apply(dataflow("steady", namespace, TICKING_FLOW, processes=2))
     wait_for(namespace, "steady", "Ready")
     before = uids(namespace, "steady")
-    run("kubectl", "delete", "pod", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/name=millrace", "--wait=true")
+    run(
+        "kubectl",
+        "delete",
+        "pod",
+        "-n",
+        OPERATOR_NAMESPACE,
+        "-l",
+        "app.kubernetes.io/name=millrace-operator",
+        "--wait=true",
+    )
     run(
         "kubectl", "rollout", "status", "-n", OPERATOR_NAMESPACE, f"deployment/{RELEASE}", "--timeout=180s", timeout=240
     )
@@ -539,6 +550,44 @@ def test_deleting_the_dataflow_removes_every_child(namespace):
     while left := run("kubectl", "get", kinds, "-n", namespace, "-l", selector, "-o", "name").stdout.strip():
         assert time.monotonic() < deadline, f"left behind: {left}"
         time.sleep(2)
+
+
+IDLE = 3  # Dataflows left alone while the operator's requests are counted
+
+
+def get_df(namespace: str) -> dict[str, tuple[str, str, str]]:
+    """``kubectl get df`` as a user reads it: name -> (phase, processes, ready)."""
+    lines = run("kubectl", "get", "df", "-n", namespace, "--no-headers").stdout.splitlines()
+    return {line.split()[0]: tuple(line.split()[1:4]) for line in lines}  # type: ignore[misc]
+
+
+def test_idle_dataflows_cost_the_api_server_no_write_and_at_most_a_read_a_minute(namespace):
+    """The request budget, counted on the API server's side (k8slocal's audit log) for the
+    operator's service account: over a minute, Running Dataflows that nothing changes cost no
+    write and at most one read each."""
+    log = audit.audit_log()
+    assert log.exists(), f"the request budget is counted in the API server's audit log, and {log} does not exist"
+    for i in range(IDLE):
+        apply(dataflow(f"idle-{i}", namespace, SLEEPING_FLOW, processes=1))
+    for i in range(IDLE):
+        wait_for(namespace, f"idle-{i}", "Ready")
+    user = audit.operator_user(OPERATOR_NAMESPACE, RELEASE)
+
+    def quiet() -> bool:
+        """No write by the operator in the last 10 s: the last statuses and events are out."""
+        offset, since = audit.log_size(), time.time()
+        time.sleep(10)
+        return audit.requests_since(offset, user, since).writes == 0
+
+    wait_until("the operator to be done with the new Dataflows", quiet, timeout=120, every=0)
+    offset, since = audit.log_size(), time.time()
+    time.sleep(60)
+    counts = audit.requests_since(offset, user, since, since + 60)
+    assert counts.writes == 0, f"writes of idle Dataflows:\n{counts.table()}"
+    assert counts.reads <= IDLE, f"more than {IDLE} reads in a minute:\n{counts.table()}"
+    # And the status stayed right all along.
+    assert get_df(namespace) == {f"idle-{i}": ("Running", "1", "1") for i in range(IDLE)}
+    assert uids(namespace, "idle-0") and all(restarts(p) == 0 for p in pods(namespace, "idle-0"))
 
 
 def test_zz_helm_uninstall_removes_the_operator_and_keeps_the_crd(kind_cluster):

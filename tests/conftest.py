@@ -76,3 +76,13 @@ def procs(request: pytest.FixtureRequest) -> Iterator[Procs]:
         yield tracker
     finally:
         tracker.cleanup()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[str]:
+    """A Kafka-protocol broker (tansu, in memory) for the whole session, started when a test
+    first asks for it; its bootstrap address ``127.0.0.1:PORT``. Tests use topics of their own."""
+    from .support.kafka import tansu_broker
+
+    with tansu_broker() as address:
+        yield address

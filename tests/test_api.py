@@ -14,14 +14,12 @@ import pytest
 from millrace.dataflow import Dataflow
 from millrace.execution import PeriodicEpochConfig, TestingEpochConfig, run_main, spawn_cluster
 from millrace.inputs import (
-    KafkaInputConfig,
     ManualInputConfig,
     TestingBuilderInputConfig,
     TestingInputConfig,
     distribute,
 )
 from millrace.outputs import (
-    KafkaOutputConfig,
     ManualEpochOutputConfig,
     ManualOutputConfig,
     StdOutputConfig,
@@ -485,16 +483,3 @@ def test_bad_configs_are_refused():
         run([], [1], epoch_config="fast")
     with pytest.raises(TypeError, match="callable input_builder"):
         ManualInputConfig(None)
-
-
-def test_kafka_configs_say_they_are_not_available():
-    flow = Dataflow()
-    flow.input("k", KafkaInputConfig(["localhost:9092"], "topic"))
-    flow.capture(TestingOutputConfig([]))
-    with pytest.raises(NotImplementedError, match="Kafka"):
-        run_main(flow)
-    flow = Dataflow()
-    flow.input("inp", TestingInputConfig([1]))
-    flow.capture(KafkaOutputConfig(["localhost:9092"], "topic"))
-    with pytest.raises(NotImplementedError, match="Kafka"):
-        run_main(flow)

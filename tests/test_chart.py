@@ -87,6 +87,8 @@ def test_values_yaml_validates_against_its_schema():
         ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
         ({"tests": {"timeoutSeconds": "soon"}}, "timeoutSeconds"),
         ({"replicas": 2}, "replicas"),
+        ({"operator": {"replicas": 0}}, "replicas"),
+        ({"operator": {"peering": {"lifetimeSeconds": 1}}}, "lifetimeSeconds"),
     ],
 )
 def test_helm_refuses_bad_values_naming_the_field(values, named, tmp_path):
@@ -97,13 +99,14 @@ def test_helm_refuses_bad_values_naming_the_field(values, named, tmp_path):
     assert named in done.stderr, done.stderr
 
 
-def test_the_charts_crd_is_the_one_in_crds():
-    chart_copy = (CHART / "crds" / "dataflow.yaml").read_text()
-    assert chart_copy == (ROOT / "crds" / "dataflow.yaml").read_text(), (
-        "charts/millrace/crds/dataflow.yaml differs from crds/dataflow.yaml, the only copy that is "
-        "edited: cp crds/dataflow.yaml charts/millrace/crds/dataflow.yaml"
-    )
-    assert [p.name for p in (CHART / "crds").iterdir()] == ["dataflow.yaml"]
+def test_the_charts_crds_are_the_ones_in_crds():
+    for name in ("dataflow.yaml", "kopf-peering.yaml"):
+        chart_copy = (CHART / "crds" / name).read_text()
+        assert chart_copy == (ROOT / "crds" / name).read_text(), (
+            f"charts/millrace/crds/{name} differs from crds/{name}, the only copy that is "
+            f"edited: cp crds/{name} charts/millrace/crds/{name}"
+        )
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["dataflow.yaml", "kopf-peering.yaml"]
 
 
 def test_every_manifest_validates_against_kubernetes(install):
@@ -183,3 +186,38 @@ def test_helm_test_applies_a_dataflow_where_the_operator_looks(install):
 def test_tests_can_be_left_out():
     manifests = render({"tests": {"enabled": False}})
     assert not [m for m in manifests if "helm.sh/hook" in (m["metadata"].get("annotations") or {})]
+
+
+@pytest.mark.parametrize("namespaces", [[], ["jobs", "etl"]])
+def test_standby_replicas_share_a_peering_object_and_may_use_it(namespaces):
+    manifests = render({"operator": {"replicas": 2, "peering": {"lifetimeSeconds": 20}}, "watchNamespaces": namespaces})
+    deployment = _one(manifests, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    name = deployment["metadata"]["name"]
+    assert f"--peering={name}" in container["args"] and "--peering-lifetime=20" in container["args"]
+    kind, rbac, plural = (
+        ("KopfPeering", "Role", "kopfpeerings")
+        if namespaces
+        else ("ClusterKopfPeering", "ClusterRole", "clusterkopfpeerings")
+    )
+    peerings = [m for m in manifests if m["kind"] == kind]
+    assert [p["metadata"]["name"] for p in peerings] == [name] * max(1, len(namespaces))
+    assert sorted(p["metadata"].get("namespace", "") for p in peerings) == sorted(namespaces or [""])
+    for role in (m for m in manifests if m["kind"] == rbac and m["metadata"]["name"] == name):
+        assert {"apiGroups": ["kopf.dev"], "resources": [plural], "verbs": ["list", "watch", "patch"]} in role["rules"]
+    for crd in ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
+        assert crd in [m["metadata"]["name"] for m in manifests if m["kind"] == "CustomResourceDefinition"]
+
+
+def test_one_replica_has_no_peering():
+    manifests = render({})
+    (container,) = _one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert not [a for a in container["args"] if a.startswith("--peering")]
+    assert not [m for m in manifests if m["kind"] in ("KopfPeering", "ClusterKopfPeering")]
+    rules = [r for m in manifests if m["kind"] == "ClusterRole" for r in m["rules"]]
+    assert not [r for r in rules if "kopf.dev" in r["apiGroups"]]

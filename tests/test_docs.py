@@ -20,7 +20,19 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 EXTENSION = ROOT / "docs" / "extensions" / "rest_docstrings.py"
 #: The public modules, each with its page.
-MODULES = ["dataflow", "execution", "inputs", "outputs", "window", "recovery", "tracing", "testing", "parse"]
+MODULES = [
+    "dataflow",
+    "execution",
+    "inputs",
+    "outputs",
+    "window",
+    "recovery",
+    "tracing",
+    "testing",
+    "parse",
+    "visualize",
+    "manifest",
+]
 
 
 def build(config: Path, site: Path) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """A fresh virtual environment with the built wheel and only its runtime dependencies."""
+    """A fresh virtual environment with the built wheel and only its runtime dependencies, and
+    the extras the image installs (the operator's, Kafka's)."""
     work = tmp_path_factory.mktemp("package")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(work / "dist"), str(ROOT)],
@@ -30,7 +31,7 @@ def installed(tmp_path_factory) -> Path:
     env_dir = work / "venv"
     venv.create(env_dir, with_pip=True)
     done = subprocess.run(
-        [str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", f"{wheel}[operator]"],
+        [str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", f"{wheel}[operator,kafka]"],
         capture_output=True,
         text=True,
     )
@@ -39,14 +40,35 @@ def installed(tmp_path_factory) -> Path:
 
 
 def test_the_wheel_holds_both_entrypoints_and_no_dev_dependencies(installed):
-    for command in ("millrace-worker", "millrace-operator"):
+    for command in ("millrace", "millrace-worker", "millrace-operator"):
         done = subprocess.run([str(installed / command), "--help"], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
-        assert "usage:" in done.stdout
+        assert "usage:" in done.stdout.lower()
     missing = subprocess.run(
         [str(installed / "python"), "-c", "import pytest"], capture_output=True, text=True, timeout=60
     )
     assert missing.returncode != 0
+    kafka = subprocess.run(
+        [str(installed / "python"), "-c", "import millrace.runtime.kafka_client"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert kafka.returncode == 0, kafka.stderr
+
+
+def test_the_wheel_prints_a_manifest(installed, tmp_path):
+    """`millrace manifest` needs PyYAML at run time: a runtime dependency, not a dev one."""
+    flow = tmp_path / "flow.py"
+    flow.write_text("from millrace.dataflow import Dataflow\nflow = Dataflow()\n")
+    done = subprocess.run(
+        [str(installed / "millrace"), "manifest", str(flow), "--name", "flow"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("apiVersion: millrace.dev/v1alpha1\nkind: Dataflow\n")
 
 
 def pod_env(installed: Path, flow: Path, secret: Path, state: Path, termination_log: Path) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import random
 import sqlite3
 import threading
@@ -20,7 +21,7 @@ from millrace.dataflow import Dataflow
 from millrace.execution import TestingEpochConfig, run_main, spawn_cluster
 from millrace.inputs import ManualInputConfig, TestingInputConfig
 from millrace.outputs import TestingEpochOutputConfig, TestingOutputConfig
-from millrace.recovery import KafkaRecoveryConfig, SqliteRecoveryConfig
+from millrace.recovery import KafkaRecoveryConfig, RecoveryConfig, SqliteRecoveryConfig
 from millrace.runtime.store import RecoveryError
 from millrace.testing import doctest_ctx
 from millrace.window import EventClockConfig, SystemClockConfig, TumblingWindowConfig
@@ -54,8 +55,33 @@ def sums_flow(out, crash_at: int | None = None) -> Dataflow:
     return flow
 
 
-def run(flow: Dataflow, db_dir: Path) -> None:
-    run_main(flow, epoch_config=TestingEpochConfig(), recovery_config=SqliteRecoveryConfig(db_dir))
+def run(flow: Dataflow, where: Path | RecoveryConfig) -> None:
+    recovery = SqliteRecoveryConfig(where) if isinstance(where, Path) else where
+    run_main(flow, epoch_config=TestingEpochConfig(), recovery_config=recovery)
+
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "kafka"])
+def recovery(request, tmp_path) -> RecoveryConfig:
+    """The recovery config of a test's own store: a SQLite directory, or a Kafka topic prefix
+    on the session's broker (tests/support/kafka.py). Both keep the same guarantees."""
+    if request.param == "sqlite":
+        return SqliteRecoveryConfig(tmp_path)
+    broker = request.getfixturevalue("kafka_broker")
+    return KafkaRecoveryConfig([broker], f"recovery-{next(_prefixes)}")
+
+
+def store_contents(recovery: RecoveryConfig) -> object:
+    """Everything the stores hold, to compare before and after a refused start."""
+    if isinstance(recovery, SqliteRecoveryConfig):
+        return _snapshot_files(recovery.db_dir)
+    from .support.kafka import read_all
+
+    assert isinstance(recovery, KafkaRecoveryConfig)
+    (broker,) = recovery.brokers
+    return [read_all(broker, f"{recovery.topic_prefix}-{suffix}") for suffix in ("progress", "state")]
 
 
 def clean_output() -> list:
@@ -65,33 +91,33 @@ def clean_output() -> list:
 
 
 @pytest.mark.parametrize("n", range(len(ITEMS)))
-def test_a_crash_on_item_n_resumes_at_epoch_n(tmp_path, n):
+def test_a_crash_on_item_n_resumes_at_epoch_n(recovery, n):
     first: list = []
     with pytest.raises(Crash):
-        run(sums_flow(first, crash_at=ITEMS[n][1]), tmp_path)
+        run(sums_flow(first, crash_at=ITEMS[n][1]), recovery)
     second: list = []
-    run(sums_flow(second), tmp_path)
+    run(sums_flow(second), recovery)
     expected = clean_output()
     assert first == expected[:n]
     assert second == expected[n:]
     assert second[0][0] == n
 
 
-def test_two_crashes_in_a_row(tmp_path):
+def test_two_crashes_in_a_row(recovery):
     outs: list[list] = [[], [], []]
     with pytest.raises(Crash):
-        run(sums_flow(outs[0], crash_at=2), tmp_path)
+        run(sums_flow(outs[0], crash_at=2), recovery)
     with pytest.raises(Crash):
-        run(sums_flow(outs[1], crash_at=200), tmp_path)
-    run(sums_flow(outs[2]), tmp_path)
+        run(sums_flow(outs[1], crash_at=200), recovery)
+    run(sums_flow(outs[2]), recovery)
     assert outs[0] + outs[1] + outs[2] == clean_output()
 
 
-def test_a_finished_flow_run_again_emits_nothing(tmp_path):
+def test_a_finished_flow_run_again_emits_nothing(recovery):
     first: list = []
-    run(sums_flow(first), tmp_path)
+    run(sums_flow(first), recovery)
     again: list = []
-    run(sums_flow(again), tmp_path)
+    run(sums_flow(again), recovery)
     assert first == clean_output()
     assert again == []
 
@@ -367,14 +393,14 @@ def window_flow(out, crash_at: int | None = None) -> Dataflow:
 
 
 @pytest.mark.parametrize("crash_at", [3, 5, 14, 21])
-def test_windows_resume_mid_window(tmp_path, crash_at):
+def test_windows_resume_mid_window(recovery, crash_at):
     clean: list = []
     run_main(window_flow(clean), epoch_config=TestingEpochConfig())
     first: list = []
     with pytest.raises(Crash):
-        run(window_flow(first, crash_at=crash_at), tmp_path)
+        run(window_flow(first, crash_at=crash_at), recovery)
     second: list = []
-    run(window_flow(second), tmp_path)
+    run(window_flow(second), recovery)
     assert first + second == clean
 
 
@@ -394,7 +420,7 @@ def _snapshot_files(db_dir: Path) -> dict[str, str]:
     return files
 
 
-def test_a_smaller_cluster_is_refused_before_the_store_is_touched(tmp_path):
+def test_a_smaller_cluster_is_refused_before_the_store_is_touched(recovery):
     out: list = []
     with pytest.raises(Crash):
         spawn_cluster(
@@ -402,19 +428,19 @@ def test_a_smaller_cluster_is_refused_before_the_store_is_touched(tmp_path):
             proc_count=1,
             worker_count_per_proc=3,
             epoch_config=TestingEpochConfig(),
-            recovery_config=SqliteRecoveryConfig(tmp_path),
+            recovery_config=recovery,
         )
-    before = _snapshot_files(tmp_path)
+    before = store_contents(recovery)
     with pytest.raises(RecoveryError, match=r"written by a larger cluster.*cannot shrink"):
-        run(sums_flow([]), tmp_path)
+        run(sums_flow([]), recovery)
     with pytest.raises(RecoveryError, match="larger cluster"):
         spawn_cluster(
             sums_flow([]),
             proc_count=1,
             worker_count_per_proc=2,
-            recovery_config=SqliteRecoveryConfig(tmp_path),
+            recovery_config=recovery,
         )
-    assert _snapshot_files(tmp_path) == before
+    assert store_contents(recovery) == before
 
 
 def counting_flow(out, items: int) -> Dataflow:
@@ -436,7 +462,7 @@ def counting_flow(out, items: int) -> Dataflow:
 
 
 @pytest.mark.parametrize("before,after", [((1, 1), (1, 3)), ((1, 2), (2, 2))], ids=["1to3", "2to4"])
-def test_a_grown_cluster_keeps_every_keys_state(tmp_path, before, after):
+def test_a_grown_cluster_keeps_every_keys_state(recovery, before, after):
     import multiprocessing
 
     with multiprocessing.Manager() as manager:
@@ -446,24 +472,25 @@ def test_a_grown_cluster_keeps_every_keys_state(tmp_path, before, after):
             proc_count=before[0],
             worker_count_per_proc=before[1],
             epoch_config=TestingEpochConfig(),
-            recovery_config=SqliteRecoveryConfig(tmp_path),
+            recovery_config=recovery,
         )
         spawn_cluster(
             counting_flow(second, 130),
             proc_count=after[0],
             worker_count_per_proc=after[1],
             epoch_config=TestingEpochConfig(),
-            recovery_config=SqliteRecoveryConfig(tmp_path),
+            recovery_config=recovery,
         )
         first, second = list(first), list(second)
     assert sorted(first) == sorted((f"k{k}", n) for k in range(10) for n in range(1, 7))
     # Every key goes on from 6, on whichever worker owns it now: none restarts at 1.
     expected = [(f"k{k}", n) for k in range(10) for n in range(7, 14)]
     assert sorted(second) == sorted(expected)
-    assert len(list(tmp_path.glob("worker-*.sqlite3"))) == after[0] * after[1]
+    if isinstance(recovery, SqliteRecoveryConfig):
+        assert len(list(recovery.db_dir.glob("worker-*.sqlite3"))) == after[0] * after[1]
 
 
-def test_a_grown_cluster_can_be_recovered_again(tmp_path):
+def test_a_grown_cluster_can_be_recovered_again(recovery):
     import multiprocessing
 
     with multiprocessing.Manager() as manager:
@@ -474,7 +501,7 @@ def test_a_grown_cluster_can_be_recovered_again(tmp_path):
                 proc_count=1,
                 worker_count_per_proc=workers,
                 epoch_config=TestingEpochConfig(),
-                recovery_config=SqliteRecoveryConfig(tmp_path),
+                recovery_config=recovery,
             )
         last = list(outs[2])
     assert sorted(last) == sorted((f"k{k}", n) for k in range(10) for n in range(7, 10))
@@ -669,7 +696,7 @@ def test_stores_rewritten_for_different_cluster_sizes_are_refused_and_left_alone
     assert _snapshot_files(tmp_path) == before
 
 
-def test_a_cluster_resumes_after_a_crash(tmp_path):
+def test_a_cluster_resumes_after_a_crash(recovery):
     import multiprocessing
 
     with multiprocessing.Manager() as manager:
@@ -680,7 +707,7 @@ def test_a_cluster_resumes_after_a_crash(tmp_path):
                 proc_count=2,
                 worker_count_per_proc=2,
                 epoch_config=TestingEpochConfig(),
-                recovery_config=SqliteRecoveryConfig(tmp_path),
+                recovery_config=recovery,
             )
         second = manager.list()
         spawn_cluster(
@@ -688,7 +715,7 @@ def test_a_cluster_resumes_after_a_crash(tmp_path):
             proc_count=2,
             worker_count_per_proc=2,
             epoch_config=TestingEpochConfig(),
-            recovery_config=SqliteRecoveryConfig(tmp_path),
+            recovery_config=recovery,
         )
         combined = [item for _, item in list(first) + list(second)]
     # Items of one key come from several workers, so running sums depend on arrival order;
@@ -762,15 +789,15 @@ def test_a_corrupted_store_is_named_and_left_alone(tmp_path):
     assert _snapshot_files(tmp_path) == before
 
 
-def test_a_store_of_another_flow_is_refused(tmp_path):
-    run(sums_flow([]), tmp_path)
-    before = _snapshot_files(tmp_path)
+def test_a_store_of_another_flow_is_refused(recovery):
+    run(sums_flow([]), recovery)
+    before = store_contents(recovery)
     other = Dataflow()
     other.input("different_input", TestingInputConfig([("a", 1)]))
     other.capture(TestingOutputConfig([]))
     with pytest.raises(RecoveryError, match=r"steps \['inp', 'sums'\].*different flow"):
-        run(other, tmp_path)
-    assert _snapshot_files(tmp_path) == before
+        run(other, recovery)
+    assert store_contents(recovery) == before
 
 
 def test_a_store_of_another_format_version_is_refused(tmp_path):
@@ -783,11 +810,6 @@ def test_a_store_of_another_format_version_is_refused(tmp_path):
     with pytest.raises(RecoveryError, match="format version 99"):
         run(sums_flow([]), tmp_path)
     assert _snapshot_files(tmp_path) == before
-
-
-def test_kafka_recovery_is_a_clear_not_implemented():
-    with pytest.raises(NotImplementedError, match="Kafka"):
-        run_main(sums_flow([]), recovery_config=KafkaRecoveryConfig(["localhost:9092"], "x"))
 
 
 # -- fault injection ------------------------------------------------------------------------

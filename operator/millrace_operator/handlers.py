@@ -1,58 +1,103 @@
-"""The kopf handlers: thin, each one a call to :func:`reconcile` for the Dataflow concerned.
+"""The kopf handlers: watches that keep the Dataflows and their children in memory, and one
+daemon per Dataflow, the only one that reconciles it and the only writer of its status.
 
-A Dataflow is reconciled when it is created, changed or found at start-up, when one of its
-pods changes, and on a timer as a safety net. Handlers never raise on a malformed resource:
-its status says what is wrong instead.
+A Dataflow costs the API server nothing while nothing changes. kopf's watches (one stream per
+kind, for every Dataflow together) feed indexes of the Dataflows and of their children (Jobs,
+pods, claims, Services, ConfigMaps, Secrets, NetworkPolicies); an event about any of them wakes
+its Dataflow's daemon, which reconciles from those indexes (:class:`.observed.Observed`: no
+reads, and a write only where the desired manifest differs from what was last applied) and
+patches the status only when it differs from what it last wrote. A rare resync wakes every
+daemon as a safety net; it too costs no request when nothing changed.
 
-The Dataflows are kept in memory by a kopf index, fed by the watch kopf holds anyway, so a pod
-event costs no read of its Dataflow from the API server; a Dataflow's lock goes when it does.
+One daemon per Dataflow makes the status's writer one: no older status can overwrite a newer
+one, and the previous status it computes from is its own last write, not a watch's lagging copy.
+With peering (``millrace-operator --peering``, the chart's ``operator.replicas`` > 1) only the
+active operator watches and runs daemons; a standby's are stopped until it takes over.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import dataclasses
 import datetime
 import logging
-import threading
-from collections import defaultdict
 from typing import Any, cast
 
 import kopf
 import kubernetes
+from kubernetes.client.exceptions import ApiException
 
 from .kube import Kube
 from .manifests import DATAFLOW_LABEL
+from .observed import Memory, Observed
 from .reconcile import reconcile
 from .spec import SpecError
 
 GROUP, VERSION, PLURAL = "millrace.dev", "v1alpha1", "dataflows"
 log = logging.getLogger("millrace.operator")
 
-
-# kopf runs the Dataflow's handlers and its pods' handlers concurrently (in threads). Two
-# reconciles of one Dataflow at once could each apply the Jobs of what its own view of the spec
-# says, and delete the Jobs the other just made: one at a time instead. Entries go with their
-# Dataflow (dataflow_gone), so the table holds only what exists.
-_reconciling: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+#: The safety net: how often a daemon reconciles though nothing woke it (from memory: free).
+RESYNC_SECONDS = 300.0
+#: Events come in bursts (a Job and its pod, a pod's several updates): one reconcile for each.
+SETTLE_SECONDS = 0.2
+#: After a failed reconcile (the API server refused or was unreachable), the next try.
+RETRY_SECONDS = 5.0
 
 Key = tuple[str, str]  # (namespace, name)
+Manifest = dict[str, Any]
+
+# The children kopf watches, by kind: (group, version, plural).
+CHILDREN: dict[str, tuple[str, str, str]] = {
+    "Job": ("batch", "v1", "jobs"),
+    "Pod": ("", "v1", "pods"),
+    "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
+    "Service": ("", "v1", "services"),
+    "ConfigMap": ("", "v1", "configmaps"),
+    "Secret": ("", "v1", "secrets"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
+}
+OWNED = {DATAFLOW_LABEL: kopf.PRESENT}
+
+
+@dataclasses.dataclass
+class Flow:
+    """What the operator keeps of one Dataflow between its reconciles."""
+
+    wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    memory: Memory = dataclasses.field(default_factory=dict)
+    #: The status as this operator last wrote it (or found it, on start).
+    status: dict[str, Any] | None = None
+    reconciles: int = 0
+
+
+# Entries go with their Dataflow (a DELETED event), so the table holds only what exists.
+_flows: dict[Key, Flow] = {}
 
 
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _flow(key: Key) -> Flow:
+    return _flows.setdefault(key, Flow())
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # No progress or diff-base annotations are written (no create/update handlers), but kopf
+    # keeps its own under this prefix should it ever need to.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="millrace.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="millrace.dev")
     settings.posting.level = logging.WARNING
     # Least privilege: no cluster-wide watching of CRDs and namespaces. The CRD must exist when
     # the operator starts (Helm installs it first); the watched namespaces are given explicitly.
     settings.scanning.disabled = True
+    # A new operator (a test runs several in one process) starts from nothing.
+    _flows.clear()
 
 
-def _announce(body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
+def _announce(body: Manifest, old: Manifest, new: Manifest) -> None:
     """A Kubernetes event on every phase change, so ``kubectl describe df`` tells the story."""
     if new.get("phase") != old.get("phase"):
         kind = "Warning" if new.get("phase") == "Failed" else "Normal"
@@ -60,71 +105,136 @@ def _announce(body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) ->
         kopf.event(cast(kopf.Body, body), type=kind, reason=str(new.get("phase")), message=str(new.get("message", "")))
 
 
-def _reconcile_into(body: dict[str, Any], patch: kopf.Patch) -> None:
+def _invalid(df: Manifest, exc: SpecError) -> Manifest:
+    return {
+        "phase": "Failed",
+        "message": str(exc),
+        "observedGeneration": df["metadata"].get("generation"),
+        "conditions": [
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "InvalidSpec",
+                "message": str(exc),
+                "lastTransitionTime": now(),
+            }
+        ],
+    }
+
+
+def _changed(new: Manifest, old: Manifest | None) -> bool:
+    """Whether writing ``new`` would change ``old`` (a merge patch leaves other keys be)."""
+    return new != {k: v for k, v in (old or {}).items() if k in new}
+
+
+def reconcile_once(flow: Flow, body: Manifest, seen: dict[str, list[Manifest]]) -> Manifest | None:
+    """Bring the children to ``body``'s spec; the status to write, or ``None`` if unchanged.
+    Runs in a thread: the kubernetes client blocks."""
     df = {
         "metadata": dict(body["metadata"]),
         "spec": dict(body.get("spec") or {}),
-        "status": dict(body.get("status") or {}),
+        "status": dict(flow.status or {}),
     }
     try:
-        with _reconciling[df["metadata"].get("namespace", "default"), df["metadata"]["name"]]:
-            status = reconcile(Kube(), df, now())
+        status = reconcile(Observed(Kube(), seen, flow.memory), df, now())
     except SpecError as exc:
-        status = {
-            "phase": "Failed",
-            "message": str(exc),
-            "observedGeneration": df["metadata"].get("generation"),
-            "conditions": [
-                {
-                    "type": "Failed",
-                    "status": "True",
-                    "reason": "InvalidSpec",
-                    "message": str(exc),
-                    "lastTransitionTime": now(),
-                }
-            ],
-        }
-    if status != {k: v for k, v in df["status"].items() if k in status}:
-        patch.status.update(status)
-        _announce(body, df["status"], status)
+        status = _invalid(df, exc)
+    return status if _changed(status, flow.status) else None
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-@kopf.timer(GROUP, VERSION, PLURAL, interval=10, idle=5)
-def dataflow_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    _reconcile_into(dict(body), patch)
+def write_status(namespace: str, name: str, status: Manifest) -> None:
+    custom = kubernetes.client.CustomObjectsApi()
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def dataflows(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+def dataflows(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> dict[Key, Manifest]:
     """Every Dataflow as last seen by the watch, by (namespace, name)."""
     return {(namespace or "default", name or ""): copy.deepcopy(dict(body))}
 
 
+def _index_children(kind: str) -> None:
+    group, version, plural = CHILDREN[kind]
+
+    def index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Manifest]:
+        return {(namespace or "default", labels[DATAFLOW_LABEL]): copy.deepcopy(dict(body))}
+
+    async def event(type: str | None, namespace: str | None, name: str | None, labels: kopf.Labels, **_: Any) -> None:
+        key = (namespace or "default", labels[DATAFLOW_LABEL])
+        flow = _flows.get(key)
+        if flow is None:
+            return  # no Dataflow (yet): its daemon starts with a reconcile anyway
+        if type == "DELETED":
+            # Whatever this operator applied or deleted last is gone now: make it again if wanted.
+            flow.memory.pop((kind, name or ""), None)
+        flow.wake.set()
+
+    index.__name__ = event.__name__ = kind.lower()
+    kopf.index(group, version, plural, labels=OWNED, id=f"{kind.lower()}s")(index)
+    kopf.on.event(group, version, plural, labels=OWNED, id=f"{kind.lower()}_changed")(event)
+
+
+for _kind in CHILDREN:
+    _index_children(_kind)
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def dataflow_gone(type: str, namespace: str | None, name: str | None, **_: Any) -> None:
+async def dataflow_changed(type: str | None, namespace: str | None, name: str | None, **_: Any) -> None:
+    key = (namespace or "default", name or "")
     if type == "DELETED":
-        _reconciling.pop((namespace or "default", name or ""), None)
+        _flows.pop(key, None)
+    elif key in _flows:
+        _flows[key].wake.set()
 
 
-@kopf.on.event("", "v1", "pods", labels={DATAFLOW_LABEL: kopf.PRESENT})
-def pod_changed(meta: kopf.Meta, namespace: str | None, **kwargs: Any) -> None:
-    """Follow the pods: reconcile their Dataflow and write its status."""
-    assert namespace is not None  # pods are namespaced
-    dataflows = cast(kopf.Index[Key, dict[str, Any]], kwargs["dataflows"])  # the index above
-    name = meta["labels"][DATAFLOW_LABEL]
-    custom = kubernetes.client.CustomObjectsApi()
-    with _reconciling[namespace, name]:
-        # Read under the lock: the newest spec the watch brought, not one an earlier reconcile
-        # has undone (a reconcile of a newer spec held the lock after the index had it).
-        body = next(iter(dataflows.get((namespace, name), ())), None)
-        if body is None:
-            return  # the Dataflow is gone; its pods go with it
+def _seen(key: Key, indexes: dict[str, Any]) -> dict[str, list[Manifest]]:
+    """The children of ``key`` by kind, as the indexes have them now (copied on the event loop,
+    where kopf changes them)."""
+    return {kind: list(indexes[f"{kind.lower()}s"].get(key, [])) for kind in CHILDREN}
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)
+async def run_dataflow(
+    namespace: str | None, name: str | None, body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any
+) -> None:
+    """Reconcile the Dataflow whenever it or one of its children changes, for as long as it
+    exists and this operator is the active one."""
+    key = (namespace or "default", name or "")
+    flow = _flow(key)
+    # Start from what the cluster says: another operator may have been the active one since.
+    flow.status = copy.deepcopy(dict(body.get("status") or {}))
+    flow.memory.clear()
+    flow.wake.set()  # the first reconcile: at creation, on start-up, on taking over
+    index = cast(kopf.Index[Key, Manifest], kwargs["dataflows"])
+    while not stopped:
+        # Woken by an event, or by the resync; a deletion or a pause stops it at once.
+        waiters = {asyncio.ensure_future(flow.wake.wait()), asyncio.ensure_future(stopped.wait())}
+        _, pending = await asyncio.wait(waiters, timeout=RESYNC_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
+        if stopped:
+            break
+        await asyncio.sleep(SETTLE_SECONDS)
+        flow.wake.clear()
+        latest = next(iter(index.get(key, ())), None)
+        if latest is None or latest["metadata"].get("deletionTimestamp"):
+            continue  # being deleted: the garbage collector takes its children
         try:
-            status = reconcile(Kube(), body, now())
-        except SpecError:
-            return  # the Dataflow's own handler reports it
-    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
-    _announce(body, body.get("status") or {}, status)
+            status = await asyncio.to_thread(reconcile_once, flow, latest, _seen(key, kwargs))
+            flow.reconciles += 1
+            if status is not None:
+                await asyncio.to_thread(write_status, key[0], key[1], status)
+                _announce(latest, flow.status or {}, status)
+                flow.status = {**(flow.status or {}), **status}
+        except ApiException as exc:
+            if exc.status == 404:
+                continue  # the Dataflow went meanwhile
+            log.warning("reconciling %s/%s: %s %s; trying again", *key, exc.status, exc.reason)
+            _retry(flow)
+        except Exception:
+            log.exception("reconciling %s/%s failed; trying again", *key)
+            _retry(flow)
+
+
+def _retry(flow: Flow) -> None:
+    asyncio.get_running_loop().call_later(RETRY_SECONDS, flow.wake.set)

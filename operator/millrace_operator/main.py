@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import kopf
 import kubernetes
@@ -14,7 +15,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespace", action="append", default=[], help="watch only these namespaces (default: all)")
     parser.add_argument("--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="run as one of several replicas: only one is active, chosen through kopf's peering object NAME",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=15,
+        metavar="SECONDS",
+        help="with --peering: how long an operator that stopped renewing its record counts as alive",
+    )
     args = parser.parse_args(argv)
+    if args.peering_lifetime < 5:
+        parser.error(f"--peering-lifetime must be at least 5 seconds, not {args.peering_lifetime}")
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
@@ -22,10 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     from . import handlers  # noqa: F401 - registers the handlers
 
     kopf.configure(verbose=args.verbose)
+    settings = kopf.OperatorSettings()
+    settings.peering.lifetime = args.peering_lifetime
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,
-        standalone=True,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        # The longest-running operator has the highest priority: one that starts later (a
+        # restarted replica, a rolling upgrade's new pod) stands by instead of taking over.
+        priority=-time.time_ns() // 1_000_000 if args.peering else None,
+        settings=settings,
         liveness_endpoint=args.liveness,
     )
     return 0

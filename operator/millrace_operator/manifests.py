@@ -21,7 +21,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from .spec import DataflowSpec, parse_spec
+from .spec import DataflowSpec, SecretRef, parse_spec
 
 Manifest = dict[str, Any]
 
@@ -195,7 +195,12 @@ def _env(df: Manifest, spec: DataflowSpec, index: int) -> list[dict[str, Any]]:
         env.append({"name": "MILLRACE_FLOW", "value": spec.module})
     if spec.recovery.enabled:
         env.append({"name": "MILLRACE_RECOVERY_DIR", "value": RECOVERY_DIR})
-    env += [{"name": key, "value": value} for key, value in spec.env]
+    for key, value in spec.env:
+        if isinstance(value, SecretRef):
+            ref = {"name": value.name, "key": value.key, "optional": value.optional}
+            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+        else:
+            env.append({"name": key, "value": value})
     return env
 
 

@@ -32,6 +32,15 @@ class Recovery:
 
 
 @dataclass(frozen=True)
+class SecretRef:
+    """An env value taken from key ``key`` of Secret ``name`` (``valueFrom.secretKeyRef``)."""
+
+    name: str
+    key: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
 class DataflowSpec:
     image: str = BUILTIN_IMAGE
     image_pull_policy: str = "IfNotPresent"
@@ -42,7 +51,8 @@ class DataflowSpec:
     module: str | None = None
     epoch_seconds: float = 10.0
     recovery: Recovery = field(default_factory=Recovery)
-    env: tuple[tuple[str, str], ...] = ()
+    #: Per variable, a literal value or a Secret's key.
+    env: tuple[tuple[str, str | SecretRef], ...] = ()
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     suspend: bool = False
     restart_nonce: str = ""
@@ -55,6 +65,22 @@ def _get(spec: dict[str, Any], name: str, kind: type | tuple[type, ...], default
     if (isinstance(value, bool) and kind is int) or not isinstance(value, kind):
         raise SpecError(f"spec.{name} must be {getattr(kind, '__name__', kind)}, got {value!r}")
     return value
+
+
+def _env_item(index: int, item: Any) -> tuple[str, str | SecretRef]:
+    """One ``spec.env`` entry: ``{name, value}`` or ``{name, valueFrom: {secretKeyRef: {name,
+    key, optional}}}`` (credentials stay in a Secret, out of the Dataflow)."""
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise SpecError(f"spec.env[{index}] needs a name")
+    value_from = item.get("valueFrom")
+    if value_from is None:
+        return item["name"], str(item.get("value", ""))
+    ref = value_from.get("secretKeyRef") if isinstance(value_from, dict) else None
+    if "value" in item or not isinstance(ref, dict) or set(value_from) != {"secretKeyRef"}:
+        raise SpecError(f"spec.env[{index}] needs either value or valueFrom.secretKeyRef, not both or neither")
+    if not isinstance(ref.get("name"), str) or not isinstance(ref.get("key"), str):
+        raise SpecError(f"spec.env[{index}].valueFrom.secretKeyRef needs a Secret name and key")
+    return item["name"], SecretRef(ref["name"], ref["key"], bool(ref.get("optional", False)))
 
 
 def parse_spec(spec: Any) -> DataflowSpec:
@@ -79,11 +105,7 @@ def parse_spec(spec: Any) -> DataflowSpec:
         raise SpecError(f"spec.workersPerProcess must be at least 1, got {workers}")
     recovery = _get(spec, "recovery", dict, {})
     env_items = _get(spec, "env", list, [])
-    env = []
-    for index, item in enumerate(env_items):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise SpecError(f"spec.env[{index}] needs a name")
-        env.append((item["name"], str(item.get("value", ""))))
+    env = [_env_item(index, item) for index, item in enumerate(env_items)]
     epoch = _get(spec, "epochSeconds", (int, float), 10)
     if epoch <= 0:
         raise SpecError(f"spec.epochSeconds must be positive, got {epoch}")

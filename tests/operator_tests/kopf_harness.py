@@ -7,10 +7,10 @@ selectors and propagation policies, runs no controllers and assigns no uid or re
 :class:`Apiserver` adds what the operator relies on: a server-side apply (a PATCH with the
 content type ``application/apply-patch+yaml``) creates a missing object and replaces the
 applier's fields of an existing one; a list honours its label selector; a Foreground deletion
-of an object with dependents leaves it, marked for deletion, until its dependents are gone.
-Tests seed uids and resourceVersions, and play the Job controller's, the kubelet's and the
-garbage collector's part by writing pods themselves, through the HTTP API so that kopf sees the
-events.
+of an object with dependents leaves it, marked for deletion, until its dependents are gone;
+every write makes a new resourceVersion and every created object gets a uid. Tests seed the
+Dataflows' uids, and play the Job controller's, the kubelet's and the garbage collector's part
+by writing pods themselves, through the HTTP API so that kopf sees the events.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import copy
 import itertools
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -109,6 +110,8 @@ class Apiserver(kmock.KubernetesEmulator):
             and isinstance(request.data, dict)
         ):
             request.data.setdefault("metadata", {})["resourceVersion"] = self._version()
+        if request.resource is not None and request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            request.data["metadata"].setdefault("uid", str(uuid.uuid4()))
         if (
             request.resource is not None
             and request.name is not None
@@ -136,6 +139,10 @@ class Apiserver(kmock.KubernetesEmulator):
         async with self._lock:
             existing = self._objects[key] if key in self._objects and not self._objects[key].deleted else None
             if existing is None:
+                # A new object gets its uid from the API server, as every object does: kopf
+                # keeps what it knows of an object (its contributions to the indexes too) by
+                # uid, and objects without one would share that memory.
+                manifest["metadata"].setdefault("uid", str(uuid.uuid4()))
                 if key in self._objects:
                     self._objects[key].create(manifest)
                 else:

@@ -99,6 +99,8 @@ INVALID = [
     ("recovery.volumeSize", "lots", "recovery.volumeSize"),
     ("env", [{"value": "no name"}], "env.0"),
     ("env", [{"name": "MILLRACE_PORT", "value": "1"}], "reserved for the operator"),
+    ("env", [{"name": "P", "value": "1", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}], "not both"),
+    ("env", [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "s"}}}], "secretKeyRef: 'key' is a required"),
     ("resources", {"limits": {"memory": "a lot"}}, "resources.limits.memory"),
     ("suspend", "yes", "suspend"),
     ("replicas", 3, "replicas"),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from typing import Any
 
+import kubernetes
 import pytest
 
 from millrace_operator import handlers
@@ -13,12 +16,15 @@ from .kopf_harness import (
     CLAIMS,
     CONFIGMAPS,
     DATAFLOWS,
+    EVENTS,
     JOBS,
     NETWORKPOLICIES,
     RUN,
     SECRETS,
     SERVICES,
+    TEST_AGENT,
     Operator,
+    as_test,
     dataflow,
     jobs_of,
     login,
@@ -228,25 +234,108 @@ async def test_a_claim_that_cannot_grow_is_reported_and_the_flow_runs_on(cluster
     assert runner.exit_code == 0, runner.output
 
 
-async def test_pod_events_read_no_dataflow_from_the_api_server(cluster):
-    """The pods' handler takes its Dataflow from the index kopf's watch keeps."""
+def _operator_requests(cluster) -> list[Any]:
+    """The requests the operator made (the tests' own carry TEST_AGENT), watches left out."""
+    return [
+        r
+        for r in list(cluster)
+        if r.resource is not None
+        and (r.headers.get("User-Agent") or "") != TEST_AGENT
+        and r.params.get("watch") not in ("true", "1")
+    ]
+
+
+def _event_posted(cluster, reason: str) -> bool:
+    return any(
+        r.resource == EVENTS
+        and r.method.value == "POST"
+        and isinstance(r.data, dict)
+        and r.data.get("reason") == reason
+        for r in list(cluster)
+    )
+
+
+def _writes(requests: list[Any]) -> list[Any]:
+    return [r for r in requests if r.method.value in ("POST", "PUT", "PATCH", "DELETE")]
+
+
+async def test_an_unchanged_dataflow_costs_no_request_however_often_it_is_reconciled(cluster, monkeypatch):
+    """Reconciles come from memory: the safety-net resync and events that change nothing
+    neither read nor write, and a restarted operator writes nothing either."""
+    monkeypatch.setattr(handlers, "RESYNC_SECONDS", 0.2)
+    cluster.objects[DATAFLOWS, "jobs", "wc"] = dataflow()
+    login(str(cluster.url).rstrip("/"))
+    async with Operator(RUN) as runner:
+        await until(lambda: len(jobs_of(cluster)) == 2)
+        await play_kubelet(cluster, ready=True)
+        await until(lambda: phase(cluster) == "Running")
+        flow = handlers._flows["jobs", "wc"]
+        # Settled: the status written and its event (kopf posts events in the background) out.
+        await until(lambda: _event_posted(cluster, "Running"))
+        settled = len(_operator_requests(cluster))
+        before = flow.reconciles
+        # Resyncs, and a pod event that changes nothing the status shows.
+        await play_kubelet(cluster, ready=True)
+        await until(lambda: flow.reconciles >= before + 10)
+        assert _operator_requests(cluster)[settled:] == []
+    assert runner.exit_code == 0, runner.output
+    restarted = len(list(cluster))
+    async with Operator(RUN) as runner:
+        await until(lambda: ("jobs", "wc") in handlers._flows and handlers._flows["jobs", "wc"].reconciles >= 3)
+    after_restart = list(cluster)[restarted:]
+    rewritten = _writes([r for r in after_restart if (r.headers.get("User-Agent") or "") != TEST_AGENT])
+    assert rewritten == [], [(r.method.value, str(r.url)) for r in rewritten]
+    assert runner.exit_code == 0, runner.output
+
+
+async def test_status_has_one_writer_and_each_write_changes_it(cluster):
     cluster.objects[DATAFLOWS, "jobs", "wc"] = dataflow()
     login(str(cluster.url).rstrip("/"))
     async with Operator(RUN) as runner:
         await until(lambda: phase(cluster) == "Pending" and len(jobs_of(cluster)) == 2)
         await play_kubelet(cluster, ready=True)
         await until(lambda: phase(cluster) == "Running")
-        assert ("jobs", "wc") in handlers._reconciling
-    reads = [r for r in list(cluster) if r.resource == DATAFLOWS and r.method.value == "GET" and r.name]
-    assert reads == []
+        await play_kubelet(cluster, ready=False, terminated=(0, "millrace: completed"))
+        await until(lambda: phase(cluster) == "Succeeded")
+        await until(lambda: handlers._flows["jobs", "wc"].status == obj(cluster, DATAFLOWS, "wc")["status"])
+    assert runner.exit_code == 0, runner.output
+    writes = [r for r in _operator_requests(cluster) if r.resource == DATAFLOWS and r.method.value != "GET"]
+    statuses = [r.data["status"] for r in writes if isinstance(r.data, dict) and "status" in r.data]
+    # The only writes of the status are whole statuses from the one daemon, in order of phase.
+    assert statuses and all("phase" in s and "conditions" in s for s in statuses)
+    phases = [s["phase"] for s in statuses]
+    order = ["Pending", "Running", "Succeeded"]
+    assert phases == sorted(phases, key=order.index) and phases[-1] == "Succeeded"
+    assert all(a != b for a, b in itertools.pairwise(statuses))
+
+
+async def test_a_child_deleted_by_hand_is_made_again_without_any_pod_event(cluster):
+    """The Jobs and the other children are watched: their own events wake the reconcile."""
+    cluster.objects[DATAFLOWS, "jobs", "wc"] = dataflow()
+    login(str(cluster.url).rstrip("/"))
+    batch = as_test(kubernetes.client.BatchV1Api)
+    core = as_test(kubernetes.client.CoreV1Api)
+    async with Operator(RUN) as runner:
+        await until(lambda: len(jobs_of(cluster)) == 2 and obj(cluster, SERVICES, "wc") is not None)
+        await until(lambda: phase(cluster) == "Pending")
+        old = obj(cluster, JOBS, "wc-1")["metadata"]["resourceVersion"]
+        await asyncio.to_thread(batch.delete_namespaced_job, "wc-1", "jobs")
+        await asyncio.to_thread(core.delete_namespaced_service, "wc", "jobs")
+        await until(lambda: obj(cluster, JOBS, "wc-1") is not None and obj(cluster, SERVICES, "wc") is not None)
+        assert obj(cluster, JOBS, "wc-1")["metadata"]["resourceVersion"] != old
+        assert pods_of(cluster) == {}
     assert runner.exit_code == 0, runner.output
 
 
-def test_a_deleted_dataflow_leaves_no_lock_behind():
-    """The per-Dataflow locks go with their Dataflows: the table does not grow for ever."""
-    with handlers._reconciling["ns", "gone"]:
-        pass
-    handlers.dataflow_gone(type="MODIFIED", namespace="ns", name="gone")
-    assert ("ns", "gone") in handlers._reconciling
-    handlers.dataflow_gone(type="DELETED", namespace="ns", name="gone")
-    assert ("ns", "gone") not in handlers._reconciling
+async def test_a_deleted_dataflow_leaves_nothing_of_it_in_the_operator(cluster):
+    """What the operator keeps per Dataflow goes with it: the table does not grow for ever."""
+    cluster.objects[DATAFLOWS, "jobs", "wc"] = dataflow()
+    login(str(cluster.url).rstrip("/"))
+    custom = as_test(kubernetes.client.CustomObjectsApi)
+    async with Operator(RUN) as runner:
+        await until(lambda: ("jobs", "wc") in handlers._flows and phase(cluster) == "Pending")
+        await asyncio.to_thread(
+            custom.delete_namespaced_custom_object, "millrace.dev", "v1alpha1", "jobs", "dataflows", "wc"
+        )
+        await until(lambda: ("jobs", "wc") not in handlers._flows and obj(cluster, DATAFLOWS, "wc") is None)
+    assert runner.exit_code == 0, runner.output

@@ -214,6 +214,7 @@ def test_a_module_flow_has_no_configmap():
         ("image", "registry.example/other:1"),
         ("flow", {"code": "flow = None"}),
         ("env", [{"name": "X", "value": "1"}]),
+        ("env", [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]),
         ("restartNonce", "again"),
         ("workersPerProcess", 4),
         ("epochSeconds", 3),
@@ -236,9 +237,28 @@ def test_the_template_hash_changes_with_everything_that_restarts_pods(change):
         ({"flow": {"module": "a:b"}, "processes": 0}, "spec.processes"),
         ({"flow": {"module": "a:b"}, "processes": "2"}, "spec.processes"),
         ({"flow": {"module": "a:b"}, "env": [{"value": 1}]}, "spec.env[0]"),
+        (
+            {"flow": {"module": "a:b"}, "env": [{"name": "P", "value": "1", "valueFrom": {}}]},
+            "spec.env[0] needs either",
+        ),
+        (
+            {"flow": {"module": "a:b"}, "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"key": "k"}}}]},
+            "spec.env[0].valueFrom.secretKeyRef needs a Secret name and key",
+        ),
         ("nonsense", "spec must be an object"),
     ],
 )
 def test_a_malformed_spec_is_a_clear_error(spec, named):
     with pytest.raises(SpecError, match=named.replace("[", r"\[").replace("]", r"\]")):
         parse_spec(spec)
+
+
+def test_an_env_value_from_a_secret_reaches_the_pods_as_a_secret_key_ref():
+    df = dataflow(EXAMPLES[0])
+    df["spec"]["env"] = [
+        {"name": "KAFKA_BROKERS", "value": "kafka:9092"},
+        {"name": "KAFKA_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "kafka-user", "key": "password"}}},
+    ]
+    env = _env(df)
+    assert env["KAFKA_BROKERS"] == "kafka:9092"
+    assert env["KAFKA_PASSWORD"] == {"secretKeyRef": {"name": "kafka-user", "key": "password", "optional": False}}

@@ -144,10 +144,23 @@ class TestingInputConfig(TestingBuilderInputConfig):
 
 @dataclass(frozen=True)
 class KafkaInputConfig(InputConfig):
-    """Read ``(key_bytes, payload_bytes)`` from a Kafka topic, partitions spread over workers.
+    """Read ``(key_bytes, payload_bytes)`` items (the key may be ``None``) from a Kafka topic.
 
-    This build of millrace has no Kafka client; running a flow with this input raises
-    :class:`NotImplementedError` before any worker starts.
+    The topic's partitions are spread over all workers of the cluster, each read by exactly
+    one worker; they are assigned, never joined through a consumer group, and no offset is
+    committed to the brokers. The resume state is the next offset of every partition the
+    worker reads, so with recovery a restart continues right after the last epoch every
+    worker completed. ``tail=False`` ends the input once every partition reached the end it
+    had when read (the client's partition EOF); ``tail=True`` waits for more.
+    ``starting_offset`` (``"beginning"`` or ``"end"``) is where a partition without resume
+    state starts. ``additional_properties`` go to the client (librdkafka's configuration:
+    ``security.protocol``, ``sasl.*``, ``ssl.*``, tuning), and are kept out of the repr.
+
+    Needs the ``millrace[kafka]`` extra (confluent-kafka). An unreachable broker, a missing
+    topic or a property the client refuses fail the run before any item is read, naming them.
+
+    >>> KafkaInputConfig(["localhost:9092"], "clicks", tail=False)
+    KafkaInputConfig(brokers=['localhost:9092'], topic='clicks', tail=False, starting_offset='beginning')
     """
 
     brokers: list[str]

@@ -149,10 +149,21 @@ class TestingEpochOutputConfig(TestingOutputConfig):
 
 @dataclass(frozen=True)
 class KafkaOutputConfig(OutputConfig):
-    """Write ``(key_bytes, payload_bytes)`` items to a Kafka topic.
+    """Write ``(key, payload)`` items to a Kafka topic; each may be bytes or str (written as
+    UTF-8), the key may be ``None``. The record's partition is the producer's choice from the key.
 
-    This build of millrace has no Kafka client; running a flow with this output raises
-    :class:`NotImplementedError` before any worker starts.
+    Every worker has its own producer. At the end of each epoch the worker waits until the
+    brokers have acknowledged everything it wrote before its snapshot records the epoch as
+    complete, so with recovery a restart repeats at most the epochs after that (at-least-once;
+    nothing is lost). ``additional_properties`` go to the client (``security.protocol``,
+    ``sasl.*``, ``ssl.*``, ``compression.type``...), and are kept out of the repr.
+
+    Needs the ``millrace[kafka]`` extra (confluent-kafka). An unreachable broker, a missing
+    topic (it is not created) or a property the client refuses fail the run before any item is
+    written; an item of another shape fails it naming the step and the item.
+
+    >>> KafkaOutputConfig(["localhost:9092"], "totals")
+    KafkaOutputConfig(brokers=['localhost:9092'], topic='totals')
     """
 
     brokers: list[str]

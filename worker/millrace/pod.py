@@ -54,6 +54,13 @@ _REFORM_PAUSE = 1.0
 _MESSAGE_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes of a termination message
 
 
+#: What ``millrace-worker`` says when run outside a pod (without the operator's environment).
+OUTSIDE_A_POD = (
+    "millrace-worker is the entrypoint of a worker pod, configured by the environment the "
+    "operator writes (docs/pod-contract.md); to run a flow on this machine, use "
+    "`millrace run FILE_OR_MODULE[:ATTR]`"
+)
+
 # A malformed pod environment is a settings error naming the variable (the name is kept for
 # those who catch it).
 PodConfigError = SettingsError
@@ -285,6 +292,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         log.info("process %d of %d", settings.proc_id, len(settings.addresses))
         run(settings)
+    except PodConfigError as exc:
+        _report(termination_log, f"{FAILED}{type(exc).__name__}: {exc}")
+        if "MILLRACE_SERVICE" not in env:  # every worker pod has it: this is not one
+            print(f"millrace-worker: error: {exc}; {OUTSIDE_A_POD}", file=sys.stderr)
+            return 2
+        log.error("the pod's configuration is wrong: %s", exc)  # one line: the traceback adds nothing
+        return 1
     except KeyboardInterrupt as exc:
         log.warning("stopped (%s)", exc or "Ctrl-C")
         _report(termination_log, f"{STOPPED}{exc or 'SIGINT'}")

@@ -41,10 +41,16 @@ class SqliteRecoveryConfig(RecoveryConfig):
 
 @dataclass(frozen=True)
 class KafkaRecoveryConfig(RecoveryConfig):
-    """Keep snapshots in Kafka topics.
+    """Keep snapshots in two Kafka topics, ``{topic_prefix}-progress`` and
+    ``{topic_prefix}-state``, made (compacted, one partition) when missing.
 
-    This build of millrace has no Kafka client; running a flow with it raises
-    :class:`NotImplementedError` before anything is read or written.
+    It keeps what :class:`SqliteRecoveryConfig` keeps, with the same guarantees: a restart
+    resumes at the epoch every worker completed, a run after a finished one continues from
+    where it ended, a store of another flow is refused, and a cluster may resume with more
+    workers. Every worker reads both topics when it starts. Needs the ``millrace[kafka]`` extra.
+
+    >>> KafkaRecoveryConfig(["localhost:9092"], "clicks-recovery")
+    KafkaRecoveryConfig(brokers=['localhost:9092'], topic_prefix='clicks-recovery')
     """
 
     brokers: list[str]

@@ -73,31 +73,43 @@ derives these from the operator's own requests and fails when they differ.
   verbs: [update]
 # Children are written with server-side apply: a PATCH, which needs create too when the child
 # does not exist yet. Jobs and claims are deleted when the pod template or the volumes change.
+# Every child is watched (list, watch): the operator reconciles from what its watches keep in
+# memory and reads nothing while nothing changes.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [list, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [create, patch]
-# get and delete: a flow's ConfigMap goes when the flow comes from a module instead of code.
+  verbs: [list, watch, create, patch]
+# delete: a flow's ConfigMap goes when the flow comes from a module instead of code.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [create, patch]
+  verbs: [list, watch, create, patch]
+# get: a cluster key the watch has not shown yet is read rather than made anew.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [list, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- end }}
+
+{{/* With standby replicas: kopf's peering object, watched and renewed by every replica. */}}
+{{- define "millrace.peeringRules" -}}
+{{- if gt (int .Values.operator.replicas) 1 }}
+- apiGroups: [kopf.dev]
+  resources: [{{ if .Values.watchNamespaces }}kopfpeerings{{ else }}clusterkopfpeerings{{ end }}]
+  verbs: [list, watch, patch]
+{{- end }}
 {{- end }}
 
 {{/* Where `helm test` runs its Dataflow: the release namespace, if the operator watches it. */}}

@@ -72,7 +72,7 @@ def run_process(
     try:
         check_flow(flow)
         epoch_policy(epoch_config)  # reject a bad config before connecting to anyone
-        recovery_dir = check_recovery(recovery_config)
+        stores = check_recovery(recovery_config)
         proc_count = max(1, len(addresses))
         if not 0 <= proc_id < proc_count:
             raise ValueError(f"proc_id must be in 0..{proc_count - 1} for {proc_count} addresses, got {proc_id}")
@@ -124,7 +124,7 @@ def run_process(
                     exchange,
                     epoch_policy(epoch_config, clock),
                     flow_start,
-                    recovery_dir,
+                    stores,
                     clock,
                 ).run()
             except Stopped:

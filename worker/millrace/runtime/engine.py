@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..common import clock as clocks
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..common.epoch_config import EpochConfig, PeriodicEpochConfig, TestingEpochConfig
-from ..recovery import KafkaRecoveryConfig, RecoveryConfig, SqliteRecoveryConfig
+from ..recovery import RecoveryConfig
 from . import telemetry
 from .epochs import EpochPolicy, ItemEpochs, PeriodicEpochs
 from .exchange import Exchange
+from .stores import Stores, stores_of
 from .worker import check_flow
 
 if TYPE_CHECKING:
@@ -30,20 +30,9 @@ def epoch_policy(epoch_config: EpochConfig | None, clock: Clock = SYSTEM_CLOCK) 
     raise TypeError(f"epoch_config must be a PeriodicEpochConfig or TestingEpochConfig, got {epoch_config!r}")
 
 
-def check_recovery(recovery_config: Any) -> Path | None:
-    """The store directory of ``recovery_config`` (``None``: no recovery)."""
-    if recovery_config is None:
-        return None
-    if isinstance(recovery_config, KafkaRecoveryConfig):
-        raise NotImplementedError(
-            "KafkaRecoveryConfig needs Kafka support, which this build of millrace does not "
-            "include; use SqliteRecoveryConfig(db_dir)"
-        )
-    if not isinstance(recovery_config, RecoveryConfig):
-        raise TypeError(f"recovery_config must be a RecoveryConfig, got {recovery_config!r}")
-    if isinstance(recovery_config, SqliteRecoveryConfig):
-        return recovery_config.db_dir
-    raise TypeError(f"unsupported recovery configuration {recovery_config!r}")
+def check_recovery(recovery_config: Any) -> Stores | None:
+    """The recovery stores of ``recovery_config`` (``None``: no recovery); nothing is opened."""
+    return stores_of(recovery_config)
 
 
 def run_single(
@@ -58,9 +47,9 @@ def run_single(
     check_flow(flow)
     clock = clock if clock is not None else clocks.current()
     policy = epoch_policy(epoch_config, clock)
-    recovery_dir = check_recovery(recovery_config)
+    stores = check_recovery(recovery_config)
     flow_start: datetime = clock.now()
     installed = telemetry.current()
     with telemetry.run_span("millrace.run", {"millrace.proc_count": 1, "millrace.worker.count": 1}) as parent:
-        worker = telemetry.new_worker(installed, parent, flow, 0, Exchange(1), policy, flow_start, recovery_dir, clock)
+        worker = telemetry.new_worker(installed, parent, flow, 0, Exchange(1), policy, flow_start, stores, clock)
         worker.run()

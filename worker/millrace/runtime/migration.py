@@ -48,6 +48,9 @@ MIGRATE_CHUNK = 10_000
 # What workers tell each other while they recover (and STOP, which the worker handles).
 RECOVERY_KINDS = frozenset((PROGRESS, MIGRATE, STAGED))
 
+# Marks an old worker's input state among the migrated entries (a step id is a str).
+_INPUT = "input"
+
 # Which round the worker waits for.
 _NONE = 0
 _SHARING = 1
@@ -67,7 +70,10 @@ class Recovery:
         #: the order they came.
         self.deferred: list[Message] = []
         # (step_id, key, state) that this worker owns in the grown cluster, in arrival order.
-        self._migrated: list[tuple[str, Any, Any]] = []
+        self._migrated: list[tuple[Any, Any, Any]] = []
+        #: Per input step id, the resume state of every old worker that sent one, once
+        #: :meth:`owned` has sorted what migrated.
+        self.migrated_inputs: dict[str, dict[int, Any]] = {}
         self._migration_senders: set[int] = set()
         self._old_count = 0
         self._staged_by: set[int] = set()
@@ -115,22 +121,30 @@ class Recovery:
         self._round = _SHARING
         return (PROGRESS, self.index, summary)
 
-    def plan(self, where: Path) -> ResumePlan:
+    def plan(self, where: str | Path) -> ResumePlan:
         """The plan every worker reaches from all summaries (``where``: for errors)."""
         assert self.ready(), "the summaries of some workers are missing"
         return plan_resume(self.summaries, self.count, where)
 
     # -- 2. the keyed state of a grown cluster ---------------------------------------------
 
-    def migrate(self, keyed: dict[str, dict[Any, Any]], old_count: int) -> list[tuple[int, Message]]:
+    def migrate(
+        self, keyed: dict[str, dict[Any, Any]], old_count: int, inputs: dict[str, Any] | None = None
+    ) -> list[tuple[int, Message]]:
         """Sort this worker's ``keyed`` state (per step id, per key) by each key's owner among
         ``count`` workers; keep its own, and return the ``(dest, MIGRATE)`` messages that take
         the rest to them, in the order to send. A worker of the old cluster (``index <
-        old_count``) sends every other worker at least one, the final one, even if empty."""
-        outgoing: dict[int, list[tuple[str, Any, Any]]] = {w: [] for w in range(self.count)}
+        old_count``) sends every other worker at least one, the final one, even if empty.
+        Its ``inputs`` (resume state per input step id) go to every worker: an input whose
+        share depends on the worker count (Kafka partitions) needs all of them
+        (:attr:`migrated_inputs`)."""
+        outgoing: dict[int, list[tuple[Any, Any, Any]]] = {w: [] for w in range(self.count)}
         for step_id, states in keyed.items():
             for key, state in states.items():
                 outgoing[owner(key, self.count)].append((step_id, key, state))
+        for input_id, state in (inputs or {}).items():
+            for entries in outgoing.values():
+                entries.append(((_INPUT, input_id), self.index, state))
         self._migrated.extend(outgoing.pop(self.index))
         self._old_count = old_count
         self._round = _MIGRATING
@@ -150,7 +164,10 @@ class Recovery:
         assert self.ready(), "some workers of the old cluster have not sent all their state"
         owned: dict[str, dict[Any, Any]] = {}
         for step_id, key, state in self._migrated:
-            owned.setdefault(step_id, {})[key] = state
+            if type(step_id) is tuple:  # an old worker's input state: (_INPUT, input id), its index
+                self.migrated_inputs.setdefault(step_id[1], {})[key] = state
+            else:
+                owned.setdefault(step_id, {})[key] = state
         self._migrated = []
         return owned
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,6 +20,7 @@ from .exchange import Exchange
 from .keyed import FORGOTTEN, KeyedLogic
 from .migration import Recovery
 from .resume import StoreSummary
+from .stores import SqliteStores, Stores, WorkerStoreLike
 
 
 class Snapshots:
@@ -76,10 +78,10 @@ class Snapshots:
         return store.Chunk(changed, forgotten, full=False)
 
 
-def check_stores(db_dir: Path, info: store.StoreInfo | None, step_ids: list[str], count: int) -> None:
+def check_stores(stores: Stores, info: store.StoreInfo | None, step_ids: list[str], count: int) -> None:
     """Raise :class:`~.store.RecoveryError` when worker ``info``'s store (``None``: it has
-    none) in ``db_dir`` was written by a flow without some of its steps, or when ``db_dir``
-    holds snapshots of workers a cluster of ``count`` does not have."""
+    none) was written by a flow without some of its steps, or when ``stores`` hold snapshots
+    of workers a cluster of ``count`` does not have."""
     if info is not None:
         unknown = sorted(set(info.step_ids) - set(step_ids))
         if unknown:
@@ -87,27 +89,26 @@ def check_stores(db_dir: Path, info: store.StoreInfo | None, step_ids: list[str]
                 f"recovery store {info.path} holds state of steps {unknown} that this flow "
                 "does not have: it was written by a different flow"
             )
-    numbers = {path.name: path.stem.split("-", 1)[1] for path in db_dir.glob("worker-*.sqlite3")}
-    strays = sorted(
-        name
-        for name, number in numbers.items()
-        if number.isdigit() and int(number) >= count and _holds_a_snapshot(db_dir, int(number))
-    )
+    strays = [worker for worker in stores.snapshotted() if worker >= count]
     if strays:
         raise store.RecoveryError(
-            f"recovery directory {db_dir} holds stores of workers this run of {count} "
-            f"does not have ({', '.join(strays)}): it was written by a larger cluster, and "
-            "millrace cannot shrink a recovered cluster"
+            f"{stores.where} holds stores of workers this run of {count} does not have "
+            f"({', '.join(stores.store_name(worker) for worker in strays)}): it was written by a larger "
+            "cluster, and millrace cannot shrink a recovered cluster"
         )
 
 
-def _holds_a_snapshot(db_dir: Path, worker_index: int) -> bool:
-    info = store.inspect(db_dir, worker_index)
-    return info is not None and info.progress is not None and info.progress >= 0
+def own_inputs(index: int, by_worker: dict[str, dict[int, Any]]) -> dict[str, Any]:
+    """The input states old worker ``index`` had (a new worker: none).
+
+    >>> own_inputs(1, {"ticks": {0: 5, 1: 7}})
+    {'ticks': 7}
+    """
+    return {step_id: states[index] for step_id, states in by_worker.items() if index in states}
 
 
 class Restored(NamedTuple):
-    store: store.WorkerStore
+    store: WorkerStoreLike
     #: The first epoch to run.
     epoch: int
     #: Per input step id, where its reader resumes.
@@ -115,13 +116,14 @@ class Restored(NamedTuple):
 
 
 def restore(
-    db_dir: Path,
+    stores: Stores | Path,
     recovery: Recovery,
     exchange: Exchange,
     gather: Callable[[], None],
     step_ids: list[str],
     logics: list[KeyedLogic],
     flow_start: datetime,
+    merge_inputs: Callable[[dict[str, dict[int, Any]]], dict[str, Any]] | None = None,
 ) -> Restored:
     """Agree with every worker on the resume epoch, load the state as of then into ``logics``
     and open the store for the snapshots to come. Every check runs before the store is
@@ -130,34 +132,42 @@ def restore(
 
     A cluster may resume with more workers than wrote the stores: each key's state then
     moves to the worker that owns it now, and every store is rewritten for the new count.
+    Every old worker's input states go to every worker, and ``merge_inputs`` makes this
+    worker's from them (per input step id, per old worker index); by default a worker keeps
+    its own old index's.
     """
+    if merge_inputs is None:
+        merge_inputs = partial(own_inputs, recovery.index)
+    if isinstance(stores, Path):
+        stores = SqliteStores(stores)
     index, count = recovery.index, recovery.count
-    store.check_dir(db_dir)
-    info = store.inspect(db_dir, index)
-    check_stores(db_dir, info, step_ids, count)
+    stores.check()
+    info = stores.inspect(index)
+    check_stores(stores, info, step_ids, count)
     progress = recovery.share(StoreSummary.of(info))
     if count > 1:
         exchange.broadcast(index, progress)
         gather()
-    decided = recovery.plan(db_dir)
+    decided = recovery.plan(stores.where)
     old_count, resume, recorded_start = decided.old_count, decided.resume, decided.flow_start
     if recorded_start is not None:
         for logic in logics:
             logic.rebase(recorded_start)
-    worker_store = store.WorkerStore(db_dir, index, count, step_ids, recorded_start or flow_start)
+    worker_store = stores.open(index, count, step_ids, recorded_start or flow_start)
     try:
         if info is not None and info.staged is not None:
             if decided.finish_rescale == info.staged[0]:
                 worker_store.commit_rescale()
             else:
                 worker_store.drop_rescale()  # no store swapped it in: the current ones are whole
-            info = store.inspect(db_dir, index)
+            info = stores.inspect(index)
         input_states, keyed = worker_store.load(resume) if info is not None else ({}, {})
         if old_count not in (None, count):
-            for dest, msg in recovery.migrate(keyed, old_count):
+            for dest, msg in recovery.migrate(keyed, old_count, input_states):
                 exchange.send(dest, msg)
             gather()
             keyed = recovery.owned()
+            input_states = merge_inputs(recovery.migrated_inputs)
             _rewrite_for_count(worker_store, recovery, exchange, gather, resume - 1, input_states, keyed)
         elif info is not None and info.worker_count != count and (info.progress is None or info.progress < 0):
             worker_store.rescale(count, resume - 1, {}, {})  # it held nothing
@@ -173,7 +183,7 @@ def restore(
 
 
 def _rewrite_for_count(
-    worker_store: store.WorkerStore,
+    worker_store: WorkerStoreLike,
     recovery: Recovery,
     exchange: Exchange,
     gather: Callable[[], None],

@@ -64,9 +64,10 @@ class ResumePlan:
     finish_rescale: int | None = None
 
 
-def plan_resume(summaries: Mapping[int, StoreSummary], worker_count: int, where: Path) -> ResumePlan:
+def plan_resume(summaries: Mapping[int, StoreSummary], worker_count: int, where: str | Path) -> ResumePlan:
     """The plan of a run of ``worker_count`` workers from the summaries of all of their
-    stores; a :class:`~.store.RecoveryError` naming ``where`` when resuming would be wrong."""
+    stores; a :class:`~.store.RecoveryError` naming ``where`` (a recovery directory, or a
+    description of where the stores are) when resuming would be wrong."""
     finishing = stopped_rescale(summaries)
     if finishing is not None:
         summaries = {
@@ -92,8 +93,10 @@ def stopped_rescale(summaries: Mapping[int, StoreSummary]) -> int | None:
 
 
 def _agree(
-    summaries: Mapping[int, StoreSummary], worker_count: int, where: Path
+    summaries: Mapping[int, StoreSummary], worker_count: int, where: str | Path
 ) -> tuple[int | None, int, datetime | None]:
+    if isinstance(where, Path):
+        where = f"recovery directory {where}"
     existing = {w: summary for w, summary in sorted(summaries.items()) if summary.exists}
     if not existing:
         return None, 0, None
@@ -103,7 +106,7 @@ def _agree(
     counts = sorted({summary.worker_count for summary in snapshotted.values()})
     if len(counts) > 1:
         raise RecoveryError(
-            f"recovery directory {where}: the stores of workers {sorted(snapshotted)} "
+            f"{where}: the stores of workers {sorted(snapshotted)} "
             f"disagree on the worker count ({counts}); a rescale was interrupted while it "
             "rewrote them, and some keys' state may be in none of them: restore the directory "
             "from a copy, or start from an empty one"
@@ -111,7 +114,7 @@ def _agree(
     (old_count,) = counts
     if old_count > worker_count:
         raise RecoveryError(
-            f"recovery directory {where}: the stores were written by {old_count} workers, "
+            f"{where}: the stores were written by {old_count} workers, "
             f"this run has {worker_count}; millrace cannot shrink a recovered cluster, so "
             f"resume with at least {old_count} workers"
         )
@@ -119,7 +122,7 @@ def _agree(
     missing = [w for w in range(old_count) if w not in members]
     if missing:
         raise RecoveryError(
-            f"recovery directory {where}: workers {missing} have no store while workers "
+            f"{where}: workers {missing} have no store while workers "
             f"{sorted(members)} of {old_count} do; a store was lost, so resuming would be wrong"
         )
     # A member may have no snapshot yet while the others have one of the first epoch, no
@@ -128,7 +131,7 @@ def _agree(
     latest = max(summary.progress for summary in members.values())
     if empty and latest > 0:
         raise RecoveryError(
-            f"recovery directory {where}: the stores of workers {empty} hold no snapshot while "
+            f"{where}: the stores of workers {empty} hold no snapshot while "
             f"the other workers of {old_count} finished epoch {latest}; a store was lost, so "
             "resuming would be wrong"
         )

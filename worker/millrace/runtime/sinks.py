@@ -32,6 +32,13 @@ class Sink:
     def write(self, batch: list[Any], epoch: int) -> None:
         raise NotImplementedError
 
+    def flush(self, epoch: int) -> None:
+        """Epoch ``epoch`` is over on this worker: make what was written of it durable before
+        its snapshot records it as complete (a client's buffered records, for instance)."""
+
+    def close(self) -> None:
+        """Let go of what the writer holds; the run is over."""
+
 
 class _CallableSink(Sink):
     def __init__(self, fn: Callable[[Any], Any], with_epoch: bool) -> None:
@@ -93,7 +100,8 @@ def build_sink(config: OutputConfig, worker_index: int, worker_count: int, step_
     if isinstance(config, StdOutputConfig):
         return _StdoutSink()
     if isinstance(config, KafkaOutputConfig):
-        raise NotImplementedError(
-            f"{step_name}: KafkaOutputConfig needs Kafka support, which this build of millrace does not include"
-        )
+        # Imported here: only a flow that writes Kafka needs the client (millrace[kafka]).
+        from .kafka_sink import build_kafka_sink
+
+        return build_kafka_sink(config, step_name)
     raise TypeError(f"{step_name}: unsupported output configuration {describe(config)}")

@@ -73,6 +73,9 @@ class Reader:
         """What resumes this input right after the last item :meth:`read` returned."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Let go of what the reader holds (a client's connections); the run is over."""
+
 
 class ManualReader(Reader):
     """Reads ``(state, item)`` 2-tuples, or a bare ``None`` for "nothing yet".
@@ -239,7 +242,30 @@ def build_reader(config: InputConfig, name: str, worker_index: int, worker_count
             ) from None
         return ManualReader(name, iterator, resume_state)
     if isinstance(config, KafkaInputConfig):
-        raise NotImplementedError(
-            f"{name}: KafkaInputConfig needs Kafka support, which this build of millrace does not include"
-        )
+        # Imported here: only a flow that reads Kafka needs the client (millrace[kafka]).
+        from .kafka_source import build_kafka_reader
+
+        return build_kafka_reader(config, name, worker_index, worker_count, resume_state)
     raise TypeError(f"{name}: unsupported input configuration {describe(config)}")
+
+
+def merge_resume_states(config: InputConfig, worker_index: int, states: dict[int, Any]) -> Any:
+    """The resume state of worker ``worker_index`` of a grown cluster, from ``states``: the
+    resume state of every old worker of this input, by old worker index. An input read in
+    shares of the whole source (Kafka partitions, assigned anew for the new worker count)
+    gets what every old worker had; any other keeps its own old index's (``None``: a new
+    worker).
+
+    >>> merge_resume_states(ManualInputConfig(lambda index, count, state: []), 1, {0: 5, 1: 7})
+    7
+    >>> merge_resume_states(KafkaInputConfig(["b:9092"], "t"), 2, {0: {0: 5, 2: 9}, 1: {1: 7}})
+    {0: 5, 2: 9, 1: 7}
+    """
+    if isinstance(config, KafkaInputConfig):
+        merged: dict[Any, Any] = {}
+        for _, state in sorted(states.items()):
+            if not isinstance(state, dict):
+                return state  # not offsets: the reader says what is wrong with it
+            merged.update(state)
+        return merged or None
+    return states.get(worker_index)

@@ -120,7 +120,8 @@ def load_state(blob: bytes) -> Any:
 class StoreInfo:
     """What an existing worker file says about itself."""
 
-    path: Path
+    #: The file; or, for a store that is not a file, a description of where it is.
+    path: Path | str
     worker_count: int
     step_ids: tuple[str, ...]
     flow_start: datetime
@@ -230,6 +231,11 @@ class WorkerStore:
                 self._upgrade()
         except sqlite3.DatabaseError as exc:
             raise RecoveryError(f"cannot write the recovery store {self.path}: {exc}") from None
+
+    @property
+    def where(self) -> str:
+        """The file, for messages."""
+        return str(self.path)
 
     def close(self) -> None:
         self.conn.close()

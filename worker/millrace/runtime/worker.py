@@ -13,13 +13,12 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..dataflow import Dataflow
-from . import store
 from .credits import Credits
 from .epochs import BATCH_SIZE, BatchSizer, EpochPolicy
 from .errors import annotate, cannot_travel
@@ -29,7 +28,9 @@ from .persistence import Snapshots, restore
 from .progress import Broadcast, Ended, Flush, Progress, Snapshot
 from .routing import Router, check_pairs
 from .segments import Segment, build_logic, check_flow, lay_out
-from .sources import Reader, build_reader
+from .sinks import Sink
+from .sources import Reader, build_reader, merge_resume_states
+from .stores import Stores, WorkerStoreLike
 
 # Stopped, Worker and check_flow are what the runtime's entry points import from here;
 # build_logic and Segment moved to .segments, and stay importable from here too.
@@ -45,8 +46,8 @@ class Stopped(Exception):
 
 
 class Worker:
-    """Worker ``index`` of ``exchange.worker_count``, running ``flow``; with ``recovery_dir``
-    it resumes from, and snapshots to, the SQLite store there. Its windows read the time from
+    """Worker ``index`` of ``exchange.worker_count``, running ``flow``; with ``stores`` it
+    resumes from, and snapshots to, its recovery store among them. Its windows read the time from
     ``clock`` (``epochs`` carries its own, which should be the same)."""
 
     def __init__(
@@ -56,7 +57,7 @@ class Worker:
         exchange: Exchange,
         epochs: EpochPolicy,
         flow_start: datetime,
-        recovery_dir: Path | None = None,
+        stores: Stores | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.index = index
@@ -65,8 +66,8 @@ class Worker:
         self.epochs = epochs
         self.epoch = 0
         self.flow_start = flow_start
-        self.recovery_dir = recovery_dir
-        self.store: store.WorkerStore | None = None
+        self.stores = stores
+        self.store: WorkerStoreLike | None = None
         self.router = Router(self.count, index)
         self.inputs: list[tuple[Reader, Segment]] = []
         self.recovery = Recovery(index, self.count)
@@ -83,6 +84,9 @@ class Worker:
         # a batch of input took through the steps, which sizes the next read.
         self.waited = 0.0
         self._waiting = False
+        # Every capture's writer once (a capture's sink is in each segment that reaches it).
+        segments = [segment for _, segment in self.input_steps] + self.after
+        self.sinks: list[Sink] = list({id(s): s for seg in segments for s in seg.sinks if s is not None}.values())
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -372,12 +376,31 @@ class Worker:
                 elif isinstance(action, Flush):
                     self._flush(action.step, epoch)
                 elif isinstance(action, Snapshot):
+                    # The epoch's output is durable before the snapshot says it is complete.
+                    self._flush_sinks(epoch)
                     if self.store is not None:
                         self._snapshot(epoch)
                 elif isinstance(action, Ended):
                     return action.eof
             self._wait_for(progress.ready, epoch, progress.tick_from)
             actions = progress.advance()
+
+    def _flush_sinks(self, epoch: int) -> None:
+        for sink in self.sinks:
+            try:
+                sink.flush(epoch)
+            except Exception as exc:
+                annotate(exc, f"the output of epoch {epoch}", self.index)
+                raise
+
+    def _close(self) -> None:
+        """Let go of the readers', writers' and store's connections, whatever happened."""
+        for closable in [reader for reader, _ in self.inputs] + self.sinks:
+            # The run's own outcome (or error) is what counts, not a failure to let go.
+            with suppress(Exception):
+                closable.close()
+        if self.store is not None:
+            self.store.close()
 
     def _flush(self, target: int, epoch: int) -> None:
         logic = self.logics[target]
@@ -401,8 +424,7 @@ class Worker:
                     return
                 self.epoch += 1
         finally:
-            if self.store is not None:
-                self.store.close()
+            self._close()
 
     # -- recovery --------------------------------------------------------------------------
 
@@ -412,19 +434,29 @@ class Worker:
     def _recover(self) -> dict[str, Any]:
         """With a recovery directory, bring the state back (:func:`.persistence.restore`) and
         return the input states; without, start afresh."""
-        if self.recovery_dir is None:
+        if self.stores is None:
             return {}
         restored = restore(
-            self.recovery_dir,
+            self.stores,
             self.recovery,
             self.exchange,
             self._gather,
             self._step_ids(),
             self.logics,
             self.flow_start,
+            self._merge_inputs,
         )
         self.store, self.epoch, input_states = restored
         return input_states
+
+    def _merge_inputs(self, by_worker: dict[str, dict[int, Any]]) -> dict[str, Any]:
+        """This worker's input states in a grown cluster, from every old worker's."""
+        merged = {}
+        for step, _ in self.input_steps:
+            state = merge_resume_states(step.config, self.index, by_worker.get(step.step_id, {}))
+            if state is not None:
+                merged[step.step_id] = state
+        return merged
 
     def _gather(self) -> None:
         """Handle messages until the recovery round awaited is complete; data of a faster
@@ -450,5 +482,5 @@ class Worker:
         try:
             self.store.snapshot(epoch, inputs, chunks)
         except Exception as exc:
-            annotate(exc, f"the snapshot of epoch {epoch} to {self.store.path}", self.index)
+            annotate(exc, f"the snapshot of epoch {epoch} to {self.store.where}", self.index)
             raise
