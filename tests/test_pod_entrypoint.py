@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from millrace import pod
+from millrace import pod, readiness
 
 ENV = {
     "MILLRACE_SERVICE": "wc",
@@ -81,17 +81,35 @@ flow.capture(StdOutputConfig())
 """
 
 
+def _probe(port: int) -> int | None:
+    """What the kubelet's readiness probe gets: the status of GET /ready (None: no answer)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as refused:
+        return refused.code
+    except OSError:
+        return None
+
+
 @pytest.mark.timeout(120)
 def test_sigterm_stops_the_pod_promptly_and_says_so(tmp_path, procs):
     """What the kubelet does on a pod deletion: SIGTERM to PID 1. The worker stops at once
     (no 30 s grace period spent computing), reports it, and is no longer ready."""
     import signal
+    import socket
     import time
 
     flow_file = tmp_path / "flow.py"
     flow_file.write_text(ENDLESS_FLOW)
     state = tmp_path / "state"
     log = tmp_path / "termination-log"
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        health_port = spare.getsockname()[1]
     env = {
         **ENV,
         "MILLRACE_PROCESSES": "1",
@@ -102,15 +120,18 @@ def test_sigterm_stops_the_pod_promptly_and_says_so(tmp_path, procs):
         "MILLRACE_EPOCH_SECONDS": "0.2",
         "MILLRACE_RECOVERY_DIR": str(tmp_path),
         "MILLRACE_TERMINATION_LOG": str(log),
+        "MILLRACE_HEALTH_PORT": str(health_port),
     }
     proc = procs.start("-m", "millrace.pod", env=env)
     deadline = time.monotonic() + 60
-    while not (state / pod.READY_FILE).exists():
+    while _probe(health_port) != 200:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
+    assert (state / readiness.READY_FILE).exists()
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr
     assert log.read_text() == "millrace: stopped: SIGTERM"
-    assert not (state / pod.READY_FILE).exists()
+    assert not (state / readiness.READY_FILE).exists()
+    assert _probe(health_port) is None
     assert "stopped (SIGTERM)" in stderr

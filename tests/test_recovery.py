@@ -518,26 +518,29 @@ def _grow_stopped_before_any_rewrite(db_dir: Path, to_count: int) -> None:
         WorkerStore(db_dir, worker, to_count, info.step_ids, datetime.now(UTC)).close()
 
 
+def count_in_threads(store: Path, out: list, items: int, workers: int) -> None:
+    """The counting flow over ``items`` items, on one process of ``workers`` threads, with its
+    SQLite store in ``store``, one item an epoch."""
+    spawn_cluster(
+        counting_flow(out, items),
+        proc_count=1,
+        worker_count_per_proc=workers,
+        epoch_config=TestingEpochConfig(),
+        recovery_config=SqliteRecoveryConfig(store),
+        mp_ctx=doctest_ctx,
+    )
+
+
 @pytest.mark.parametrize("resumed_with", [3, 1, 2], ids=["same", "back", "other"])
 def test_a_rescale_stopped_before_it_rewrote_a_store_runs_again(tmp_path, resumed_with):
-    def in_threads(out, items, workers):
-        spawn_cluster(
-            counting_flow(out, items),
-            proc_count=1,
-            worker_count_per_proc=workers,
-            epoch_config=TestingEpochConfig(),
-            recovery_config=SqliteRecoveryConfig(tmp_path),
-            mp_ctx=doctest_ctx,
-        )
-
     first: list = []
-    in_threads(first, 60, 1)
+    count_in_threads(tmp_path, first, 60, 1)
     _grow_stopped_before_any_rewrite(tmp_path, 3)
     second: list = []
-    in_threads(second, 130, resumed_with)
+    count_in_threads(tmp_path, second, 130, resumed_with)
     assert sorted(second) == sorted((f"k{k}", n) for k in range(10) for n in range(7, 14))
     third: list = []
-    in_threads(third, 140, 3)  # and on from there, grown for good
+    count_in_threads(tmp_path, third, 140, 3)  # and on from there, grown for good
     assert sorted(third) == [(f"k{k}", 14) for k in range(10)]
 
 
@@ -583,17 +586,7 @@ def test_a_rescale_stopped_while_it_rewrote_the_stores_is_finished_or_run_again(
     on as far as they can. The next start (3 workers) finds every key's state."""
     from millrace.runtime.store import WorkerStore
 
-    def in_threads(out, items, workers):
-        spawn_cluster(
-            counting_flow(out, items),
-            proc_count=1,
-            worker_count_per_proc=workers,
-            epoch_config=TestingEpochConfig(),
-            recovery_config=SqliteRecoveryConfig(tmp_path),
-            mp_ctx=doctest_ctx,
-        )
-
-    in_threads([], 60, 1)
+    count_in_threads(tmp_path, [], 60, 1)
     original = getattr(WorkerStore, half)
 
     def stop_one(self, *args):
@@ -603,10 +596,10 @@ def test_a_rescale_stopped_while_it_rewrote_the_stores_is_finished_or_run_again(
 
     monkeypatch.setattr(WorkerStore, half, stop_one)
     with pytest.raises(Stopped):
-        in_threads([], 130, 3)
+        count_in_threads(tmp_path, [], 130, 3)
     monkeypatch.setattr(WorkerStore, half, original)
     second: list = []
-    in_threads(second, 130, 3)
+    count_in_threads(tmp_path, second, 130, 3)
     assert sorted(second) == sorted((f"k{k}", n) for k in range(10) for n in range(7, 14))
 
 
@@ -634,20 +627,10 @@ def test_a_rescale_handles_a_faster_workers_next_message_whenever_it_comes(tmp_p
         if (msg[0], msg[1], dest) == (kinds[until[0]], until[1], until[2]):
             released.set()
 
-    def in_threads(out, items, workers):
-        spawn_cluster(
-            counting_flow(out, items),
-            proc_count=1,
-            worker_count_per_proc=workers,
-            epoch_config=TestingEpochConfig(),
-            recovery_config=SqliteRecoveryConfig(tmp_path),
-            mp_ctx=doctest_ctx,
-        )
-
-    in_threads([], 60, 2)
+    count_in_threads(tmp_path, [], 60, 2)
     monkeypatch.setattr(ex.Exchange, "send", send)
     second: list = []
-    in_threads(second, 130, 3)
+    count_in_threads(tmp_path, second, 130, 3)
     assert released.is_set()
     assert sorted(second) == sorted((f"k{k}", n) for k in range(10) for n in range(7, 14))
 

@@ -29,7 +29,8 @@ API_VERSION = "millrace.dev/v1alpha1"
 TEMPLATE_HASH = "millrace.dev/template-hash"
 DATAFLOW_LABEL = "millrace.dev/dataflow"
 PROCESS_LABEL = "millrace.dev/process"
-READY_FILE = "/var/run/millrace/ready"
+HEALTH_PORT = 8080  # the readiness endpoint, unless the flow took it for its cluster port
+READY_PATH = "/ready"
 FLOW_DIR = "/etc/millrace/flow"
 SECRET_DIR = "/etc/millrace/secret"
 STATE_DIR = "/var/run/millrace"
@@ -169,6 +170,12 @@ def network_policy(df: Manifest) -> Manifest:
     }
 
 
+def health_port(spec: DataflowSpec) -> int:
+    """Where the worker answers the readiness probe: :data:`HEALTH_PORT`, or the next port
+    when the Dataflow chose that one for its cluster traffic."""
+    return HEALTH_PORT if spec.port != HEALTH_PORT else HEALTH_PORT + 1
+
+
 def _field(path: str) -> dict[str, Any]:
     return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
 
@@ -187,6 +194,7 @@ def _env(df: Manifest, spec: DataflowSpec, index: int) -> list[dict[str, Any]]:
         {"name": "MILLRACE_EPOCH_SECONDS", "value": f"{spec.epoch_seconds:g}"},
         {"name": "MILLRACE_CLUSTER_SECRET_FILE", "value": f"{SECRET_DIR}/key"},
         {"name": "MILLRACE_STATE_DIR", "value": STATE_DIR},
+        {"name": "MILLRACE_HEALTH_PORT", "value": str(health_port(spec))},
         {"name": "MILLRACE_CLUSTER_ID", "value": f"{name}-{template_hash(spec)}"},
     ]
     if spec.code is not None:
@@ -247,11 +255,15 @@ def job(df: Manifest, index: int, *, suspend: bool) -> Manifest:
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["millrace-worker"],
         "env": _env(df, spec, index),
-        "ports": [{"name": "cluster", "containerPort": spec.port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "cluster", "containerPort": spec.port, "protocol": "TCP"},
+            {"name": "health", "containerPort": health_port(spec), "protocol": "TCP"},
+        ],
         "volumeMounts": mounts,
-        # Ready means "in a formed cluster": the worker keeps this file only while it is.
+        # Ready means "in a formed cluster": the worker answers GET /ready with 200 only while it
+        # is. An HTTP probe, not an exec one: an exec per pod every period loads a busy node.
         "readinessProbe": {
-            "exec": {"command": ["test", "-e", READY_FILE]},
+            "httpGet": {"path": READY_PATH, "port": "health"},
             "periodSeconds": 2,
             "failureThreshold": 1,
         },

@@ -92,12 +92,13 @@ def test_each_process_gets_a_job_that_follows_the_contract(df):
         assert manifests.template_hash_of(job) == digest
         (container,) = pod["containers"]
         assert container["command"] == ["millrace-worker"]
-        # Ready means "in a formed cluster": the worker keeps the ready file only while it is.
-        assert container["readinessProbe"]["exec"] == {"command": ["test", "-e", "/var/run/millrace/ready"]}
-        assert manifests.READY_FILE.startswith(manifests.STATE_DIR + "/")
+        # Ready means "in a formed cluster": the worker answers GET /ready with 200 only while it is.
+        assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "health"}
+        assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
         env = _env(df, index)
         assert env["MILLRACE_POD_INDEX"] == str(index)
         assert env["MILLRACE_STATE_DIR"] == manifests.STATE_DIR
+        assert env["MILLRACE_HEALTH_PORT"] == "8080"
         assert env["MILLRACE_SERVICE"] == name
         assert env["MILLRACE_PROCESSES"] == str(df["spec"]["processes"])
         assert env["MILLRACE_FLOW_FILE"] == "/etc/millrace/flow/flow.py"
@@ -262,3 +263,13 @@ def test_an_env_value_from_a_secret_reaches_the_pods_as_a_secret_key_ref():
     env = _env(df)
     assert env["KAFKA_BROKERS"] == "kafka:9092"
     assert env["KAFKA_PASSWORD"] == {"secretKeyRef": {"name": "kafka-user", "key": "password", "optional": False}}
+
+
+def test_the_readiness_port_steps_aside_for_a_cluster_port_of_8080(df):
+    df = copy.deepcopy(df)
+    df["spec"]["port"] = 8080
+    (container,) = _pod(df)["containers"]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("cluster", 8080), ("health", 8081)]
+    assert _env(df)["MILLRACE_HEALTH_PORT"] == "8081"
+    for child in _all_children(df):
+        kubernetes_validate.validate(child, KUBERNETES, strict=True)

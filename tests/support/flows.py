@@ -3,6 +3,7 @@ same flow runs under run_main (a list) and across processes (a Manager list or a
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,12 +27,15 @@ def print_running(item: Any) -> None:
     """An inspect step that prints ``running`` at the first item of its process: a spawned
     cluster's sign that it has formed (workers start only once every process has joined) and
     computes, which tests wait for instead of sleeping. Once per process, under a lock: two
-    workers printing at once could interleave their lines."""
+    workers printing at once could interleave their lines. One write of the whole line, not
+    ``print``: an unbuffered stdout sends print's text and its newline as two writes, and the
+    other process's line can land between them (seen in CI as ``runningrunning``)."""
     if not _running[0]:
         with _running_lock:
             if not _running[0]:
                 _running[0] = True
-                print("running", flush=True)
+                sys.stdout.write("running\n")
+                sys.stdout.flush()
 
 
 def _refuse_to_load() -> None:

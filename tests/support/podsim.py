@@ -232,17 +232,23 @@ class PodSimulation:
         return path.read_text() if path.exists() else ""
 
     def ready(self, index: int) -> bool:
-        """Whether pod ``index``'s readinessProbe (an exec probe) passes now, run as the kubelet
-        would run it in the container (paths inside volumes mapped to the pod's local copies)."""
+        """Whether pod ``index``'s readinessProbe (an HTTP GET) passes now: the request sent
+        from inside the pod's network namespace to the named container port, as the kubelet
+        sends it to the pod's IP; a status from 200 to 399 passes, as for the kubelet."""
         pod = self.pods[index]
-        probe = pod.template["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]
-        local = []
-        for arg in probe:
-            for mount_path, path in pod.mounts.items():
-                if arg == mount_path or arg.startswith(mount_path + "/"):
-                    arg = path + arg[len(mount_path) :]
-            local.append(arg)
-        return subprocess.run(local, capture_output=True).returncode == 0
+        container = pod.template["spec"]["containers"][0]
+        probe = container["readinessProbe"]["httpGet"]
+        port = probe["port"]
+        if isinstance(port, str):
+            port = next(p["containerPort"] for p in container["ports"] if p["name"] == port)
+        get = (
+            "import sys, urllib.request\n"
+            f"try: status = urllib.request.urlopen('http://127.0.0.1:{port}{probe['path']}', timeout=1).status\n"
+            "except Exception: status = 0\n"
+            "sys.exit(0 if 200 <= status < 400 else 1)"
+        )
+        probe_run = ["ip", "netns", "exec", pod.netns, sys.executable, "-c", get]
+        return subprocess.run(probe_run, capture_output=True).returncode == 0
 
     def wait_ready(self, indexes: list[int], timeout: float) -> None:
         """Until every pod of ``indexes`` is ready (or one has ended, or the time is out)."""

@@ -12,9 +12,10 @@ The outcome goes to the termination log, where the operator reads it.
 A pod outlives its peers' troubles: when a peer goes away (its pod deleted or restarted, its
 process killed, the network cut) the process forms the cluster again with whoever comes back,
 resuming from the recovery volumes, instead of exiting into a crash loop. While it waits it is
-not ready: ``$MILLRACE_STATE_DIR/ready`` (the readiness probe's file) exists only while the
-process is in a formed cluster. SIGTERM (a pod deletion) stops the flow at once, without
-committing the unfinished epoch, and tells the peers, which wait for the pod's replacement.
+not ready: ``GET /ready`` on ``$MILLRACE_HEALTH_PORT`` (the readiness probe) answers 200 only
+while the process is in a formed cluster (:mod:`millrace.readiness`). SIGTERM (a pod deletion)
+stops the flow at once, without committing the unfinished epoch, and tells the peers, which wait
+for the pod's replacement.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .common.errors import PeerLost
 from .common.settings import VARIABLES, SettingsError, ordinal, read
 from .dataflow import Dataflow
 from .execution import PeriodicEpochConfig
+from .readiness import Readiness
 from .recovery import SqliteRecoveryConfig
 from .runtime import cluster
 from .transport.addresses import split_address
@@ -47,7 +49,6 @@ log = logging.getLogger("millrace.pod")
 COMPLETED = "millrace: completed"
 FAILED = "millrace: failed: "
 STOPPED = "millrace: stopped: "
-READY_FILE = "ready"
 # How long a process waits after its cluster broke before it forms it again: the peers that
 # noticed first have closed their sockets by then.
 _REFORM_PAUSE = 1.0
@@ -83,6 +84,8 @@ class PodSettings:
     termination_log: Path
     #: Encrypt the traffic (CURVE): on unless MILLRACE_CLUSTER_ENCRYPT turns it off; needs a secret.
     encrypt: bool = True
+    #: Where ``GET /ready`` answers the readiness probe (``None``: not served).
+    health_port: int | None = None
 
 
 def proc_id_from(env: Mapping[str, str], hostname: str) -> int:
@@ -136,6 +139,7 @@ def settings_from(env: Mapping[str, str], hostname: str) -> PodSettings:
         cluster_id=read(env, "MILLRACE_CLUSTER_ID"),
         termination_log=read(env, "MILLRACE_TERMINATION_LOG"),
         encrypt=read(env, "MILLRACE_CLUSTER_ENCRYPT") is not False,
+        health_port=read(env, "MILLRACE_HEALTH_PORT"),
     )
 
 
@@ -196,23 +200,6 @@ def _report(path: Path, message: str) -> None:
         log.debug("cannot write the termination message to %s: %s", path, exc)
 
 
-class _Readiness:
-    """The readiness probe's file: present exactly while this process is in a formed cluster."""
-
-    def __init__(self, state_dir: Path | None) -> None:
-        self.path = state_dir / READY_FILE if state_dir else None
-        self.clear()  # an emptyDir outlives the container: a restarted one starts unready
-
-    def formed(self) -> None:
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("ready\n")
-
-    def clear(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-
-
 def run(settings: PodSettings) -> None:
     """Run this pod's process until the flow ends, forming the cluster again whenever a peer
     goes away (see the module docstring)."""
@@ -228,7 +215,7 @@ def run(settings: PodSettings) -> None:
             "no cluster secret (MILLRACE_CLUSTER_SECRET_FILE): traffic is neither encrypted nor "
             "authenticated; only the hosts of the address list may connect"
         )
-    readiness = _Readiness(settings.state_dir)
+    readiness = Readiness(settings.state_dir, settings.health_port)
     attempt = 1
     while True:
         if len(settings.addresses) > 1:  # a single process has no peers to find

@@ -182,6 +182,13 @@ VARIABLES: dict[str, Variable] = {
         Variable("MILLRACE_RECOVERY_DIR", _path, None, _POD, "recovery stores' directory (recovery on)"),
         Variable("MILLRACE_STATE_DIR", _path, None, _POD, "the completion marker and the readiness file (an emptyDir)"),
         Variable(
+            "MILLRACE_HEALTH_PORT",
+            _integer,
+            None,
+            _POD,
+            "where GET /ready answers the readiness probe (200 only while in a formed cluster)",
+        ),
+        Variable(
             "MILLRACE_DNS_TIMEOUT",
             _positive_number,
             300.0,
