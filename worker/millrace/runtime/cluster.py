@@ -4,6 +4,7 @@ supervision that turns any failure into a stop of the whole cluster."""
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -114,7 +115,14 @@ def run_process(
     name = "millrace.process" if trace_parent else "millrace.run"
     with telemetry.run_span(name, attributes, trace_parent) as parent:
 
+        # Set by each worker thread as it leaves: what the main thread waits on, never a join
+        # (see _supervise).
+        finished = [threading.Event() for _ in range(workers_per_proc)]
+
+        held = _HeldSignals()
+
         def work(index: int) -> None:
+            held.enter_worker()
             try:
                 telemetry.new_worker(
                     installed,
@@ -132,6 +140,8 @@ def run_process(
             except BaseException as exc:
                 errors.append((index, exc))
                 exchange.fail(failure_reason(exc, index, proc_id))
+            finally:
+                finished[index - exchange.first].set()
 
         threads = [
             threading.Thread(
@@ -139,13 +149,12 @@ def run_process(
             )
             for t in range(workers_per_proc)
         ]
-        for thread in threads:
-            thread.start()
         try:
-            _supervise(threads, exchange, abandoned)
+            held.start(threads)
+            _supervise(threads, finished, exchange, abandoned)
         except KeyboardInterrupt as exc:
             exchange.fail(f"process {proc_id} was stopped ({exc or 'Ctrl-C'})", peer_lost=True)
-            _join(threads, _STOP_GRACE)
+            _join(threads, finished, _STOP_GRACE)
             if link is not None:
                 link.close(clean=False)
             raise
@@ -158,25 +167,70 @@ def run_process(
             raise (PeerLost if exchange.peer_lost else ClusterError)(exchange.reason or "the cluster stopped")
 
 
-def _supervise(threads: list[threading.Thread], exchange: Exchange, abandoned: Callable[[], str | None] | None) -> None:
-    """Wait for the workers; once the cluster is failing, give them a grace period."""
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.1)
+class _HeldSignals:
+    """Ctrl-C (and a pod's SIGTERM) held back while the worker threads start: raised in the
+    middle of a ``Thread.start``, outside the handler that stops them, it would end the
+    process under the running workers, their output cut off. Held, it is raised in the main
+    thread right after, where the stop handles it. Each worker lets the signals through again
+    once all have started (a process it starts must not inherit them held)."""
+
+    _SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+    def __init__(self) -> None:
+        # Only the main thread gets Python's signals; pthread_sigmask is POSIX only.
+        self.active = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+        self.launched = threading.Event()
+        self._before: set[signal.Signals] = set()
+
+    def start(self, threads: list[threading.Thread]) -> None:
+        if self.active:
+            self._before = signal.pthread_sigmask(signal.SIG_BLOCK, self._SIGNALS)
+        try:
+            for thread in threads:
+                thread.start()
+        finally:
+            try:
+                self.release()  # a Ctrl-C held meanwhile is raised here, in the main thread
+            finally:
+                self.launched.set()  # only now may the workers let it through
+
+    def release(self) -> None:
+        """Called by the main thread once the workers run, and by each worker as it starts."""
+        if self.active:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._before)
+
+    def enter_worker(self) -> None:
+        self.launched.wait()
+        self.release()
+
+
+def _supervise(
+    threads: list[threading.Thread],
+    finished: list[threading.Event],
+    exchange: Exchange,
+    abandoned: Callable[[], str | None] | None,
+) -> None:
+    """Wait for the workers; once the cluster is failing, give them a grace period.
+
+    Waits on the workers' ``finished`` events, not ``Thread.join``: a Ctrl-C raised inside
+    CPython's ``join`` (before 3.13) can mark a running thread as ended (bpo-45274's handler
+    releases the lock the running thread holds), and the stop would not wait for it."""
+    for done in finished:
+        while not done.wait(0.1):
             if abandoned is not None and (reason := abandoned()):
                 log.warning("%s; stopping", reason)  # no one else is left to say it
                 exchange.fail(reason)
             if exchange.stopping.is_set():
-                _join(threads, _STOP_GRACE)
+                _join(threads, finished, _STOP_GRACE)
                 return
 
 
-def _join(threads: list[threading.Thread], timeout: float) -> None:
+def _join(threads: list[threading.Thread], finished: list[threading.Event], timeout: float) -> None:
     # Real time, whatever clock the flow reads: this waits for real threads.
     monotonic = SYSTEM_CLOCK.monotonic
     deadline = monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - monotonic()))
-    stuck = [t.name for t in threads if t.is_alive()]
+    for done in finished:
+        done.wait(max(0.0, deadline - monotonic()))
+    stuck = [t.name for t, done in zip(threads, finished, strict=True) if not done.is_set()]
     if stuck:
         log.warning("workers %s are still inside user code; leaving them behind", stuck)
