@@ -8,7 +8,10 @@ The bound is read from the link's own count of the messages waiting in its outbo
 from __future__ import annotations
 
 import ast
+import os
 import re
+import signal
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -80,3 +83,30 @@ def test_a_fast_sender_waits_for_a_slow_receiver(procs, tmp_path, scenario, work
     assert peak <= bound, f"{peak} messages waited in process 0's outbound queue (bound {bound})"
     # Without the bound, far more would have waited: process 0 sent many times as many.
     assert sent >= 4 * bound, f"process 0 sent only {sent} messages: the test shows nothing"
+
+
+@pytest.mark.parametrize("end", ["killed", "frozen"])
+def test_a_peer_that_dies_while_others_wait_for_its_credit_fails_the_cluster(procs, tmp_path, end):
+    """Process 1 is stuck in user code: process 0 waits for its credit (a live peer, however
+    slow, is backpressure, not a failure). Once process 1 is killed (SIGKILL) or frozen
+    (SIGSTOP: it answers nothing, not even ZeroMQ's heartbeats), process 0 stops waiting and
+    exits non-zero with an error naming process 1, instead of waiting for ever."""
+    addresses = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
+    out = tmp_path / "out"
+    args = ["peer", "--addresses", addresses, "--out", str(out), "--count", "2000", "--fan", "20"]
+    args += ["--window", str(WINDOW), "--stuck"]
+    env = {"MILLRACE_CLUSTER_SECRET": "s3cret"}
+    sender, stuck = (procs.start(FANOUT_PROC, *args, "--proc-id", str(p), env=env) for p in range(2))
+    waiting, stuck_marker = Path(f"{out}.waiting"), Path(f"{out}.stuck")
+    while not (waiting.exists() and stuck_marker.exists()):  # the test's timeout bounds this
+        for proc in (sender, stuck):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    time.sleep(0.5)  # let process 0 spend its window: it waits for credit now
+    # Nothing came out: the flow cannot end while process 1 is stuck.
+    assert sender.poll() is None and not any(p.read_text() for p in tmp_path.glob("out.[0-9]"))
+    os.kill(stuck.pid, signal.SIGKILL if end == "killed" else signal.SIGSTOP)
+    _, err = sender.communicate(timeout=90)
+    assert sender.returncode != 0, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert "PeerLost" in last and "process 1 (127.0.0.1:" in last, err[-3000:]

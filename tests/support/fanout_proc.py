@@ -13,6 +13,10 @@ process 1 it sleeps a moment every few items. What fans out, and when, is the sc
 
 The sums go to ``OUT.<worker_index>``, one ``repr`` per line. The link logs (INFO) how many
 messages it sent and how many waited at most in its outbound queue; the test reads that.
+
+``--stuck``: the slow step of process 1 never returns from its first item (it touches
+``OUT.stuck`` first), and process 0 touches ``OUT.waiting`` once one of its workers waits for
+credit: the test then kills or freezes process 1 and sees what process 0 does.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from millrace.execution import cluster_main
 from millrace.inputs import ManualInputConfig
 from millrace.outputs import ManualOutputConfig
 from millrace.runtime import credits
+from millrace.runtime.worker import Worker
 from millrace.window import SystemClockConfig, TumblingWindowConfig
 
 HOUR = TumblingWindowConfig(timedelta(hours=1))
@@ -60,12 +65,16 @@ def fan(width: int):
     return spread
 
 
-def slow_sum(proc_id: int):
+def slow_sum(proc_id: int, stuck: Path | None = None):
     calls = 0
 
     def add(a: int, b: int) -> int:
         nonlocal calls
         calls += 1
+        if proc_id == 1 and stuck is not None:
+            stuck.touch()
+            while True:  # stuck in user code: its peers wait for credit, as they should
+                time.sleep(1)
         if proc_id == 1 and calls % 20 == 0:
             time.sleep(0.002)
         return a + b
@@ -84,7 +93,7 @@ def expected(workers: int, count: int, width: int) -> Counter[tuple[str, int]]:
     return Counter(sums.items())
 
 
-def build(scenario: str, out: str, count: int, width: int, proc_id: int) -> Dataflow:
+def build(scenario: str, out: str, count: int, width: int, proc_id: int, stuck: bool = False) -> Dataflow:
     def output(worker_index: int, worker_count: int):
         handle = open(f"{out}.{worker_index}", "a", buffering=1)
         return lambda item: handle.write(f"{item!r}\n")
@@ -102,9 +111,20 @@ def build(scenario: str, out: str, count: int, width: int, proc_id: int) -> Data
         flow.reduce_window("gather", SystemClockConfig(), window, lambda a, b: a + b)
         flow.map(lambda kv: (kv[0].split("@")[0], kv[1]))
     flow.flat_map(fan(width))
-    flow.reduce_window("slow", SystemClockConfig(), HOUR, slow_sum(proc_id))
+    flow.reduce_window("slow", SystemClockConfig(), HOUR, slow_sum(proc_id, Path(f"{out}.stuck") if stuck else None))
     flow.capture(ManualOutputConfig(output))
     return flow
+
+
+def mark_credit_wait(marker: Path) -> None:
+    """Touch ``marker`` when a worker of this process starts waiting for credit."""
+    wait = Worker._await_credit
+
+    def waiting(self: Worker, dest: int, step: int) -> None:
+        marker.touch()
+        wait(self, dest, step)
+
+    Worker._await_credit = waiting  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -117,13 +137,16 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--fan", type=int, default=20)
     parser.add_argument("--window", type=int, help="the credit window (default: credits.WINDOW)")
+    parser.add_argument("--stuck", action="store_true", help="process 1's slow step never returns")
     args = parser.parse_args()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a stack dump, should it hang
     if args.window is not None:
         credits.WINDOW = args.window
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     logging.getLogger("millrace.transport").setLevel(logging.INFO)
-    flow = build(args.scenario, args.out, args.count, args.fan, args.proc_id)
+    if args.stuck and args.proc_id == 0:
+        mark_credit_wait(Path(f"{args.out}.waiting"))
+    flow = build(args.scenario, args.out, args.count, args.fan, args.proc_id, args.stuck)
     cluster_main(flow, args.addresses.split(","), args.proc_id, worker_count_per_proc=args.workers)
 
 

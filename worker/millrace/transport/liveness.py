@@ -9,7 +9,8 @@ Two ways to lose a peer:
 - it said HELLO (on its connection to us) but our connection to it is not made within
   :data:`CONNECT_GRACE` of the cluster forming: it may have died right after, and no later
   event would tell;
-- our connection to it dropped before its BYE, and the BYE (which travels on the other
+- our connection to it dropped before its BYE (the process ended, or stopped answering
+  ZeroMQ's heartbeats: frozen, or its host gone), and the BYE (which travels on the other
   connection, so may come a moment later) does not follow within :data:`BYE_GRACE`.
 
 >>> live = Liveness([1, 2])
@@ -84,7 +85,7 @@ class Liveness:
                 what = (
                     f"it said HELLO, but could not be reached within {CONNECT_GRACE:g} s after the cluster formed"
                     if peer in self._unreached
-                    else "its connection closed before the flow finished"
+                    else "its connection closed, or it stopped answering, before the flow finished"
                 )
                 self._unreached.discard(peer)
                 lost.append((peer, what))
