@@ -51,9 +51,7 @@ def _run(
             str(count),
             "--fan",
             str(width),
-            "--window",
-            str(WINDOW),
-            env={"MILLRACE_CLUSTER_SECRET": "s3cret"},
+            env={"MILLRACE_CLUSTER_SECRET": "s3cret", "MILLRACE_CREDIT_WINDOW": str(WINDOW)},
         )
         for proc_id in range(2)
     ]
@@ -94,8 +92,8 @@ def test_a_peer_that_dies_while_others_wait_for_its_credit_fails_the_cluster(pro
     addresses = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
     out = tmp_path / "out"
     args = ["peer", "--addresses", addresses, "--out", str(out), "--count", "2000", "--fan", "20"]
-    args += ["--window", str(WINDOW), "--stuck"]
-    env = {"MILLRACE_CLUSTER_SECRET": "s3cret"}
+    args.append("--stuck")
+    env = {"MILLRACE_CLUSTER_SECRET": "s3cret", "MILLRACE_CREDIT_WINDOW": str(WINDOW)}
     sender, stuck = (procs.start(FANOUT_PROC, *args, "--proc-id", str(p), env=env) for p in range(2))
     waiting, stuck_marker = Path(f"{out}.waiting"), Path(f"{out}.stuck")
     while not (waiting.exists() and stuck_marker.exists()):  # the test's timeout bounds this
@@ -110,3 +108,19 @@ def test_a_peer_that_dies_while_others_wait_for_its_credit_fails_the_cluster(pro
     assert sender.returncode != 0, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert "PeerLost" in last and "process 1 (127.0.0.1:" in last, err[-3000:]
+
+
+@pytest.mark.parametrize("value", ["1", "many"])
+def test_a_malformed_credit_window_is_refused_naming_the_variable(monkeypatch, value):
+    from millrace.common.settings import SettingsError
+    from millrace.dataflow import Dataflow
+    from millrace.execution import cluster_main
+    from millrace.inputs import TestingInputConfig
+    from millrace.outputs import TestingOutputConfig
+
+    monkeypatch.setenv("MILLRACE_CREDIT_WINDOW", value)
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([1, 2]))
+    flow.capture(TestingOutputConfig([]))
+    with pytest.raises(SettingsError, match="MILLRACE_CREDIT_WINDOW"):
+        cluster_main(flow, [], 0, worker_count_per_proc=2)

@@ -39,7 +39,6 @@ from millrace.dataflow import Dataflow
 from millrace.execution import cluster_main
 from millrace.inputs import ManualInputConfig
 from millrace.outputs import ManualOutputConfig
-from millrace.runtime import credits
 from millrace.runtime.worker import Worker
 from millrace.window import SystemClockConfig, TumblingWindowConfig
 
@@ -136,12 +135,9 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--fan", type=int, default=20)
-    parser.add_argument("--window", type=int, help="the credit window (default: credits.WINDOW)")
     parser.add_argument("--stuck", action="store_true", help="process 1's slow step never returns")
     args = parser.parse_args()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a stack dump, should it hang
-    if args.window is not None:
-        credits.WINDOW = args.window
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     logging.getLogger("millrace.transport").setLevel(logging.INFO)
     if args.stuck and args.proc_id == 0:

@@ -58,6 +58,13 @@ def _positive_number(name: str, text: str) -> float:
     return value
 
 
+def _credit_window(name: str, text: str) -> int:
+    value = _integer(name, text)
+    if value < 2:
+        raise SettingsError(f"{name} must be at least 2 (credit is paid back half a window at a time), got {value}")
+    return value
+
+
 def _boolean(name: str, text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -121,6 +128,13 @@ VARIABLES: dict[str, Variable] = {
             60.0,
             f"{_CLUSTER}, {_POD}",
             "seconds to wait for every peer's HELLO (a pod then tries again), or for a peer that reads nothing",
+        ),
+        Variable(
+            "MILLRACE_CREDIT_WINDOW",
+            _credit_window,
+            64,
+            f"{_CLUSTER}, {_POD}",
+            "batches a worker sends a peer per stateful step that the peer has not handled yet (then it waits)",
         ),
         Variable(
             "MILLRACE_CLUSTER_ID",

@@ -4,6 +4,7 @@ supervision that turns any failure into a stop of the whole cluster."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..common import clock as clocks
 from ..common.clock import SYSTEM_CLOCK, Clock
+from ..common.settings import read
 from ..transport.link import ZmqLink
 from ..transport.listener import Listener
 from . import telemetry
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from ..recovery import RecoveryConfig
 
 log = logging.getLogger("millrace.cluster")
+
+CREDIT_WINDOW_ENV = "MILLRACE_CREDIT_WINDOW"
 
 # How long a failing process waits for its workers to leave user code before it raises anyway.
 _STOP_GRACE = 5.0
@@ -79,6 +83,9 @@ def run_process(
             raise ValueError(f"proc_id must be in 0..{proc_count - 1} for {proc_count} addresses, got {proc_id}")
         if type(workers_per_proc) is not int or workers_per_proc < 1:
             raise ValueError(f"worker_count_per_proc must be a positive int, got {workers_per_proc!r}")
+        # Read here, where every process of every entry point passes (cluster_main, a process
+        # of spawn_cluster, a pod), before connecting: a malformed value fails at start.
+        credit_window: int = read(os.environ, CREDIT_WINDOW_ENV)
         link = None
         if proc_count > 1:
             link = ZmqLink(
@@ -93,6 +100,7 @@ def run_process(
         first=proc_id * workers_per_proc,
         local_count=workers_per_proc,
         remote=link,
+        credit_window=credit_window,
     )
     if link is not None:
         try:
@@ -114,7 +122,6 @@ def run_process(
     }
     name = "millrace.process" if trace_parent else "millrace.run"
     with telemetry.run_span(name, attributes, trace_parent) as parent:
-
         # Set by each worker thread as it leaves: what the main thread waits on, never a join
         # (see _supervise).
         finished = [threading.Event() for _ in range(workers_per_proc)]

@@ -12,6 +12,16 @@ steps could fill with those, and two workers would wait for each other's credit 
 A worker out of credit for a peer waits, and while it waits it must keep others going, or two
 workers that each wait for the other would never move (see :meth:`Credits.eligible`).
 
+Only ``DATA`` takes credit. The other messages need none, because their number does not grow
+with the input: per pair of workers, ``MARK`` and ``DONE`` are one per stateful step and one
+per epoch, and a worker starts epoch ``e + 1`` only once every worker is done with ``e``
+(:mod:`.progress`), so at most two epochs' worth are ever in flight. ``CREDIT`` pays back at
+least half a window at a time, and what is in flight never exceeds the window, so at most
+two are in flight per channel. ``PROGRESS`` and ``STAGED`` are one per worker at start,
+``STOP`` one per failure; ``MIGRATE`` moves a grown cluster's keyed state once, in chunks, before
+any input is read. Giving them credit would also make them wait behind ``DATA``, and the
+``CREDIT`` a waiting worker needs must never wait.
+
 >>> c = Credits(index=0, window=4)
 >>> c.available(1, step=0)
 True
@@ -29,12 +39,14 @@ True
 
 from __future__ import annotations
 
+from ..common.settings import VARIABLES
 from .exchange import CREDIT, DATA, Message
 
-# Per pair of workers and step; each message is one batch (or part of one). Fewer (16) cost the
-# two-process wordcount a fifth of its speed (benchmarks/ratios.py --only scaling): a worker
-# waited for credit that its peer, busy with a batch of its own input, had not sent yet.
-WINDOW = 64
+# Per pair of workers and step; each message is one batch (or part of one): 64 by default
+# (MILLRACE_CREDIT_WINDOW). Fewer (16) cost the two-process wordcount a fifth of its speed
+# (benchmarks/ratios.py --only scaling): a worker waited for credit that its peer, busy with
+# a batch of its own input, had not sent yet.
+WINDOW: int = VARIABLES["MILLRACE_CREDIT_WINDOW"].default
 
 
 class Credits:

@@ -61,8 +61,12 @@ class Exchange:
         first: int = 0,
         local_count: int = 1,
         remote: RemoteLink | None = None,
+        credit_window: int | None = None,
     ) -> None:
         self.worker_count = worker_count
+        # How many DATA messages a worker may send a peer per step ahead of it (see credits.py;
+        # None: credits.WINDOW).
+        self.credit_window = credit_window
         self.first = first
         self.local_count = local_count
         self.remote = remote

@@ -76,7 +76,7 @@ class Worker:
         self._now = clock.now
         self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router, clock.now)
         self.progress = Progress(index, self.count, len(self.logics))
-        self.credits = Credits(index)
+        self.credits = Credits(index, exchange.credit_window)
         # Messages taken from the inbox while waiting for credit that had to wait (see
         # Credits.eligible); handled first once the worker no longer waits, in order.
         self.aside: deque[Message] = deque()
