@@ -16,6 +16,10 @@ is checked for correctness before it counts. Targets come from the issues:
 - exchange: (str, int) items crossing between two processes: >= 3,000,000 items/s;
 - memory: peak RSS of a 5,000,000-item run where a fast input feeds a slow step on the other
   process stays bounded (compared with a 500,000-item run);
+- backpressure: a fast keyed step on process 0 (four items out for each in) feeds a slow
+  stateful step on process 1; each process's own peak RSS, for 1,600,000 items received and
+  for a tenth of that, with the credit window (``MILLRACE_CREDIT_WINDOW``, 64) and with an
+  unbounded one (what no flow control gives): the receiver's growth with the window <= 50 MB;
 - recovery: wordcount with 1-second epochs and snapshots costs <= 15% against no recovery
   (also shown, without a target: the same over four times the words, several epochs);
 - tracing (no target): wordcount with ``setup_tracing`` on, spans made and dropped, against
@@ -53,6 +57,7 @@ from millrace.execution import PeriodicEpochConfig, run_main, spawn_cluster
 from millrace.inputs import ManualInputConfig, TestingBuilderInputConfig, TestingInputConfig
 from millrace.outputs import ManualOutputConfig
 from millrace.recovery import SqliteRecoveryConfig
+from millrace.runtime.credits import WINDOW
 from millrace.tracing import TracingConfig, setup_tracing
 from workloads_data import add, inc, is_even, to_pair  # the user functions vs_bytewax.py calls too
 
@@ -363,6 +368,80 @@ def m_memory(scale: float) -> dict[str, float]:
     return {"peak_rss_mb_small": small_rss, "peak_rss_mb_big": big_rss, "growth_mb": big_rss - small_rss}
 
 
+def _rss_output(report_dir: str) -> ManualOutputConfig:
+    """Counts items per worker; at exit each process writes the count and its own peak RSS."""
+
+    def build(worker_index: int, worker_count: int) -> Callable[[Any], None]:
+        seen = [0]
+
+        def sink(item: Any) -> None:
+            seen[0] += 1
+
+        def report() -> None:
+            # RUSAGE_SELF: this process's own peak, in KiB on Linux.
+            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            Path(report_dir, f"worker-{worker_index}.json").write_text(json.dumps({"count": seen[0], "rss_mb": rss_mb}))
+
+        atexit.register(report)
+        return sink
+
+    return ManualOutputConfig(build)
+
+
+def _backpressure_run(n: int, window: int) -> tuple[float, float]:
+    """Peak RSS (MB) of the sending and the receiving process when a fast keyed step on
+    process 0 feeds a slow stateful step on process 1, with a credit window of ``window``."""
+
+    def fast_input(worker_index: int, worker_count: int, resume_state: Any):
+        if worker_index == 0:
+            yield from zip(repeat(None), zip(repeat(0), range(n)))  # key 0 lives on worker 0
+
+    def fan(state: None, i: int) -> tuple[None, list[tuple[int, str]]]:
+        # A keyed step that emits four items for each it gets, all keyed to worker 1.
+        return None, [(1, f"{i:>12}" * 8)] * 4
+
+    def slow(state: int, value: str) -> tuple[int, int]:
+        for _ in range(20):
+            value = value[::-1]
+        return state + 1, state + 1
+
+    flow = Dataflow()
+    flow.input("inp", ManualInputConfig(fast_input))
+    flow.stateful_map("fast", lambda: None, fan)
+    flow.flat_map(lambda kv: kv[1])
+    flow.stateful_map("slow", lambda: 0, slow)
+    with tempfile.TemporaryDirectory() as report_dir:
+        flow.capture(_rss_output(report_dir))
+        os.environ["MILLRACE_CREDIT_WINDOW"] = str(window)  # the processes inherit it
+        try:
+            spawn_cluster(flow, proc_count=2)
+        finally:
+            del os.environ["MILLRACE_CREDIT_WINDOW"]
+        reports = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in Path(report_dir).glob("worker-*.json")}
+    assert reports[1]["count"] == 4 * n and reports[0]["count"] == 0, reports
+    return reports[0]["rss_mb"], reports[1]["rss_mb"]
+
+
+# What no flow control would give: a window no sender ever uses up.
+UNBOUNDED = 1_000_000_000
+
+
+def m_backpressure(scale: float) -> dict[str, float]:
+    """Both processes' peak RSS with the default window and with an unbounded one, for a run
+    and a run ten times as long, taking turns."""
+    big = int(400_000 * scale)
+    small = big // 10
+    figures: dict[str, float] = {}
+    for n, size in ((small, "small"), (big, "big")):
+        for window, name in ((WINDOW, "window"), (UNBOUNDED, "unbounded")):
+            sender, receiver = _backpressure_run(n, window)
+            figures[f"send_mb_{name}_{size}"] = sender
+            figures[f"recv_mb_{name}_{size}"] = receiver
+    figures["growth_mb"] = figures["recv_mb_window_big"] - figures["recv_mb_window_small"]
+    figures["growth_mb_unbounded"] = figures["recv_mb_unbounded_big"] - figures["recv_mb_unbounded_small"]
+    return figures
+
+
 def m_recovery(scale: float) -> dict[str, float]:
     data = words(int(1_000_000 * scale))
 
@@ -448,6 +527,7 @@ MEASUREMENTS: dict[str, Callable[[float], dict[str, float]]] = {
     "scaling": m_scaling,
     "exchange": m_exchange,
     "memory": m_memory,
+    "backpressure": m_backpressure,
     "recovery": m_recovery,
     "tracing": m_tracing,
     "encryption": m_encryption,
@@ -462,6 +542,7 @@ TARGETS: list[tuple[str, str, str, float, str | None]] = [
     ("scaling", "wordcount_x", ">=", 1.3, "by_hand_wordcount_x"),
     ("exchange", "items_per_s", ">=", 3_000_000, "by_hand_items_per_s"),
     ("memory", "growth_mb", "<=", 50, None),
+    ("backpressure", "growth_mb", "<=", 50, "growth_mb_unbounded"),
     ("recovery", "cost", "<=", 0.15, None),
 ]
 
