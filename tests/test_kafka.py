@@ -361,6 +361,20 @@ def test_an_unreachable_recovery_broker_is_named():
         run_main(_sums_flow([]), recovery_config=recovery)
 
 
+def test_the_recovery_store_passes_its_properties_to_its_clients(broker):
+    """A broker that takes only SASL or TLS can hold the recovery topics: the store's clients
+    take the user's properties, and one librdkafka refuses is named with the store."""
+    recovery = KafkaRecoveryConfig([broker], "props-store", {"no.such.property": "1"})
+    with pytest.raises(
+        ValueError, match=r"recovery store Kafka recovery topics 'props-store-progress'.*no.such.property"
+    ):
+        run_main(_sums_flow([]), recovery_config=recovery)
+    out: list = []
+    recovery = KafkaRecoveryConfig([broker], "props-store", {"client.id": "millrace-test-store"})
+    run_main(_sums_flow(out), epoch_config=TestingEpochConfig(), recovery_config=recovery)
+    assert out and KafkaStores(recovery).inspect(0) is not None
+
+
 def test_a_staged_rescale_stays_beside_the_kafka_store_until_it_is_swapped_in(broker):
     """The two halves of a rescale in the topics: staged, the store still loads what it held
     (also when opened anew, as after a kill); swapped in, it loads the new content, and the old
