@@ -187,7 +187,7 @@ class _HeldSignals:
         # Only the main thread gets Python's signals; pthread_sigmask is POSIX only.
         self.active = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
         self.launched = threading.Event()
-        self._before: set[signal.Signals] = set()
+        self._before: set[int | signal.Signals] = set()
 
     def start(self, threads: list[threading.Thread]) -> None:
         if self.active:
