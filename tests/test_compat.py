@@ -263,6 +263,73 @@ def test_ctrl_c_under_cluster_main_stops_the_workers_at_once(procs: Procs, tmp_p
     assert written == [0, 1, 2], written
 
 
+_CTRL_C_AT_START_SCRIPT = """\
+import sys
+import threading
+import time
+from pathlib import Path
+
+from millrace.dataflow import Dataflow
+from millrace.execution import cluster_main
+from millrace.inputs import TestingInputConfig
+from millrace.outputs import ManualOutputConfig
+
+GATE = Path(sys.argv[1])
+OUT = sys.argv[2]
+HOLDING = []
+
+
+def hold(x):
+    if not GATE.exists():
+        HOLDING.append(x)
+        while not GATE.exists():
+            time.sleep(0.005)
+    return x
+
+
+def to_file(worker_index, worker_count):
+    handle = open(f"{OUT}.{worker_index}", "a", buffering=1)
+    return lambda item: handle.write(f"{item}\\n")
+
+
+start = threading.Thread.start
+
+
+def start_or_ctrl_c(self):
+    # Ctrl-C lands while the main thread starts the third worker: the first two hold an item.
+    if self.name.startswith("millrace-worker-2"):
+        while len(HOLDING) < 2:
+            time.sleep(0.005)
+        threading.Timer(0.2, GATE.touch).start()  # the two finish their item once stopped
+        raise KeyboardInterrupt
+    start(self)
+
+
+if __name__ == "__main__":
+    threading.Thread.start = start_or_ctrl_c
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(range(1000)))
+    flow.map(hold)
+    flow.capture(ManualOutputConfig(to_file))
+    cluster_main(flow, [], 0, worker_count_per_proc=3)
+"""
+
+
+def test_ctrl_c_while_the_workers_start_stops_those_already_running(procs: Procs, tmp_path: Path):
+    """A Ctrl-C in the middle of starting the worker threads stops the cluster like any other:
+    the workers already running finish the item in hand and nothing more (it used to end the
+    process under them, their items lost), the one not started never runs."""
+    script = tmp_path / "ctrl_c_at_start.py"
+    script.write_text(_CTRL_C_AT_START_SCRIPT)
+    proc = procs.start(str(script), str(tmp_path / "gate"), str(tmp_path / "out"))
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr
+    assert "still inside user code" not in stderr, stderr
+    written = sorted(int(line) for path in tmp_path.glob("out.*") for line in path.read_text().split())
+    assert written == [0, 1], written
+
+
 # -- help() shows examples ----------------------------------------------------------------
 
 

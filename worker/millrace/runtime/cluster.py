@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -122,15 +121,17 @@ def run_process(
     }
     name = "millrace.process" if trace_parent else "millrace.run"
     with telemetry.run_span(name, attributes, trace_parent) as parent:
-        # Set by each worker thread as it leaves: what the main thread waits on, never a join
-        # (see _supervise).
+        # Set by each worker thread as it begins and as it leaves: what the main thread waits
+        # on, never a join (see _supervise).
+        began = [threading.Event() for _ in range(workers_per_proc)]
         finished = [threading.Event() for _ in range(workers_per_proc)]
 
-        held = _HeldSignals()
-
         def work(index: int) -> None:
-            held.enter_worker()
+            slot = index - exchange.first
+            began[slot].set()
             try:
+                if exchange.stopping.is_set():
+                    return  # stopped (Ctrl-C) while the threads started: _join may not wait for it
                 telemetry.new_worker(
                     installed,
                     parent,
@@ -148,7 +149,7 @@ def run_process(
                 errors.append((index, exc))
                 exchange.fail(failure_reason(exc, index, proc_id))
             finally:
-                finished[index - exchange.first].set()
+                finished[slot].set()
 
         threads = [
             threading.Thread(
@@ -157,11 +158,14 @@ def run_process(
             for t in range(workers_per_proc)
         ]
         try:
-            held.start(threads)
-            _supervise(threads, finished, exchange, abandoned)
+            # Started inside the try: a Ctrl-C in the middle of a Thread.start must stop the
+            # threads already running too (raised outside, it ended the process under them).
+            for thread in threads:
+                thread.start()
+            _supervise(threads, began, finished, exchange, abandoned)
         except KeyboardInterrupt as exc:
             exchange.fail(f"process {proc_id} was stopped ({exc or 'Ctrl-C'})", peer_lost=True)
-            _join(threads, finished, _STOP_GRACE)
+            _join(threads, began, finished, _STOP_GRACE)
             if link is not None:
                 link.close(clean=False)
             raise
@@ -174,45 +178,9 @@ def run_process(
             raise (PeerLost if exchange.peer_lost else ClusterError)(exchange.reason or "the cluster stopped")
 
 
-class _HeldSignals:
-    """Ctrl-C (and a pod's SIGTERM) held back while the worker threads start: raised in the
-    middle of a ``Thread.start``, outside the handler that stops them, it would end the
-    process under the running workers, their output cut off. Held, it is raised in the main
-    thread right after, where the stop handles it. Each worker lets the signals through again
-    once all have started (a process it starts must not inherit them held)."""
-
-    _SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
-
-    def __init__(self) -> None:
-        # Only the main thread gets Python's signals; pthread_sigmask is POSIX only.
-        self.active = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-        self.launched = threading.Event()
-        self._before: set[int | signal.Signals] = set()
-
-    def start(self, threads: list[threading.Thread]) -> None:
-        if self.active:
-            self._before = signal.pthread_sigmask(signal.SIG_BLOCK, self._SIGNALS)
-        try:
-            for thread in threads:
-                thread.start()
-        finally:
-            try:
-                self.release()  # a Ctrl-C held meanwhile is raised here, in the main thread
-            finally:
-                self.launched.set()  # only now may the workers let it through
-
-    def release(self) -> None:
-        """Called by the main thread once the workers run, and by each worker as it starts."""
-        if self.active:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._before)
-
-    def enter_worker(self) -> None:
-        self.launched.wait()
-        self.release()
-
-
 def _supervise(
     threads: list[threading.Thread],
+    began: list[threading.Event],
     finished: list[threading.Event],
     exchange: Exchange,
     abandoned: Callable[[], str | None] | None,
@@ -228,16 +196,21 @@ def _supervise(
                 log.warning("%s; stopping", reason)  # no one else is left to say it
                 exchange.fail(reason)
             if exchange.stopping.is_set():
-                _join(threads, finished, _STOP_GRACE)
+                _join(threads, began, finished, _STOP_GRACE)
                 return
 
 
-def _join(threads: list[threading.Thread], finished: list[threading.Event], timeout: float) -> None:
+def _join(
+    threads: list[threading.Thread], began: list[threading.Event], finished: list[threading.Event], timeout: float
+) -> None:
+    """Wait up to ``timeout`` for the workers that began; the cluster is stopping, so one that
+    begins only now leaves at once (see ``work``), and one that never started never will."""
     # Real time, whatever clock the flow reads: this waits for real threads.
     monotonic = SYSTEM_CLOCK.monotonic
     deadline = monotonic() + timeout
-    for done in finished:
+    running = [(t, done) for t, start, done in zip(threads, began, finished, strict=True) if start.is_set()]
+    for _, done in running:
         done.wait(max(0.0, deadline - monotonic()))
-    stuck = [t.name for t, done in zip(threads, finished, strict=True) if not done.is_set()]
+    stuck = [t.name for t, done in running if not done.is_set()]
     if stuck:
         log.warning("workers %s are still inside user code; leaving them behind", stuck)
