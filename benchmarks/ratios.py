@@ -13,6 +13,10 @@ is checked for correctness before it counts. Targets come from the issues:
   same functions: >= 0.60;
 - wordcount: reduce over 1,000,000 words of 10,000 keys, against a plain dict count: >= 0.25;
 - 2 processes against 1 (steady state, partitioned input): stateless >= 1.6x, wordcount >= 1.3x;
+- combine: issue 24's word count, final counts of 2,000,000 words of 10,000 over a system-clock
+  window longer than the run, on 2 processes against 1, the reducer's values combined before
+  they cross (``reduce_window(..., combine=True)``): >= 1.3x (also shown: the same without
+  ``combine``, every value that another process owns crossing on its own);
 - exchange: (str, int) items crossing between two processes: >= 3,000,000 items/s;
 - memory: peak RSS of a 5,000,000-item run where a fast input feeds a slow step on the other
   process stays bounded (compared with a 500,000-item run);
@@ -54,6 +58,7 @@ from millrace.inputs import ManualInputConfig, TestingBuilderInputConfig, Testin
 from millrace.outputs import ManualOutputConfig
 from millrace.recovery import SqliteRecoveryConfig
 from millrace.tracing import TracingConfig, setup_tracing
+from millrace.window import SystemClockConfig, TumblingWindowConfig
 from workloads_data import add, inc, is_even, to_pair  # the user functions vs_bytewax.py calls too
 
 # -- the user functions every variant calls ----------------------------------------------------
@@ -279,6 +284,74 @@ def m_scaling(scale: float) -> dict[str, float]:
     }
 
 
+def _final_counts(m: int, combine: bool) -> Callable[[str], Dataflow]:
+    """The issue's word count: ``m`` words of 10,000, each worker making its own share,
+    counted by ``reduce_window`` over a system-clock window longer than the run (each word's
+    final count comes out at the end of input), its values combined before they cross or not.
+    Each worker reports when its input began, when its last count came out, and the counts."""
+
+    def flow_for(report_dir: str) -> Dataflow:
+        def word_input(worker_index: int, worker_count: int, resume_state: Any):
+            def timed():
+                Path(report_dir, f"start-{worker_index}.json").write_text(json.dumps(time.perf_counter()))
+                yield from by_hand.word_share(worker_index, worker_count, m)
+
+            return zip(repeat(None), timed())
+
+        def output(worker_index: int, worker_count: int) -> Callable[[Any], None]:
+            counts: list[int] = []
+
+            def report() -> None:
+                stats = {"end": time.perf_counter(), "keys": len(counts), "words": sum(counts)}
+                Path(report_dir, f"worker-{worker_index}.json").write_text(json.dumps(stats))
+
+            atexit.register(report)  # the end of the run: every count is out
+            return lambda kv: counts.append(kv[1])
+
+        flow = Dataflow()
+        flow.input("inp", ManualInputConfig(word_input))
+        flow.map(to_pair)
+        day = TumblingWindowConfig(timedelta(days=1))
+        flow.reduce_window("count", SystemClockConfig(), day, add, combine=combine)
+        flow.capture(ManualOutputConfig(output))
+        return flow
+
+    return flow_for
+
+
+def _final_counts_rate(m: int, procs: int, combine: bool) -> float:
+    """Words/s of :func:`_final_counts`: from the first worker's first word to the last worker's
+    last count (perf_counter is the machine's monotonic clock, the same in every process)."""
+    with tempfile.TemporaryDirectory() as report_dir:
+        spawn_cluster(_final_counts(m, combine)(report_dir), proc_count=procs)
+        starts = [json.loads(p.read_text()) for p in Path(report_dir).glob("start-*.json")]
+        reports = read_reports(report_dir)
+    assert sum(r["words"] for r in reports) == m, reports
+    assert sum(r["keys"] for r in reports) == min(m, by_hand.VOCABULARY), reports
+    return m / (max(r["end"] for r in reports) - min(starts))
+
+
+def m_combine(scale: float) -> dict[str, float]:
+    """The word count of issue 24 (final counts over a system-clock window) on 1 and 2
+    processes, with ``combine=True`` and without, taking turns."""
+    m = int(2_000_000 * scale)
+    one, two, plain_one, plain_two = by_hand.best_rates(
+        lambda: _final_counts_rate(m, 1, combine=True),
+        lambda: _final_counts_rate(m, 2, combine=True),
+        lambda: _final_counts_rate(m, 1, combine=False),
+        lambda: _final_counts_rate(m, 2, combine=False),
+    )
+    return {
+        "combined_1p": one,
+        "combined_2p": two,
+        "combined_x": two / one,
+        "uncombined_1p": plain_one,
+        "uncombined_2p": plain_two,
+        "uncombined_x": plain_two / plain_one,
+        "machine_x": by_hand.parallel(),
+    }
+
+
 def m_exchange(scale: float) -> dict[str, float]:
     """Every item is keyed to the other process's worker, so every item crosses."""
     n = int(3_000_000 * scale)
@@ -446,6 +519,7 @@ MEASUREMENTS: dict[str, Callable[[float], dict[str, float]]] = {
     "stateless": m_stateless,
     "wordcount": m_wordcount,
     "scaling": m_scaling,
+    "combine": m_combine,
     "exchange": m_exchange,
     "memory": m_memory,
     "recovery": m_recovery,
@@ -460,6 +534,7 @@ TARGETS: list[tuple[str, str, str, float, str | None]] = [
     ("wordcount", "ratio", ">=", 0.25, None),
     ("scaling", "stateless_x", ">=", 1.6, "machine_x"),
     ("scaling", "wordcount_x", ">=", 1.3, "by_hand_wordcount_x"),
+    ("combine", "combined_x", ">=", 1.3, "machine_x"),
     ("exchange", "items_per_s", ">=", 3_000_000, "by_hand_items_per_s"),
     ("memory", "growth_mb", "<=", 50, None),
     ("recovery", "cost", "<=", 0.15, None),

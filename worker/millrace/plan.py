@@ -118,6 +118,9 @@ class WindowStep(StatefulStep):
 @dataclass(frozen=True)
 class ReduceWindow(WindowStep):
     reducer: Callable[[Any, Any], Any]
+    #: Whether values are combined per key before they cross between workers (the reducer
+    #: is declared associative; see :meth:`~millrace.dataflow.Dataflow.reduce_window`).
+    combine: bool = False
 
     kind = "reduce_window"
 

@@ -18,12 +18,13 @@ from typing import Any
 
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..dataflow import Dataflow
+from .combine import Combiner
 from .epochs import BatchSizer, EpochPolicy
 from .errors import annotate, cannot_travel
 from .exchange import DATA, DONE, MARK, STOP, Exchange, Message
 from .migration import RECOVERY_KINDS, Recovery
 from .persistence import Snapshots, restore
-from .progress import Broadcast, Ended, Flush, Progress, Snapshot
+from .progress import Broadcast, Close, Ended, Flush, Progress, Snapshot
 from .routing import Router, check_pairs
 from .segments import Segment, build_logic, check_flow, lay_out
 from .sinks import Sink
@@ -73,7 +74,14 @@ class Worker:
         self.sizer = BatchSizer()
         self._now = clock.now
         self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router, clock.now)
-        self.progress = Progress(index, self.count, len(self.logics))
+        # Steps that combine values before they cross (reduce_window(..., combine=True)):
+        # their windows close at epoch ends, and with peers their values cross as partials.
+        combining = [target for target, logic in enumerate(self.logics) if getattr(logic, "combine", False)]
+        self.progress = Progress(index, self.count, len(self.logics), frozenset(combining))
+        self.combiners: dict[int, Combiner] = {}
+        if self.count > 1:
+            for target in combining:
+                self.combiners[target] = Combiner(self.logics[target], target, self.count)  # type: ignore[arg-type]
         # Every capture's writer once (a capture's sink is in each segment that reaches it).
         segments = [segment for _, segment in self.input_steps] + self.after
         self.sinks: list[Sink] = list({id(s): s for seg in segments for s in seg.sinks if s is not None}.values())
@@ -142,7 +150,17 @@ class Worker:
         self._send(segment, target, parts, epoch)
 
     def _send(self, segment: Segment, target: int, parts: list[list[Any]], epoch: int) -> None:
-        """Send each other worker its part of a batch for ``target``."""
+        """Send each other worker its part of a batch for ``target`` (for a step that
+        combines, fold the parts into its partials, and send what must go now)."""
+        combiner = self.combiners.get(target)
+        if combiner is not None:
+            try:
+                ready = combiner.add(parts, epoch)
+            except Exception as exc:
+                annotate(exc, segment.target_name, self.index)
+                raise
+            self._send_partials(segment.target_name, ready)
+            return
         for dest, part in enumerate(parts):
             if part:
                 try:
@@ -151,6 +169,36 @@ class Worker:
                     error = cannot_travel(segment.target_name, part, dest, exc)
                     annotate(error, segment.target_name, self.index)
                     raise error from exc
+
+    def _send_partials(self, step_name: str, messages: list[tuple[int, Message]]) -> None:
+        for dest, msg in messages:
+            try:
+                self.exchange.send(dest, msg)
+            except Exception as exc:
+                error = cannot_travel(step_name, msg[3][1], dest, exc)
+                annotate(error, step_name, self.index)
+                raise error from exc
+
+    def _merge(self, target: int, partials: tuple[int, list[Any]], epoch: int) -> None:
+        """Fold another worker's partials (see :mod:`.combine`) into step ``target``."""
+        logic = self.logics[target]
+        index, pairs = partials
+        try:
+            logic.merge(index, pairs)  # type: ignore[attr-defined]
+        except Exception as exc:
+            annotate(exc, logic.name, self.index)
+            raise
+
+    def _close_windows(self, target: int, epoch: int) -> None:
+        """Every item of ``epoch`` reached step ``target``, which closes windows now."""
+        logic = self.logics[target]
+        try:
+            out = logic.on_epoch_end()  # type: ignore[attr-defined]
+        except Exception as exc:
+            annotate(exc, logic.name, self.index)
+            raise
+        if out:
+            self._push(self.after[target], out, epoch)
 
     def _apply(self, target: int, batch: list[Any], epoch: int) -> None:
         logic = self.logics[target]
@@ -202,7 +250,10 @@ class Worker:
             if self.exchange.stopping.is_set():
                 raise Stopped  # the cluster is stopping (a failure, Ctrl-C): process no more
             _, target, epoch, items = msg
-            self._apply(target, items, epoch)
+            if target < 0:  # partials of a step that combines
+                self._merge(~target, items, epoch)
+            else:
+                self._apply(target, items, epoch)
         elif kind == MARK or kind == DONE:
             self.progress.receive(msg)
         elif kind in RECOVERY_KINDS:
@@ -305,7 +356,13 @@ class Worker:
         while True:
             for action in actions:
                 if isinstance(action, Broadcast):
-                    self.exchange.broadcast(self.index, action.message)
+                    message = action.message
+                    if message[0] == MARK and message[1] in self.combiners:
+                        # The step's partials of the epoch go before its mark.
+                        self._send_partials(self.logics[message[1]].name, self.combiners[message[1]].drain())
+                    self.exchange.broadcast(self.index, message)
+                elif isinstance(action, Close):
+                    self._close_windows(action.step, epoch)
                 elif isinstance(action, Flush):
                     self._flush(action.step, epoch)
                 elif isinstance(action, Snapshot):
