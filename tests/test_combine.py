@@ -101,6 +101,38 @@ def test_an_associative_reducer_need_not_commute(words, shape):
             assert mine == sorted(mine), f"worker {worker}'s values of {key!r} out of order: {text}"
 
 
+def _pages(items: list[Any], out: Any, merge: bool) -> Dataflow:
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(items))
+    flow.fold_window(
+        "pages",
+        SystemClockConfig(),
+        DAY,
+        lambda: (0, frozenset()),
+        lambda acc, page: (acc[0] + 1, acc[1] | {page}),
+        merger=(lambda acc, more: (acc[0] + more[0], acc[1] | more[1])) if merge else None,
+    )
+    flow.capture(TestingOutputConfig(out))
+    return flow
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    visits=st.lists(st.tuples(KEYS, st.sampled_from(["home", "cart", "faq"])), max_size=200),
+    shape=st.sampled_from([(1, 1), (1, 3), (2, 2)]),
+)
+def test_a_fold_with_a_merger_folds_what_it_folds_without(visits, shape):
+    got = {}
+    for merge in (False, True):
+        out: list = []
+        spawn_cluster(
+            _pages(visits, out, merge), proc_count=shape[0], worker_count_per_proc=shape[1], mp_ctx=doctest_ctx
+        )
+        got[merge] = sorted(out, key=repr)
+    assert got[True] == got[False]
+    assert sum(count for _, (count, _) in got[True]) == len(visits)
+
+
 def test_two_real_processes_count_exactly():
     words = [f"w{(i * 7919) % 997}" for i in range(20_000)] + list(range(300))
     with multiprocessing.Manager() as manager:
@@ -235,6 +267,17 @@ def test_combine_on_an_event_clock_is_refused_by_name():
     assert flow.steps == []
 
 
+def test_a_merger_on_an_event_clock_is_refused_by_name():
+    clock = EventClockConfig(lambda v: v, wait_for_system_duration=timedelta(0))
+    with pytest.raises(ValueError, match=r"fold_window 'f': merger= needs SystemClockConfig, got EventClockConfig"):
+        Dataflow().fold_window("f", clock, DAY, list, lambda a, b: [*a, b], merger=lambda a, b: a + b)
+
+
+def test_a_merger_must_be_callable():
+    with pytest.raises(TypeError, match=r"fold_window 'f': merger must be callable, got 3"):
+        Dataflow().fold_window("f", SystemClockConfig(), DAY, list, lambda a, b: [*a, b], merger=3)  # type: ignore[arg-type]
+
+
 def test_combine_must_be_a_bool():
     with pytest.raises(TypeError, match=r"reduce_window 'c': combine must be True or False, got 'yes'"):
         Dataflow().reduce_window("c", SystemClockConfig(), DAY, add, combine="yes")  # type: ignore[arg-type]
@@ -272,6 +315,7 @@ def test_a_partial_that_cannot_travel_is_named():
 class _Step:
     name = "reduce_window 'count'"
     reducer = staticmethod(add)
+    builder = folder = None
 
     def __init__(self) -> None:
         self.window = 0

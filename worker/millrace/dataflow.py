@@ -21,13 +21,13 @@ def _require_callable(step: str, arg: str, fn: Any) -> None:
         raise TypeError(f"{step}: {arg} must be callable, got {fn!r}")
 
 
-def _check_combine(step: str, combine: Any, clock_config: ClockConfig) -> None:
+def _check_combine(step: str, combine: Any, clock_config: ClockConfig, keyword: str = "combine=True") -> None:
     """Refuse a ``combine`` that is not a bool, or that the step's clock does not allow."""
     if type(combine) is not bool:
         raise TypeError(f"{step}: combine must be True or False, got {combine!r}")
     if combine and not isinstance(clock_config, SystemClockConfig):
         raise ValueError(
-            f"{step}: combine=True needs SystemClockConfig, got {type(clock_config).__name__}: on an event "
+            f"{step}: {keyword} needs SystemClockConfig, got {type(clock_config).__name__}: on an event "
             "clock whether a value is late depends on the order the values of its key arrive in, which "
             "combining them before they cross between workers would change"
         )
@@ -363,6 +363,8 @@ class Dataflow:
         window_config: WindowConfig,
         builder: Callable[[], Any],
         folder: Callable[[Any, Any], Any],
+        *,
+        merger: Callable[[Any, Any], Any] | None = None,
     ) -> None:
         """Fold the values of each key and window into ``builder()``; emit ``(key, acc)`` when
         the window closes.
@@ -389,10 +391,39 @@ class Dataflow:
         >>> run_main(flow)
         ('ann', ['cart', 'home'])
         ('ann', ['home'])
+
+        ``merger`` (not in Bytewax 0.15, which has no such argument; Bytewax 0.18 gave its
+        ``fold_window`` one) combines values before they cross between workers, as
+        ``reduce_window(..., combine=True)`` does (read there what changes: a value's time
+        and when windows close): a worker folds the values it reads for a key another worker
+        owns into ``builder()``, one partial per key and window, and the owner folds each
+        partial into its accumulator with ``merger(acc, partial)``. The promise it makes:
+        ``merger(acc, fold(builder(), values)) == fold(acc, values)``, where ``fold`` applies
+        ``folder`` value by value. It needs :class:`~millrace.window.SystemClockConfig`.
+
+        >>> from millrace.window import SystemClockConfig
+        >>> flow = Dataflow()
+        >>> flow.input("inp", TestingInputConfig([("ann", "home"), ("bob", "cart"), ("ann", "cart")]))
+        >>> flow.fold_window(
+        ...     "pages",
+        ...     SystemClockConfig(),
+        ...     TumblingWindowConfig(timedelta(hours=1)),
+        ...     set,
+        ...     lambda pages, page: pages | {page},
+        ...     merger=lambda pages, more: pages | more,
+        ... )
+        >>> flow.map(lambda kv: (kv[0], sorted(kv[1])))
+        >>> flow.capture(StdOutputConfig())
+        >>> run_main(flow)
+        ('ann', ['cart', 'home'])
+        ('bob', ['cart'])
         """
         self._check_windowed("fold_window", step_id, clock_config, window_config)
         _require_callable(f"fold_window {step_id!r}", "builder", builder)
         _require_callable(f"fold_window {step_id!r}", "folder", folder)
+        if merger is not None:
+            _require_callable(f"fold_window {step_id!r}", "merger", merger)
+            _check_combine(f"fold_window {step_id!r}", True, clock_config, "merger=")
         self.steps.append(
             plan.FoldWindow(
                 step_id=step_id,
@@ -400,6 +431,7 @@ class Dataflow:
                 window=window_config,
                 builder=builder,
                 folder=folder,
+                merger=merger,
             )
         )
 

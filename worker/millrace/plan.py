@@ -129,6 +129,10 @@ class ReduceWindow(WindowStep):
 class FoldWindow(WindowStep):
     builder: Callable[[], Any]
     folder: Callable[[Any, Any], Any]
+    #: ``merger(acc, partial)``: folds in a partial another worker folded from ``builder()``;
+    #: given, values are combined before they cross (see
+    #: :meth:`~millrace.dataflow.Dataflow.fold_window`).
+    merger: Callable[[Any, Any], Any] | None = None
 
     kind = "fold_window"
 

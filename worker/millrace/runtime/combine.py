@@ -1,18 +1,20 @@
-"""Combining values per key before they cross between workers (``reduce_window(...,
-combine=True)``, whose reducer the user declares associative).
+"""Combining values per key before they cross between workers: ``reduce_window(...,
+combine=True)``, whose reducer the user declares associative, and ``fold_window(...,
+merger=...)``, whose merger folds one worker's partial into another's accumulator.
 
 Without combining, every value of a key another worker owns crosses on its own: routed,
 encoded, sent, decoded and applied, which costs more than reducing it. A :class:`Combiner`
 keeps, per destination worker and window, one partial per key instead: the values this worker
-reads for that key, reduced in the order it read them. The partials go out when the epoch ends
-(before the worker's ``MARK`` for the step, so the progress protocol still sees every item of
-the epoch arrive before it) or when a destination holds :data:`LIMIT` keys. A partial is a
-``DATA`` message whose target is ``~step`` (negative: "partials") and whose items are
-``(window index, [(key, partial), ...])``; the owner folds them in with
-:meth:`~.system_windows.SystemClockWindowLogic.merge`.
+reads for that key, reduced (or folded from ``builder()``) in the order it read them. The
+partials go out when the epoch ends (before the worker's ``MARK`` for the step, so the progress
+protocol still sees every item of the epoch arrive before it) or when a destination holds
+:data:`LIMIT` keys. A partial is a ``DATA`` message whose target is ``~step`` (negative:
+"partials") and whose items are ``(window index, [(key, partial), ...])``; the owner folds them
+in with :meth:`~.system_windows.SystemClockWindowLogic.merge`.
 
 >>> class Step:  # what a Combiner asks of the step's logic
 ...     name, reducer = "reduce_window 'count'", staticmethod(lambda a, b: a + b)
+...     builder = folder = None
 ...     def window_now(self):
 ...         return 7
 >>> combiner = Combiner(Step(), target=0, count=2)
@@ -41,10 +43,13 @@ _MISSING: Any = object()
 
 
 class CombiningLogic(Protocol):
-    """What a combiner needs of its step (:class:`~.system_windows.SystemClockWindowLogic`)."""
+    """What a combiner needs of its step (:class:`~.system_windows.SystemClockWindowLogic`):
+    a ``reducer``, or a ``builder`` and a ``folder``."""
 
     name: str
     reducer: Callable[[Any, Any], Any] | None
+    builder: Callable[[], Any] | None
+    folder: Callable[[Any, Any], Any] | None
 
     def window_now(self) -> int:
         """The window a value read now goes into."""
@@ -55,14 +60,16 @@ class Combiner:
     """The partials one worker holds for one step (by index ``target``) and each of ``count``
     workers."""
 
-    __slots__ = ("logic", "target", "reducer", "pending", "epoch")
+    __slots__ = ("logic", "target", "reducer", "builder", "folder", "pending", "epoch")
 
     def __init__(self, logic: CombiningLogic, target: int, count: int) -> None:
-        if logic.reducer is None:
-            raise TypeError(f"{logic.name} has no reducer to combine with")
+        if logic.reducer is None and (logic.builder is None or logic.folder is None):
+            raise TypeError(f"{logic.name} has no reducer, nor builder and folder, to combine with")
         self.logic = logic
         self.target = target
         self.reducer = logic.reducer
+        self.builder = logic.builder
+        self.folder = logic.folder
         #: Per destination worker: per window index, ``{key: partial}``.
         self.pending: list[dict[int, dict[Any, Any]]] = [{} for _ in range(count)]
         self.epoch = 0
@@ -76,7 +83,7 @@ class Combiner:
             out = self.drain()
             self.epoch = epoch
         index = self.logic.window_now()
-        reducer = self.reducer
+        reducer, builder, folder = self.reducer, self.builder, self.folder
         missing = _MISSING
         for dest, part in enumerate(parts):
             if not part:
@@ -86,11 +93,17 @@ class Combiner:
             if partials is None:
                 partials = by_window[index] = {}
             get = partials.get
-            # One lookup per value; a user reducer may raise anything (KeyError too), so no
+            # One lookup per value; a user function may raise anything (KeyError too), so no
             # try/except KeyError shortcut here.
-            for key, value in part:
-                acc = get(key, missing)
-                partials[key] = value if acc is missing else reducer(acc, value)
+            if reducer is not None:
+                for key, value in part:
+                    acc = get(key, missing)
+                    partials[key] = value if acc is missing else reducer(acc, value)
+            else:
+                assert builder is not None and folder is not None
+                for key, value in part:
+                    acc = get(key, missing)
+                    partials[key] = folder(builder() if acc is missing else acc, value)
             if len(partials) >= LIMIT:
                 out += self._take(dest)
         return out

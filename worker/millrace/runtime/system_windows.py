@@ -101,7 +101,9 @@ class SystemClockWindowLogic(KeyedLogic):
         #: Whether values are combined before they cross (``reduce_window(..., combine=True)``):
         #: then windows close only at epoch ends (:meth:`on_epoch_end`), never on a tick, so
         #: the partials other workers send at an epoch's end still find their window open.
-        self.combine = bool(getattr(step, "combine", False))
+        self.combine = bool(getattr(step, "combine", False) or getattr(step, "merger", None))
+        #: ``merger(acc, partial)``: how a partial another worker sends goes into a window.
+        self.merger: Callable[[Any, Any], Any] | None = getattr(step, "merger", None) or self.reducer
         # Windows older than this closed at an epoch's end (with ``combine``).
         self._closed_below = -(1 << 62)
         #: Open windows by index, each ``{key: accumulator}`` in the order keys first came.
@@ -173,12 +175,12 @@ class SystemClockWindowLogic(KeyedLogic):
         windows = self.open.get(index)
         if windows is None:
             windows = self.open[index] = {}
-        reducer = self.reducer
-        assert reducer is not None
+        merger = self.merger
+        assert merger is not None
         get = windows.get
         for key, partial in partials:
             acc = get(key, _MISSING)
-            windows[key] = partial if acc is _MISSING else reducer(acc, partial)
+            windows[key] = partial if acc is _MISSING else merger(acc, partial)
         if self.touched is not None:
             self.touched.update(key for key, _ in partials)
 
