@@ -101,6 +101,23 @@ def test_an_associative_reducer_need_not_commute(words, shape):
             assert mine == sorted(mine), f"worker {worker}'s values of {key!r} out of order: {text}"
 
 
+@pytest.mark.parametrize("epochs", [None, TestingEpochConfig()], ids=["one-epoch", "epoch-per-item"])
+def test_two_combining_steps_in_a_row(epochs):
+    """Counts of words, then how many words have each count: the first step's results,
+    emitted at the end of input, are combined again on their way to the second."""
+    words = [f"w{(i * 13) % 17}" for i in range(400)] + ["rare"]
+    out: list = []
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(words))
+    flow.map(lambda word: (word, 1))
+    flow.reduce_window("count", SystemClockConfig(), DAY, add, combine=True)
+    flow.map(lambda kv: (kv[1], 1))
+    flow.reduce_window("histogram", SystemClockConfig(), DAY, add, combine=True)
+    flow.capture(TestingOutputConfig(out))
+    spawn_cluster(flow, proc_count=2, worker_count_per_proc=2, epoch_config=epochs, mp_ctx=doctest_ctx)
+    assert sorted(out) == sorted(Counter(Counter(words).values()).items())
+
+
 def _pages(items: list[Any], out: Any, merge: bool) -> Dataflow:
     flow = Dataflow()
     flow.input("inp", TestingInputConfig(items))
@@ -254,6 +271,42 @@ def test_a_resume_mid_stream_gives_the_same_counts(tmp_path, crash_at):
     assert len(resumed_at) == 4
     if crash_at > 1_000:  # by then epochs of 5 ms have ended and been snapshotted
         assert max(resumed_at) > 0, "the second run started over instead of resuming"
+
+
+def _ticks(out: Any, items: int, crash_at: int | None) -> Dataflow:
+    """Worker 0 reads ticks (its resume state: the next one), whatever the worker count."""
+
+    def ticks(worker_index: int, worker_count: int, resume_state: Any) -> Iterator[Any]:
+        if worker_index != 0:
+            return
+        for tick in range(resume_state or 0, items):
+            if tick == crash_at:
+                raise Crash(f"crash at tick {tick}")
+            yield tick + 1, (f"k{tick % 10}", 1)
+
+    flow = Dataflow()
+    flow.input("ticks", ManualInputConfig(ticks))
+    flow.reduce_window("count", SystemClockConfig(), DAY, add, combine=True)
+    flow.capture(TestingOutputConfig(out))
+    return flow
+
+
+def test_a_cluster_grown_on_resume_moves_the_open_windows_and_counts_exactly(tmp_path):
+    recovery = SqliteRecoveryConfig(tmp_path)
+    first: list = []
+    with pytest.raises(Crash):
+        run_main(_ticks(first, 60, crash_at=37), epoch_config=TestingEpochConfig(), recovery_config=recovery)
+    second: list = []
+    spawn_cluster(
+        _ticks(second, 60, None),
+        proc_count=2,
+        worker_count_per_proc=2,
+        epoch_config=TestingEpochConfig(),
+        recovery_config=recovery,
+        mp_ctx=doctest_ctx,
+    )
+    assert first == []
+    assert sorted(second) == [(f"k{i}", 6) for i in range(10)]
 
 
 # -- errors ----------------------------------------------------------------------------------
