@@ -552,6 +552,18 @@ def measure_in_fresh_process(name: str, scale: float) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _fmt(v: float) -> str:
+    return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+
+
+def _spread(runs: list[dict[str, float]], key: str) -> str:
+    """The lowest and highest of the runs' figures, when there are several."""
+    if len(runs) < 2:
+        return ""
+    values = [run[key] for run in runs]
+    return f" [{_fmt(min(values))}-{_fmt(max(values))}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0, help="workload size factor (default 1)")
@@ -572,7 +584,7 @@ def main() -> None:
     for name in names:
         runs = [measure_in_fresh_process(name, args.scale) for _ in range(args.repeat)]
         medians[name] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-        figures = ", ".join(f"{k} {v:,.2f}" if abs(v) < 100 else f"{k} {v:,.0f}" for k, v in medians[name].items())
+        figures = ", ".join(f"{k} {_fmt(v)}{_spread(runs, k)}" for k, v in medians[name].items())
         print(f"  {name:<10} {figures}", flush=True)
     print("targets:")
     for name, key, op, bound, machine in TARGETS:
