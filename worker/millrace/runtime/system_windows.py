@@ -101,7 +101,7 @@ class SystemClockWindowLogic(KeyedLogic):
         #: Whether values are combined before they cross (``reduce_window(..., combine=True)``):
         #: then windows close only at epoch ends (:meth:`on_epoch_end`), never on a tick, so
         #: the partials other workers send at an epoch's end still find their window open.
-        self.combine = bool(getattr(step, "combine", False) or getattr(step, "merger", None))
+        self.combine = bool(getattr(step, "combine", False) or getattr(step, "merger", None) is not None)
         #: ``merger(acc, partial)``: how a partial another worker sends goes into a window.
         self.merger: Callable[[Any, Any], Any] | None = getattr(step, "merger", None) or self.reducer
         # Windows older than this closed at an epoch's end (with ``combine``).

@@ -76,7 +76,7 @@ class Worker:
         self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router, clock.now)
         # Steps that combine values before they cross (reduce_window(..., combine=True)):
         # their windows close at epoch ends, and with peers their values cross as partials.
-        combining = [target for target, logic in enumerate(self.logics) if getattr(logic, "combine", False)]
+        combining = [target for target, logic in enumerate(self.logics) if logic.combine]
         self.progress = Progress(index, self.count, len(self.logics), frozenset(combining))
         self.combiners: dict[int, Combiner] = {}
         if self.count > 1:
@@ -184,7 +184,7 @@ class Worker:
         logic = self.logics[target]
         index, pairs = partials
         try:
-            logic.merge(index, pairs)  # type: ignore[attr-defined]
+            logic.merge(index, pairs)
         except Exception as exc:
             annotate(exc, logic.name, self.index)
             raise
@@ -193,7 +193,7 @@ class Worker:
         """Every item of ``epoch`` reached step ``target``, which closes windows now."""
         logic = self.logics[target]
         try:
-            out = logic.on_epoch_end()  # type: ignore[attr-defined]
+            out = logic.on_epoch_end()
         except Exception as exc:
             annotate(exc, logic.name, self.index)
             raise
