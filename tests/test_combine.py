@@ -23,6 +23,7 @@ from millrace.recovery import SqliteRecoveryConfig
 from millrace.runtime import combine
 from millrace.runtime.combine import Combiner
 from millrace.runtime.exchange import DATA
+from millrace.runtime.routing import Router, owner
 from millrace.testing import ManualClock, doctest_ctx, use_clock
 from millrace.window import EventClockConfig, SystemClockConfig, TumblingWindowConfig
 
@@ -367,6 +368,7 @@ def test_a_partial_that_cannot_travel_is_named():
 
 class _Step:
     name = "reduce_window 'count'"
+    loop_code = None
     reducer = staticmethod(add)
     builder = folder = None
 
@@ -377,38 +379,39 @@ class _Step:
         return self.window
 
 
-def test_partials_of_each_window_go_out_in_window_order():
+def _combiner(step: _Step, workers: int = 3, me: int = 0) -> Combiner:
+    return Combiner(step, target=2, router=Router(workers, me))  # type: ignore[arg-type]
+
+
+def test_partials_are_routed_window_by_window_when_drained():
     step = _Step()
-    combiner = Combiner(step, target=2, count=3)
-    combiner.add([[("a", 1)], [], [("b", 1), ("a", 1)]], epoch=5)
+    combiner = _combiner(step)
+    combiner.epoch = 5
+    combiner.begin_batch()[1].update({3: 1, 4: 2, 6: 3})  # owners 0, 1, 0
     step.window = 1
-    combiner.add([[("a", 1)], [], [("b", 1)]], epoch=5)
-    sent = combiner.drain()
-    assert sent == [
-        (0, (DATA, ~2, 5, (0, [("a", 1)]))),
-        (0, (DATA, ~2, 5, (1, [("a", 1)]))),
-        (2, (DATA, ~2, 5, (0, [("b", 1), ("a", 1)]))),
-        (2, (DATA, ~2, 5, (1, [("b", 1)]))),
-    ]
-    assert combiner.drain() == []
+    combiner.begin_batch()[1].update({4: 1, 5: 1, "a": 7})
+    local, sent = combiner.drain()
+    a = owner("a", 3)
+    assert local == [(0, [(3, 1), (6, 3)])] + ([(1, [("a", 7)])] if a == 0 else [])
+    expected = [(1, (DATA, ~2, 5, (0, [(4, 2)]))), (1, (DATA, ~2, 5, (1, [(4, 1)] + ([("a", 7)] if a == 1 else []))))]
+    expected += [(2, (DATA, ~2, 5, (1, [(5, 1)] + ([("a", 7)] if a == 2 else []))))]
+    assert sorted(sent, key=repr) == sorted(expected, key=repr)
+    assert combiner.drain() == ([], [])
 
 
-def test_what_an_earlier_epoch_left_goes_first_in_its_own_epoch():
-    combiner = Combiner(_Step(), target=0, count=2)
-    assert combiner.add([[], [("a", 1)]], epoch=0) == []
-    assert combiner.add([[], [("a", 1)]], epoch=1) == [(1, (DATA, ~0, 0, (0, [("a", 1)])))]
-    assert combiner.drain() == [(1, (DATA, ~0, 1, (0, [("a", 1)])))]
-
-
-def test_a_destination_holding_too_many_keys_is_sent_in_chunks(monkeypatch):
+def test_partials_holding_too_many_keys_are_full_and_go_in_chunks(monkeypatch):
     monkeypatch.setattr(combine, "LIMIT", 10)
     monkeypatch.setattr(combine, "CHUNK", 4)
-    combiner = Combiner(_Step(), target=0, count=2)
-    assert combiner.add([[], [(i, 1) for i in range(9)]], epoch=0) == []
-    sent = combiner.add([[], [(9, 1)]], epoch=0)
+    combiner = _combiner(_Step(), workers=2, me=0)
+    partials = combiner.begin_batch()[1]
+    partials.update({2 * i + 1: 1 for i in range(9)})
+    assert not combiner.full()
+    partials[19] = 1
+    assert combiner.full()
+    local, sent = combiner.drain()
+    assert local == []
     assert [len(msg[3][1]) for _, msg in sent] == [4, 4, 2]
-    assert [key for _, msg in sent for key, _ in msg[3][1]] == list(range(10))
-    assert combiner.drain() == []
+    assert [key for _, msg in sent for key, _ in msg[3][1]] == [2 * i + 1 for i in range(10)]
 
 
 def test_a_partial_for_a_window_already_closed_goes_into_the_newest():

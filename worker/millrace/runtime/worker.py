@@ -78,12 +78,12 @@ class Worker:
         # their windows close at epoch ends, and with peers their values cross as partials.
         combining = [target for target, logic in enumerate(self.logics) if logic.combine]
         self.progress = Progress(index, self.count, len(self.logics), frozenset(combining))
-        self.combiners: dict[int, Combiner] = {}
-        if self.count > 1:
-            for target in combining:
-                self.combiners[target] = Combiner(self.logics[target], target, self.count)  # type: ignore[arg-type]
-        # Every capture's writer once (a capture's sink is in each segment that reaches it).
         segments = [segment for _, segment in self.input_steps] + self.after
+        #: Per step that combines, this worker's partials of it (more than one worker only).
+        self.combiners: dict[int, Combiner] = {
+            seg.target: seg.combiner for seg in segments if seg.combiner is not None and seg.target is not None
+        }
+        # Every capture's writer once (a capture's sink is in each segment that reaches it).
         self.sinks: list[Sink] = list({id(s): s for seg in segments for s in seg.sinks if s is not None}.values())
 
     # -- inputs ----------------------------------------------------------------------------
@@ -113,6 +113,11 @@ class Worker:
     def _push(self, segment: Segment, batch: list[Any], epoch: int) -> None:
         chain = segment.chain
         target = segment.target
+        combiner = segment.combiner
+        if combiner is not None and combiner.epoch != epoch:
+            # What an earlier epoch left (nothing, when every epoch's end drained) goes first.
+            self._drain_combiner(combiner)
+            combiner.epoch = epoch
         if chain is not None:
             try:
                 result = chain.run(batch, epoch)
@@ -122,6 +127,10 @@ class Worker:
                 if error is exc:
                     raise
                 raise error from None
+            if combiner is not None:  # the loop reduced the batch into the partials
+                if combiner.full():
+                    self._drain_combiner(combiner)
+                return
             if segment.fused:  # the result is what the target emitted (and sends)
                 assert target is not None
                 if segment.routed:
@@ -150,17 +159,7 @@ class Worker:
         self._send(segment, target, parts, epoch)
 
     def _send(self, segment: Segment, target: int, parts: list[list[Any]], epoch: int) -> None:
-        """Send each other worker its part of a batch for ``target`` (for a step that
-        combines, fold the parts into its partials, and send what must go now)."""
-        combiner = self.combiners.get(target)
-        if combiner is not None:
-            try:
-                ready = combiner.add(parts, epoch)
-            except Exception as exc:
-                annotate(exc, segment.target_name, self.index)
-                raise
-            self._send_partials(segment.target_name, ready)
-            return
+        """Send each other worker its part of a batch for ``target``."""
         for dest, part in enumerate(parts):
             if part:
                 try:
@@ -170,16 +169,21 @@ class Worker:
                     annotate(error, segment.target_name, self.index)
                     raise error from exc
 
-    def _send_partials(self, step_name: str, messages: list[tuple[int, Message]]) -> None:
+    def _drain_combiner(self, combiner: Combiner) -> None:
+        """Route the partials ``combiner`` holds: this worker's keys into its step, the
+        others' to their owners."""
+        local, messages = combiner.drain()
+        for index, pairs in local:
+            self._merge(combiner.target, (index, pairs))
         for dest, msg in messages:
             try:
                 self.exchange.send(dest, msg)
             except Exception as exc:
-                error = cannot_travel(step_name, msg[3][1], dest, exc)
-                annotate(error, step_name, self.index)
+                error = cannot_travel(combiner.name, msg[3][1], dest, exc)
+                annotate(error, combiner.name, self.index)
                 raise error from exc
 
-    def _merge(self, target: int, partials: tuple[int, list[Any]], epoch: int) -> None:
+    def _merge(self, target: int, partials: tuple[int, list[Any]]) -> None:
         """Fold another worker's partials (see :mod:`.combine`) into step ``target``."""
         logic = self.logics[target]
         index, pairs = partials
@@ -188,17 +192,6 @@ class Worker:
         except Exception as exc:
             annotate(exc, logic.name, self.index)
             raise
-
-    def _close_windows(self, target: int, epoch: int) -> None:
-        """Every item of ``epoch`` reached step ``target``, which closes windows now."""
-        logic = self.logics[target]
-        try:
-            out = logic.on_epoch_end()
-        except Exception as exc:
-            annotate(exc, logic.name, self.index)
-            raise
-        if out:
-            self._push(self.after[target], out, epoch)
 
     def _apply(self, target: int, batch: list[Any], epoch: int) -> None:
         logic = self.logics[target]
@@ -251,7 +244,7 @@ class Worker:
                 raise Stopped  # the cluster is stopping (a failure, Ctrl-C): process no more
             _, target, epoch, items = msg
             if target < 0:  # partials of a step that combines
-                self._merge(~target, items, epoch)
+                self._merge(~target, items)
             else:
                 self._apply(target, items, epoch)
         elif kind == MARK or kind == DONE:
@@ -359,10 +352,10 @@ class Worker:
                     message = action.message
                     if message[0] == MARK and message[1] in self.combiners:
                         # The step's partials of the epoch go before its mark.
-                        self._send_partials(self.logics[message[1]].name, self.combiners[message[1]].drain())
+                        self._drain_combiner(self.combiners[message[1]])
                     self.exchange.broadcast(self.index, message)
                 elif isinstance(action, Close):
-                    self._close_windows(action.step, epoch)
+                    self._flush(action.step, epoch, epoch_end=True)
                 elif isinstance(action, Flush):
                     self._flush(action.step, epoch)
                 elif isinstance(action, Snapshot):
@@ -392,10 +385,12 @@ class Worker:
         if self.store is not None:
             self.store.close()
 
-    def _flush(self, target: int, epoch: int) -> None:
+    def _flush(self, target: int, epoch: int, *, epoch_end: bool = False) -> None:
+        """Every input ended: flush step ``target``; or, ``epoch_end``, every item of
+        ``epoch`` reached it, and it closes the windows it closes at epoch ends."""
         logic = self.logics[target]
         try:
-            out = logic.on_eof()
+            out = logic.on_epoch_end() if epoch_end else logic.on_eof()
         except Exception as exc:
             annotate(exc, logic.name, self.index)
             raise
