@@ -312,11 +312,11 @@ class Dataflow:
         ``combine=True`` (not in Bytewax 0.15; off by default) declares the reducer
         associative, ``reducer(reducer(a, b), c) == reducer(a, reducer(b, c))``, and lets
         millrace reduce values before they cross between workers, as Flink's and Spark's
-        combiners do: a worker folds the values it reads for a key another worker owns into
-        one partial per key and window, and sends the partials when the epoch ends (or when
-        it holds too many keys); the owner folds each partial into its accumulator with the
-        same reducer. On a cluster most values then never cross, which is what lets a keyed
-        count scale with processes. It needs :class:`~millrace.window.SystemClockConfig`
+        combiners do: a worker reduces the values it reads into one partial per key and
+        window, and routes the partials when the epoch ends (or when it holds too many keys);
+        each key's owner reduces the partials into its accumulator with the same reducer. On
+        a cluster most values then never cross, nor are they routed one by one, which is what
+        lets a keyed count scale with processes. It needs :class:`~millrace.window.SystemClockConfig`
         (on an event clock lateness depends on the order a key's values arrive in, which
         combining would change), and it changes two things, the same on any number of workers:
 
@@ -395,9 +395,9 @@ class Dataflow:
         ``merger`` (not in Bytewax 0.15, which has no such argument; Bytewax 0.18 gave its
         ``fold_window`` one) combines values before they cross between workers, as
         ``reduce_window(..., combine=True)`` does (read there what changes: a value's time
-        and when windows close): a worker folds the values it reads for a key another worker
-        owns into ``builder()``, one partial per key and window, and the owner folds each
-        partial into its accumulator with ``merger(acc, partial)``. The promise it makes:
+        and when windows close): a worker folds the values it reads into ``builder()``, one
+        partial per key and window, and each key's owner folds the partials into its
+        accumulator with ``merger(acc, partial)``. The promise it makes:
         ``merger(acc, fold(builder(), values)) == fold(acc, values)``, where ``fold`` applies
         ``folder`` value by value. It needs :class:`~millrace.window.SystemClockConfig`.
 
