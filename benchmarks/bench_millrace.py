@@ -77,11 +77,13 @@ def stateless(source: wd.Source, sink: wd.Sink) -> Dataflow:
 def wordcount(source: wd.Source, sink: wd.Sink) -> Dataflow:
     # Final counts, once per word when the input ends, as Bytewax's reduce_final gives them:
     # in the 0.14 API that is ``reduce_window`` over a window longer than the run (``reduce``
-    # emits only when ``is_complete`` says so, never at the end of input).
+    # emits only when ``is_complete`` says so, never at the end of input). ``add`` is
+    # associative, so the counts are combined per word before they cross between processes.
     flow = Dataflow()
     flow.input("inp", _input(source))
     flow.map(wd.to_pair)
-    flow.reduce_window("count", SystemClockConfig(), TumblingWindowConfig(timedelta(days=1)), wd.add)
+    day = TumblingWindowConfig(timedelta(days=1))
+    flow.reduce_window("count", SystemClockConfig(), day, wd.add, combine=True)
     flow.capture(_output(sink))
     return flow
 

@@ -13,6 +13,12 @@ is checked for correctness before it counts. Targets come from the issues:
   same functions: >= 0.60;
 - wordcount: reduce over 1,000,000 words of 10,000 keys, against a plain dict count: >= 0.25;
 - 2 processes against 1 (steady state, partitioned input): stateless >= 1.6x, wordcount >= 1.3x;
+- combine: issue 24's word count, final counts of 2,000,000 words of 10,000 over a system-clock
+  window longer than the run, on 2 processes against 1, the reducer's values combined before
+  they cross (``reduce_window(..., combine=True)``): >= 1.3x (also shown: the same without
+  ``combine``, every value that another process owns crossing on its own; and ``*_cpu_x``,
+  words per CPU second of the busiest process, 2 against 1, which the machine's other load
+  leaves alone);
 - exchange: (str, int) items crossing between two processes: >= 3,000,000 items/s;
 - memory: peak RSS of a 5,000,000-item run where a fast input feeds a slow step on the other
   process stays bounded (compared with a 500,000-item run);
@@ -59,6 +65,7 @@ from millrace.outputs import ManualOutputConfig
 from millrace.recovery import SqliteRecoveryConfig
 from millrace.runtime.credits import WINDOW
 from millrace.tracing import TracingConfig, setup_tracing
+from millrace.window import SystemClockConfig, TumblingWindowConfig
 from workloads_data import add, inc, is_even, to_pair  # the user functions vs_bytewax.py calls too
 
 # -- the user functions every variant calls ----------------------------------------------------
@@ -281,6 +288,93 @@ def m_scaling(scale: float) -> dict[str, float]:
         "wordcount_x": wc_two / wc_one,
         "machine_x": by_hand.parallel(),
         "by_hand_wordcount_x": by_hand.wordcount_scaling(m)["scaling"],
+    }
+
+
+def _final_counts(m: int, combine: bool) -> Callable[[str], Dataflow]:
+    """The issue's word count: ``m`` words of 10,000, each worker making its own share,
+    counted by ``reduce_window`` over a system-clock window longer than the run (each word's
+    final count comes out at the end of input), its values combined before they cross or not.
+    Each worker reports when its input began, when its last count came out, and the counts."""
+
+    def flow_for(report_dir: str) -> Dataflow:
+        def word_input(worker_index: int, worker_count: int, resume_state: Any):
+            def timed():
+                start = {"at": time.perf_counter(), "cpu": time.process_time()}
+                Path(report_dir, f"start-{worker_index}.json").write_text(json.dumps(start))
+                yield from by_hand.word_share(worker_index, worker_count, m)
+
+            return zip(repeat(None), timed())
+
+        def output(worker_index: int, worker_count: int) -> Callable[[Any], None]:
+            counts: list[int] = []
+
+            def report() -> None:
+                stats = {
+                    "end": time.perf_counter(),
+                    "cpu": time.process_time(),
+                    "keys": len(counts),
+                    "words": sum(counts),
+                }
+                Path(report_dir, f"worker-{worker_index}.json").write_text(json.dumps(stats))
+
+            atexit.register(report)  # the end of the run: every count is out
+            return lambda kv: counts.append(kv[1])
+
+        flow = Dataflow()
+        flow.input("inp", ManualInputConfig(word_input))
+        flow.map(to_pair)
+        day = TumblingWindowConfig(timedelta(days=1))
+        flow.reduce_window("count", SystemClockConfig(), day, add, combine=combine)
+        flow.capture(ManualOutputConfig(output))
+        return flow
+
+    return flow_for
+
+
+def _final_counts_rate(m: int, procs: int, combine: bool) -> tuple[float, float]:
+    """Words/s of :func:`_final_counts`: from the first worker's first word to the last worker's
+    last count (perf_counter is the machine's monotonic clock, the same in every process);
+    and words per CPU second of the busiest process over the same span (each process's CPU
+    time, all its threads), which other load on the machine does not change."""
+    with tempfile.TemporaryDirectory() as report_dir:
+        spawn_cluster(_final_counts(m, combine)(report_dir), proc_count=procs)
+        starts = {p.name: json.loads(p.read_text()) for p in Path(report_dir).glob("start-*.json")}
+        reports = {p.name: json.loads(p.read_text()) for p in Path(report_dir).glob("worker-*.json")}
+    assert sum(r["words"] for r in reports.values()) == m, reports
+    assert sum(r["keys"] for r in reports.values()) == min(m, by_hand.VOCABULARY), reports
+    span = max(r["end"] for r in reports.values()) - min(s["at"] for s in starts.values())
+    busiest = max(r["cpu"] - starts[name.replace("worker", "start")]["cpu"] for name, r in reports.items())
+    return m / span, m / busiest
+
+
+def m_combine(scale: float) -> dict[str, float]:
+    """The word count of issue 24 (final counts over a system-clock window) on 1 and 2
+    processes, with ``combine=True`` and without, taking turns."""
+    m = int(2_000_000 * scale)
+    cpu: dict[tuple[int, bool], float] = {}
+
+    def rate(procs: int, combine: bool) -> Callable[[], float]:
+        def measured() -> float:
+            words_per_s, words_per_cpu_s = _final_counts_rate(m, procs, combine)
+            cpu[procs, combine] = max(cpu.get((procs, combine), 0.0), words_per_cpu_s)
+            return words_per_s
+
+        return measured
+
+    one, two, plain_one, plain_two = by_hand.best_rates(rate(1, True), rate(2, True), rate(1, False), rate(2, False))
+    return {
+        "combined_1p": one,
+        "combined_2p": two,
+        "combined_x": two / one,
+        "uncombined_1p": plain_one,
+        "uncombined_2p": plain_two,
+        "uncombined_x": plain_two / plain_one,
+        # Words per CPU second of the busiest process, 2 processes against 1: what the
+        # scaling would be with a free core for each process.
+        "combined_cpu_x": cpu[2, True] / cpu[1, True],
+        "uncombined_cpu_x": cpu[2, False] / cpu[1, False],
+        "machine_x": by_hand.parallel(),
     }
 
 
@@ -525,6 +619,7 @@ MEASUREMENTS: dict[str, Callable[[float], dict[str, float]]] = {
     "stateless": m_stateless,
     "wordcount": m_wordcount,
     "scaling": m_scaling,
+    "combine": m_combine,
     "exchange": m_exchange,
     "memory": m_memory,
     "backpressure": m_backpressure,
@@ -540,6 +635,7 @@ TARGETS: list[tuple[str, str, str, float, str | None]] = [
     ("wordcount", "ratio", ">=", 0.25, None),
     ("scaling", "stateless_x", ">=", 1.6, "machine_x"),
     ("scaling", "wordcount_x", ">=", 1.3, "by_hand_wordcount_x"),
+    ("combine", "combined_x", ">=", 1.3, "machine_x"),
     ("exchange", "items_per_s", ">=", 3_000_000, "by_hand_items_per_s"),
     ("memory", "growth_mb", "<=", 50, None),
     ("backpressure", "growth_mb", "<=", 50, "growth_mb_unbounded"),
@@ -556,6 +652,18 @@ def measure_in_fresh_process(name: str, scale: float) -> dict[str, float]:
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+
+
+def _spread(runs: list[dict[str, float]], key: str) -> str:
+    """The lowest and highest of the runs' figures, when there are several."""
+    if len(runs) < 2:
+        return ""
+    values = [run[key] for run in runs]
+    return f" [{_fmt(min(values))}-{_fmt(max(values))}]"
 
 
 def main() -> None:
@@ -578,7 +686,7 @@ def main() -> None:
     for name in names:
         runs = [measure_in_fresh_process(name, args.scale) for _ in range(args.repeat)]
         medians[name] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-        figures = ", ".join(f"{k} {v:,.2f}" if abs(v) < 100 else f"{k} {v:,.0f}" for k, v in medians[name].items())
+        figures = ", ".join(f"{k} {_fmt(v)}{_spread(runs, k)}" for k, v in medians[name].items())
         print(f"  {name:<10} {figures}", flush=True)
     print("targets:")
     for name, key, op, bound, machine in TARGETS:

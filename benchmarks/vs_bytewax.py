@@ -39,7 +39,10 @@ How the engines differ where their APIs differ (details in the engine modules):
 
 - word count: final counts, once per word at the end of input: Bytewax's ``reduce_final``,
   millrace's ``reduce_window`` over a system-clock window longer than the run (in the 0.14
-  API ``reduce`` emits only when ``is_complete`` says so, never at the end of input);
+  API ``reduce`` emits only when ``is_complete`` says so, never at the end of input), with
+  ``combine=True`` (its reducer, ``+``, is associative): on 2 processes each reduces the words
+  the other owns before they cross, as Flink's and Spark's combiners do; Bytewax 0.21 has no
+  such option, and sends every word;
 - inputs: millrace reads ``ManualInputConfig`` (one item at a time, as its API has it),
   Bytewax custom sources hand out batches of 1,000; sinks: millrace's is called per item,
   Bytewax's per batch;

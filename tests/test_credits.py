@@ -48,6 +48,9 @@ def test_a_waiting_worker_handles_credit_and_its_step_or_later_only():
     assert eligible((DATA, 3, 0, [], 1), blocked_on=3)
     assert eligible((DATA, 4, 0, [], 1), blocked_on=3)
     assert not eligible((DATA, 2, 0, [], 1), blocked_on=3)
+    # Partials of a combining step k travel as DATA of ~k and count as that step's.
+    assert eligible((DATA, ~3, 0, (0, []), 1), blocked_on=3)
+    assert not eligible((DATA, ~2, 0, (0, []), 1), blocked_on=3)
     assert not eligible((MARK, 3, 0, 1, False), blocked_on=0)
     assert not eligible((DONE, 0, 1, False), blocked_on=0)
     assert not eligible((MIGRATE, 1, [], True), blocked_on=0)

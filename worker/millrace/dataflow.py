@@ -11,7 +11,7 @@ from typing import Any
 from . import plan
 from .inputs import InputConfig
 from .outputs import OutputConfig
-from .window import ClockConfig, WindowConfig
+from .window import ClockConfig, SystemClockConfig, WindowConfig
 
 __all__ = ["Dataflow"]
 
@@ -19,6 +19,18 @@ __all__ = ["Dataflow"]
 def _require_callable(step: str, arg: str, fn: Any) -> None:
     if not callable(fn):
         raise TypeError(f"{step}: {arg} must be callable, got {fn!r}")
+
+
+def _check_combine(step: str, combine: Any, clock_config: ClockConfig, keyword: str = "combine=True") -> None:
+    """Refuse a ``combine`` that is not a bool, or that the step's clock does not allow."""
+    if type(combine) is not bool:
+        raise TypeError(f"{step}: combine must be True or False, got {combine!r}")
+    if combine and not isinstance(clock_config, SystemClockConfig):
+        raise ValueError(
+            f"{step}: {keyword} needs SystemClockConfig, got {type(clock_config).__name__}: on an event "
+            "clock whether a value is late depends on the order the values of its key arrive in, which "
+            "combining them before they cross between workers would change"
+        )
 
 
 class Dataflow:
@@ -269,6 +281,8 @@ class Dataflow:
         clock_config: ClockConfig,
         window_config: WindowConfig,
         reducer: Callable[[Any, Any], Any],
+        *,
+        combine: bool = False,
     ) -> None:
         """Reduce the values of each key and window; emit ``(key, acc)`` when the window closes.
 
@@ -294,10 +308,53 @@ class Dataflow:
         ('a', 2)
         ('a', 1)
         ('a', 1)
+
+        ``combine=True`` (not in Bytewax 0.15; off by default) declares the reducer
+        associative, ``reducer(reducer(a, b), c) == reducer(a, reducer(b, c))``, and lets
+        millrace reduce values before they cross between workers, as Flink's and Spark's
+        combiners do: a worker reduces the values it reads into one partial per key and
+        window, and routes the partials when the epoch ends (or when it holds too many keys);
+        each key's owner reduces the partials into its accumulator with the same reducer. On
+        a cluster most values then never cross, nor are they routed one by one, which is what
+        lets a keyed count scale with processes. It needs :class:`~millrace.window.SystemClockConfig`
+        (on an event clock lateness depends on the order a key's values arrive in, which
+        combining would change), and it changes two things, the same on any number of workers:
+
+        - a value's time is when the step sees it on the worker that read it, not when it
+          reaches the key's owner;
+        - windows close at the end of an epoch: a window's results come out at the end of the
+          first epoch that ends after the window does (as micro-batches do in Spark), and at
+          the end of the input every open window closes, as without ``combine``.
+
+        Values of a key reach the reducer in the order one worker read them, the partials of
+        several workers in any order (as the values of several workers do without
+        ``combine``); the reducer need not be commutative.
+
+        >>> from datetime import timedelta
+        >>> from millrace.execution import run_main
+        >>> from millrace.inputs import TestingInputConfig
+        >>> from millrace.outputs import StdOutputConfig
+        >>> from millrace.window import SystemClockConfig, TumblingWindowConfig
+        >>> flow = Dataflow()
+        >>> flow.input("inp", TestingInputConfig("the cat saw the dog".split()))
+        >>> flow.map(lambda word: (word, 1))
+        >>> hour = TumblingWindowConfig(timedelta(hours=1))
+        >>> flow.reduce_window("count", SystemClockConfig(), hour, lambda a, b: a + b, combine=True)
+        >>> flow.capture(StdOutputConfig())
+        >>> run_main(flow)
+        ('the', 2)
+        ('cat', 1)
+        ('saw', 1)
+        ('dog', 1)
         """
         self._check_windowed("reduce_window", step_id, clock_config, window_config)
         _require_callable(f"reduce_window {step_id!r}", "reducer", reducer)
-        self.steps.append(plan.ReduceWindow(step_id=step_id, clock=clock_config, window=window_config, reducer=reducer))
+        _check_combine(f"reduce_window {step_id!r}", combine, clock_config)
+        self.steps.append(
+            plan.ReduceWindow(
+                step_id=step_id, clock=clock_config, window=window_config, reducer=reducer, combine=combine
+            )
+        )
 
     def fold_window(
         self,
@@ -306,6 +363,8 @@ class Dataflow:
         window_config: WindowConfig,
         builder: Callable[[], Any],
         folder: Callable[[Any, Any], Any],
+        *,
+        merger: Callable[[Any, Any], Any] | None = None,
     ) -> None:
         """Fold the values of each key and window into ``builder()``; emit ``(key, acc)`` when
         the window closes.
@@ -332,10 +391,39 @@ class Dataflow:
         >>> run_main(flow)
         ('ann', ['cart', 'home'])
         ('ann', ['home'])
+
+        ``merger`` (not in Bytewax 0.15, which has no such argument; Bytewax 0.18 gave its
+        ``fold_window`` one) combines values before they cross between workers, as
+        ``reduce_window(..., combine=True)`` does (read there what changes: a value's time
+        and when windows close): a worker folds the values it reads into ``builder()``, one
+        partial per key and window, and each key's owner folds the partials into its
+        accumulator with ``merger(acc, partial)``. The promise it makes:
+        ``merger(acc, fold(builder(), values)) == fold(acc, values)``, where ``fold`` applies
+        ``folder`` value by value. It needs :class:`~millrace.window.SystemClockConfig`.
+
+        >>> from millrace.window import SystemClockConfig
+        >>> flow = Dataflow()
+        >>> flow.input("inp", TestingInputConfig([("ann", "home"), ("bob", "cart"), ("ann", "cart")]))
+        >>> flow.fold_window(
+        ...     "pages",
+        ...     SystemClockConfig(),
+        ...     TumblingWindowConfig(timedelta(hours=1)),
+        ...     set,
+        ...     lambda pages, page: pages | {page},
+        ...     merger=lambda pages, more: pages | more,
+        ... )
+        >>> flow.map(lambda kv: (kv[0], sorted(kv[1])))
+        >>> flow.capture(StdOutputConfig())
+        >>> run_main(flow)
+        ('ann', ['cart', 'home'])
+        ('bob', ['cart'])
         """
         self._check_windowed("fold_window", step_id, clock_config, window_config)
         _require_callable(f"fold_window {step_id!r}", "builder", builder)
         _require_callable(f"fold_window {step_id!r}", "folder", folder)
+        if merger is not None:
+            _require_callable(f"fold_window {step_id!r}", "merger", merger)
+            _check_combine(f"fold_window {step_id!r}", True, clock_config, "merger=")
         self.steps.append(
             plan.FoldWindow(
                 step_id=step_id,
@@ -343,6 +431,7 @@ class Dataflow:
                 window=window_config,
                 builder=builder,
                 folder=folder,
+                merger=merger,
             )
         )
 

@@ -118,6 +118,9 @@ class WindowStep(StatefulStep):
 @dataclass(frozen=True)
 class ReduceWindow(WindowStep):
     reducer: Callable[[Any, Any], Any]
+    #: Whether values are combined per key before they cross between workers (the reducer
+    #: is declared associative; see :meth:`~millrace.dataflow.Dataflow.reduce_window`).
+    combine: bool = False
 
     kind = "reduce_window"
 
@@ -126,6 +129,10 @@ class ReduceWindow(WindowStep):
 class FoldWindow(WindowStep):
     builder: Callable[[], Any]
     folder: Callable[[Any, Any], Any]
+    #: ``merger(acc, partial)``: folds in a partial another worker folded from ``builder()``;
+    #: given, values are combined before they cross (see
+    #: :meth:`~millrace.dataflow.Dataflow.fold_window`).
+    merger: Callable[[Any, Any], Any] | None = None
 
     kind = "fold_window"
 

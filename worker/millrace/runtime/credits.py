@@ -98,4 +98,8 @@ class Credits:
         progress and recovery protocols) waits: its order relative to ``DATA`` matters.
         """
         kind = msg[0]
-        return kind == CREDIT or (kind == DATA and int(msg[1]) >= blocked_on)
+        if kind != DATA:
+            return bool(kind == CREDIT)
+        step = int(msg[1])
+        # Partials of a combining step (~step) count as that step's DATA.
+        return (~step if step < 0 else step) >= blocked_on

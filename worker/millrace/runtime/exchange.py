@@ -12,7 +12,8 @@ import queue
 import threading
 from typing import Any, Protocol
 
-# (DATA, stateful_step_index, epoch, items, sender)
+# (DATA, stateful_step_index, epoch, items, sender); with a negative index ~k, partials for
+# step k that combines (see combine.py): items is (window index, [(key, partial), ...])
 DATA = 0
 # (MARK, stateful_step_index, epoch, sender, eof): sender sent everything of epoch for that step
 MARK = 1

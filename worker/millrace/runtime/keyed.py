@@ -97,6 +97,18 @@ class KeyedLogic:
         """All input has ended everywhere: emit what is still held."""
         return []
 
+    #: Whether other workers send this step partials rather than items (see :mod:`.combine`);
+    #: such a step closes its windows only at epoch ends (:meth:`on_epoch_end`).
+    combine = False
+
+    def merge(self, index: int, partials: list[tuple[Any, Any]]) -> None:
+        """Fold in ``(key, partial)`` pairs another worker combined in window ``index``."""
+        raise TypeError(f"{self.name} does not combine, yet partials reached it")
+
+    def on_epoch_end(self) -> list[Any]:
+        """Every worker sent everything of the epoch to this step: emit what that closes."""
+        return []
+
 
 class ReduceLogic(KeyedLogic):
     loop_code = LoopCode(

@@ -60,6 +60,15 @@ class Flush:
 
 
 @dataclass(frozen=True, slots=True)
+class Close:
+    """Step ``step`` has every item of the epoch being finished, from every worker: a step
+    that closes its windows at epoch ends (``reduce_window(..., combine=True)``) closes those
+    the clock has left, and pushes what it emits, in that epoch."""
+
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Every step is through ``epoch``: write the snapshot of it, if the worker keeps one."""
 
@@ -74,7 +83,7 @@ class Ended:
     eof: bool
 
 
-Action = Broadcast | Flush | Snapshot | Ended
+Action = Broadcast | Close | Flush | Snapshot | Ended
 
 # Where the worker is in finishing an epoch.
 _READING = 0  # in an input phase: nothing awaited
@@ -84,14 +93,33 @@ _DONES = 2  # every step is through; waiting for every worker's DONE
 
 class Progress:
     """The progress protocol of worker ``index`` of ``count``, for a flow of ``steps`` stateful
-    steps (module docstring)."""
+    steps (module docstring), of which those in ``closing`` close windows at epoch ends.
 
-    __slots__ = ("index", "count", "steps", "_marks", "_dones", "_phase", "_epoch", "_step", "_eof", "_round")
+    >>> p = Progress(index=0, count=1, steps=2, closing=frozenset({1}))
+    >>> p.end_input(epoch=0, eof=False)
+    [Close(step=1), Snapshot(epoch=0), Ended(epoch=0, eof=False)]
+    """
 
-    def __init__(self, index: int, count: int, steps: int) -> None:
+    __slots__ = (
+        "index",
+        "count",
+        "steps",
+        "closing",
+        "_marks",
+        "_dones",
+        "_phase",
+        "_epoch",
+        "_step",
+        "_eof",
+        "_round",
+    )
+
+    def __init__(self, index: int, count: int, steps: int, closing: frozenset[int] = frozenset()) -> None:
         self.index = index
         self.count = count
         self.steps = steps
+        #: The steps that close windows at each epoch's end (:class:`Close`).
+        self.closing = closing
         # Every worker's word so far, per (step, epoch) and per epoch; a round is complete
         # when its list holds ``count`` of them.
         self._marks: dict[tuple[int, int], list[bool]] = {}
@@ -177,7 +205,10 @@ class Progress:
                 return actions  # nothing awaited between epochs
 
     def _flush(self, actions: list[Action]) -> None:
-        """The current step is through the epoch: flush it if the flow ends, go to the next."""
+        """The current step is through the epoch: close its windows if it closes them at
+        epoch ends, flush it if the flow ends, go to the next."""
+        if self._step in self.closing:
+            actions.append(Close(self._step))
         if self._eof:
             actions.append(Flush(self._step))
         self._step += 1

@@ -17,6 +17,7 @@ from ..common.clock import SYSTEM_CLOCK
 from ..dataflow import Dataflow
 from ..window import SystemClockConfig
 from .chain import Chain, compile_chain
+from .combine import Combiner
 from .errors import annotate
 from .keyed import KeyedLogic, ReduceLogic, StatefulMapLogic
 from .routing import Router
@@ -28,7 +29,7 @@ from .windowing import WindowLogic
 class Segment:
     """Stateless steps and the stateful step (by index) that receives their output, if any."""
 
-    __slots__ = ("steps", "sinks", "chain", "target", "target_name", "fused", "routed")
+    __slots__ = ("steps", "sinks", "chain", "target", "target_name", "fused", "routed", "combiner")
 
     def __init__(self) -> None:
         self.steps: list[plan.Step] = []
@@ -40,6 +41,9 @@ class Segment:
         #: emits; and whether that loop routes, so it returns ``(emitted, parts)``.
         self.fused = False
         self.routed = False
+        #: With more than one worker, a target that combines is not routed to: the loop
+        #: reduces into this worker's partials of it instead (see :mod:`.combine`).
+        self.combiner: Combiner | None = None
 
 
 def check_flow(flow: Dataflow) -> None:
@@ -124,11 +128,21 @@ def lay_out(
             with suppress(Exception):
                 sink.close()
         raise
+    combiners: dict[int, Combiner] = {}
     for segment in [s for _, s in input_steps] + after:
         logic = None if segment.target is None else logics[segment.target]
         # The target's per-item code runs inside the loop of the steps before it (no list
-        # in between: see chain.py); with more than one worker that loop routes.
-        if logic is not None and logic.loop_code is not None:
+        # in between: see chain.py); with more than one worker that loop routes, or, for a
+        # target that combines, reduces into the worker's partials of it.
+        if logic is not None and logic.combine and count > 1:
+            assert segment.target is not None
+            combiner = combiners.get(segment.target)
+            if combiner is None:
+                combiner = combiners[segment.target] = Combiner(logic, segment.target, router)  # type: ignore[arg-type]
+            segment.chain = compile_chain(segment.steps, segment.sinks, combiner)
+            segment.fused = True
+            segment.combiner = combiner
+        elif logic is not None and logic.loop_code is not None:
             routing = router if count > 1 else None
             segment.chain = compile_chain(segment.steps, segment.sinks, logic, routing)
             segment.fused = True

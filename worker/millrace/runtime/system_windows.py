@@ -25,6 +25,8 @@ from .keyed import FORGOTTEN, KeyedLogic
 from .loop_code import LoopCode
 from .windowing import KeyWindows, collected, duration_us, from_us, to_us
 
+_MISSING: Any = object()
+
 _SETUP = ("_emit, _windows, _now = _k.begin_batch()",)
 
 # Per kind: fold ``_value`` into ``_key``'s accumulator in the current window, ``_windows``.
@@ -96,6 +98,14 @@ class SystemClockWindowLogic(KeyedLogic):
         else:
             raise TypeError(f"{self.name}: unknown kind of window step {step!r}")
         self._collect = isinstance(step, plan.CollectWindow)
+        #: Whether values are combined before they cross (``reduce_window(..., combine=True)``):
+        #: then windows close only at epoch ends (:meth:`on_epoch_end`), never on a tick, so
+        #: the partials other workers send at an epoch's end still find their window open.
+        self.combine = bool(getattr(step, "combine", False) or getattr(step, "merger", None) is not None)
+        #: ``merger(acc, partial)``: how a partial another worker sends goes into a window.
+        self.merger: Callable[[Any, Any], Any] | None = getattr(step, "merger", None) or self.reducer
+        # Windows older than this closed at an epoch's end (with ``combine``).
+        self._closed_below = -(1 << 62)
         #: Open windows by index, each ``{key: accumulator}`` in the order keys first came.
         self.open: dict[int, dict[Any, Any]] = {}
         # The newest window the clock has reached; every older one is closed, and items never
@@ -124,6 +134,8 @@ class SystemClockWindowLogic(KeyedLogic):
         return out, windows, now
 
     def next_deadline(self) -> datetime | None:
+        if self.combine:
+            return None  # closed at epoch ends only
         if self._deadline is None and self.open:
             self._deadline = from_us(self.start + (min(self.open) + 1) * self.length)
         return self._deadline
@@ -137,6 +149,40 @@ class SystemClockWindowLogic(KeyedLogic):
         out: list[Any] = []
         self._close_before(None, out)
         return out
+
+    # -- combining (``combine=True``) ------------------------------------------------------
+
+    def window_now(self) -> int:
+        """The index of the window a value this worker reads now goes into."""
+        return max(self._newest, (to_us(self._clock()) - self.start) // self.length)
+
+    def on_epoch_end(self) -> list[Any]:
+        """Every worker has sent everything of the epoch to this step: close the windows the
+        clock has left (with ``combine``, the only time but the end of input they close)."""
+        out: list[Any] = []
+        index = self.window_now()
+        self._newest = index
+        self._close_before(index, out)
+        self._closed_below = index
+        return out
+
+    def merge(self, index: int, partials: list[tuple[Any, Any]]) -> None:
+        """Fold ``partials``, ``(key, partial)`` pairs another worker reduced in window
+        ``index``, into that window. One whose window closed already (only when the sending
+        machine's clock is behind this one's) goes into the newest window instead."""
+        if index < self._closed_below:
+            index = self._newest
+        windows = self.open.get(index)
+        if windows is None:
+            windows = self.open[index] = {}
+        merger = self.merger
+        assert merger is not None
+        get = windows.get
+        for key, partial in partials:
+            acc = get(key, _MISSING)
+            windows[key] = partial if acc is _MISSING else merger(acc, partial)
+        if self.touched is not None:
+            self.touched.update(key for key, _ in partials)
 
     def is_empty(self) -> bool:
         return not any(self.open.values())
@@ -169,9 +215,11 @@ class SystemClockWindowLogic(KeyedLogic):
     # -- closing ---------------------------------------------------------------------------
 
     def _advance(self, index: int, out: list[Any]) -> None:
-        """The clock is in window ``index``: close every older window."""
+        """The clock is in window ``index``: close every older window (with ``combine``, the
+        end of the epoch does)."""
         if index > self._newest:
-            self._close_before(index, out)
+            if not self.combine:
+                self._close_before(index, out)
             self._newest = index
 
     def _close_before(self, index: int | None, out: list[Any]) -> None:

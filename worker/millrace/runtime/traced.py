@@ -62,6 +62,9 @@ class TracedWorker(Worker):
             logic.on_batch = self._timed(logic.name, names, logic.on_batch)  # type: ignore[method-assign]
             logic.on_tick = self._timed(f"{logic.name} (timer)", names, logic.on_tick)  # type: ignore[method-assign]
             logic.on_eof = self._timed(f"{logic.name} (end of input)", names, logic.on_eof)  # type: ignore[method-assign]
+            if logic.combine:  # partials merged, windows closed at epoch ends
+                logic.merge = self._timed(f"{logic.name} (partials)", names, logic.merge)  # type: ignore[method-assign]
+                logic.on_epoch_end = self._timed(f"{logic.name} (epoch end)", names, logic.on_epoch_end)  # type: ignore[method-assign]
 
     def _open_inputs(self, resume_states: dict[str, Any]) -> None:
         super()._open_inputs(resume_states)

@@ -19,13 +19,14 @@ from typing import Any
 
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..dataflow import Dataflow
+from .combine import Combiner
 from .credits import Credits
 from .epochs import BATCH_SIZE, BatchSizer, EpochPolicy
 from .errors import annotate, cannot_travel
 from .exchange import CREDIT, DATA, DONE, MARK, STOP, Exchange, Message
 from .migration import RECOVERY_KINDS, Recovery
 from .persistence import Snapshots, restore
-from .progress import Broadcast, Ended, Flush, Progress, Snapshot
+from .progress import Broadcast, Close, Ended, Flush, Progress, Snapshot
 from .routing import Router, check_pairs
 from .segments import Segment, build_logic, check_flow, lay_out
 from .sinks import Sink
@@ -75,7 +76,10 @@ class Worker:
         self.sizer = BatchSizer()
         self._now = clock.now
         self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router, clock.now)
-        self.progress = Progress(index, self.count, len(self.logics))
+        # Steps that combine values before they cross (reduce_window(..., combine=True)):
+        # their windows close at epoch ends, and with peers their values cross as partials.
+        combining = [target for target, logic in enumerate(self.logics) if logic.combine]
+        self.progress = Progress(index, self.count, len(self.logics), frozenset(combining))
         self.credits = Credits(index, exchange.credit_window)
         # Messages taken from the inbox while waiting for credit that had to wait (see
         # Credits.eligible); handled first once the worker no longer waits, in order.
@@ -84,8 +88,12 @@ class Worker:
         # a batch of input took through the steps, which sizes the next read.
         self.waited = 0.0
         self._waiting = False
-        # Every capture's writer once (a capture's sink is in each segment that reaches it).
         segments = [segment for _, segment in self.input_steps] + self.after
+        #: Per step that combines, this worker's partials of it (more than one worker only).
+        self.combiners: dict[int, Combiner] = {
+            seg.target: seg.combiner for seg in segments if seg.combiner is not None and seg.target is not None
+        }
+        # Every capture's writer once (a capture's sink is in each segment that reaches it).
         self.sinks: list[Sink] = list({id(s): s for seg in segments for s in seg.sinks if s is not None}.values())
 
     # -- inputs ----------------------------------------------------------------------------
@@ -115,6 +123,11 @@ class Worker:
     def _push(self, segment: Segment, batch: list[Any], epoch: int) -> None:
         chain = segment.chain
         target = segment.target
+        combiner = segment.combiner
+        if combiner is not None and combiner.epoch != epoch:
+            # What an earlier epoch left (nothing, when every epoch's end drained) goes first.
+            self._drain_combiner(combiner)
+            combiner.epoch = epoch
         if chain is not None:
             try:
                 result = chain.run(batch, epoch)
@@ -124,6 +137,10 @@ class Worker:
                 if error is exc:
                     raise
                 raise error from None
+            if combiner is not None:  # the loop reduced the batch into the partials
+                if combiner.full():
+                    self._drain_combiner(combiner)
+                return
             if segment.fused:  # the result is what the target emitted (and sends)
                 assert target is not None
                 if segment.routed:
@@ -168,6 +185,36 @@ class Worker:
                     error = cannot_travel(segment.target_name, piece, dest, exc)
                     annotate(error, segment.target_name, self.index)
                     raise error from exc
+
+    def _drain_combiner(self, combiner: Combiner) -> None:
+        """Route the partials ``combiner`` holds: this worker's keys into its step, the
+        others' to their owners."""
+        local, messages = combiner.drain()
+        for index, pairs in local:
+            self._merge(combiner.target, (index, pairs))
+        credits = self.credits
+        for dest, msg in messages:
+            # Partials take the step's credit as its DATA does: a drain of many keys is many
+            # chunks, and the peer's inbox must stay bounded.
+            if not credits.available(dest, combiner.target):
+                self._await_credit(dest, combiner.target)
+            credits.spend(dest, combiner.target)
+            try:
+                self.exchange.send(dest, msg)
+            except Exception as exc:
+                error = cannot_travel(combiner.name, msg[3][1], dest, exc)
+                annotate(error, combiner.name, self.index)
+                raise error from exc
+
+    def _merge(self, target: int, partials: tuple[int, list[Any]]) -> None:
+        """Fold another worker's partials (see :mod:`.combine`) into step ``target``."""
+        logic = self.logics[target]
+        index, pairs = partials
+        try:
+            logic.merge(index, pairs)
+        except Exception as exc:
+            annotate(exc, logic.name, self.index)
+            raise
 
     def _apply(self, target: int, batch: list[Any], epoch: int) -> None:
         logic = self.logics[target]
@@ -219,11 +266,15 @@ class Worker:
             if self.exchange.stopping.is_set():
                 raise Stopped  # the cluster is stopping (a failure, Ctrl-C): process no more
             _, target, epoch, items, sender = msg
+            step = ~target if target < 0 else target  # partials of a step that combines: ~step
             # Paid back before the work: the batch is out of every queue now, and a peer
             # waiting for credit need not wait for what handling it emits.
-            if (credit := self.credits.handled(sender, target)) is not None:
+            if (credit := self.credits.handled(sender, step)) is not None:
                 self.exchange.send(sender, credit)
-            self._apply(target, items, epoch)
+            if target < 0:
+                self._merge(step, items)
+            else:
+                self._apply(target, items, epoch)
         elif kind == CREDIT:
             self.credits.receive(msg)
         elif kind == MARK or kind == DONE:
@@ -372,7 +423,13 @@ class Worker:
         while True:
             for action in actions:
                 if isinstance(action, Broadcast):
-                    self.exchange.broadcast(self.index, action.message)
+                    message = action.message
+                    if message[0] == MARK and message[1] in self.combiners:
+                        # The step's partials of the epoch go before its mark.
+                        self._drain_combiner(self.combiners[message[1]])
+                    self.exchange.broadcast(self.index, message)
+                elif isinstance(action, Close):
+                    self._flush(action.step, epoch, epoch_end=True)
                 elif isinstance(action, Flush):
                     self._flush(action.step, epoch)
                 elif isinstance(action, Snapshot):
@@ -402,10 +459,12 @@ class Worker:
         if self.store is not None:
             self.store.close()
 
-    def _flush(self, target: int, epoch: int) -> None:
+    def _flush(self, target: int, epoch: int, *, epoch_end: bool = False) -> None:
+        """Every input ended: flush step ``target``; or, ``epoch_end``, every item of
+        ``epoch`` reached it, and it closes the windows it closes at epoch ends."""
         logic = self.logics[target]
         try:
-            out = logic.on_eof()
+            out = logic.on_epoch_end() if epoch_end else logic.on_eof()
         except Exception as exc:
             annotate(exc, logic.name, self.index)
             raise
