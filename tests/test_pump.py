@@ -231,3 +231,33 @@ def test_an_epoch_output_gets_each_item_with_its_epoch_from_the_pump():
     flow.capture(ManualEpochOutputConfig(lambda worker_index, worker_count: out.append))
     run_main(flow, epoch_config=TestingEpochConfig())
     assert out == [(0, 1), (1, 2), (2, 3)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 999), max_size=300), st.integers(1, 64), st.booleans(), st.booleans())
+def test_the_pump_counts_bare_items_as_the_testing_reader_does(items, limit, calls, fail):
+    """TestingInputConfig's reader: the resume state is how many items were carried, also
+    when the source fails (the items before the failure are out, the error comes next)."""
+    from millrace.runtime.sources import TestingReader
+
+    def source():
+        yield from items
+        if fail:
+            raise SourceFailed("the source failed")
+
+    reader = TestingReader("inp", iter(source()), 0)
+    got: list = []
+    pump = Pump(reader, STEPS, got.append if calls else lambda batch, epoch: got.extend(batch), calls)
+    raised = False
+    for _ in range(len(items) + 3):
+        if reader.exhausted:
+            break
+        try:
+            pump.run(limit, 0)
+        except SourceFailed:
+            raised = True
+            break
+        assert got == _expected(items[: reader.state])
+    assert raised == fail
+    assert reader.state == len(items)
+    assert got == _expected(items)

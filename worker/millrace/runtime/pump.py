@@ -49,7 +49,7 @@ from .. import plan
 from .chain import _not_bool, _not_iterable
 from .loop_code import MISSING
 from .sinks import OUTPUT_LOCK, Sink, _CallableSink
-from .sources import _EMPTY, BatchReader, ManualReader, Reader
+from .sources import _EMPTY, BatchReader, ManualReader, Reader, TestingReader
 
 _ITEM_KINDS: dict[type, str] = {
     plan.Map: "map",
@@ -68,7 +68,7 @@ class _Template:
     iterates its result; the line that iterates the source and the one that unpacks a yield."""
 
     kinds: tuple[str, ...]
-    batched: bool
+    mode: str  # "pairs" (state, item), "batches" (state, list) or "items" (bare, counted)
     calls: bool  # the output is called per item (else: items collected into ``_out``)
     with_epoch: bool
     lines: list[str] = field(default_factory=list)
@@ -87,22 +87,21 @@ class _Template:
 
 
 @lru_cache(maxsize=128)
-def _template(kinds: tuple[str, ...], batched: bool, calls: bool, with_epoch: bool) -> _Template:
-    t = _Template(kinds, batched, calls, with_epoch)
+def _template(kinds: tuple[str, ...], mode: str, calls: bool, with_epoch: bool) -> _Template:
+    t = _Template(kinds, mode, calls, with_epoch)
     out = len(kinds)  # the capture's index
     names = ", ".join(f"_f{i}" for i in range(len(kinds) + 1))
     t.add(0, f"def _factory(_not_bool, _names, {names}):")
     # ``pump(_src, _limit, epoch)`` returns ``(state, stop, n)``: the state of the last item
-    # carried (MISSING: none), the yield that stopped the loop (MISSING: none did) and, when
-    # batched, how many items it carried.
+    # carried (MISSING: none), the yield that stopped the loop (MISSING: none did) and how
+    # many items it carried (counted for batches and bare items; pairs are not counted).
     t.add(1, "def pump(_src, _limit, epoch):")
     t.add(2, "_type, _tuple, _list, _state, _n = type, tuple, list, MISSING, 0")
     if not calls:
         t.add(2, "_out = []")
-    end = "_out" if not calls else None
-    t.source_line = t.add(2, "for _pair in _src:")
-    stop = f"_f{out}(_out, epoch); return _state, _pair, _n" if end else "return _state, _pair, _n"
-    if batched:
+    stop = f"_f{out}(_out, epoch); return _state, _pair, _n" if not calls else "return _state, _pair, _n"
+    if mode == "batches":
+        t.source_line = t.add(2, "for _pair in _src:")
         t.add(3, f"if _type(_pair) is not _tuple: {stop}")
         t.unpack_line = t.add(3, "_s, _batch = _pair")
         t.add(3, f"if _type(_batch) is not _list: {stop}")
@@ -110,9 +109,13 @@ def _template(kinds: tuple[str, ...], batched: bool, calls: bool, with_epoch: bo
         t.add(3, "_n += len(_batch)")
         t.add(3, "for _item in _batch:")
         depth = 4
-    else:
+    elif mode == "pairs":
+        t.source_line = t.add(2, "for _pair in _src:")
         t.add(3, f"if _type(_pair) is not _tuple: {stop}")
         t.unpack_line = t.add(3, "_state, _item = _pair")
+        depth = 3
+    else:
+        t.source_line = t.add(2, "for _n, _item in enumerate(_src, 1):")
         depth = 3
     item = "_item"
     for index, kind in enumerate(kinds):
@@ -139,13 +142,13 @@ def _template(kinds: tuple[str, ...], batched: bool, calls: bool, with_epoch: bo
         t.add(depth, f"_f{out}((epoch, {item}))" if with_epoch else f"_f{out}({item})", out)
     else:
         t.add(depth, f"_out.append({item})", out)
-    if batched:
+    if mode == "batches":
         t.add(3, "if _n >= _limit: break")
-    if end:
+    if not calls:
         t.add(2, f"_f{out}(_out, epoch)", out)
     t.add(2, "return _state, MISSING, _n")
     t.add(1, "return pump")
-    t.filename = f"<millrace pump: input -> {' -> '.join((*kinds, 'capture'))}{' (batched)' if batched else ''}>"
+    t.filename = f"<millrace pump: input -> {' -> '.join((*kinds, 'capture'))} ({mode})>"
     lines = [line + "\n" for line in t.lines]
     linecache.cache[t.filename] = (sum(map(len, lines)), None, lines, t.filename)
     namespace: dict[str, Any] = {"MISSING": MISSING}
@@ -154,11 +157,15 @@ def _template(kinds: tuple[str, ...], batched: bool, calls: bool, with_epoch: bo
     return t
 
 
+#: How a pump reads each kind of reader (see the template's ``mode``).
+_MODES: dict[type, str] = {ManualReader: "pairs", BatchReader: "batches", TestingReader: "items"}
+
+
 def pumpable(steps: Sequence[plan.Step], reader: Reader) -> bool:
     """Whether ``steps`` (an input's segment without a stateful step) read from ``reader``
     can run as one pump: stateless item steps, then one capture, last."""
     return (
-        type(reader) in (ManualReader, BatchReader)
+        type(reader) in _MODES
         and bool(steps)
         and isinstance(steps[-1], plan.Capture)
         and all(type(step) in _ITEM_KINDS for step in steps[:-1])
@@ -185,16 +192,16 @@ class Pump:
         calls: bool = True,
         with_epoch: bool = False,
     ) -> None:
-        if not isinstance(reader, (ManualReader, BatchReader)):
-            raise TypeError(f"a pump reads a ManualReader or a BatchReader, not {type(reader).__name__}")
-        self.reader = reader
-        self.batched = isinstance(reader, BatchReader)
+        if type(reader) not in _MODES:
+            raise TypeError(f"a pump cannot read a {type(reader).__name__}")
+        self.reader: Any = reader  # it sets the reader's own state: see _settle
+        self.mode = _MODES[type(reader)]
         capture = steps[-1] if steps and isinstance(steps[-1], plan.Capture) else None
         item_steps = list(steps[:-1] if capture is not None else steps)
         self.names = (*(step.name for step in item_steps), capture.name if capture is not None else "the output")
         fns = [step.fn for step in item_steps]  # type: ignore[attr-defined]
         kinds = tuple(_ITEM_KINDS[type(step)] for step in item_steps)
-        self._template = _template(kinds, self.batched, calls, with_epoch)
+        self._template = _template(kinds, self.mode, calls, with_epoch)
         assert self._template.factory is not None
         self._pump = self._template.factory(_not_bool, self.names, *fns, output)
         self._output = output
@@ -202,9 +209,10 @@ class Pump:
 
     def run(self, limit: int, epoch: int) -> int:
         """Carry up to ``limit`` items (a batched input: whole batches until ``limit``) from
-        the input to the output; how many were taken (when not known exactly, because the
-        source paused or stopped, the most it can be). Raises what the source raised before,
-        once the items before it are out, like :meth:`.sources.Reader.read`."""
+        the input to the output; how many were taken (for ``(state, item)`` pairs, when the
+        source paused or ran out, the most it can be: they are not counted one by one).
+        Raises what the source raised before, once the items before it are out, as
+        :meth:`.sources.Reader.read` does."""
         reader = self.reader
         if reader._error is not None and reader._ahead is _EMPTY:
             reader._raise_held()
@@ -215,18 +223,14 @@ class Pump:
         if ahead is not _EMPTY:
             reader._ahead = _EMPTY
             taken = self._carry((ahead,), 1, epoch, last=False)
-            if self.batched:
-                limit -= taken
-            else:
-                limit -= 1
             if reader._error is not None:
                 return taken
-        if limit <= 0:
-            self._look_ahead()
-            return taken
-        if self.batched:
-            return taken + self._carry(reader._it, limit, epoch)
-        return taken + self._carry(islice(reader._it, limit), limit, epoch)
+            limit -= taken if self.mode == "batches" else 1
+            if limit <= 0:
+                self._look_ahead()
+                return taken
+        source = reader._it if self.mode == "batches" else islice(reader._it, limit)
+        return taken + self._carry(source, limit, epoch)
 
     def _carry(self, source: Any, limit: int, epoch: int, last: bool = True) -> int:
         """Run the loop over ``source``; ``last``: it reads the input's own iterator, so it
@@ -241,36 +245,44 @@ class Pump:
                 state, stop, n = self._pump(source, limit, epoch)
         except Exception as exc:
             tb = self._entry(exc)
-            if tb is None or tb.tb_lineno not in (self._template.source_line, self._template.unpack_line):
+            t = self._template
+            if tb is None or tb.tb_lineno not in (t.source_line, t.unpack_line):
                 raise  # a step's error: the worker names the step (step_of)
             local = tb.tb_frame.f_locals
-            if tb.tb_lineno == self._template.source_line:
+            if tb.tb_lineno == t.source_line:
                 reader._error = exc  # the source failed: held for the next call
             else:
                 reader._error = reader.bad(local["_pair"])  # a tuple of the wrong length
             if not self._calls and local.get("_out"):
                 self._output(local["_out"], epoch)  # the items before the failure go out
-            state = local.get("_state", MISSING)
-            if state is not MISSING:
-                reader._state = state
-            return self._taken(limit, local.get("_n", 0), state)
-        if state is not MISSING:
-            reader._state = state
+            state, n = local.get("_state", MISSING), local.get("_n", 0)
+            self._settle(state, n)
+            return self._taken(limit, n, state)
+        self._settle(state, n)
         if stop is not MISSING:
             if stop is not None:  # None: nothing yet, ask again later
                 reader._error = reader.bad(stop)
             return self._taken(limit, n, state)
         if not last:
-            return n if self.batched else 1
-        if self.batched:
-            if n < limit:
-                reader.exhausted = True  # the loop ran out of batches
-                return n
+            return 1 if self.mode == "pairs" else n
+        if self.mode == "pairs":
+            self._look_ahead()
+            return limit  # all of them, or the input ran out
+        if n < limit:
+            reader.exhausted = True  # the loop ran out of batches, or of items
+            return n
         self._look_ahead()
-        return n if self.batched else limit
+        return n
+
+    def _settle(self, state: Any, n: int) -> None:
+        """Move the reader's resume state on past what the loop carried."""
+        if self.mode == "items":
+            self.reader._count += n
+        elif state is not MISSING:
+            self.reader._state = state
 
     def _taken(self, limit: int, n: int, state: Any) -> int:
-        if self.batched:
+        if self.mode != "pairs":
             return n
         return 0 if state is MISSING else limit
 
@@ -283,9 +295,11 @@ class Pump:
             return
         if got is _EMPTY:
             reader.exhausted = True
+        elif self.mode == "items":
+            reader._ahead = got
         elif got is None:
             return
-        elif type(got) is tuple and len(got) == 2 and (not self.batched or type(got[1]) is list):
+        elif type(got) is tuple and len(got) == 2 and (self.mode == "pairs" or type(got[1]) is list):
             reader._ahead = got
         else:
             reader._error = reader.bad(got)
