@@ -46,7 +46,7 @@ from types import TracebackType
 from typing import Any
 
 from .. import plan
-from .chain import _not_bool, _not_iterable
+from .chain import _not_bool, explain_flat_map, traceback_entry, write_steps
 from .loop_code import MISSING
 from .sinks import OUTPUT_LOCK, Sink, _CallableSink
 from .sources import _EMPTY, BatchReader, ManualReader, Reader, TestingReader
@@ -117,26 +117,7 @@ def _template(kinds: tuple[str, ...], mode: str, calls: bool, with_epoch: bool) 
     else:
         t.source_line = t.add(2, "for _n, _item in enumerate(_src, 1):")
         depth = 3
-    item = "_item"
-    for index, kind in enumerate(kinds):
-        t.input_of[index] = item
-        if kind == "map":
-            t.add(depth, f"_i{index} = _f{index}({item})", index)
-            item = f"_i{index}"
-        elif kind == "filter":
-            t.add(depth, f"_keep = _f{index}({item})", index)
-            t.add(depth, "if _keep is not True:", index)
-            t.add(depth + 1, "if _keep is False: continue", index)
-            t.add(depth + 1, f"raise _not_bool(_names[{index}], _keep, {item})", index)
-        elif kind == "flat_map":
-            t.add(depth, f"_r{index} = _f{index}({item})", index)
-            t.iterated_at[t.add(depth, f"for _i{index} in _r{index}:", index)] = index
-            depth += 1
-            item = f"_i{index}"
-        elif kind == "inspect":
-            t.add(depth, f"_f{index}({item})", index)
-        else:
-            t.add(depth, f"_f{index}(epoch, {item})", index)
+    depth, item = write_steps(t, range(len(kinds)), depth, "_item")
     t.input_of[out] = item
     if calls:
         t.add(depth, f"_f{out}((epoch, {item}))" if with_epoch else f"_f{out}({item})", out)
@@ -315,23 +296,7 @@ class Pump:
     def explain(self, exc: BaseException) -> BaseException:
         """``exc``, or a clearer error when a flat_map returned something not iterable."""
         tb = self._entry(exc)
-        t = self._template
-        if tb is None or not isinstance(exc, TypeError) or tb.tb_lineno not in t.iterated_at:
-            return exc
-        index = t.iterated_at[tb.tb_lineno]
-        local = tb.tb_frame.f_locals
-        result = local[f"_r{index}"]
-        try:
-            iter(result)
-        except TypeError:
-            return _not_iterable(self.names[index], result, local[t.input_of[index]]).with_traceback(exc.__traceback__)
-        return exc
+        return exc if tb is None else explain_flat_map(self._template, self.names, exc, tb)
 
     def _entry(self, exc: BaseException) -> TracebackType | None:
-        found = None
-        tb = exc.__traceback__
-        while tb is not None:
-            if tb.tb_frame.f_code.co_filename == self._template.filename:
-                found = tb
-            tb = tb.tb_next
-        return found
+        return traceback_entry(exc, self._template.filename)
