@@ -261,3 +261,26 @@ def test_the_pump_counts_bare_items_as_the_testing_reader_does(items, limit, cal
     assert raised == fail
     assert reader.state == len(items)
     assert got == _expected(items)
+
+
+def test_a_step_may_run_a_flow_of_its_own_that_writes_to_stdout(capsys):
+    """The fused loop holds the output lock while it calls the steps: a step that runs a
+    nested flow printing to stdout takes it again in the same thread."""
+    from millrace.inputs import TestingInputConfig
+    from millrace.outputs import StdOutputConfig
+
+    def nested(x):
+        inner = Dataflow()
+        inner.input("inner", TestingInputConfig([x]))
+        inner.capture(StdOutputConfig())
+        run_main(inner)
+        return x
+
+    out: list = []
+    flow = Dataflow()
+    flow.input("inp", ManualInputConfig(lambda i, n, s: iter([(1, "a"), (2, "b")])))
+    flow.map(nested)
+    flow.capture(ManualOutputConfig(lambda i, n: out.append))
+    run_main(flow)
+    assert out == ["a", "b"]
+    assert capsys.readouterr().out == "a\nb\n"
