@@ -9,7 +9,8 @@ the flows and how they run are here; data, user functions, timing and checks are
 Choices made for Bytewax, each the one its own docs and connectors make:
 
 - inputs hand out batches of :data:`BATCH` items (the default batch size of Bytewax's file and
-  Kafka sources); sinks get batches and count them with ``len``;
+  Kafka sources), or one item per ``next_batch`` for the ``item`` variant of a measure (a
+  source that yields item by item); sinks get batches and count them with ``len``;
 - one-process runs read a ``FixedPartitionedSource`` of one partition (resumable, so the
   recovery run snapshots its input as millrace does); two-process runs read a
   ``DynamicSource``, so that each worker reads its own share;
@@ -61,8 +62,8 @@ def version() -> str:
 # -- inputs and outputs ------------------------------------------------------------------------
 
 
-def _next_batch(data: Iterator[Any]) -> list[Any]:
-    batch = list(islice(data, BATCH))
+def _next_batch(data: Iterator[Any], size: int = BATCH) -> list[Any]:
+    batch = list(islice(data, size))
     if not batch:
         raise StopIteration
     return batch
@@ -71,12 +72,13 @@ def _next_batch(data: Iterator[Any]) -> list[Any]:
 class _Partition(StatefulSourcePartition[Any, int]):
     """All of the data; its resume state is how many items were handed out."""
 
-    def __init__(self, data: Iterator[Any], done: int) -> None:
+    def __init__(self, data: Iterator[Any], done: int, size: int) -> None:
         self._data = data
         self._done = done
+        self._size = size
 
     def next_batch(self) -> list[Any]:
-        batch = _next_batch(self._data)
+        batch = _next_batch(self._data, self._size)
         self._done += len(batch)
         return batch
 
@@ -96,7 +98,7 @@ class _WholeSource(FixedPartitionedSource[Any, int]):
         data = self._source(0, 1)
         for _ in range(done):
             next(data)
-        return _Partition(data, done)
+        return _Partition(data, done, 1 if self._source.variant == "item" else BATCH)
 
 
 class _SharePartition(StatelessSourcePartition[Any]):

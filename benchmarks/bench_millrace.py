@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from itertools import count
+from itertools import count, islice
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +38,36 @@ def version() -> str:
 
 
 class _Input:
-    """``ManualInputConfig`` builder: a worker's share, with its item count as resume state."""
+    """``ManualInputConfig`` builder: a worker's share, with its item count as resume state
+    (``batched``: lists of :data:`BATCH` items, the count after each as their state)."""
 
-    def __init__(self, source: wd.Source) -> None:
+    def __init__(self, source: wd.Source, batched: bool = False) -> None:
         self.source = source
+        self.batched = batched
 
     def __call__(self, worker_index: int, worker_count: int, resume_state: Any) -> Iterator[Any]:
         done = resume_state or 0
         data = self.source(worker_index, worker_count)
         for _ in range(done):
             next(data)
-        return zip(count(done + 1), data)
+        if not self.batched:
+            return zip(count(done + 1), data)
+        return self._batches(data, done)
+
+    @staticmethod
+    def _batches(data: Iterator[Any], done: int) -> Iterator[tuple[int, list[Any]]]:
+        while batch := list(islice(data, BATCH)):
+            done += len(batch)
+            yield done, batch
+
+
+#: Items per batch of the batched input: Bytewax's sources' default.
+BATCH = 1_000
 
 
 def _input(source: wd.Source) -> ManualInputConfig:
-    return ManualInputConfig(_Input(source))
+    batched = source.variant == "batch"
+    return ManualInputConfig(_Input(source, batched), batched=batched)
 
 
 def _output(sink: wd.Sink) -> ManualOutputConfig:

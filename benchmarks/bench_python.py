@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import sys
 from collections.abc import Callable
+from itertools import count, islice
 from typing import Any
 
 import workloads_data as wd
@@ -22,9 +23,28 @@ def version() -> str:
 
 
 def stateless(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
+    if source.variant == "pairs":
+        return stateless_pairs(source, sink)
+    if source.variant == "checked":
+        return stateless_checked(source, sink)
+
     def run() -> None:
         one = sink(0).one
         for x in source(0, 1):
+            y = wd.inc(x)
+            if wd.is_even(y):
+                one(y)
+
+    return run
+
+
+def stateless_pairs(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
+    """The same, consuming the ``(state, item)`` pairs that millrace's input builder
+    (``bench_millrace._Input``) yields: the most an engine reading that API can reach."""
+
+    def run() -> None:
+        one = sink(0).one
+        for _state, x in zip(count(1), source(0, 1)):
             y = wd.inc(x)
             if wd.is_even(y):
                 one(y)
@@ -41,6 +61,41 @@ def wordcount(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
             counts[key] = wd.add(counts[key], value) if key in counts else value
         for pair in counts.items():
             one(pair)
+
+    return run
+
+
+def stateless_checked(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
+    """The pairs again, with what an engine owes the 0.15 API on top: it stops every 1,024
+    items (to look at the clock, its messages, Ctrl-C), refuses a yield that is not a tuple,
+    and a filter verdict that is not a bool. A hand-written program doing the engine's work."""
+
+    inc, is_even = wd.inc, wd.is_even
+
+    def carry(pairs: Any, one: Callable[[Any], None]) -> None:
+        for pair in pairs:
+            if type(pair) is not tuple:
+                raise TypeError(f"not a (state, item) tuple: {pair!r}")
+            _state, x = pair
+            y = inc(x)
+            keep = is_even(y)
+            if keep is not True:
+                if keep is False:
+                    continue
+                raise TypeError(f"filter must return a bool, got {keep!r}")
+            one(y)
+
+    def run() -> None:
+        one = sink(0).one
+        pairs = zip(count(1), source(0, 1))
+        ahead: Any = None
+        while True:
+            if ahead is not None:
+                carry((ahead,), one)
+            carry(islice(pairs, 1024 if ahead is None else 1023), one)
+            ahead = next(pairs, None)  # one ahead: is the input over?
+            if ahead is None:
+                return
 
     return run
 

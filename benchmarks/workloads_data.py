@@ -59,12 +59,19 @@ class Measure:
     stream: bool = False  # data made while read instead of before (bounded memory)
     epoch_s: float | None = None  # None: the engine's default (10 s in both)
     recovery: bool = False
+    #: How the input hands over items, where the engines offer a choice (see :class:`Source`).
+    variant: str = ""
 
 
 MEASURES: dict[str, Measure] = {
     "stateless": Measure("stateless", 2_000_000),
     "wordcount": Measure("wordcount", 1_000_000),
     "windowed": Measure("windowed", 1_000_000),
+    # The same stateless flow read three ways (``Source.variant``).
+    "stateless-item": Measure("stateless", 2_000_000, variant="item"),
+    "stateless-batch": Measure("stateless", 2_000_000, variant="batch"),
+    "stateless-pairs": Measure("stateless", 2_000_000, variant="pairs"),
+    "stateless-checked": Measure("stateless", 2_000_000, variant="checked"),
     "stateless-2p": Measure("stateless", 2_000_000, procs=2),
     "wordcount-2p": Measure("wordcount", 1_000_000, procs=2),
     "rss": Measure("stateless", 10_000_000, stream=True),
@@ -233,6 +240,15 @@ class Source:
     n: int
     sharded: bool = False
     stream: bool = False
+    #: How the engine's input hands items over. ``""``: its usual way (millrace's
+    #: ``ManualInputConfig`` one ``(state, item)`` at a time, Bytewax's ``next_batch`` 1,000
+    #: at a time); ``"item"``: Bytewax's ``next_batch`` one item at a time (millrace as
+    #: usual); ``"batch"``: millrace's ``ManualInputConfig(batched=True)``, lists of 1,000
+    #: (Bytewax as usual); ``"pairs"``: the plain loop reads the ``(state, item)`` pairs
+    #: millrace's builder yields, instead of the bare items; ``"checked"``: the same, in
+    #: chunks of 1,024 with the checks millrace's API owes (each yield a tuple, each filter
+    #: verdict a bool).
+    variant: str = ""
 
     def __call__(self, worker_index: int, worker_count: int) -> Iterator[Any]:
         shard, shards = (worker_index, worker_count) if self.sharded else (0, 1)
@@ -323,7 +339,7 @@ def measure(engine: Engine, name: str, scale: float) -> dict[str, Any]:
         if len(records) != m.procs:
             raise RuntimeError(f"{len(records)} worker reports, expected {m.procs}")
     else:
-        flow = engine.build(m.flow, Source(m.flow, n, stream=m.stream), Sink(mode))
+        flow = engine.build(m.flow, Source(m.flow, n, stream=m.stream, variant=m.variant), Sink(mode))
         db = tempfile.TemporaryDirectory() if m.recovery else nullcontext(None)
         with db as db_dir:
             rss_before = _reset_peak_rss()

@@ -56,7 +56,7 @@ def at(value: Any) -> datetime:
 # Bytewax 0.15's: argument names in order, and defaults (millrace adds only trailing keywords).
 SIGNATURES: dict[type, str] = {
     InputConfig: "()",
-    ManualInputConfig: "(input_builder)",
+    ManualInputConfig: "(input_builder, batched=False)",  # batched: beyond the 0.15 API
     TestingBuilderInputConfig: "(builder)",
     TestingInputConfig: "(iterable)",
     KafkaInputConfig: ("(brokers, topic, tail=True, starting_offset='beginning', additional_properties=None)"),

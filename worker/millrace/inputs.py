@@ -25,7 +25,8 @@ __all__ = [
 X = TypeVar("X")
 
 #: ``input_builder(worker_index, worker_count, resume_state)`` returning an iterator of
-#: ``(state, item)`` 2-tuples, or bare ``None`` for "nothing yet".
+#: ``(state, item)`` 2-tuples (``(state, list_of_items)`` when batched), or bare ``None``
+#: for "nothing yet".
 InputBuilder = Callable[[int, int, Any], Iterable[tuple[Any, Any] | None]]
 
 
@@ -62,12 +63,38 @@ class ManualInputConfig(InputConfig):
     0
     1
     2
+
+    With ``batched=True`` (beyond the 0.15 API) the builder hands over many items at once:
+    it yields ``(state, items)`` 2-tuples where ``items`` is a ``list`` and ``state`` resumes
+    the input right after the last item of that list (or a bare ``None``, "nothing yet").
+    Sources that read blocks anyway (files, Kafka, a list in memory) save the engine a
+    per-item step; recovery resumes between batches, never inside one, and with
+    ``TestingEpochConfig`` each batch is one epoch. An empty list is allowed (it only
+    moves the state on).
+
+    >>> def blocks(worker_index, worker_count, resume_state):
+    ...     start = resume_state or 0
+    ...     for i in range(start, 6, 3):
+    ...         yield i + 3, [i, i + 1, i + 2]
+    >>> flow = Dataflow()
+    >>> flow.input("numbers", ManualInputConfig(blocks, batched=True))
+    >>> flow.capture(StdOutputConfig())
+    >>> run_main(flow)
+    0
+    1
+    2
+    3
+    4
+    5
     """
 
     input_builder: InputBuilder
+    batched: bool = False
 
     def __post_init__(self) -> None:
         check_callable(self, "input_builder")
+        if type(self.batched) is not bool:
+            raise TypeError(f"ManualInputConfig batched must be True or False, got {self.batched!r}")
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,30 @@ def _write_items(t: _Template, indices: list[int], terminal: LoopCode | None = N
             t.add(2, "_count, _me, _owners_get, _owner_of = _r.worker_count, _r.me, _r.owners.get, _r.owner_of", keyed)
             t.add(2, "_parts = [[] for _ in range(_count)]", keyed)
     t.add(2, "for _item in batch:")
-    depth, item = 3, "_item"
+    depth, item = write_steps(t, indices, 3, "_item")
+    if terminal is None:
+        t.add(depth, f"_out.append({item})")
+        t.add(2, "batch = _out")
+        return
+    _write_keyed(t, depth, item, terminal)
+
+
+class StepLines(Protocol):
+    """What :func:`write_steps` writes into: a generated function's lines, and per step the
+    variable holding its input item and the line that iterates a flat_map's result."""
+
+    kinds: tuple[str, ...]
+    input_of: dict[int, str]
+    iterated_at: dict[int, int]
+
+    def add(self, depth: int, text: str, step: int | None = None) -> int: ...
+
+
+def write_steps(t: StepLines, indices: Sequence[int], depth: int, item: str) -> tuple[int, str]:
+    """Lines that take the item in variable ``item`` through the stateless steps at
+    ``indices`` (``_f<i>`` their functions, ``epoch`` the epoch, ``_names`` their names):
+    a filter that says no ``continue``s, a flat_map nests a ``for``. Returns the depth and the
+    variable of the item that comes out."""
     for index in indices:
         kind = t.kinds[index]
         t.input_of[index] = item
@@ -221,11 +244,34 @@ def _write_items(t: _Template, indices: list[int], terminal: LoopCode | None = N
             t.add(depth, f"_f{index}({item})", index)
         else:
             t.add(depth, f"_f{index}(epoch, {item})", index)
-    if terminal is None:
-        t.add(depth, f"_out.append({item})")
-        t.add(2, "batch = _out")
-        return
-    _write_keyed(t, depth, item, terminal)
+    return depth, item
+
+
+def explain_flat_map(t: StepLines, names: Sequence[str], exc: BaseException, tb: TracebackType) -> BaseException:
+    """``exc`` raised at ``tb`` in generated code, or a clearer error when it is a flat_map's
+    result that is not iterable."""
+    if not isinstance(exc, TypeError) or tb.tb_lineno not in t.iterated_at:
+        return exc
+    index = t.iterated_at[tb.tb_lineno]
+    local = tb.tb_frame.f_locals
+    result = local[f"_r{index}"]
+    try:
+        iter(result)
+    except TypeError:
+        return _not_iterable(names[index], result, local[t.input_of[index]]).with_traceback(exc.__traceback__)
+    return exc  # the TypeError came from iterating a result that is iterable
+
+
+def traceback_entry(exc: BaseException, filename: str) -> TracebackType | None:
+    """The innermost entry of ``exc``'s traceback in the generated code of ``filename`` (a
+    comprehension is a frame of its own inside it)."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            found = tb
+        tb = tb.tb_next
+    return found
 
 
 def _write_keyed(t: _Template, depth: int, item: str, terminal: LoopCode) -> None:
@@ -324,28 +370,10 @@ class Chain:
             index = t.unpacked_at[tb.tb_lineno]
             error = bad_keyed_item(self.names[index], tb.tb_frame.f_locals[t.input_of[index]])
             return error.with_traceback(exc.__traceback__)
-        if not isinstance(exc, TypeError) or tb.tb_lineno not in t.iterated_at:
-            return exc
-        index = t.iterated_at[tb.tb_lineno]
-        local = tb.tb_frame.f_locals
-        result = local[f"_r{index}"]
-        try:
-            iter(result)
-        except TypeError:
-            error = _not_iterable(self.names[index], result, local[t.input_of[index]])
-            return error.with_traceback(exc.__traceback__)
-        return exc  # the TypeError came from iterating a result that is iterable
+        return explain_flat_map(t, self.names, exc, tb)
 
     def _traceback_entry(self, exc: BaseException) -> TracebackType | None:
-        """The innermost entry of ``exc``'s traceback in the generated code (a comprehension
-        is a frame of its own inside ``run``)."""
-        found = None
-        tb = exc.__traceback__
-        while tb is not None:
-            if tb.tb_frame.f_code.co_filename == self._template.filename:
-                found = tb
-            tb = tb.tb_next
-        return found
+        return traceback_entry(exc, self._template.filename)
 
 
 def compile_chain(

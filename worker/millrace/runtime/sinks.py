@@ -23,7 +23,9 @@ from .errors import describe
 
 # Workers of one process share stdout and often one output callable (``print``); each batch is
 # written under this lock so that lines from different workers never interleave mid-line.
-OUTPUT_LOCK = threading.Lock()
+# Reentrant: the fused input loop (pump.py) holds it while it calls the user's steps too, and
+# a step that runs a flow of its own writing to stdout must not wait for itself.
+OUTPUT_LOCK = threading.RLock()
 
 
 class Sink:

@@ -99,7 +99,8 @@ class ManualReader(Reader):
     def state(self) -> Any:
         return self._state
 
-    def _bad(self, got: Any) -> TypeError:
+    def bad(self, got: Any) -> TypeError:
+        """The error of a yield that is not a ``(state, item)`` 2-tuple or ``None``."""
         return TypeError(
             f"{self.name}: the input builder must yield (state, item) 2-tuples or None, got {describe(got)}"
         )
@@ -154,7 +155,7 @@ class ManualReader(Reader):
                         break
                     else:
                         # Refused as the source's own error would be: after the items before it.
-                        self._error = self._bad(one)
+                        self._error = self.bad(one)
                         self._pending.clear()
                         break
                 if paused or self._error is not None:
@@ -182,7 +183,81 @@ class ManualReader(Reader):
         elif type(got[0]) is tuple and len(got[0]) == 2:
             self._ahead = got[0]
         elif got[0] is not None:
-            self._error = self._bad(got[0])
+            self._error = self.bad(got[0])
+
+
+class BatchReader(Reader):
+    """Reads ``(state, list_of_items)`` 2-tuples (``ManualInputConfig(..., batched=True)``),
+    or a bare ``None`` for "nothing yet". A read takes whole batches until it holds ``limit``
+    items or more (a batch is never split: the state resumes between batches), then looks
+    one batch ahead, so that it knows it is exhausted with its last batch. What the source
+    raises, or a yield of the wrong shape, is held until the batches before it are handed out.
+    """
+
+    def __init__(self, name: str, iterator: Iterator[Any], resume_state: Any) -> None:
+        self.name = name
+        self._it = iterator
+        self._state = resume_state
+        self._ahead: Any = _EMPTY
+
+    @property
+    def state(self) -> Any:
+        return self._state
+
+    def bad(self, got: Any) -> TypeError:
+        """The error of a yield that is not a ``(state, list)`` 2-tuple or ``None``."""
+        return TypeError(
+            f"{self.name}: the batched input builder must yield (state, list of items) 2-tuples or None, "
+            f"got {describe(got)}"
+        )
+
+    def _next(self) -> Any:
+        """The next yield, ``_EMPTY`` at the end; a source error is held."""
+        try:
+            return next(self._it, _EMPTY)
+        except Exception as exc:
+            self._error = exc
+            return _EMPTY
+
+    def _well_formed(self, got: Any) -> bool:
+        if type(got) is tuple and len(got) == 2 and type(got[1]) is list:
+            return True
+        self._error = self.bad(got)
+        return False
+
+    def read(self, limit: int) -> list[Any]:
+        self._raise_held()
+        if self.exhausted:
+            return []
+        items: list[Any] = []
+        started = monotonic()
+        while True:
+            got = self._ahead
+            self._ahead = _EMPTY
+            if got is _EMPTY:
+                got = self._next()
+            if got is _EMPTY:
+                self.exhausted = self._error is None
+                break
+            if got is None:
+                break  # nothing yet
+            if not self._well_formed(got):
+                break
+            self._state, batch = got
+            items += batch
+            # Enough items, or enough time on a source that is slow per batch (or yields
+            # empty ones): look ahead and hand them over.
+            if len(items) < limit and monotonic() - started < BATCH_SECONDS:
+                continue
+            got = self._next()
+            if got is _EMPTY:
+                self.exhausted = self._error is None
+            elif got is not None and self._well_formed(got):
+                self._ahead = got
+            break
+        if not items and self._error is not None:
+            self._raise_held()
+        return items
 
 
 class TestingReader(Reader):
@@ -240,7 +315,7 @@ def build_reader(config: InputConfig, name: str, worker_index: int, worker_count
             raise TypeError(
                 f"{name}: the input builder must return an iterable of (state, item) 2-tuples, got {describe(built)}"
             ) from None
-        return ManualReader(name, iterator, resume_state)
+        return (BatchReader if config.batched else ManualReader)(name, iterator, resume_state)
     if isinstance(config, KafkaInputConfig):
         # Imported here: only a flow that reads Kafka needs the client (millrace[kafka]).
         from .kafka_source import build_kafka_reader

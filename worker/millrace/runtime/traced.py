@@ -46,6 +46,7 @@ class TracedWorker(Worker):
         self._worker_context: Any = parent
         self._attributes = {"millrace.worker.index": self.index, "millrace.worker.count": self.count}
         if self._tracer is not None or log.isEnabledFor(TRACE):
+            self.pumping = False  # a span per read and per batch: keep them apart
             self._wrap_batches()
 
     # -- batches ---------------------------------------------------------------------------

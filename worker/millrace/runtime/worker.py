@@ -27,6 +27,7 @@ from .exchange import CREDIT, DATA, DONE, MARK, STOP, Exchange, Message
 from .migration import RECOVERY_KINDS, Recovery
 from .persistence import Snapshots, restore
 from .progress import Broadcast, Close, Ended, Flush, Progress, Snapshot
+from .pump import Pump, output_of, pumpable
 from .routing import Router, check_pairs
 from .segments import Segment, build_logic, check_flow, lay_out
 from .sinks import Sink
@@ -51,6 +52,10 @@ class Worker:
     resumes from, and snapshots to, its recovery store among them. Its windows read the time from
     ``clock`` (``epochs`` carries its own, which should be the same)."""
 
+    #: Whether an input whose segment is stateless steps then a capture runs as one fused
+    #: loop (:mod:`.pump`); a worker that times every read and batch (tracing) keeps them apart.
+    pumping = True
+
     def __init__(
         self,
         flow: Dataflow,
@@ -71,6 +76,8 @@ class Worker:
         self.store: WorkerStoreLike | None = None
         self.router = Router(self.count, index)
         self.inputs: list[tuple[Reader, Segment]] = []
+        #: Per input, its fused loop, or ``None`` where its segment runs batch by batch.
+        self.pumps: list[Pump | None] = []
         self.recovery = Recovery(index, self.count)
         self.snapshots = Snapshots()
         self.sizer = BatchSizer()
@@ -110,6 +117,13 @@ class Worker:
                 resume_states.get(step.step_id),
             )
             self.inputs.append((reader, segment))
+            pump = None
+            if self.pumping and segment.target is None and pumpable(segment.steps, reader):
+                sink = segment.sinks[-1]
+                assert sink is not None
+                output, calls, with_epoch = output_of(sink, self.exchange.local_count)
+                pump = Pump(reader, segment.steps, output, calls, with_epoch)
+            self.pumps.append(pump)
 
     def _guard(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -167,6 +181,17 @@ class Worker:
             parts[self.index] = []
             self._apply(target, mine, epoch)
         self._send(segment, target, parts, epoch)
+
+    def _pump(self, pump: Pump, limit: int, epoch: int) -> int:
+        """Run ``pump`` once; an error names the step it came from, or the input."""
+        try:
+            return pump.run(limit, epoch)
+        except Exception as exc:
+            error = pump.explain(exc)
+            annotate(error, pump.step_of(error) or pump.reader.name, self.index)
+            if error is exc:
+                raise
+            raise error from None
 
     def _send(self, segment: Segment, target: int, parts: list[list[Any]], epoch: int) -> None:
         """Send each other worker its part of a batch for ``target``."""
@@ -379,8 +404,20 @@ class Worker:
         sizer = self.sizer
         while True:
             got_any = False
-            for reader, segment in self.inputs:
+            for (reader, segment), pump in zip(self.inputs, self.pumps, strict=True):
                 if reader.exhausted:
+                    continue
+                if pump is not None:
+                    started = _monotonic()
+                    taken = self._pump(pump, min(epochs.limit(), sizer.limit), epoch)
+                    if taken:
+                        got_any = True
+                        epochs.items += taken
+                        sizer.took(taken, _monotonic() - started)
+                        if epochs.over():
+                            return
+                        if multi and stopping.is_set():
+                            raise Stopped
                     continue
                 try:
                     batch = reader.read(min(epochs.limit(), sizer.limit))

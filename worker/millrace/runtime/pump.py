@@ -1,0 +1,302 @@
+"""An input, its stateless steps and its output, fused into one generated loop per worker.
+
+Where a flow is ``input -> map/filter/flat_map/inspect... -> capture`` (the capture last, no
+stateful step), the worker need not build a batch of items, then a batch of results, then
+write it: one generated function reads the builder's iterator directly, carries each item
+through every step and hands it to the output before it pulls the next one. That is the plain
+loop a user would write by hand, plus what the engine owes its API: each yield is checked to
+be a ``(state, item)`` 2-tuple (or ``None``, "nothing yet"), a filter's verdict to be a bool,
+and the resume state of the last item is kept. Epoch ends, window deadlines, messages and
+Ctrl-C are looked at between calls, and :class:`~.epochs.BatchSizer` sizes each call to about
+10 ms as it sizes batches.
+
+A call takes at most ``limit`` yields (``islice``); after a full one it looks one yield ahead,
+as :class:`~.sources.ManualReader` does, so that the input is known exhausted in the epoch of
+its last item. A batched input (``ManualInputConfig(batched=True)``) yields lists: the loop
+takes whole lists until it has carried ``limit`` items.
+
+What the source raises leaves the loop from its ``for`` line: the items it gave before have
+already reached the output, the error is held by the reader and raised by the next call, as
+the reader raises it (so the epoch those items belong to ends as usual). A step's error is
+raised at once, named by the line it came from, as :mod:`.chain` does.
+
+The output is called inside the loop when it is a Python callable (``ManualOutputConfig``)
+and this process runs one worker (:data:`.sinks.OUTPUT_LOCK` is then held for the call: no
+other worker's lines can interleave); any other output gets the call's items as one batch.
+
+>>> from millrace import plan
+>>> from millrace.runtime.sources import ManualReader
+>>> got = []
+>>> reader = ManualReader("inp", iter([(1, "a"), (2, "b"), None, (3, "c")]), None)
+>>> pump = Pump(reader, [plan.Map(1, str.upper)], got.append)
+>>> pump.run(100, 0), got, reader.state
+(100, ['A', 'B'], 2)
+>>> pump.run(100, 0), got, reader.state, reader.exhausted  # 100: at most that many
+(100, ['A', 'B', 'C'], 3, True)
+"""
+
+from __future__ import annotations
+
+import linecache
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import islice
+from types import TracebackType
+from typing import Any
+
+from .. import plan
+from .chain import _not_bool, explain_flat_map, traceback_entry, write_steps
+from .loop_code import MISSING
+from .sinks import OUTPUT_LOCK, Sink, _CallableSink
+from .sources import _EMPTY, BatchReader, ManualReader, Reader, TestingReader
+
+_ITEM_KINDS: dict[type, str] = {
+    plan.Map: "map",
+    plan.Filter: "filter",
+    plan.FlatMap: "flat_map",
+    plan.Inspect: "inspect",
+    plan.InspectEpoch: "inspect_epoch",
+}
+
+
+@dataclass
+class _Template:
+    """The generated loop for one shape (kinds of steps, batched or not, how it outputs),
+    shared by every pump of that shape. Per line: the step it belongs to (``None``: the
+    loop's own); per step: the variable holding its input item; per flat_map: the line that
+    iterates its result; the line that iterates the source and the one that unpacks a yield."""
+
+    kinds: tuple[str, ...]
+    mode: str  # "pairs" (state, item), "batches" (state, list) or "items" (bare, counted)
+    calls: bool  # the output is called per item (else: items collected into ``_out``)
+    with_epoch: bool
+    lines: list[str] = field(default_factory=list)
+    step_at: list[int | None] = field(default_factory=list)
+    input_of: dict[int, str] = field(default_factory=dict)
+    iterated_at: dict[int, int] = field(default_factory=dict)
+    source_line: int = 0
+    unpack_line: int = 0
+    filename: str = ""
+    factory: Callable[..., Callable[..., Any]] | None = None
+
+    def add(self, depth: int, text: str, step: int | None = None) -> int:
+        self.lines.append("    " * depth + text)
+        self.step_at.append(step)
+        return len(self.lines)
+
+
+@lru_cache(maxsize=128)
+def _template(kinds: tuple[str, ...], mode: str, calls: bool, with_epoch: bool) -> _Template:
+    t = _Template(kinds, mode, calls, with_epoch)
+    out = len(kinds)  # the capture's index
+    names = ", ".join(f"_f{i}" for i in range(len(kinds) + 1))
+    t.add(0, f"def _factory(_not_bool, _names, {names}):")
+    # ``pump(_src, _limit, epoch)`` returns ``(state, stop, n)``: the state of the last item
+    # carried (MISSING: none), the yield that stopped the loop (MISSING: none did) and how
+    # many items it carried (counted for batches and bare items; pairs are not counted).
+    t.add(1, "def pump(_src, _limit, epoch):")
+    t.add(2, "_type, _tuple, _list, _state, _n = type, tuple, list, MISSING, 0")
+    if not calls:
+        t.add(2, "_out = []")
+    stop = f"_f{out}(_out, epoch); return _state, _pair, _n" if not calls else "return _state, _pair, _n"
+    if mode == "batches":
+        t.source_line = t.add(2, "for _pair in _src:")
+        t.add(3, f"if _type(_pair) is not _tuple: {stop}")
+        t.unpack_line = t.add(3, "_s, _batch = _pair")
+        t.add(3, f"if _type(_batch) is not _list: {stop}")
+        t.add(3, "_state = _s")
+        t.add(3, "_n += len(_batch)")
+        t.add(3, "for _item in _batch:")
+        depth = 4
+    elif mode == "pairs":
+        t.source_line = t.add(2, "for _pair in _src:")
+        t.add(3, f"if _type(_pair) is not _tuple: {stop}")
+        t.unpack_line = t.add(3, "_state, _item = _pair")
+        depth = 3
+    else:
+        t.source_line = t.add(2, "for _n, _item in enumerate(_src, 1):")
+        depth = 3
+    depth, item = write_steps(t, range(len(kinds)), depth, "_item")
+    t.input_of[out] = item
+    if calls:
+        t.add(depth, f"_f{out}((epoch, {item}))" if with_epoch else f"_f{out}({item})", out)
+    else:
+        t.add(depth, f"_out.append({item})", out)
+    if mode == "batches":
+        t.add(3, "if _n >= _limit: break")
+    if not calls:
+        t.add(2, f"_f{out}(_out, epoch)", out)
+    t.add(2, "return _state, MISSING, _n")
+    t.add(1, "return pump")
+    t.filename = f"<millrace pump: input -> {' -> '.join((*kinds, 'capture'))} ({mode})>"
+    lines = [line + "\n" for line in t.lines]
+    linecache.cache[t.filename] = (sum(map(len, lines)), None, lines, t.filename)
+    namespace: dict[str, Any] = {"MISSING": MISSING}
+    exec(compile("".join(lines), t.filename, "exec"), namespace)
+    t.factory = namespace["_factory"]
+    return t
+
+
+#: How a pump reads each kind of reader (see the template's ``mode``).
+_MODES: dict[type, str] = {ManualReader: "pairs", BatchReader: "batches", TestingReader: "items"}
+
+
+def pumpable(steps: Sequence[plan.Step], reader: Reader) -> bool:
+    """Whether ``steps`` (an input's segment without a stateful step) read from ``reader``
+    can run as one pump: stateless item steps, then one capture, last."""
+    return (
+        type(reader) in _MODES
+        and bool(steps)
+        and isinstance(steps[-1], plan.Capture)
+        and all(type(step) in _ITEM_KINDS for step in steps[:-1])
+    )
+
+
+def output_of(sink: Sink, local_workers: int) -> tuple[Callable[..., Any], bool, bool]:
+    """How a pump outputs to ``sink``: ``(function, calls, with_epoch)``, where ``calls``
+    says the function takes each item (else ``sink.write(batch, epoch)``)."""
+    if isinstance(sink, _CallableSink) and local_workers == 1:
+        return sink.fn, True, sink.with_epoch
+    return sink.write, False, False
+
+
+class Pump:
+    """The fused loop of one worker's input segment (see the module's docstring). ``output``
+    is the capture's per-item function (``calls``, the default) or its sink's ``write``."""
+
+    def __init__(
+        self,
+        reader: Reader,
+        steps: Sequence[plan.Step],
+        output: Callable[..., Any],
+        calls: bool = True,
+        with_epoch: bool = False,
+    ) -> None:
+        if type(reader) not in _MODES:
+            raise TypeError(f"a pump cannot read a {type(reader).__name__}")
+        self.reader: Any = reader  # it sets the reader's own state: see _settle
+        self.mode = _MODES[type(reader)]
+        capture = steps[-1] if steps and isinstance(steps[-1], plan.Capture) else None
+        item_steps = list(steps[:-1] if capture is not None else steps)
+        self.names = (*(step.name for step in item_steps), capture.name if capture is not None else "the output")
+        fns = [step.fn for step in item_steps]  # type: ignore[attr-defined]
+        kinds = tuple(_ITEM_KINDS[type(step)] for step in item_steps)
+        self._template = _template(kinds, self.mode, calls, with_epoch)
+        assert self._template.factory is not None
+        self._pump = self._template.factory(_not_bool, self.names, *fns, output)
+        self._output = output
+        self._calls = calls
+
+    def run(self, limit: int, epoch: int) -> int:
+        """Carry up to ``limit`` items (a batched input: whole batches until ``limit``) from
+        the input to the output; how many were taken (for ``(state, item)`` pairs, when the
+        source paused or ran out, the most it can be: they are not counted one by one).
+        Raises what the source raised before, once the items before it are out, as
+        :meth:`.sources.Reader.read` does."""
+        reader = self.reader
+        if reader._error is not None and reader._ahead is _EMPTY:
+            reader._raise_held()
+        if reader.exhausted:
+            return 0
+        taken = 0
+        ahead = reader._ahead
+        if ahead is not _EMPTY:
+            reader._ahead = _EMPTY
+            taken = self._carry((ahead,), 1, epoch, last=False)
+            if reader._error is not None:
+                return taken
+            limit -= taken if self.mode == "batches" else 1
+            if limit <= 0:
+                self._look_ahead()
+                return taken
+        source = reader._it if self.mode == "batches" else islice(reader._it, limit)
+        return taken + self._carry(source, limit, epoch)
+
+    def _carry(self, source: Any, limit: int, epoch: int, last: bool = True) -> int:
+        """Run the loop over ``source``; ``last``: it reads the input's own iterator, so it
+        ends by looking ahead (or finding the input exhausted)."""
+        reader = self.reader
+        n: int
+        try:
+            if self._calls:
+                with OUTPUT_LOCK:
+                    state, stop, n = self._pump(source, limit, epoch)
+            else:
+                state, stop, n = self._pump(source, limit, epoch)
+        except Exception as exc:
+            tb = self._entry(exc)
+            t = self._template
+            if tb is None or tb.tb_lineno not in (t.source_line, t.unpack_line):
+                raise  # a step's error: the worker names the step (step_of)
+            local = tb.tb_frame.f_locals
+            if tb.tb_lineno == t.source_line:
+                reader._error = exc  # the source failed: held for the next call
+            else:
+                reader._error = reader.bad(local["_pair"])  # a tuple of the wrong length
+            if not self._calls and local.get("_out"):
+                self._output(local["_out"], epoch)  # the items before the failure go out
+            state, n = local.get("_state", MISSING), local.get("_n", 0)
+            self._settle(state, n)
+            return self._taken(limit, n, state)
+        self._settle(state, n)
+        if stop is not MISSING:
+            if stop is not None:  # None: nothing yet, ask again later
+                reader._error = reader.bad(stop)
+            return self._taken(limit, n, state)
+        if not last:
+            return 1 if self.mode == "pairs" else n
+        if self.mode == "pairs":
+            self._look_ahead()
+            return limit  # all of them, or the input ran out
+        if n < limit:
+            reader.exhausted = True  # the loop ran out of batches, or of items
+            return n
+        self._look_ahead()
+        return n
+
+    def _settle(self, state: Any, n: int) -> None:
+        """Move the reader's resume state on past what the loop carried."""
+        if self.mode == "items":
+            self.reader._count += n
+        elif state is not MISSING:
+            self.reader._state = state
+
+    def _taken(self, limit: int, n: int, state: Any) -> int:
+        if self.mode != "pairs":
+            return n
+        return 0 if state is MISSING else limit
+
+    def _look_ahead(self) -> None:
+        reader = self.reader
+        try:
+            got = next(reader._it, _EMPTY)
+        except Exception as exc:
+            reader._error = exc
+            return
+        if got is _EMPTY:
+            reader.exhausted = True
+        elif self.mode == "items":
+            reader._ahead = got
+        elif got is None:
+            return
+        elif type(got) is tuple and len(got) == 2 and (self.mode == "pairs" or type(got[1]) is list):
+            reader._ahead = got
+        else:
+            reader._error = reader.bad(got)
+
+    def step_of(self, exc: BaseException) -> str | None:
+        """The name of the step that raised ``exc`` (``None``: not raised by a step)."""
+        tb = self._entry(exc)
+        if tb is None:
+            return None
+        index = self._template.step_at[tb.tb_lineno - 1]
+        return None if index is None else self.names[index]
+
+    def explain(self, exc: BaseException) -> BaseException:
+        """``exc``, or a clearer error when a flat_map returned something not iterable."""
+        tb = self._entry(exc)
+        return exc if tb is None else explain_flat_map(self._template, self.names, exc, tb)
+
+    def _entry(self, exc: BaseException) -> TracebackType | None:
+        return traceback_entry(exc, self._template.filename)
