@@ -559,7 +559,7 @@ class _Failures:
     def is_local(self, worker: int) -> bool:
         return worker == 0
 
-    def deliver(self, dest: int, msg: Any) -> None:
+    def deliver(self, dest: int, msg: Any, sender: int | None = None) -> None:
         self.delivered.append((dest, msg))
 
 
