@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..dataflow import Dataflow
@@ -28,7 +28,11 @@ from .routing import Router, check_pairs
 from .segments import Segment, build_logic, check_flow, lay_out
 from .sinks import Sink
 from .sources import Reader, build_reader, merge_resume_states
+from .stats import WorkerStats
 from .stores import Stores, WorkerStoreLike
+
+if TYPE_CHECKING:
+    from .metrics import ProcessMetrics
 
 # Stopped, Worker and check_flow are what the runtime's entry points import from here;
 # build_logic and Segment moved to .segments, and stay importable from here too.
@@ -46,7 +50,9 @@ class Stopped(Exception):
 class Worker:
     """Worker ``index`` of ``exchange.worker_count``, running ``flow``; with ``stores`` it
     resumes from, and snapshots to, its recovery store among them. Its windows read the time from
-    ``clock`` (``epochs`` carries its own, which should be the same)."""
+    ``clock`` (``epochs`` carries its own, which should be the same). With ``metrics`` (this
+    process's, see :mod:`.metrics`) its steps count their items and it joins what a scrape
+    reads; it keeps its other counters (:attr:`stats`) anyway, which cost nothing per item."""
 
     def __init__(
         self,
@@ -57,6 +63,7 @@ class Worker:
         flow_start: datetime,
         stores: Stores | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        metrics: ProcessMetrics | None = None,
     ) -> None:
         self.index = index
         self.count = exchange.worker_count
@@ -72,11 +79,16 @@ class Worker:
         self.snapshots = Snapshots()
         self.sizer = BatchSizer()
         self._now = clock.now
-        self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router, clock.now)
+        self.logics, self.input_steps, self.after = lay_out(
+            flow, flow_start, self.router, clock.now, counted=metrics is not None
+        )
         self.progress = Progress(index, self.count, len(self.logics))
         # Every capture's writer once (a capture's sink is in each segment that reaches it).
         segments = [segment for _, segment in self.input_steps] + self.after
         self.sinks: list[Sink] = list({id(s): s for seg in segments for s in seg.sinks if s is not None}.values())
+        self.stats = WorkerStats(len(self.input_steps), len(self.logics), self.count, _monotonic())
+        if metrics is not None:
+            metrics.add_worker(self)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -143,8 +155,10 @@ class Worker:
 
     def _send(self, segment: Segment, target: int, parts: list[list[Any]], epoch: int) -> None:
         """Send each other worker its part of a batch for ``target``."""
+        sent = self.stats.sent
         for dest, part in enumerate(parts):
             if part:
+                sent[dest] += len(part)
                 try:
                     self.exchange.send(dest, (DATA, target, epoch, part))
                 except Exception as exc:
@@ -167,7 +181,10 @@ class Worker:
         except Exception as exc:
             annotate(exc, logic.name, self.index)
             raise
+        stats = self.stats
+        stats.keyed_in[target] += len(batch)
         if out:
+            stats.keyed_out[target] += len(out)
             self._push(self.after[target], out, epoch)
 
     def _tick(self, epoch: int, first: int = 0) -> None:
@@ -192,6 +209,7 @@ class Worker:
                     annotate(exc, logic.name, self.index)
                     raise
                 if out:
+                    self.stats.keyed_out[target] += len(out)
                     self._push(self.after[target], out, epoch)
 
     # -- messages --------------------------------------------------------------------------
@@ -260,9 +278,10 @@ class Worker:
         multi = self.count > 1
         stopping = self.exchange.stopping
         sizer = self.sizer
+        read = self.stats.read
         while True:
             got_any = False
-            for reader, segment in self.inputs:
+            for position, (reader, segment) in enumerate(self.inputs):
                 if reader.exhausted:
                     continue
                 try:
@@ -273,6 +292,7 @@ class Worker:
                 if batch:
                     got_any = True
                     epochs.items += len(batch)
+                    read[position] += len(batch)
                     started = _monotonic()
                     self._push(segment, batch, epoch)
                     sizer.took(len(batch), _monotonic() - started)
@@ -286,8 +306,8 @@ class Worker:
                 if stopping.is_set():
                     raise Stopped
                 self._drain()
-                while self.exchange.congested():
-                    self._idle(0.001)
+                if self.exchange.congested():
+                    self._held_back()
             self._tick(epoch)
             if epochs.over():
                 return
@@ -296,6 +316,16 @@ class Worker:
             else:
                 idle = min(_IDLE_SLEEP_MAX, idle * 2 or 0.0005)
                 self._idle(idle)
+
+    def _held_back(self) -> None:
+        """A queue this worker feeds is full: read no input until it has room (backpressure),
+        handling messages meanwhile."""
+        since = _monotonic()
+        try:
+            while self.exchange.congested():
+                self._idle(0.001)
+        finally:
+            self.stats.backpressure_seconds += _monotonic() - since
 
     def _finish_epoch(self, epoch: int) -> bool:
         """Bring every step through ``epoch`` as :class:`.progress.Progress` says; return
@@ -343,6 +373,7 @@ class Worker:
             annotate(exc, logic.name, self.index)
             raise
         if out:
+            self.stats.keyed_out[target] += len(out)
             self._push(self.after[target], out, epoch)
 
     def run(self) -> None:
@@ -353,7 +384,9 @@ class Worker:
                 self._handle(msg)
             while True:
                 self._read_epoch(self.epoch)
-                if self._finish_epoch(self.epoch):
+                ended = self._finish_epoch(self.epoch)
+                self.stats.epoch_completed(_monotonic())
+                if ended:
                     return
                 self.epoch += 1
         finally:
@@ -411,9 +444,12 @@ class Worker:
         inputs = {}
         for (step, _), (reader, _) in zip(self.input_steps, self.inputs, strict=True):
             inputs[step.step_id] = reader.state
+        started = _monotonic()
         chunks = self.snapshots.chunks(self.logics)
         try:
-            self.store.snapshot(epoch, inputs, chunks)
+            size = self.store.snapshot(epoch, inputs, chunks)
         except Exception as exc:
             annotate(exc, f"the snapshot of epoch {epoch} to {self.store.where}", self.index)
             raise
+        self.stats.snapshots.observe(_monotonic() - started)
+        self.stats.snapshot_bytes = size
