@@ -15,6 +15,9 @@ only here, once a port is given: a run without metrics does not load it.
 
 from __future__ import annotations
 
+import selectors
+import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -51,10 +54,19 @@ class MetricsServer:
     thread until :meth:`close`. :attr:`metrics` is what the engine's runs report to."""
 
     def __init__(self, port: int) -> None:
-        from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, start_http_server
+        from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+        from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, make_wsgi_app
+        from prometheus_client.exposition import ThreadingWSGIServer
         from prometheus_client.registry import CollectorRegistry
 
         from .metrics import ProcessMetrics
+
+        class Quiet(WSGIRequestHandler):
+            """Logs nothing: a scrape every few seconds is not news."""
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
 
         registry = CollectorRegistry(auto_describe=False)
         # The standard collectors, in this registry instead of the global one.
@@ -64,24 +76,43 @@ class MetricsServer:
         self.metrics: ProcessMetrics = ProcessMetrics()
         registry.register(self.metrics)
         try:
-            self._server, self._thread = start_http_server(port, addr=HOST, registry=registry)
+            self._server = make_server(HOST, port, make_wsgi_app(registry), ThreadingWSGIServer, Quiet)
         except OSError as exc:
             raise MetricsServerError(
                 exc.errno,
                 f"cannot serve metrics on port {port}: {exc.strerror or exc}; is another process "
                 "serving there? Give another port (metrics_port=, --metrics-port or MILLRACE_METRICS_PORT)",
             ) from None
-        self._thread.name = f"millrace-metrics-{self.port}"
+        # Not serve_forever(): its shutdown() waits up to half a second for its next poll, which
+        # a short run would pay in full. This loop wakes at once on a byte from close().
+        self._wake = socket.socketpair()
+        self._closing = False
+        self._thread = threading.Thread(target=self._serve, name=f"millrace-metrics-{self.port}", daemon=True)
+        self._thread.start()
 
     @property
     def port(self) -> int:
         address: Any = self._server.server_address
         return int(address[1])
 
+    def _serve(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._server, selectors.EVENT_READ)
+            selector.register(self._wake[0], selectors.EVENT_READ)
+            while not self._closing:
+                for key, _ in selector.select():
+                    if key.fileobj is self._server and not self._closing:
+                        # Readable: a connection waits, so this accepts it without blocking
+                        # and hands it to a thread of its own (ThreadingWSGIServer).
+                        self._server.handle_request()
+
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._closing = True
+        self._wake[1].send(b"x")
         self._thread.join(5.0)
+        self._server.server_close()
+        for end in self._wake:
+            end.close()
 
 
 @contextmanager
