@@ -21,7 +21,10 @@ is checked for correctness before it counts. Targets come from the issues:
 - tracing (no target): wordcount with ``setup_tracing`` on, spans made and dropped, against
   off. What tracing costs when it is off shows in the other figures, measured against main;
 - encryption (no target, what it costs): the exchange flow (every item crosses) and the
-  2-process wordcount with ZeroMQ CURVE on (``MILLRACE_CLUSTER_ENCRYPT=1``) against off.
+  2-process wordcount with ZeroMQ CURVE on (``MILLRACE_CLUSTER_ENCRYPT=1``) against off;
+- metrics: the stateless and wordcount flows with ``metrics_port`` on (``/metrics`` served and
+  scraped every second) against off: >= 0.95 each; also shown, without a target, the
+  2-process wordcount, whose items cross between processes.
 
 Beside the multi-process figures, what this machine gave in the same run: ``machine_x``, two
 processes that share nothing against one, and ``by_hand_*``, the same flow's work written by
@@ -41,7 +44,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from itertools import repeat
 from pathlib import Path
@@ -54,6 +58,7 @@ from millrace.inputs import ManualInputConfig, TestingBuilderInputConfig, Testin
 from millrace.outputs import ManualOutputConfig
 from millrace.recovery import SqliteRecoveryConfig
 from millrace.tracing import TracingConfig, setup_tracing
+from millrace.transport.addresses import free_ports
 from workloads_data import add, inc, is_even, to_pair  # the user functions vs_bytewax.py calls too
 
 # -- the user functions every variant calls ----------------------------------------------------
@@ -442,6 +447,81 @@ def m_tracing(scale: float) -> dict[str, float]:
     return {"untraced": n / untraced_s, "traced": n / traced_s, "traced_vs_untraced": untraced_s / traced_s}
 
 
+# The scraper of m_metrics, in a process of its own as Prometheus is: every second, each port.
+_SCRAPER = """
+import sys, time, urllib.request
+while True:
+    time.sleep(1.0)
+    for port in sys.argv[1:]:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        except OSError:
+            pass  # between two runs nothing serves
+"""
+
+
+@contextmanager
+def _scraped(ports: list[int]) -> Iterator[None]:
+    """Scrape ``/metrics`` on ``ports`` every second while the block runs, from another process
+    as Prometheus would (more often than its usual 15 s), so that what serving a scrape costs
+    is in the figure too."""
+    scraper = subprocess.Popen([sys.executable, "-c", _SCRAPER, *map(str, ports)])
+    try:
+        yield
+    finally:
+        scraper.kill()
+        scraper.wait()
+
+
+def m_metrics(scale: float) -> dict[str, float]:
+    """The stateless and wordcount flows of m_stateless and m_wordcount with metrics on and
+    off, taking turns; and the 2-process wordcount of m_scaling the same way."""
+    n = int(2_000_000 * scale)
+    count = [0]
+
+    def sink(x: int) -> None:
+        count[0] += 1
+
+    def stateless(port: int | None) -> Callable[[], None]:
+        def run() -> None:
+            flow = Dataflow()
+            flow.input("inp", TestingInputConfig(range(n)))
+            flow.map(inc)
+            flow.filter(is_even)
+            flow.capture(ManualOutputConfig(lambda i, c: sink))
+            run_main(flow, metrics_port=port)
+
+        return run
+
+    data = words(int(1_000_000 * scale))
+    silent: list = []
+
+    def wordcount(port: int | None) -> Callable[[], None]:
+        return lambda: run_main(_wordcount_flow(data, silent), metrics_port=port)
+
+    m = int(2_000_000 * scale)
+    shared = _shared_wordcount(m)
+    base = free_ports(1)[0]
+    ports = [base, base + 1]
+    with _scraped(ports):
+        off_s, on_s, wc_off_s, wc_on_s = _best_seconds(
+            stateless(None), stateless(base), wordcount(None), wordcount(base)
+        )
+        wc2_off, wc2_on = by_hand.best_rates(
+            lambda: _cluster_rate(shared, 2, m), lambda: _cluster_rate(shared, 2, m, metrics_port=base)
+        )
+    assert count[0] == 2 * ROUNDS * (n // 2) and silent == [], count
+    return {
+        "stateless_off": n / off_s,
+        "stateless_on": n / on_s,
+        "stateless_on_vs_off": off_s / on_s,
+        "wordcount_off": len(data) / wc_off_s,
+        "wordcount_on": len(data) / wc_on_s,
+        "wordcount_on_vs_off": wc_off_s / wc_on_s,
+        "wordcount_2p_on_vs_off": wc2_on / wc2_off,
+    }
+
+
 MEASUREMENTS: dict[str, Callable[[float], dict[str, float]]] = {
     "stateless": m_stateless,
     "wordcount": m_wordcount,
@@ -451,6 +531,7 @@ MEASUREMENTS: dict[str, Callable[[float], dict[str, float]]] = {
     "recovery": m_recovery,
     "tracing": m_tracing,
     "encryption": m_encryption,
+    "metrics": m_metrics,
 }
 
 # (measurement, figure, comparison, target, and the figure of the same measurement that shows
@@ -463,6 +544,8 @@ TARGETS: list[tuple[str, str, str, float, str | None]] = [
     ("exchange", "items_per_s", ">=", 3_000_000, "by_hand_items_per_s"),
     ("memory", "growth_mb", "<=", 50, None),
     ("recovery", "cost", "<=", 0.15, None),
+    ("metrics", "stateless_on_vs_off", ">=", 0.95, None),
+    ("metrics", "wordcount_on_vs_off", ">=", 0.95, None),
 ]
 
 
@@ -499,6 +582,13 @@ def main() -> None:
         medians[name] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         figures = ", ".join(f"{k} {v:,.2f}" if abs(v) < 100 else f"{k} {v:,.0f}" for k, v in medians[name].items())
         print(f"  {name:<10} {figures}", flush=True)
+        spreads = [
+            f"{key} {min(run[key] for run in runs):.3g}–{max(run[key] for run in runs):.3g}"
+            for key in runs[0]
+            if len(runs) > 1 and ("_vs_" in key or key == "ratio")
+        ]
+        if spreads:
+            print(f"  {'':<10} spread over the runs: {', '.join(spreads)}", flush=True)
     print("targets:")
     for name, key, op, bound, machine in TARGETS:
         if name not in medians:

@@ -9,6 +9,7 @@ completed the epoch in which the last item was read, nothing of it is still on i
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
 import socket
 import subprocess
@@ -378,3 +379,17 @@ def test_without_a_port_nothing_listens(tmp_path: Path) -> None:
 
     assert run() == "0 False"
     assert run(str(free_port_run(1))) == "1 True"  # the check can tell
+
+
+def test_the_command_reads_the_port_from_the_environment_and_names_a_bad_one(tmp_path: Path) -> None:
+    script = tmp_path / "flow.py"
+    script.write_text("raise SystemExit('the flow must not be loaded')\n")
+    done = subprocess.run(
+        [str(BIN / "millrace"), "run", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MILLRACE_METRICS_PORT": "99999"},
+    )
+    assert done.returncode == 2
+    assert done.stderr == "millrace: error: MILLRACE_METRICS_PORT must be a port number (1-65535), got 99999\n"
