@@ -127,6 +127,15 @@ def _best_seconds(*runs: Callable[[], None]) -> list[float]:
     return best
 
 
+def _stateless_flow(n: int, sink: Callable[[int], None]) -> Dataflow:
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(range(n)))
+    flow.map(inc)
+    flow.filter(is_even)
+    flow.capture(ManualOutputConfig(lambda i, c: sink))
+    return flow
+
+
 def m_stateless(scale: float) -> dict[str, float]:
     n = int(2_000_000 * scale)
     count = [0]
@@ -141,12 +150,7 @@ def m_stateless(scale: float) -> dict[str, float]:
                 sink(y)
 
     def engine() -> None:
-        flow = Dataflow()
-        flow.input("inp", TestingInputConfig(range(n)))
-        flow.map(inc)
-        flow.filter(is_even)
-        flow.capture(ManualOutputConfig(lambda i, c: sink))
-        run_main(flow)
+        run_main(_stateless_flow(n, sink))
 
     loop_s, engine_s = _best_seconds(loop, engine)
     assert count[0] == 2 * ROUNDS * (n // 2), count
@@ -483,15 +487,7 @@ def m_metrics(scale: float) -> dict[str, float]:
         count[0] += 1
 
     def stateless(port: int | None) -> Callable[[], None]:
-        def run() -> None:
-            flow = Dataflow()
-            flow.input("inp", TestingInputConfig(range(n)))
-            flow.map(inc)
-            flow.filter(is_even)
-            flow.capture(ManualOutputConfig(lambda i, c: sink))
-            run_main(flow, metrics_port=port)
-
-        return run
+        return lambda: run_main(_stateless_flow(n, sink), metrics_port=port)
 
     data = words(int(1_000_000 * scale))
     silent: list = []

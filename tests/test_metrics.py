@@ -19,7 +19,9 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,28 @@ def gated(items: list[Any], gate: Path) -> ManualInputConfig:
     return ManualInputConfig(builder)
 
 
+@contextmanager
+def running(run: Callable[[], None], gate: Path) -> Iterator[None]:
+    """``run`` in a thread for the block; then open ``gate`` (the flow ends) and check that it
+    ended without an error."""
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            run()
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    try:
+        yield
+    finally:
+        gate.touch()
+        thread.join(120)
+    assert not thread.is_alive() and failure == []
+
+
 def pair(word: str) -> tuple[str, int]:
     return word, 1
 
@@ -157,28 +181,10 @@ def test_a_2x2_clusters_counters_add_up_to_its_input(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     with multiprocessing.Manager() as manager:
         out = manager.list()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                spawn_cluster(
-                    wordcount(gate, out),
-                    epoch_config=EPOCHS,
-                    proc_count=2,
-                    worker_count_per_proc=2,
-                    metrics_port=port,
-                )
-            except BaseException as exc:
-                failure.append(exc)
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        try:
+        flow = wordcount(gate, out)
+        run = partial(spawn_cluster, flow, epoch_config=EPOCHS, proc_count=2, worker_count_per_proc=2)
+        with running(partial(run, metrics_port=port), gate):
             p0, p1 = settled([port, port + 1], len(LINES), workers=4)
-        finally:
-            gate.touch()
-            thread.join(120)
-        assert not thread.is_alive() and failure == []
         outputs = len(out)
 
     both = [p0, p1]
@@ -246,27 +252,9 @@ def test_a_windows_late_items_and_its_snapshots_show(tmp_path: Path) -> None:
     out: list[Any] = []
     flow.capture(TestingOutputConfig(out))
     (tmp_path / "recovery").mkdir()
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            run_main(
-                flow,
-                epoch_config=EPOCHS,
-                recovery_config=SqliteRecoveryConfig(tmp_path / "recovery"),
-                metrics_port=port,
-            )
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    try:
+    recovery = SqliteRecoveryConfig(tmp_path / "recovery")
+    with running(partial(run_main, flow, epoch_config=EPOCHS, recovery_config=recovery, metrics_port=port), gate):
         (samples,) = settled([port], len(items), workers=1)
-    finally:
-        gate.touch()
-        thread.join(60)
-    assert not thread.is_alive() and failure == []
     assert total(samples, "millrace_window_late_items_dropped_total", step_id="sum", worker="0") == 1
     assert total(samples, "millrace_step_items_in_total", step_id="sum") == 3
     # Each key has its own watermark: "j" is not late, and both keys hold an open window.
