@@ -78,11 +78,12 @@ class MetricsServer:
         try:
             self._server = make_server(HOST, port, make_wsgi_app(registry), ThreadingWSGIServer, Quiet)
         except OSError as exc:
-            raise MetricsServerError(
-                exc.errno,
+            error = MetricsServerError(
                 f"cannot serve metrics on port {port}: {exc.strerror or exc}; is another process "
-                "serving there? Give another port (metrics_port=, --metrics-port or MILLRACE_METRICS_PORT)",
-            ) from None
+                "serving there? Give another port (metrics_port=, --metrics-port or MILLRACE_METRICS_PORT)"
+            )
+            error.errno = exc.errno
+            raise error from None
         # Not serve_forever(): its shutdown() waits up to half a second for its next poll, which
         # a short run would pay in full. This loop wakes at once on a byte from close().
         self._wake = socket.socketpair()
