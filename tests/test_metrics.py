@@ -381,3 +381,12 @@ def test_the_command_reads_the_port_from_the_environment_and_names_a_bad_one(tmp
     )
     assert done.returncode == 2
     assert done.stderr == "millrace: error: MILLRACE_METRICS_PORT must be a port number (1-65535), got 99999\n"
+
+
+def test_the_readme_lists_every_metric() -> None:
+    from millrace.runtime.metrics import FAMILIES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Metrics") :]
+    exposed = [f"{name}_total" if kind == "counter" else name for name, (kind, _, _) in FAMILIES.items()]
+    assert [name for name in exposed if f"`{name}`" not in section] == []
