@@ -53,7 +53,7 @@ def at(value: Any) -> datetime:
     return T0
 
 
-# Bytewax 0.15's: argument names in order, and defaults.
+# Bytewax 0.15's: argument names in order, and defaults (millrace adds only trailing keywords).
 SIGNATURES: dict[type, str] = {
     InputConfig: "()",
     ManualInputConfig: "(input_builder)",
@@ -74,7 +74,8 @@ SIGNATURES: dict[type, str] = {
     TumblingWindowConfig: "(length, start_at=None)",
     RecoveryConfig: "()",
     SqliteRecoveryConfig: "(db_dir)",
-    KafkaRecoveryConfig: "(brokers, topic_prefix)",
+    # Beyond Bytewax 0.15, a trailing keyword with a default: the client properties.
+    KafkaRecoveryConfig: "(brokers, topic_prefix, additional_properties=None)",
 }
 
 
@@ -196,6 +197,7 @@ def test_kafka_settings_are_copied_and_stay_out_of_the_repr() -> None:
     for config in (
         KafkaInputConfig(brokers, "t", additional_properties=secret),
         KafkaOutputConfig(brokers, "t", additional_properties=secret),
+        KafkaRecoveryConfig(brokers, "p", additional_properties=secret),
     ):
         assert "hunter2" not in repr(config)
         assert config.additional_properties == secret

@@ -10,6 +10,7 @@ from collections import Counter
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -19,9 +20,10 @@ from millrace import plan
 from millrace.dataflow import Dataflow
 from millrace.execution import TestingEpochConfig, run_main, spawn_cluster
 from millrace.inputs import KafkaInputConfig, TestingInputConfig, distribute
-from millrace.outputs import KafkaOutputConfig, TestingOutputConfig
+from millrace.outputs import KafkaOutputConfig, ManualOutputConfig, TestingOutputConfig
 from millrace.recovery import KafkaRecoveryConfig, RecoveryConfig, SqliteRecoveryConfig
 from millrace.runtime import store
+from millrace.runtime.kafka_sink import KafkaSink
 from millrace.runtime.kafka_source import build_kafka_reader
 from millrace.runtime.kafka_store import KafkaStores
 from millrace.runtime.store import Chunk, RecoveryError
@@ -214,6 +216,25 @@ def test_a_property_the_client_refuses_is_named(broker):
         run_main(_copy_flow(broker, "props", "props", {"no.such.property": "1"}))
 
 
+def test_a_writer_that_fails_to_build_lets_go_of_the_ones_built_before(broker, monkeypatch):
+    """A Kafka producer built for the first capture is closed when a later capture's builder
+    fails: nobody else holds it."""
+    create_topic(broker, "first-out", 1)
+    closed: list[str] = []
+    monkeypatch.setattr(KafkaSink, "close", lambda sink: closed.append(sink.step_name))
+
+    def refuse(worker_index: int, worker_count: int) -> Any:
+        raise OSError("no such file")
+
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig([(b"k", b"v")]))
+    flow.capture(KafkaOutputConfig([broker], "first-out"))
+    flow.capture(ManualOutputConfig(refuse))
+    with pytest.raises(OSError, match="no such file"):
+        run_main(flow)
+    assert closed == ["capture #1 (KafkaOutputConfig)"]
+
+
 def test_additional_properties_reach_the_client(broker):
     """A client id travels to the broker (and a wrong security protocol would fail)."""
     create_topic(broker, "props2", 1)
@@ -359,6 +380,20 @@ def test_an_unreachable_recovery_broker_is_named():
     recovery = KafkaRecoveryConfig([f"127.0.0.1:{port}"], "nowhere")
     with pytest.raises(RecoveryError, match=rf"'nowhere-progress'.*127.0.0.1:{port}: cannot reach the brokers within"):
         run_main(_sums_flow([]), recovery_config=recovery)
+
+
+def test_the_recovery_store_passes_its_properties_to_its_clients(broker):
+    """A broker that takes only SASL or TLS can hold the recovery topics: the store's clients
+    take the user's properties, and one librdkafka refuses is named with the store."""
+    recovery = KafkaRecoveryConfig([broker], "props-store", {"no.such.property": "1"})
+    with pytest.raises(
+        ValueError, match=r"recovery store Kafka recovery topics 'props-store-progress'.*no.such.property"
+    ):
+        run_main(_sums_flow([]), recovery_config=recovery)
+    out: list = []
+    recovery = KafkaRecoveryConfig([broker], "props-store", {"client.id": "millrace-test-store"})
+    run_main(_sums_flow(out), epoch_config=TestingEpochConfig(), recovery_config=recovery)
+    assert out and KafkaStores(recovery).inspect(0) is not None
 
 
 def test_a_staged_rescale_stays_beside_the_kafka_store_until_it_is_swapped_in(broker):

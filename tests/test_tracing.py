@@ -289,6 +289,32 @@ def test_an_error_is_logged_at_the_default_level(capsys: pytest.CaptureFixture[s
     assert "failed in epoch" not in capsys.readouterr().err
 
 
+LOGGED_TWICE = """
+import logging
+from millrace.dataflow import Dataflow
+from millrace.execution import run_main
+from millrace.inputs import TestingInputConfig
+from millrace.outputs import TestingOutputConfig
+from millrace.tracing import setup_tracing
+
+logging.basicConfig(level=logging.INFO, format="root: %(message)s")  # as the pods' entry point does
+flow = Dataflow()
+flow.input("inp", TestingInputConfig([1]))
+flow.capture(TestingOutputConfig([]))
+tracer = setup_tracing(log_level="INFO")
+run_main(flow)
+tracer.shutdown()
+"""
+
+
+def test_a_configured_root_logger_does_not_print_the_lines_twice() -> None:
+    result = subprocess.run([sys.executable, "-c", LOGGED_TWICE], capture_output=True, text=True, timeout=50)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "worker 0 of 1 starts" in line]
+    assert len(lines) == 1, result.stderr
+    assert "INFO MainThread millrace.worker" in lines[0]
+
+
 # -- configurations ------------------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ Without a recovery configuration nothing is stored and a restart begins from scr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .common.fields import set_field
@@ -49,13 +49,23 @@ class KafkaRecoveryConfig(RecoveryConfig):
     where it ended, a store of another flow is refused, and a cluster may resume with more
     workers. Every worker reads both topics when it starts. Needs the ``millrace[kafka]`` extra.
 
+    ``additional_properties`` (beyond Bytewax 0.15) go to the store's clients, as those of
+    :class:`~millrace.inputs.KafkaInputConfig` do: a broker that takes only SASL or TLS
+    connections can hold the recovery topics too. Properties the store's guarantees rest on
+    (idempotent writes acknowledged by every in-sync replica, no auto-created topics) cannot be
+    overridden.
+
     >>> KafkaRecoveryConfig(["localhost:9092"], "clicks-recovery")
     KafkaRecoveryConfig(brokers=['localhost:9092'], topic_prefix='clicks-recovery')
+    >>> KafkaRecoveryConfig(["localhost:9093"], "r", {"security.protocol": "SSL"}).additional_properties
+    {'security.protocol': 'SSL'}
     """
 
     brokers: list[str]
     topic_prefix: str
+    additional_properties: dict[str, str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        # A copy, so that changing the caller's list later does not change the flow.
+        # Copies, so that changing the caller's list or dict later does not change the flow.
         set_field(self, "brokers", list(self.brokers))
+        set_field(self, "additional_properties", dict(self.additional_properties or {}))

@@ -2,7 +2,8 @@
 
 Call :func:`setup_tracing` once, before running flows, and keep what it returns:
 
-- ``log_level`` says which of millrace's log lines are printed (on standard error):
+- ``log_level`` says which of millrace's log lines are printed (on standard error, once: they
+  are no longer passed on to the root logger's handlers until :meth:`Tracer.shutdown`):
   ``"ERROR"`` (the default), ``"WARN"``, ``"INFO"`` (workers starting and finishing),
   ``"DEBUG"`` (each epoch) or ``"TRACE"`` (each batch of each step).
 - ``tracing_config`` says where spans go: :class:`OtlpTracingConfig` sends them to any
@@ -283,6 +284,7 @@ class Tracer:
             _active = None
             telemetry.install(None)
             logging.getLogger(LOGGER).setLevel(logging.NOTSET)
+            logging.getLogger(LOGGER).propagate = True
         logging.getLogger(LOGGER).removeHandler(self.handler)
         if self.provider is not None:
             self.provider.shutdown()
@@ -357,6 +359,9 @@ def setup_tracing(tracing_config: TracingConfig | None = None, log_level: str | 
     logger = logging.getLogger(LOGGER)
     logger.addHandler(handler)
     logger.setLevel(level)
+    # The handler prints millrace's lines; passed on to the root logger as well, they would
+    # print twice where the program (or the pod's entry point) configured the root logger.
+    logger.propagate = False
     _active = result = Tracer(provider, handler)
     telemetry.install(telemetry.Telemetry(tracer, _Handoff(tracing_config, log_level)))
     return result

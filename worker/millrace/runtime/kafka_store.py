@@ -25,17 +25,27 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ..recovery import KafkaRecoveryConfig
-from .kafka_client import CONNECT_TIMEOUT, confluent_kafka, describe_brokers, with_logger
+from .kafka_client import (
+    CONNECT_TIMEOUT,
+    Properties,
+    client_properties,
+    confluent_kafka,
+    describe_brokers,
+    refused_properties,
+    with_logger,
+)
 from .store import Chunk, RecoveryError, StoreInfo, dump_state, load_state
 
 FORMAT_VERSION = 1
 _FULL = b"F"
 _PARTIAL = b"P"
+
+Client = TypeVar("Client")
 
 # (kind, step id, epoch) -> value, of one worker and generation.
 Image = dict[tuple[str, str, int], bytes]
@@ -54,11 +64,20 @@ class KafkaStores:
             f"on the {describe_brokers(self.brokers)}"
         )
 
+    def client(self, kind: Callable[[dict[str, Any]], Client], defaults: Properties, forced: Properties) -> Client:
+        """A client of ``kind`` configured with ``defaults``, the user's properties, then
+        ``forced`` ones; properties librdkafka refuses are named."""
+        properties = client_properties(self.brokers, defaults, self.config.additional_properties, forced)
+        try:
+            return kind(with_logger(properties))
+        except confluent_kafka.KafkaException as exc:
+            raise refused_properties(f"recovery store {self.where}", self.brokers, exc) from None
+
     # -- the Stores protocol -----------------------------------------------------------------
 
     def check(self) -> None:
         """Create the topics (compacted, one partition) unless they exist."""
-        admin = confluent_kafka.admin.AdminClient(with_logger({"bootstrap.servers": ",".join(self.brokers)}))
+        admin = self.client(confluent_kafka.admin.AdminClient, {}, {})
         try:
             existing = admin.list_topics(timeout=CONNECT_TIMEOUT).topics
         except confluent_kafka.KafkaException as exc:
@@ -130,19 +149,17 @@ class KafkaStores:
     def _read(self, topic: str) -> list[tuple[bytes, bytes | None]]:
         """Every record of ``topic`` from the beginning to the end of each partition (learnt
         from the partition EOF, not from watermarks)."""
-        consumer = confluent_kafka.Consumer(
-            with_logger(
-                {
-                    "bootstrap.servers": ",".join(self.brokers),
-                    "group.id": f"millrace-recovery-{self.config.topic_prefix}",
-                    "enable.partition.eof": True,
-                    "enable.auto.commit": False,
-                    "allow.auto.create.topics": False,
-                    # At the end of a partition the broker answers at once, not after the
-                    # default half second: a start reads both topics to their ends.
-                    "fetch.wait.max.ms": 10,
-                }
-            )
+        consumer = self.client(
+            confluent_kafka.Consumer,
+            # At the end of a partition the broker answers at once, not after the default
+            # half second: a start reads both topics to their ends.
+            {"fetch.wait.max.ms": 10},
+            {
+                "group.id": f"millrace-recovery-{self.config.topic_prefix}",
+                "enable.partition.eof": True,
+                "enable.auto.commit": False,
+                "allow.auto.create.topics": False,
+            },
         )
         try:
             try:
@@ -239,16 +256,10 @@ class KafkaWorkerStore:
         self.worker_index = worker_index
         self.where = f"{stores.where}, {stores.store_name(worker_index)}"
         self.failure: confluent_kafka.KafkaError | None = None
-        self.producer = confluent_kafka.Producer(
-            with_logger(
-                {
-                    "bootstrap.servers": ",".join(stores.brokers),
-                    "acks": "all",
-                    "enable.idempotence": True,
-                    "linger.ms": 1,
-                    "allow.auto.create.topics": False,
-                }
-            )
+        self.producer = stores.client(
+            confluent_kafka.Producer,
+            {"linger.ms": 1},
+            {"acks": "all", "enable.idempotence": True, "allow.auto.create.topics": False},
         )
         meta = stores.progress().get(worker_index)
         if meta is None:

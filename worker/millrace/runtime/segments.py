@@ -9,6 +9,7 @@ runs it too, and with more than one worker routes each item to the key's owner.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import datetime
 
 from .. import plan
@@ -89,31 +90,41 @@ def lay_out(
     input_steps: list[tuple[plan.Input, Segment]] = []
     after: list[Segment] = []
     open_segments: list[Segment] = []
-    for step in flow.steps:
-        if isinstance(step, plan.Input):
-            segment = Segment()
-            input_steps.append((step, segment))
-            open_segments.append(segment)
-        elif isinstance(step, plan.StatefulStep):
-            target = len(logics)
-            logics.append(build_logic(step, flow_start, now))
-            for segment in open_segments:
-                segment.target = target
-                segment.target_name = step.name
-            after_step = Segment()
-            after.append(after_step)
-            open_segments = [after_step]
-        else:
-            sink = None
-            if isinstance(step, plan.Capture):
-                try:
-                    sink = build_sink(step.config, index, count, step.name)
-                except Exception as exc:
-                    annotate(exc, step.name, index)
-                    raise
-            for segment in open_segments:
-                segment.steps.append(step)
-                segment.sinks.append(sink)
+    built: list[Sink] = []
+    try:
+        for step in flow.steps:
+            if isinstance(step, plan.Input):
+                segment = Segment()
+                input_steps.append((step, segment))
+                open_segments.append(segment)
+            elif isinstance(step, plan.StatefulStep):
+                target = len(logics)
+                logics.append(build_logic(step, flow_start, now))
+                for segment in open_segments:
+                    segment.target = target
+                    segment.target_name = step.name
+                after_step = Segment()
+                after.append(after_step)
+                open_segments = [after_step]
+            else:
+                sink = None
+                if isinstance(step, plan.Capture):
+                    try:
+                        sink = build_sink(step.config, index, count, step.name)
+                        built.append(sink)
+                    except Exception as exc:
+                        annotate(exc, step.name, index)
+                        raise
+                for segment in open_segments:
+                    segment.steps.append(step)
+                    segment.sinks.append(sink)
+    except BaseException:
+        # The writers built before the failure hold connections (a Kafka producer, a file):
+        # nobody else will close them.
+        for sink in built:
+            with suppress(Exception):
+                sink.close()
+        raise
     for segment in [s for _, s in input_steps] + after:
         logic = None if segment.target is None else logics[segment.target]
         # The target's per-item code runs inside the loop of the steps before it (no list
