@@ -31,7 +31,11 @@ is checked for correctness before it counts. Targets come from the issues:
 - tracing (no target): wordcount with ``setup_tracing`` on, spans made and dropped, against
   off. What tracing costs when it is off shows in the other figures, measured against main;
 - encryption (no target, what it costs): the exchange flow (every item crosses) and the
-  2-process wordcount with ZeroMQ CURVE on (``MILLRACE_CLUSTER_ENCRYPT=1``) against off.
+  2-process wordcount with ZeroMQ CURVE on (``MILLRACE_CLUSTER_ENCRYPT=1``) against off;
+- metrics: the stateless and wordcount flows with ``metrics_port`` on (``/metrics`` served and
+  scraped every second) against off, run in pairs, the median of the pairs' ratios: >= 0.95
+  each; also shown, without a target, the 2-process wordcount, whose items cross between
+  processes.
 
 Beside the multi-process figures, what this machine gave in the same run: ``machine_x``, two
 processes that share nothing against one, and ``by_hand_*``, the same flow's work written by
@@ -51,7 +55,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from itertools import repeat
 from pathlib import Path
@@ -65,6 +70,7 @@ from millrace.outputs import ManualOutputConfig
 from millrace.recovery import SqliteRecoveryConfig
 from millrace.runtime.credits import WINDOW
 from millrace.tracing import TracingConfig, setup_tracing
+from millrace.transport.addresses import free_ports
 from millrace.window import SystemClockConfig, TumblingWindowConfig
 from workloads_data import add, inc, is_even, to_pair  # the user functions vs_bytewax.py calls too
 
@@ -123,15 +129,24 @@ def read_reports(report_dir: str) -> list[dict[str, float]]:
 ROUNDS = by_hand.ROUNDS
 
 
-def _best_seconds(*runs: Callable[[], None]) -> list[float]:
-    """Best time of each of ``runs``, run in turn :data:`ROUNDS` times."""
+def _best_seconds(*runs: Callable[[], None], rounds: int = ROUNDS) -> list[float]:
+    """Best time of each of ``runs``, run in turn ``rounds`` times."""
     best = [float("inf")] * len(runs)
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for index, run in enumerate(runs):
             start = time.perf_counter()
             run()
             best[index] = min(best[index], time.perf_counter() - start)
     return best
+
+
+def _stateless_flow(n: int, sink: Callable[[int], None]) -> Dataflow:
+    flow = Dataflow()
+    flow.input("inp", TestingInputConfig(range(n)))
+    flow.map(inc)
+    flow.filter(is_even)
+    flow.capture(ManualOutputConfig(lambda i, c: sink))
+    return flow
 
 
 def m_stateless(scale: float) -> dict[str, float]:
@@ -148,12 +163,7 @@ def m_stateless(scale: float) -> dict[str, float]:
                 sink(y)
 
     def engine() -> None:
-        flow = Dataflow()
-        flow.input("inp", TestingInputConfig(range(n)))
-        flow.map(inc)
-        flow.filter(is_even)
-        flow.capture(ManualOutputConfig(lambda i, c: sink))
-        run_main(flow)
+        run_main(_stateless_flow(n, sink))
 
     loop_s, engine_s = _best_seconds(loop, engine)
     assert count[0] == 2 * ROUNDS * (n // 2), count
@@ -615,6 +625,102 @@ def m_tracing(scale: float) -> dict[str, float]:
     return {"untraced": n / untraced_s, "traced": n / traced_s, "traced_vs_untraced": untraced_s / traced_s}
 
 
+_METRICS_ROUNDS = 9
+
+# The scraper of m_metrics, in a process of its own as Prometheus is: every second, each port.
+_SCRAPER = """
+import sys, time, urllib.request
+while True:
+    time.sleep(1.0)
+    for port in sys.argv[1:]:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        except OSError:
+            pass  # between two runs nothing serves
+"""
+
+
+@contextmanager
+def _scraped(ports: list[int]) -> Iterator[None]:
+    """Scrape ``/metrics`` on ``ports`` every second while the block runs, from another process
+    as Prometheus would (more often than its usual 15 s), so that what serving a scrape costs
+    is in the figure too."""
+    scraper = subprocess.Popen([sys.executable, "-c", _SCRAPER, *map(str, ports)])
+    try:
+        yield
+    finally:
+        scraper.kill()
+        scraper.wait()
+
+
+def _paired(off: Callable[[], float], on: Callable[[], float], rounds: int) -> tuple[float, float, float]:
+    """``off`` and ``on`` (each returns a rate), one right after the other, ``rounds`` times,
+    which of the two goes first alternating: the best rate of each, and the median over the
+    rounds of on/off within a round. Two runs a second apart share the machine's mood (other
+    programs, its clock), which a few percent are measured against; best rates of the two sides
+    may come from different minutes."""
+    best_off = best_on = 0.0
+    ratios = []
+    for turn in range(rounds):
+        if turn % 2:
+            rate_on, rate_off = on(), off()
+        else:
+            rate_off, rate_on = off(), on()
+        best_off, best_on = max(best_off, rate_off), max(best_on, rate_on)
+        ratios.append(rate_on / rate_off)
+    return best_off, best_on, statistics.median(ratios)
+
+
+def _rate_of(run: Callable[[], None], items: int) -> Callable[[], float]:
+    def rate() -> float:
+        start = time.perf_counter()
+        run()
+        return items / (time.perf_counter() - start)
+
+    return rate
+
+
+def m_metrics(scale: float) -> dict[str, float]:
+    """The stateless and wordcount flows of m_stateless and m_wordcount with metrics on and
+    off, in pairs (see :func:`_paired`); and the 2-process wordcount of m_scaling the same way."""
+    n = int(2_000_000 * scale)
+    count = [0]
+
+    def sink(x: int) -> None:
+        count[0] += 1
+
+    def stateless(port: int | None) -> Callable[[], float]:
+        return _rate_of(lambda: run_main(_stateless_flow(n, sink), metrics_port=port), n)
+
+    data = words(int(1_000_000 * scale))
+    silent: list = []
+
+    def wordcount(port: int | None) -> Callable[[], float]:
+        return _rate_of(lambda: run_main(_wordcount_flow(data, silent), metrics_port=port), len(data))
+
+    m = int(2_000_000 * scale)
+    shared = _shared_wordcount(m)
+    base = free_ports(1)[0]
+    ports = [base, base + 1]
+    with _scraped(ports):
+        # More turns than the other figures: a difference of a few percent is what is measured.
+        off, on, ratio = _paired(stateless(None), stateless(base), _METRICS_ROUNDS)
+        wc_off, wc_on, wc_ratio = _paired(wordcount(None), wordcount(base), _METRICS_ROUNDS)
+        _, _, wc2_ratio = _paired(
+            lambda: _cluster_rate(shared, 2, m), lambda: _cluster_rate(shared, 2, m, metrics_port=base), ROUNDS
+        )
+    assert count[0] == 2 * _METRICS_ROUNDS * (n // 2) and silent == [], count
+    return {
+        "stateless_off": off,
+        "stateless_on": on,
+        "stateless_on_vs_off": ratio,
+        "wordcount_off": wc_off,
+        "wordcount_on": wc_on,
+        "wordcount_on_vs_off": wc_ratio,
+        "wordcount_2p_on_vs_off": wc2_ratio,
+    }
+
+
 MEASUREMENTS: dict[str, Callable[[float], dict[str, float]]] = {
     "stateless": m_stateless,
     "wordcount": m_wordcount,
@@ -626,6 +732,7 @@ MEASUREMENTS: dict[str, Callable[[float], dict[str, float]]] = {
     "recovery": m_recovery,
     "tracing": m_tracing,
     "encryption": m_encryption,
+    "metrics": m_metrics,
 }
 
 # (measurement, figure, comparison, target, and the figure of the same measurement that shows
@@ -640,6 +747,8 @@ TARGETS: list[tuple[str, str, str, float, str | None]] = [
     ("memory", "growth_mb", "<=", 50, None),
     ("backpressure", "growth_mb", "<=", 50, "growth_mb_unbounded"),
     ("recovery", "cost", "<=", 0.15, None),
+    ("metrics", "stateless_on_vs_off", ">=", 0.95, None),
+    ("metrics", "wordcount_on_vs_off", ">=", 0.95, None),
 ]
 
 
@@ -688,6 +797,13 @@ def main() -> None:
         medians[name] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         figures = ", ".join(f"{k} {_fmt(v)}{_spread(runs, k)}" for k, v in medians[name].items())
         print(f"  {name:<10} {figures}", flush=True)
+        spreads = [
+            f"{key} {min(run[key] for run in runs):.3g}–{max(run[key] for run in runs):.3g}"
+            for key in runs[0]
+            if len(runs) > 1 and ("_vs_" in key or key == "ratio")
+        ]
+        if spreads:
+            print(f"  {'':<10} spread over the runs: {', '.join(spreads)}", flush=True)
     print("targets:")
     for name, key, op, bound, machine in TARGETS:
         if name not in medians:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import traceback
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from millrace import plan
 from millrace.dataflow import Dataflow
@@ -287,3 +289,65 @@ def test_a_stateful_map_that_forgets_a_key_starts_it_again_from_the_builder():
     logic = StatefulMapLogic(plan.StatefulMap("s", builder, mapper))
     assert logic.on_batch([("a", 1), ("a", 2), ("a", 1), ("b", 5)]) == [("a", 1), ("a", 3), ("a", 1), ("b", 5)]
     assert logic.state == {"a": 1} and len(built) == 3
+
+
+# -- counted chains (metrics on) -----------------------------------------------------------------
+
+_STEP_KINDS = {
+    "map": lambda position: plan.Map(position, lambda x: x + 1),
+    "filter": lambda position: plan.Filter(position, lambda x: x % 3 != 0),
+    "flat_map": lambda position: plan.FlatMap(position, lambda x: [x] * (x % 3)),
+    "inspect": lambda position: plan.Inspect(position, lambda x: None),
+    "capture": lambda position: plan.Capture(position, TestingOutputConfig([])),
+}
+
+
+def _by_hand(kinds: list[str], batch: list[int]) -> list[tuple[int, int]]:
+    """Per step, the items in and out, one step at a time over the whole batch."""
+    counts = []
+    for kind in kinds:
+        if kind == "map":
+            out = [x + 1 for x in batch]
+        elif kind == "filter":
+            out = [x for x in batch if x % 3 != 0]
+        elif kind == "flat_map":
+            out = [y for x in batch for y in [x] * (x % 3)]
+        else:
+            out = batch
+        counts.append((len(batch), len(out)))
+        batch = out
+    return counts
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(sorted(_STEP_KINDS)), max_size=7),
+    batches=st.lists(st.lists(st.integers(0, 50), max_size=12), min_size=1, max_size=4),
+)
+def test_a_counted_chain_counts_each_steps_items_as_running_them_one_by_one_would(kinds, batches):
+    steps = [_STEP_KINDS[kind](position) for position, kind in enumerate(kinds, 1)]
+    sinks = [ListSink() if kind == "capture" else None for kind in kinds]
+    counted = compile_chain(steps, sinks, counted=True)
+    plain = compile_chain(steps, [ListSink() if kind == "capture" else None for kind in kinds])
+    expected = [(0, 0)] * len(kinds)
+    for batch in batches:
+        assert counted.run(list(batch), 0) == plain.run(list(batch), 0)
+        expected = [(a + c, b + d) for (a, b), (c, d) in zip(expected, _by_hand(kinds, batch), strict=True)]
+    assert counted.items() == expected
+    assert plain.items() == []
+
+
+@pytest.mark.parametrize("routed", [False, True])
+def test_a_counted_chain_into_a_keyed_step_counts_what_the_step_kept(routed):
+    from millrace.runtime.keyed import StatefulMapLogic
+    from millrace.runtime.routing import Router
+
+    logic = StatefulMapLogic(plan.StatefulMap("count", lambda: 0, lambda total, one: (total + one, total + one)))
+    steps = [plan.FlatMap(1, str.split), plan.Filter(2, lambda word: word != "x"), plan.Map(3, lambda w: (w, 1))]
+    router = Router(2, 0) if routed else None
+    chain = compile_chain(steps, keyed=logic, router=router, counted=True)
+    result = chain.run(["a x b", "c a", "x"], 0)
+    emitted, parts = result if routed else (result, [[], []])
+    sent = sum(len(part) for part in parts)
+    assert len(emitted) == 4 - sent and (sent > 0) == routed
+    assert chain.items() == [(3, 6), (6, 4), (4, 4), (4 - sent, 4 - sent)]

@@ -559,7 +559,7 @@ class _Failures:
     def is_local(self, worker: int) -> bool:
         return worker == 0
 
-    def deliver(self, dest: int, msg: Any) -> None:
+    def deliver(self, dest: int, msg: Any, sender: int | None = None) -> None:
         self.delivered.append((dest, msg))
 
 
@@ -662,6 +662,11 @@ def test_a_run_counts_from_its_hello_and_replays_and_gaps_are_told_apart():
     link._on_frame(frames.seal(link.key, frames.MESSAGE, 1, 0, 6, data, run, link.run))  # a replay
     assert failures.delivered == [(0, (0, 0, 0, [1]))] and link.dropped_frames == 2
     assert failures.reasons == []
+    # The metrics' causes: the frame before the HELLO was of a run not confirmed yet.
+    assert {cause: n for cause, n in link.counters.refused.items() if n} == {"stale_run": 1, "replayed": 1}
+    link._on_frame(frames.seal(b"another secret" * 3, frames.MESSAGE, 1, 0, 7, data, run, link.run))
+    assert link.counters.refused["unauthenticated"] == 1 and link.dropped_frames == 3
+    assert link.counters.bytes_received[1] > 0
     link._on_frame(frames.seal(link.key, frames.MESSAGE, 1, 0, 9, data, run, link.run))  # 7 and 8 are lost
     assert failures.lost == [True] and "lost frames 7..8 from process 1" in failures.reasons[0]
 

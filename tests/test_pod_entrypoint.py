@@ -135,3 +135,61 @@ def test_sigterm_stops_the_pod_promptly_and_says_so(tmp_path, procs):
     assert not (state / readiness.READY_FILE).exists()
     assert _probe(health_port) is None
     assert "stopped (SIGTERM)" in stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_pod_serves_its_metrics_on_the_port_it_is_given(tmp_path, procs):
+    """With MILLRACE_METRICS_PORT (the operator sets 9102), /metrics answers while the flow runs:
+    the input's items, completed epochs and their snapshots; once the pod stops, nothing does."""
+    import signal
+    import time
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from millrace.transport.addresses import free_ports
+
+    flow_file = tmp_path / "flow.py"
+    flow_file.write_text(ENDLESS_FLOW)
+    (metrics_port,) = free_ports(1)
+    env = {
+        **ENV,
+        "MILLRACE_PROCESSES": "1",
+        "MILLRACE_POD_INDEX": "0",
+        "MILLRACE_FLOW": "",
+        "MILLRACE_FLOW_FILE": str(flow_file),
+        "MILLRACE_STATE_DIR": str(tmp_path / "state"),
+        "MILLRACE_EPOCH_SECONDS": "0.2",
+        "MILLRACE_RECOVERY_DIR": str(tmp_path),
+        "MILLRACE_TERMINATION_LOG": str(tmp_path / "termination-log"),
+        "MILLRACE_METRICS_PORT": str(metrics_port),
+    }
+    proc = procs.start("-m", "millrace.pod", env=env)
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        return {
+            f"{sample.name}{sorted(sample.labels.items())}": sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    read = "millrace_step_items_in_total[('step_id', 'ticks'), ('worker', '0')]"
+    snapshots = "millrace_snapshot_duration_seconds_count[('worker', '0')]"
+    while True:  # the test's timeout bounds the wait
+        assert proc.poll() is None, proc.communicate()
+        try:
+            samples = scrape()
+        except OSError:  # not serving yet
+            samples = {}
+        if samples.get(read, 0) > 0 and samples.get(snapshots, 0) >= 1:
+            break
+        time.sleep(0.1)
+    assert samples["millrace_worker_epochs_completed_total[('worker', '0')]"] >= 1
+    assert samples["process_cpu_seconds_total[]"] > 0
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    with pytest.raises(OSError):
+        scrape()

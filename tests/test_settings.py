@@ -33,6 +33,8 @@ def test_every_variable_the_code_names_is_in_the_table():
         ("MILLRACE_EPOCH_SECONDS", "-1", "MILLRACE_EPOCH_SECONDS must be positive, got '-1'"),
         ("MILLRACE_CONNECT_TIMEOUT", "soon", "MILLRACE_CONNECT_TIMEOUT must be a number, got 'soon'"),
         ("MILLRACE_CONNECT_TIMEOUT", "nan", "MILLRACE_CONNECT_TIMEOUT must be positive, got 'nan'"),
+        ("MILLRACE_METRICS_PORT", "http", "MILLRACE_METRICS_PORT must be an integer, got 'http'"),
+        ("MILLRACE_METRICS_PORT", "0", "MILLRACE_METRICS_PORT must be a port number (1-65535), got 0"),
     ],
 )
 def test_a_malformed_value_names_the_variable(name, text, message):

@@ -13,10 +13,12 @@ from typing import Any
 
 from .common.epoch_config import EpochConfig, PeriodicEpochConfig, TestingEpochConfig
 from .common.errors import ClusterError as ClusterError  # importable from here, as it was
+from .common.errors import MetricsServerError as MetricsServerError
 from .common.settings import read
 from .dataflow import Dataflow
 from .recovery import RecoveryConfig
 from .runtime import cluster, engine, spawn, telemetry
+from .runtime.metrics_server import check_port, serving
 
 __all__ = [
     "EpochConfig",
@@ -33,11 +35,16 @@ def run_main(
     *,
     epoch_config: EpochConfig | None = None,
     recovery_config: RecoveryConfig | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Run ``flow`` on one worker in the calling thread; return when it has finished.
 
     An exception raised by your code leaves ``run_main`` with its own type, with a note that
     names the step.
+
+    With ``metrics_port``, Prometheus metrics are served at ``http://HOST:PORT/metrics`` while
+    the flow runs (see the README's "Metrics"); a port that is taken raises
+    :class:`~millrace.common.errors.MetricsServerError` before anything runs.
 
     >>> from millrace.dataflow import Dataflow
     >>> from millrace.inputs import TestingInputConfig
@@ -51,7 +58,9 @@ def run_main(
     2
     3
     """
-    engine.run_single(flow, epoch_config=epoch_config, recovery_config=recovery_config)
+    if metrics_port is not None:
+        check_port(metrics_port)
+    engine.run_single(flow, epoch_config=epoch_config, recovery_config=recovery_config, metrics_port=metrics_port)
 
 
 #: Environment variables read by :func:`cluster_main` (see millrace.common.settings).
@@ -99,6 +108,7 @@ def cluster_main(
     worker_count_per_proc: int = 1,
     secret: bytes | str | None = None,
     connect_timeout: timedelta | float | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Run process ``proc_id`` of a cluster whose processes listen at ``addresses``.
 
@@ -114,6 +124,10 @@ def cluster_main(
     still runs, with a warning, and accepts connections only from the hosts of ``addresses``.
     Processes whose ``$MILLRACE_CLUSTER_ID`` differ refuse each other (the operator sets it to
     the pod template's hash, so old and new pods never form one cluster).
+
+    With ``metrics_port``, this process serves Prometheus metrics at
+    ``http://HOST:PORT/metrics`` while it runs; a port that is taken raises
+    :class:`~millrace.common.errors.MetricsServerError` before the cluster forms.
 
     A failure anywhere stops every process: the one where it happened raises the original
     exception, the others a :class:`~millrace.common.errors.ClusterError` naming the worker,
@@ -132,6 +146,8 @@ def cluster_main(
     address_list = list(addresses or [])
     if type(proc_id) is not int:
         raise TypeError(f"proc_id must be an int, got {proc_id!r}")
+    if metrics_port is not None:
+        check_port(metrics_port)
     key = _secret_bytes(secret)
     encrypt = bool(read(os.environ, ENCRYPT_ENV))
     if encrypt and key is None:
@@ -146,18 +162,21 @@ def cluster_main(
             RuntimeWarning,
             stacklevel=2,
         )
-    cluster.run_process(
-        flow,
-        address_list,
-        proc_id,
-        workers_per_proc=worker_count_per_proc,
-        epoch_config=epoch_config,
-        recovery_config=recovery_config,
-        secret=key,
-        connect_timeout=_seconds(connect_timeout),
-        cluster_id=read(os.environ, CLUSTER_ID_ENV),
-        encrypt=encrypt,
-    )
+    timeout = _seconds(connect_timeout)
+    with serving(metrics_port) as metrics:
+        cluster.run_process(
+            flow,
+            address_list,
+            proc_id,
+            workers_per_proc=worker_count_per_proc,
+            epoch_config=epoch_config,
+            recovery_config=recovery_config,
+            secret=key,
+            connect_timeout=timeout,
+            cluster_id=read(os.environ, CLUSTER_ID_ENV),
+            encrypt=encrypt,
+            metrics=metrics,
+        )
 
 
 def spawn_cluster(
@@ -168,6 +187,7 @@ def spawn_cluster(
     proc_count: int = 1,
     worker_count_per_proc: int = 1,
     mp_ctx: Any = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Run ``flow`` on ``proc_count`` local processes of ``worker_count_per_proc`` workers each;
     return when all have finished.
@@ -184,6 +204,10 @@ def spawn_cluster(
     ``Manager()`` proxies of either package work in the flow (an output list, say). Spawned
     processes import your script as ``__mp_main__``: guard its entry point with
     ``if __name__ == "__main__":``.
+
+    With ``metrics_port``, process ``i`` serves Prometheus metrics at
+    ``http://127.0.0.1:{metrics_port + i}/metrics`` while it runs; a port that is taken fails
+    the run with :class:`~millrace.common.errors.MetricsServerError`.
 
     >>> from millrace.dataflow import Dataflow
     >>> from millrace.inputs import TestingInputConfig
@@ -202,6 +226,8 @@ def spawn_cluster(
         raise ValueError(f"proc_count must be a positive int, got {proc_count!r}")
     if type(worker_count_per_proc) is not int or worker_count_per_proc < 1:
         raise ValueError(f"worker_count_per_proc must be a positive int, got {worker_count_per_proc!r}")
+    if metrics_port is not None:
+        check_port(metrics_port, count=proc_count)
     ctx = mp_ctx if mp_ctx is not None else multiprocessing.get_context("spawn")
     # Fail here, not in every child, on a flow or config that cannot run.
     from .runtime.worker import check_flow
@@ -224,4 +250,5 @@ def spawn_cluster(
             cluster_id=read(os.environ, CLUSTER_ID_ENV),
             trace_parent=telemetry.carrier(parent),
             encrypt=bool(read(os.environ, ENCRYPT_ENV)),
+            metrics_port=metrics_port,
         )

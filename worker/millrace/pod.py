@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .common.clock import SYSTEM_CLOCK
 from .common.errors import PeerLost
@@ -42,7 +43,11 @@ from .execution import PeriodicEpochConfig
 from .readiness import Readiness
 from .recovery import SqliteRecoveryConfig
 from .runtime import cluster
+from .runtime.metrics_server import serving
 from .transport.addresses import split_address
+
+if TYPE_CHECKING:
+    from .runtime.metrics import ProcessMetrics
 
 log = logging.getLogger("millrace.pod")
 
@@ -86,6 +91,8 @@ class PodSettings:
     encrypt: bool = True
     #: Where ``GET /ready`` answers the readiness probe (``None``: not served).
     health_port: int | None = None
+    #: Where ``/metrics`` is served, for Prometheus (``None``: not served).
+    metrics_port: int | None = None
 
 
 def proc_id_from(env: Mapping[str, str], hostname: str) -> int:
@@ -140,6 +147,7 @@ def settings_from(env: Mapping[str, str], hostname: str) -> PodSettings:
         termination_log=read(env, "MILLRACE_TERMINATION_LOG"),
         encrypt=read(env, "MILLRACE_CLUSTER_ENCRYPT") is not False,
         health_port=read(env, "MILLRACE_HEALTH_PORT"),
+        metrics_port=read(env, "MILLRACE_METRICS_PORT"),
     )
 
 
@@ -216,6 +224,20 @@ def run(settings: PodSettings) -> None:
             "authenticated; only the hosts of the address list may connect"
         )
     readiness = Readiness(settings.state_dir, settings.health_port)
+    # One server for the life of the pod: it answers while the cluster forms again, and each
+    # run reports to it in turn.
+    with serving(settings.metrics_port) as metrics:
+        _run_until_done(settings, flow, secret, encrypt, readiness, metrics)
+
+
+def _run_until_done(
+    settings: PodSettings,
+    flow: Dataflow,
+    secret: bytes | None,
+    encrypt: bool,
+    readiness: Readiness,
+    metrics: ProcessMetrics | None,
+) -> None:
     attempt = 1
     while True:
         if len(settings.addresses) > 1:  # a single process has no peers to find
@@ -233,6 +255,7 @@ def run(settings: PodSettings) -> None:
                 cluster_id=settings.cluster_id,
                 on_formed=readiness.formed,
                 encrypt=encrypt,
+                metrics=metrics,
             )
             return
         except PeerLost as exc:

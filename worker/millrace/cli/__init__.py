@@ -14,6 +14,7 @@ with 130.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from types import TracebackType
 
 import click
 
+from ..common.errors import MetricsServerError
+from ..common.settings import SettingsError, read
 from ..dataflow import Dataflow
 from ..execution import PeriodicEpochConfig, cluster_main, run_main, spawn_cluster
 from ..locate import FlowNotFound, Target, load, load_target
@@ -79,23 +82,56 @@ def _load(target: str) -> Dataflow:
     show_default=True,
     help="Length of an epoch: how often state is snapshotted.",
 )
-def run(target: str, processes: int, workers: int, recovery_dir: Path | None, epoch_seconds: float) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (process i of -p: PORT+i). "
+    "Default: $MILLRACE_METRICS_PORT, else off.",
+)
+def run(
+    target: str,
+    processes: int,
+    workers: int,
+    recovery_dir: Path | None,
+    epoch_seconds: float,
+    metrics_port: int | None,
+) -> None:
     """Run a flow on this machine until it ends (Ctrl-C stops it).
 
     On a terminal, a line on stderr shows the items read so far, the rate and the epoch.
     """
+    if metrics_port is None:
+        try:
+            metrics_port = read(os.environ, "MILLRACE_METRICS_PORT")
+        except SettingsError as exc:
+            raise click.UsageError(str(exc)) from None
+    if metrics_port is not None and metrics_port + processes - 1 > 65535:
+        raise click.BadParameter(
+            f"{metrics_port} leaves no room for {processes} processes (each takes the next port)",
+            param_hint="'--metrics-port'",
+        )
     try:
-        _run(_load(target), processes, workers, recovery_dir, epoch_seconds)
+        _run(_load(target), processes, workers, recovery_dir, epoch_seconds, metrics_port)
     except KeyboardInterrupt:
         # Past click, which would answer with an empty line and "Aborted!".
         raise Stopped from None
+    except MetricsServerError as exc:
+        # Not the flow's error: one line, as a wrong argument gets.
+        raise click.ClickException(str(exc)) from None
 
 
 class Stopped(Exception):
     """Ctrl-C stopped the run."""
 
 
-def _run(flow: Dataflow, processes: int, workers: int, recovery_dir: Path | None, epoch_seconds: float) -> None:
+def _run(
+    flow: Dataflow,
+    processes: int,
+    workers: int,
+    recovery_dir: Path | None,
+    epoch_seconds: float,
+    metrics_port: int | None = None,
+) -> None:
     epoch_config = PeriodicEpochConfig(timedelta(seconds=epoch_seconds))
     recovery_config = SqliteRecoveryConfig(recovery_dir) if recovery_dir is not None else None
     with ExitStack() as stack:
@@ -109,13 +145,20 @@ def _run(flow: Dataflow, processes: int, workers: int, recovery_dir: Path | None
                 recovery_config=recovery_config,
                 proc_count=processes,
                 worker_count_per_proc=workers,
+                metrics_port=metrics_port,
             )
         elif workers > 1:
             cluster_main(
-                flow, [], 0, epoch_config=epoch_config, recovery_config=recovery_config, worker_count_per_proc=workers
+                flow,
+                [],
+                0,
+                epoch_config=epoch_config,
+                recovery_config=recovery_config,
+                worker_count_per_proc=workers,
+                metrics_port=metrics_port,
             )
         else:
-            run_main(flow, epoch_config=epoch_config, recovery_config=recovery_config)
+            run_main(flow, epoch_config=epoch_config, recovery_config=recovery_config, metrics_port=metrics_port)
 
 
 @millrace.command(epilog=TARGET_HELP)

@@ -65,6 +65,13 @@ def _credit_window(name: str, text: str) -> int:
     return value
 
 
+def _port(name: str, text: str) -> int:
+    value = _integer(name, text)
+    if not 1 <= value <= 65535:
+        raise SettingsError(f"{name} must be a port number (1-65535), got {value}")
+    return value
+
+
 def _boolean(name: str, text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -201,6 +208,14 @@ VARIABLES: dict[str, Variable] = {
             None,
             _POD,
             "where GET /ready answers the readiness probe (200 only while in a formed cluster)",
+        ),
+        Variable(
+            "MILLRACE_METRICS_PORT",
+            _port,
+            None,
+            f"{_POD}, millrace run",
+            "serve Prometheus metrics at :PORT/metrics (unset: off; the operator sets 9102; "
+            "`millrace run -p N` uses PORT..PORT+N-1)",
         ),
         Variable(
             "MILLRACE_DNS_TIMEOUT",

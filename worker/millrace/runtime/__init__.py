@@ -12,4 +12,6 @@
 - :mod:`.errors`: how failures are named and carried.
 - :mod:`.engine` and :mod:`.cluster`: one worker in this thread, or one process of a cluster;
   :mod:`.spawn`: the local processes of ``spawn_cluster``, supervised.
+- :mod:`.stats`: what a worker counts as it runs, in plain ints; :mod:`.metrics` turns those
+  counters into Prometheus metrics when scraped, and :mod:`.metrics_server` serves them.
 """

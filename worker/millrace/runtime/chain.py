@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dis
 import linecache
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import CodeType, TracebackType
@@ -99,6 +99,7 @@ class _Template:
     kinds: tuple[str, ...]
     terminal: LoopCode | None = None
     routed: bool = False
+    counted: bool = False
     lines: list[str] = field(default_factory=list)
     step_at: list[int | None] = field(default_factory=list)
     input_of: dict[int, str] = field(default_factory=dict)
@@ -115,15 +116,21 @@ class _Template:
 
 
 @lru_cache(maxsize=256)
-def _template(kinds: tuple[str, ...], terminal: LoopCode | None = None, routed: bool = False) -> _Template:
-    t = _Template(kinds, terminal, routed)
+def _template(
+    kinds: tuple[str, ...], terminal: LoopCode | None = None, routed: bool = False, counted: bool = False
+) -> _Template:
+    t = _Template(kinds, terminal, routed, counted)
     names = [f"_f{index}" for index in range(len(kinds))]
     if terminal is not None:
         names.append("_k")
     if routed:
         names.append("_r")
+    if counted:
+        names.append("_n")
     t.add(0, f"def _factory(_not_bool, _names, {', '.join(names)}):")
     t.add(1, "def run(batch, epoch):")
+    if counted:
+        t.add(2, "_n[0] += len(batch)")
     # What a batch that empties before the keyed step gives: it emits nothing (and sends
     # nothing).
     empty = "batch" if terminal is None else "[], []" if routed else "[]"
@@ -146,6 +153,8 @@ def _template(kinds: tuple[str, ...], terminal: LoopCode | None = None, routed: 
     shape = list(kinds) + ([terminal.kind] if terminal is not None else [])
     if routed:
         shape[-1] += " (routed)"
+    if counted:
+        shape.append("(counted)")
     t.filename = f"<millrace chain: {' -> '.join(shape)}>"
     lines = [line + "\n" for line in t.lines]
     # Registered so that a traceback through a chain shows its lines.
@@ -171,9 +180,20 @@ def _globals_read(code: CodeType) -> set[str]:
     return names
 
 
+_COUNTED_KINDS = ("filter", "flat_map")
+
+
 def _write_items(t: _Template, indices: list[int], terminal: LoopCode | None = None) -> None:
     """Lines that take ``batch`` through the item steps at ``indices``, then (with a
-    ``terminal``) into the keyed step."""
+    ``terminal``) into the keyed step.
+
+    A counted loop (:attr:`_Template.counted`) also adds up how many items leave each filter
+    and flat_map into ``_n`` (:meth:`Chain.counts` says which is where), once per batch: the
+    other steps let out what they take in. The last of them before the loop's end needs no
+    count per item, as that is how many the loop appends; each other one counts in a local
+    int (``_c<i>``), and before a keyed step so does the last (the keyed step then takes what
+    is not sent to another worker).
+    """
     if not indices and terminal is None:
         return
     if terminal is None and all(t.kinds[index] == "map" for index in indices):
@@ -185,6 +205,10 @@ def _write_items(t: _Template, indices: list[int], terminal: LoopCode | None = N
         t.add(3, "_item" + ")" * len(indices))
         t.add(3, "for _item in batch]")
         return
+    counting = [index for index in indices if t.counted and t.kinds[index] in _COUNTED_KINDS]
+    per_item = counting if terminal is not None else counting[:-1]
+    for index in per_item:
+        t.add(2, f"_c{index} = 0", index)
     if terminal is None:
         t.add(2, "_out = []")
     else:
@@ -199,13 +223,28 @@ def _write_items(t: _Template, indices: list[int], terminal: LoopCode | None = N
         if t.routed:
             t.add(2, "_count, _me, _owners_get, _owner_of = _r.worker_count, _r.me, _r.owners.get, _r.owner_of", keyed)
             t.add(2, "_parts = [[] for _ in range(_count)]", keyed)
+    if terminal is not None and t.counted and not counting:
+        # Before the loop, while ``batch`` is still what the section takes in.
+        t.add(2, "_c = len(batch)", len(t.kinds))
     t.add(2, "for _item in batch:")
-    depth, item = write_steps(t, indices, 3, "_item")
+    depth, item = write_steps(t, indices, 3, "_item", per_item)
     if terminal is None:
         t.add(depth, f"_out.append({item})")
         t.add(2, "batch = _out")
+        for index in per_item:
+            t.add(2, f"_n[{index + 1}] += _c{index}")
+        if counting:
+            t.add(2, f"_n[{counting[-1] + 1}] += len(batch)")
         return
     _write_keyed(t, depth, item, terminal)
+    if t.counted:
+        keyed = len(t.kinds)
+        for index in per_item:
+            t.add(2, f"_n[{index + 1}] += _c{index}")
+        reached = f"_c{counting[-1]}" if counting else "_c"
+        routed = " - sum(map(len, _parts))" if t.routed else ""
+        t.add(2, f"_n[{keyed + 1}] += {reached}{routed}", keyed)
+        t.add(2, f"_n[{keyed + 2}] += len(_emit)", keyed)
 
 
 class StepLines(Protocol):
@@ -219,11 +258,14 @@ class StepLines(Protocol):
     def add(self, depth: int, text: str, step: int | None = None) -> int: ...
 
 
-def write_steps(t: StepLines, indices: Sequence[int], depth: int, item: str) -> tuple[int, str]:
+def write_steps(
+    t: StepLines, indices: Sequence[int], depth: int, item: str, per_item: Collection[int] = ()
+) -> tuple[int, str]:
     """Lines that take the item in variable ``item`` through the stateless steps at
     ``indices`` (``_f<i>`` their functions, ``epoch`` the epoch, ``_names`` their names):
-    a filter that says no ``continue``s, a flat_map nests a ``for``. Returns the depth and the
-    variable of the item that comes out."""
+    a filter that says no ``continue``s, a flat_map nests a ``for``; the filters and flat_maps
+    in ``per_item`` count what they let out in ``_c<i>``. Returns the depth and the variable
+    of the item that comes out."""
     for index in indices:
         kind = t.kinds[index]
         t.input_of[index] = item
@@ -235,11 +277,15 @@ def write_steps(t: StepLines, indices: Sequence[int], depth: int, item: str) -> 
             t.add(depth, "if _keep is not True:", index)
             t.add(depth + 1, "if _keep is False: continue", index)
             t.add(depth + 1, f"raise _not_bool(_names[{index}], _keep, {item})", index)
+            if index in per_item:
+                t.add(depth, f"_c{index} += 1", index)
         elif kind == "flat_map":
             t.add(depth, f"_r{index} = _f{index}({item})", index)
             t.iterated_at[t.add(depth, f"for _i{index} in _r{index}:", index)] = index
             depth += 1
             item = f"_i{index}"
+            if index in per_item:
+                t.add(depth, f"_c{index} += 1", index)
         elif kind == "inspect":
             t.add(depth, f"_f{index}({item})", index)
         else:
@@ -321,6 +367,7 @@ class Chain:
         sinks: Sequence[Sink | None] = (),
         keyed: KeyedStep | None = None,
         router: KeyRouter | None = None,
+        counted: bool = False,
     ) -> None:
         self.names = tuple(step.name for step in steps)
         fns: list[Any] = []
@@ -345,11 +392,47 @@ class Chain:
             if keyed is None:
                 raise TypeError("only a chain that ends in a keyed step routes")
             fns.append(router)
-        self._template = _template(tuple(_KINDS[type(step)] for step in steps), terminal, router is not None)
+        kinds = tuple(_KINDS[type(step)] for step in steps)
+        self._template = _template(kinds, terminal, router is not None, counted)
         assert self._template.factory is not None
+        #: What a counted chain has counted (see :meth:`items`): the items it took in, then per
+        #: step the items out of it (filled for filters and flat_maps only), then the items
+        #: into and out of the keyed step. Empty when not counted.
+        self.counters: list[int] = []
+        if counted:
+            self.counters = [0] * (len(kinds) + 3)
+            fns.append(self.counters)
+        self._keyed = keyed is not None
         #: ``run(batch, epoch)``: the batch out of the last step; with a router, also the
         #: items every worker owns, ``(emitted, parts)`` (this worker's part stays empty).
         self.run: Callable[[Batch, int], Any] = self._template.factory(_not_bool, self.names, *fns)
+
+    def items(self) -> list[tuple[int, int]]:
+        """Per step (the keyed step last), the items that went into it and came out of it, as
+        a counted chain has counted them; a step that is not a filter or a flat_map lets out
+        what it takes in. (The keyed step's count is of the items it kept; those another worker
+        owns were sent there.) Empty when the chain is not counted.
+
+        >>> from millrace import plan
+        >>> chain = compile_chain([plan.Map(1, abs), plan.Filter(2, bool), plan.Map(3, str)], counted=True)
+        >>> chain.run([0, 1, -2], 0)
+        ['1', '2']
+        >>> chain.items()
+        [(3, 3), (3, 2), (2, 2)]
+        """
+        counters = list(self.counters)  # one copy: the worker may add to them meanwhile
+        if not counters:
+            return []
+        kinds = self._template.kinds
+        flowing = counters[0]
+        out: list[tuple[int, int]] = []
+        for index, kind in enumerate(kinds):
+            leaving = counters[index + 1] if kind in _COUNTED_KINDS else flowing
+            out.append((flowing, leaving))
+            flowing = leaving
+        if self._keyed:
+            out.append((counters[len(kinds) + 1], counters[len(kinds) + 2]))
+        return out
 
     def step_of(self, exc: BaseException) -> str | None:
         """The name of the step that raised ``exc`` (``None``: not raised inside the chain)."""
@@ -381,8 +464,10 @@ def compile_chain(
     sinks: Sequence[Sink | None] = (),
     keyed: KeyedStep | None = None,
     router: KeyRouter | None = None,
+    counted: bool = False,
 ) -> Chain:
     """The fused batch function of ``steps`` (``sinks[i]``: the worker's writer of a capture),
     ending in ``keyed``'s loop code if given, which keeps only the keys ``router`` says
-    this worker owns if given."""
-    return Chain(steps, sinks, keyed, router)
+    this worker owns if given; ``counted``: it counts the items of each step
+    (:meth:`Chain.items`)."""
+    return Chain(steps, sinks, keyed, router, counted)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..common.epoch_config import EpochConfig
     from ..dataflow import Dataflow
     from ..recovery import RecoveryConfig
+    from .metrics import ProcessMetrics
 
 log = logging.getLogger("millrace.cluster")
 
@@ -57,6 +58,7 @@ def run_process(
     clock: Clock | None = None,
     trace_parent: dict[str, str] | None = None,
     encrypt: bool = False,
+    metrics: ProcessMetrics | None = None,
 ) -> None:
     """Run process ``proc_id`` of the cluster at ``addresses`` until the flow ends everywhere.
     ``listener``: this process's socket, already bound at its address (the link closes it).
@@ -66,7 +68,9 @@ def run_process(
     and windows read (default: the clock installed now, :func:`millrace.common.clock.current`).
     ``trace_parent``: the trace context (:func:`.telemetry.carrier`) of the ``spawn_cluster``
     run this process is part of; its span is then a ``millrace.process`` in that trace.
-    ``encrypt``: encrypt the traffic (CURVE, keys derived from ``secret``).
+    ``encrypt``: encrypt the traffic (CURVE, keys derived from ``secret``). ``metrics``: this
+    process's metrics (served by the caller, see :mod:`.metrics_server`), which the run and its
+    workers report to.
 
     A failure raises: the original exception where it happened; elsewhere a
     :class:`ClusterError`, or a :class:`PeerLost` when a process went away (then forming the
@@ -101,6 +105,8 @@ def run_process(
         remote=link,
         credit_window=credit_window,
     )
+    if metrics is not None:
+        metrics.start_run(proc_id, exchange, link.counters if link is not None else None)
     if link is not None:
         try:
             link.start(exchange)
@@ -142,6 +148,7 @@ def run_process(
                     flow_start,
                     stores,
                     clock,
+                    metrics,
                 ).run()
             except Stopped:
                 pass

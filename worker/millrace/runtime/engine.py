@@ -12,6 +12,7 @@ from ..recovery import RecoveryConfig
 from . import telemetry
 from .epochs import EpochPolicy, ItemEpochs, PeriodicEpochs
 from .exchange import Exchange
+from .metrics_server import serving
 from .stores import Stores, stores_of
 from .worker import check_flow
 
@@ -41,15 +42,21 @@ def run_single(
     epoch_config: EpochConfig | None,
     recovery_config: RecoveryConfig | None,
     clock: Clock | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Run ``flow`` on one worker in this thread; its epochs and windows read ``clock``
-    (default: the clock installed now, :func:`millrace.common.clock.current`)."""
+    (default: the clock installed now, :func:`millrace.common.clock.current`). With
+    ``metrics_port``, ``/metrics`` is served there while it runs."""
     check_flow(flow)
     clock = clock if clock is not None else clocks.current()
     policy = epoch_policy(epoch_config, clock)
     stores = check_recovery(recovery_config)
     flow_start: datetime = clock.now()
     installed = telemetry.current()
-    with telemetry.run_span("millrace.run", {"millrace.proc_count": 1, "millrace.worker.count": 1}) as parent:
-        worker = telemetry.new_worker(installed, parent, flow, 0, Exchange(1), policy, flow_start, stores, clock)
+    attributes = {"millrace.proc_count": 1, "millrace.worker.count": 1}
+    with serving(metrics_port) as metrics, telemetry.run_span("millrace.run", attributes) as parent:
+        exchange = Exchange(1)
+        if metrics is not None:
+            metrics.start_run(0, exchange)
+        worker = telemetry.new_worker(installed, parent, flow, 0, exchange, policy, flow_start, stores, clock, metrics)
         worker.run()

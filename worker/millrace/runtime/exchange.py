@@ -72,6 +72,9 @@ class Exchange:
         self.local_count = local_count
         self.remote = remote
         self.inboxes: list[queue.SimpleQueue[Message]] = [queue.SimpleQueue() for _ in range(local_count)]
+        #: Per local worker, the items of ``DATA`` it got from each other process (written by
+        #: the link's receiver thread only; what a worker of this process sends, it counts).
+        self.received = [[0] * (worker_count // local_count) for _ in range(local_count)]
         self.stopping = threading.Event()
         self.reason: str | None = None
         # Whether the first reason is a peer that went away (see errors.PeerLost).
@@ -93,8 +96,11 @@ class Exchange:
             if dest != sender:
                 self.send(dest, msg)
 
-    def deliver(self, dest: int, msg: Message) -> None:
-        """Hand a message that came from another process to a local worker."""
+    def deliver(self, dest: int, msg: Message, sender: int | None = None) -> None:
+        """Hand a message that came from process ``sender`` to a local worker."""
+        if sender is not None and msg[0] == DATA:
+            items = msg[3] if msg[1] >= 0 else msg[3][1]  # partials: (window index, pairs)
+            self.received[dest - self.first][sender] += len(items)
         self.inboxes[dest - self.first].put(msg)
 
     def recv(self, worker: int, timeout: float | None) -> Message | None:

@@ -332,10 +332,10 @@ class KafkaWorkerStore:
             del self.image[name]
         self._flush()
 
-    def snapshot(self, epoch: int, inputs: dict[str, Any], chunks: dict[str, Chunk]) -> None:
+    def snapshot(self, epoch: int, inputs: dict[str, Any], chunks: dict[str, Chunk]) -> int:
         """Record the end of ``epoch``: the state records, then (once the brokers have them)
         the progress record; then delete what no restart needs (see
-        :meth:`.store.WorkerStore.snapshot`)."""
+        :meth:`.store.WorkerStore.snapshot`). Returns the size of the state records, in bytes."""
         records = _records(epoch, inputs, chunks)
         self._put(self._generation(), records)
         self._flush()
@@ -344,6 +344,7 @@ class KafkaWorkerStore:
         self._put_meta(self.meta)
         self._flush()
         self._collect(epoch - 1)
+        return sum(len(value) for value in records.values())
 
     def rescale(self, worker_count: int, epoch: int, inputs: dict[str, Any], keyed: dict[str, dict[Any, Any]]) -> None:
         self.stage_rescale(worker_count, epoch, inputs, keyed)

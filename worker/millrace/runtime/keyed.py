@@ -61,6 +61,11 @@ class KeyedLogic:
         """Every key that holds state."""
         return self.state.keys()
 
+    def held_keys(self) -> int:
+        """How many keys hold state; safe to ask from another thread while the step runs
+        (a metrics scrape does)."""
+        return len(self.state)
+
     def exports(self, keys: Iterable[Any]) -> list[tuple[Any, Any]]:
         """What a snapshot stores of each of ``keys``: its state (through :attr:`export`), or
         :data:`FORGOTTEN` for a key that holds none now."""

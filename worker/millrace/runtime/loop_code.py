@@ -71,14 +71,17 @@ LOOP_OWN_NAMES: frozenset[str] = frozenset(
         "_parts",
         "_dest",
         "_",
+        # A counted loop's (see chain._write_items): its counters, and the items it took in.
+        "_n",
+        "_c",
     }
 )
 #: The loop's numbered names: ``_f<i>`` the functions of step ``i``, ``_i<i>`` its output
-#: item, ``_r<i>`` a flat_map's result.
-LOOP_OWN_PATTERN = re.compile(r"_[fir]\d+")
+#: item, ``_r<i>`` a flat_map's result, ``_c<i>`` a counted loop's count of its items.
+LOOP_OWN_PATTERN = re.compile(r"_[firc]\d+")
 
 #: The globals the loop itself reads (its own code, around the keyed step's).
-CHAIN_GLOBALS: frozenset[str] = frozenset({"MISSING", "type", "tuple", "str", "int", "range"})
+CHAIN_GLOBALS: frozenset[str] = frozenset({"MISSING", "type", "tuple", "str", "int", "range", "len", "sum", "map"})
 
 # Statements that would change what the loop is rather than work inside it: a return or a
 # yield ends or suspends the whole batch, an import or a definition binds a name unchecked.

@@ -83,11 +83,12 @@ def lay_out(
     flow_start: datetime,
     router: Router,
     now: Callable[[], datetime] = SYSTEM_CLOCK.now,
+    counted: bool = False,
 ) -> tuple[list[KeyedLogic], list[tuple[plan.Input, Segment]], list[Segment]]:
     """``flow`` for worker ``router.me`` of ``router.worker_count``: the stateful steps'
     logic, each input's segment, and the segment after each stateful step. Builds the sinks
     (an error in one names its step and the worker). Windowed steps read the time from
-    ``now``."""
+    ``now``. ``counted``: the segments' loops count their steps' items (metrics are on)."""
     index, count = router.me, router.worker_count
     logics: list[KeyedLogic] = []
     input_steps: list[tuple[plan.Input, Segment]] = []
@@ -144,9 +145,9 @@ def lay_out(
             segment.combiner = combiner
         elif logic is not None and logic.loop_code is not None:
             routing = router if count > 1 else None
-            segment.chain = compile_chain(segment.steps, segment.sinks, logic, routing)
+            segment.chain = compile_chain(segment.steps, segment.sinks, logic, routing, counted)
             segment.fused = True
             segment.routed = routing is not None
         elif segment.steps:
-            segment.chain = compile_chain(segment.steps, segment.sinks)
+            segment.chain = compile_chain(segment.steps, segment.sinks, counted=counted)
     return logics, input_steps, after

@@ -23,6 +23,7 @@ from ..transport.listener import Listener
 from ..transport.security import Security
 from . import cluster, telemetry
 from .errors import RemoteTraceback
+from .metrics_server import serving
 from .payload import dumps
 
 if TYPE_CHECKING:
@@ -43,11 +44,13 @@ def run(
     cluster_id: str,
     trace_parent: dict[str, str] | None = None,
     encrypt: bool = False,
+    metrics_port: int | None = None,
 ) -> None:
     """Run ``flow`` on ``proc_count`` processes of ``ctx`` (a :mod:`multiprocessing` context,
     or :data:`millrace.testing.doctest_ctx`) and return when all have finished; raise the
     failure of any. The arguments are checked already. ``trace_parent``: the trace context
-    of the caller's run span (:func:`.telemetry.carrier`), which the processes' spans join."""
+    of the caller's run span (:func:`.telemetry.carrier`), which the processes' spans join.
+    ``metrics_port``: process ``i`` serves its metrics on ``metrics_port + i``."""
     shares_memory = getattr(ctx, "shares_memory", False)
     # A real process sets up the tracing installed here again (thread "processes" share it).
     installed = telemetry.current()
@@ -81,6 +84,7 @@ def run(
                 cluster_id,
                 authkeys,
                 encrypt,
+                None if metrics_port is None else metrics_port + proc_id,
             ),
             name=f"millrace-proc-{proc_id}",
             daemon=False,
@@ -112,12 +116,14 @@ def _spawned_main(
     cluster_id: str,
     authkeys: dict[str, bytes],
     encrypt: bool = False,
+    metrics_port: int | None = None,
 ) -> None:
     """The body of each process :func:`~millrace.execution.spawn_cluster` starts: take the
     caller's authentication keys (:func:`_authkeys`), bind a port, report it on ``ports``, take
     the cluster's addresses from ``inbox`` (``None``: the start was called off), and run. A
     failure goes to ``errors`` with its traceback as text; the spans of a traced run are
-    exported before the process reports (``flush``)."""
+    exported before the process reports (``flush``). With ``metrics_port``, the process serves
+    its metrics there (bound first: a port in use fails the start)."""
     flush: Callable[[], object] | None = None
     try:
         _adopt_authkeys(authkeys)  # before the flow is loaded: its Manager proxies read them
@@ -126,29 +132,31 @@ def _spawned_main(
             "tuple[Dataflow, EpochConfig | None, RecoveryConfig | None, Clock, Any, dict[str, str] | None]", loaded
         )
         flush = telemetry.continue_in_child(handoff)
-        addresses: list[str] = []
-        listener = None
-        parent_gone = _parent_gone(proc_id)
-        if proc_count > 1:
-            listener = Listener.any_port(proc_id, Security(secret, encrypt))
-            ports.put((proc_id, listener.port))
-            addresses = _addresses_from(inbox, listener, parent_gone)
-        cluster.run_process(
-            flow,
-            addresses,
-            proc_id,
-            workers_per_proc=worker_count_per_proc,
-            epoch_config=epoch_config,
-            recovery_config=recovery_config,
-            secret=secret,
-            connect_timeout=connect_timeout,
-            cluster_id=cluster_id,
-            listener=listener,
-            abandoned=parent_gone,
-            clock=clock,
-            trace_parent=trace_parent,
-            encrypt=encrypt,
-        )
+        with serving(metrics_port) as metrics:
+            addresses: list[str] = []
+            listener = None
+            parent_gone = _parent_gone(proc_id)
+            if proc_count > 1:
+                listener = Listener.any_port(proc_id, Security(secret, encrypt))
+                ports.put((proc_id, listener.port))
+                addresses = _addresses_from(inbox, listener, parent_gone)
+            cluster.run_process(
+                flow,
+                addresses,
+                proc_id,
+                workers_per_proc=worker_count_per_proc,
+                epoch_config=epoch_config,
+                recovery_config=recovery_config,
+                secret=secret,
+                connect_timeout=connect_timeout,
+                cluster_id=cluster_id,
+                listener=listener,
+                abandoned=parent_gone,
+                clock=clock,
+                trace_parent=trace_parent,
+                encrypt=encrypt,
+                metrics=metrics,
+            )
     except BaseException as exc:
         if flush is not None:
             flush()

@@ -281,18 +281,20 @@ class WorkerStore:
                 (resume_epoch - 1, self.worker_index, resume_epoch),
             )
 
-    def snapshot(self, epoch: int, inputs: dict[str, Any], chunks: dict[str, Chunk]) -> None:
+    def snapshot(self, epoch: int, inputs: dict[str, Any], chunks: dict[str, Chunk]) -> int:
         """Record the end of ``epoch`` in one transaction, and drop what the whole cluster no
         longer needs: it has finished ``epoch - 1`` (every worker writes its snapshot of an
-        epoch before any worker starts the next), so no restart resumes before ``epoch``."""
+        epoch before any worker starts the next), so no restart resumes before ``epoch``.
+        Returns the size of the state written, in bytes."""
         with self._transaction() as conn:
-            self._write_epoch(conn, epoch, inputs, chunks)
+            size = self._write_epoch(conn, epoch, inputs, chunks)
             conn.execute(
                 "DELETE FROM chunks WHERE epoch < (SELECT MAX(epoch) FROM chunks AS f "
                 "WHERE f.step_id = chunks.step_id AND f.full AND f.epoch <= :settled)",
                 {"settled": epoch - 1},
             )
             conn.execute("DELETE FROM inputs WHERE epoch < ?", (epoch - 1,))
+        return size
 
     def rescale(self, worker_count: int, epoch: int, inputs: dict[str, Any], keyed: dict[str, dict[Any, Any]]) -> None:
         """Rewrite this file for a cluster of ``worker_count`` workers: the keyed states this
@@ -387,15 +389,20 @@ class WorkerStore:
 
     def _write_epoch(
         self, conn: sqlite3.Connection, epoch: int, inputs: dict[str, Any], chunks: dict[str, Chunk]
-    ) -> None:
-        """The rows of the end of ``epoch``: input states, chunks, this worker's progress."""
-        conn.executemany("INSERT OR REPLACE INTO inputs VALUES (?, ?, ?)", _input_rows(epoch, inputs))
-        self._write_chunks(conn, epoch, chunks)
+    ) -> int:
+        """The rows of the end of ``epoch``: input states, chunks, this worker's progress; returns
+        the bytes of state they hold."""
+        input_rows = _input_rows(epoch, inputs)
+        conn.executemany("INSERT OR REPLACE INTO inputs VALUES (?, ?, ?)", input_rows)
+        size = self._write_chunks(conn, epoch, chunks)
         conn.execute("INSERT OR REPLACE INTO progress VALUES (?, ?)", (self.worker_index, epoch))
+        return size + sum(len(row[-1]) for row in input_rows)
 
     @staticmethod
-    def _write_chunks(conn: sqlite3.Connection, epoch: int, chunks: dict[str, Chunk]) -> None:
-        conn.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)", _chunk_rows(epoch, chunks))
+    def _write_chunks(conn: sqlite3.Connection, epoch: int, chunks: dict[str, Chunk]) -> int:
+        rows = _chunk_rows(epoch, chunks)
+        conn.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)", rows)
+        return sum(len(row[-1]) for row in rows)
 
 
 def _input_rows(epoch: int, inputs: dict[str, Any]) -> list[tuple[str, int, bytes]]:

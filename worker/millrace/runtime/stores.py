@@ -33,7 +33,9 @@ class WorkerStoreLike(Protocol):
 
     def rewind(self, resume_epoch: int) -> None: ...
 
-    def snapshot(self, epoch: int, inputs: dict[str, Any], chunks: dict[str, store.Chunk]) -> None: ...
+    def snapshot(self, epoch: int, inputs: dict[str, Any], chunks: dict[str, store.Chunk]) -> int:
+        """Record the end of ``epoch``; return the size of the state written, in bytes."""
+        ...
 
     def rescale(
         self, worker_count: int, epoch: int, inputs: dict[str, Any], keyed: dict[str, dict[Any, Any]]

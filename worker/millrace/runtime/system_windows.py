@@ -187,6 +187,14 @@ class SystemClockWindowLogic(KeyedLogic):
     def is_empty(self) -> bool:
         return not any(self.open.values())
 
+    def held_keys(self) -> int:
+        # One C call per copy: the worker's thread cannot change them in between, under the
+        # GIL (str and int keys hash in C).
+        windows = list(self.open.values())
+        if len(windows) == 1:
+            return len(windows[0])
+        return len(set().union(*windows))
+
     def keys(self) -> Collection[Any]:
         if len(self.open) == 1:
             return next(iter(self.open.values())).keys()

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..common.clock import SYSTEM_CLOCK, Clock
 from ..dataflow import Dataflow
@@ -32,7 +32,11 @@ from .routing import Router, check_pairs
 from .segments import Segment, build_logic, check_flow, lay_out
 from .sinks import Sink
 from .sources import Reader, build_reader, merge_resume_states
+from .stats import WorkerStats
 from .stores import Stores, WorkerStoreLike
+
+if TYPE_CHECKING:
+    from .metrics import ProcessMetrics
 
 # Stopped, Worker and check_flow are what the runtime's entry points import from here;
 # build_logic and Segment moved to .segments, and stay importable from here too.
@@ -50,7 +54,9 @@ class Stopped(Exception):
 class Worker:
     """Worker ``index`` of ``exchange.worker_count``, running ``flow``; with ``stores`` it
     resumes from, and snapshots to, its recovery store among them. Its windows read the time from
-    ``clock`` (``epochs`` carries its own, which should be the same)."""
+    ``clock`` (``epochs`` carries its own, which should be the same). With ``metrics`` (this
+    process's, see :mod:`.metrics`) its steps count their items and it joins what a scrape
+    reads; it keeps its other counters (:attr:`stats`) anyway, which cost nothing per item."""
 
     #: Whether an input whose segment is stateless steps then a capture runs as one fused
     #: loop (:mod:`.pump`); a worker that times every read and batch (tracing) keeps them apart.
@@ -65,6 +71,7 @@ class Worker:
         flow_start: datetime,
         stores: Stores | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        metrics: ProcessMetrics | None = None,
     ) -> None:
         self.index = index
         self.count = exchange.worker_count
@@ -82,7 +89,9 @@ class Worker:
         self.snapshots = Snapshots()
         self.sizer = BatchSizer()
         self._now = clock.now
-        self.logics, self.input_steps, self.after = lay_out(flow, flow_start, self.router, clock.now)
+        self.logics, self.input_steps, self.after = lay_out(
+            flow, flow_start, self.router, clock.now, counted=metrics is not None
+        )
         # Steps that combine values before they cross (reduce_window(..., combine=True)):
         # their windows close at epoch ends, and with peers their values cross as partials.
         combining = [target for target, logic in enumerate(self.logics) if logic.combine]
@@ -102,6 +111,12 @@ class Worker:
         }
         # Every capture's writer once (a capture's sink is in each segment that reaches it).
         self.sinks: list[Sink] = list({id(s): s for seg in segments for s in seg.sinks if s is not None}.values())
+        self.stats = WorkerStats(len(self.input_steps), len(self.logics), self.count, _monotonic())
+        if metrics is not None:
+            # A pump counts no step's items, and for (state, item) inputs not even exactly
+            # how many it read: with metrics on, the counted chains run instead.
+            self.pumping = False
+            metrics.add_worker(self)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -196,7 +211,9 @@ class Worker:
     def _send(self, segment: Segment, target: int, parts: list[list[Any]], epoch: int) -> None:
         """Send each other worker its part of a batch for ``target``."""
         credits = self.credits
+        sent = self.stats.sent
         for dest, part in enumerate(parts):
+            sent[dest] += len(part)
             # A part past a batch (what a fan-out or a flush emits) goes in pieces: credit
             # counts messages, so bounded messages bound the bytes.
             for start in range(0, len(part), BATCH_SIZE):
@@ -218,7 +235,9 @@ class Worker:
         for index, pairs in local:
             self._merge(combiner.target, (index, pairs))
         credits = self.credits
+        sent = self.stats.sent
         for dest, msg in messages:
+            sent[dest] += len(msg[3][1])
             # Partials take the step's credit as its DATA does: a drain of many keys is many
             # chunks, and the peer's inbox must stay bounded.
             if not credits.available(dest, combiner.target):
@@ -256,7 +275,10 @@ class Worker:
         except Exception as exc:
             annotate(exc, logic.name, self.index)
             raise
+        stats = self.stats
+        stats.keyed_in[target] += len(batch)
         if out:
+            stats.keyed_out[target] += len(out)
             self._push(self.after[target], out, epoch)
 
     def _tick(self, epoch: int, first: int = 0) -> None:
@@ -281,6 +303,7 @@ class Worker:
                     annotate(exc, logic.name, self.index)
                     raise
                 if out:
+                    self.stats.keyed_out[target] += len(out)
                     self._push(self.after[target], out, epoch)
 
     # -- messages --------------------------------------------------------------------------
@@ -334,7 +357,9 @@ class Worker:
             self._take_while_waiting(dest, step)
         finally:
             self._waiting = False
-            self.waited += _monotonic() - started
+            waited = _monotonic() - started
+            self.waited += waited
+            self.stats.backpressure_seconds += waited
 
     def _take_while_waiting(self, dest: int, step: int) -> None:
         credits = self.credits
@@ -402,9 +427,10 @@ class Worker:
         multi = self.count > 1
         stopping = self.exchange.stopping
         sizer = self.sizer
+        read = self.stats.read
         while True:
             got_any = False
-            for (reader, segment), pump in zip(self.inputs, self.pumps, strict=True):
+            for position, ((reader, segment), pump) in enumerate(zip(self.inputs, self.pumps, strict=True)):
                 if reader.exhausted:
                     continue
                 if pump is not None:
@@ -413,6 +439,7 @@ class Worker:
                     if taken:
                         got_any = True
                         epochs.items += taken
+                        read[position] += taken
                         sizer.took(taken, _monotonic() - started)
                         if epochs.over():
                             return
@@ -427,6 +454,7 @@ class Worker:
                 if batch:
                     got_any = True
                     epochs.items += len(batch)
+                    read[position] += len(batch)
                     started = _monotonic()
                     waited = self.waited
                     self._push(segment, batch, epoch)
@@ -441,8 +469,8 @@ class Worker:
                 if stopping.is_set():
                     raise Stopped
                 self._drain()
-                while self.exchange.congested():
-                    self._idle(0.001)
+                if self.exchange.congested():
+                    self._held_back()
             self._tick(epoch)
             if epochs.over():
                 return
@@ -451,6 +479,16 @@ class Worker:
             else:
                 idle = min(_IDLE_SLEEP_MAX, idle * 2 or 0.0005)
                 self._idle(idle)
+
+    def _held_back(self) -> None:
+        """A queue this worker feeds is full: read no input until it has room (backpressure),
+        handling messages meanwhile."""
+        since = _monotonic()
+        try:
+            while self.exchange.congested():
+                self._idle(0.001)
+        finally:
+            self.stats.backpressure_seconds += _monotonic() - since
 
     def _finish_epoch(self, epoch: int) -> bool:
         """Bring every step through ``epoch`` as :class:`.progress.Progress` says; return
@@ -506,6 +544,7 @@ class Worker:
             annotate(exc, logic.name, self.index)
             raise
         if out:
+            self.stats.keyed_out[target] += len(out)
             self._push(self.after[target], out, epoch)
 
     def run(self) -> None:
@@ -516,7 +555,9 @@ class Worker:
                 self._handle(msg)
             while True:
                 self._read_epoch(self.epoch)
-                if self._finish_epoch(self.epoch):
+                ended = self._finish_epoch(self.epoch)
+                self.stats.epoch_completed(_monotonic())
+                if ended:
                     return
                 self.epoch += 1
         finally:
@@ -574,9 +615,12 @@ class Worker:
         inputs = {}
         for (step, _), (reader, _) in zip(self.input_steps, self.inputs, strict=True):
             inputs[step.step_id] = reader.state
+        started = _monotonic()
         chunks = self.snapshots.chunks(self.logics)
         try:
-            self.store.snapshot(epoch, inputs, chunks)
+            size = self.store.snapshot(epoch, inputs, chunks)
         except Exception as exc:
             annotate(exc, f"the snapshot of epoch {epoch} to {self.store.where}", self.index)
             raise
+        self.stats.snapshots.observe(_monotonic() - started)
+        self.stats.snapshot_bytes = size

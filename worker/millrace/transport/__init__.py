@@ -5,4 +5,5 @@
 - :mod:`.link`: the sockets and threads that connect one process to all the others.
 - :mod:`.protocols`: what a link needs from the runtime's exchange; the transport imports
   nothing of the runtime.
+- :mod:`.counters`: what a link counts (bytes per peer, refused frames by cause) for metrics.
 """

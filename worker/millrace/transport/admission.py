@@ -31,7 +31,7 @@ destination and both runs, and counts only if all four are this pair's, in seque
 >>> gate.admit(frame(frames.MESSAGE, 1), formed=False).action
 'drop'
 >>> gate.admit(frame(frames.HELLO, 1, hello, dest_run=frames.NO_RUN), formed=False)
-Verdict(action='answer', reason='', first=False)
+Verdict(action='answer', reason='', first=False, cause='')
 >>> gate.admit(frame(frames.HELLO, 2, hello), formed=False).action
 'join'
 >>> gate.admit(frame(frames.MESSAGE, 3), formed=True).action
@@ -39,7 +39,7 @@ Verdict(action='answer', reason='', first=False)
 >>> gate.admit(frame(frames.MESSAGE, 4, dest_run=b"o" * 8), formed=True).reason
 'a frame from process 1 for another run of process 0 (recorded earlier and sent again?)'
 >>> gate.admit(frame(frames.MESSAGE, 6), formed=True)
-Verdict(action='gap', reason='lost frames 4..5', first=False)
+Verdict(action='gap', reason='lost frames 4..5', first=False, cause='')
 """
 
 from __future__ import annotations
@@ -64,11 +64,13 @@ class Verdict:
     why), ``answer`` a HELLO of a run not confirmed yet (with a HELLO echoing it), the peer's
     HELLO lets it ``join`` (answer it too, if it is the first of its run), ``refuse`` a HELLO
     of another cluster (``reason``; ``first`` when this refusal is new), the peer ``restarted``,
-    or frames were lost (``gap``)."""
+    or frames were lost (``gap``). A frame dropped or refused has a ``cause``, one of
+    :data:`.counters.REFUSAL_CAUSES`."""
 
     action: Action
     reason: str = ""
     first: bool = False
+    cause: str = ""
 
 
 class Admission:
@@ -91,9 +93,11 @@ class Admission:
         """The verdict on ``frame``; ``formed``: every peer's run is confirmed already."""
         peer = frame.sender
         if peer == self.proc_id:
-            return Verdict("drop", "it claims to come from this very process")
+            return Verdict("drop", "it claims to come from this very process", cause="misaddressed")
         if frame.dest != self.proc_id:
-            return Verdict("drop", f"a frame from process {peer} for process {frame.dest}, not this one")
+            return Verdict(
+                "drop", f"a frame from process {peer} for process {frame.dest}, not this one", cause="misaddressed"
+            )
         if frame.run != self.runs.get(peer):
             if frame.kind == frames.HELLO:
                 return self._new_run(frame, formed)
@@ -101,6 +105,7 @@ class Admission:
                 "drop",
                 f"a frame of another run of process {peer} (sent before it started again, "
                 "before the cluster formed again, or recorded earlier and sent again)",
+                cause="stale_run",
             )
         # A HELLO of the confirmed run echoing another run of ours is the peer's answer to a
         # HELLO that was sent again: in its sequence, and harmless.
@@ -109,10 +114,11 @@ class Admission:
                 "drop",
                 f"a frame from process {peer} for another run of process {self.proc_id} "
                 "(recorded earlier and sent again?)",
+                cause="stale_run",
             )
         last = self._last_seq[peer]
         if frame.seq <= last:
-            return Verdict("drop", f"replayed frame {frame.seq} from process {peer}")
+            return Verdict("drop", f"replayed frame {frame.seq} from process {peer}", cause="replayed")
         if frame.seq != last + 1:
             # Lost (a send failed) or late (a reconnect can deliver an old connection's frames
             # after a new one's): either way their items would be missing or out of order.
@@ -127,7 +133,7 @@ class Admission:
         try:
             shape = frames.parse_hello(frame.payload)
         except frames.BadFrame as exc:
-            return Verdict("drop", str(exc))
+            return Verdict("drop", str(exc), cause=exc.cause)
         mine = {
             "proc_id": peer,
             "proc_count": self.proc_count,
@@ -141,7 +147,7 @@ class Admission:
             )
             first = self.refused.get(peer) != why
             self.refused[peer] = why
-            return Verdict("refuse", why, first)
+            return Verdict("refuse", why, first, cause="other_cluster")
         answered = self._answered.setdefault(peer, set())
         first_of_run = frame.run not in answered
         if frame.dest_run != self.run:
@@ -151,11 +157,17 @@ class Admission:
             # is ending (its loss shows in our connection to it, see .liveness), and a HELLO
             # sent again must not cost anything.
             if formed:
-                return Verdict("drop", f"a HELLO of another run of process {peer} while the cluster runs")
+                return Verdict(
+                    "drop", f"a HELLO of another run of process {peer} while the cluster runs", cause="stale_hello"
+                )
             if not first_of_run:
-                return Verdict("drop", f"a HELLO of process {peer} that this process answered already")
+                return Verdict(
+                    "drop", f"a HELLO of process {peer} that this process answered already", cause="stale_hello"
+                )
             if len(answered) >= _ANSWERED_LIMIT:
-                return Verdict("drop", f"a HELLO of yet another run of process {peer}, left unanswered")
+                return Verdict(
+                    "drop", f"a HELLO of yet another run of process {peer}, left unanswered", cause="stale_hello"
+                )
             answered.add(frame.run)
             return Verdict("answer")
         # It echoes our run, which no one could have recorded before we drew it: a confirmation,

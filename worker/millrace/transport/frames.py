@@ -49,13 +49,18 @@ FAILED = b"F"
 class BadFrame(ValueError):
     """A frame that is malformed or not authenticated; it is dropped, never decoded.
 
-    ``kind`` and ``sender`` are what the header claimed, when it could be parsed.
+    ``kind`` and ``sender`` are what the header claimed, when it could be parsed; ``cause``
+    is ``"unauthenticated"`` for a MAC that does not match, ``"malformed"`` otherwise (see
+    :data:`.counters.REFUSAL_CAUSES`).
     """
 
-    def __init__(self, reason: str, kind: int | None = None, sender: int | None = None) -> None:
+    def __init__(
+        self, reason: str, kind: int | None = None, sender: int | None = None, cause: str = "malformed"
+    ) -> None:
         super().__init__(reason)
         self.kind = kind
         self.sender = sender
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ def open_frame(key: bytes | None, parts: list[bytes], proc_count: int) -> Frame:
                 f"authentication failed for a frame claiming to come from process {sender}",
                 kind,
                 sender,
+                cause="unauthenticated",
             )
     return Frame(kind, sender, dest, seq, bytes(payload), run, dest_run)
 

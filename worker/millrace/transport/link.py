@@ -42,6 +42,7 @@ from ..common.errors import ClusterError, PeerLost
 from . import frames
 from .addresses import bind_endpoint, check_addresses, connect_endpoint
 from .admission import Admission, Verdict
+from .counters import LinkCounters
 from .listener import HWM, Listener
 from .liveness import Liveness
 from .security import Security
@@ -121,6 +122,8 @@ class ZmqLink:
         # Wakes the receiver out of its poll when the link closes (a byte on ``_wake[1]``).
         self._wake = socket.socketpair()
         self.dropped_frames = 0
+        #: Bytes per peer, the sender's waits, frames refused by cause (for metrics).
+        self.counters = LinkCounters(self.proc_count)
         # Peers the sender gave up on: they took nothing for too long (see _send).
         self._stalled: set[int] = set()
         # Workers' messages waiting in the outbound queue now, and at most, in count and bytes.
@@ -271,9 +274,9 @@ class ZmqLink:
                 if dest_run is None:  # the peer's run as confirmed now (a HELLO names its own)
                     dest_run = runs.get(peer, frames.NO_RUN)
                 seq[peer] += 1
-                self._send(
-                    peer, frames.seal(self.key, kind, self.proc_id, peer, seq[peer], payload, self.run, dest_run)
-                )
+                parts = frames.seal(self.key, kind, self.proc_id, peer, seq[peer], payload, self.run, dest_run)
+                self._send(peer, parts)
+                self.counters.bytes_sent[peer] += sum(map(len, parts))
         except Exception as exc:  # a bug here must not leave the peers waiting forever
             log.exception("process %d: sender failed", self.proc_id)
             assert self._exchange is not None
@@ -288,6 +291,8 @@ class ZmqLink:
             try:
                 # Copying a frame of a few KiB is cheaper than ZeroMQ's zero-copy tracking.
                 push.send_multipart(parts)
+                if stalled_since is not None:
+                    self.counters.send_blocked_seconds[peer] += self._monotonic() - stalled_since
                 return
             except zmq.Again:
                 # The peer is not reading: slow (wait for it: that is the backpressure), or
@@ -340,8 +345,9 @@ class ZmqLink:
             log.exception("process %d: receiver failed", self.proc_id)
             exchange.fail(f"process {self.proc_id}: the network receiver failed: {exc!r}")
 
-    def _drop(self, why: str, sender: int | None = None) -> None:
+    def _drop(self, why: str, sender: int | None = None, cause: str = "malformed") -> None:
         self.dropped_frames += 1
+        self.counters.refuse(cause)
         claimed = f" claiming to come from process {sender} ({self.addresses[sender]})" if sender is not None else ""
         log.warning(
             "process %d: dropped a frame%s received on %s: %s",
@@ -363,8 +369,9 @@ class ZmqLink:
                 self._bad_hellos[exc.sender] = (
                     "its HELLO failed authentication: it holds a different cluster secret (or someone else sent it)"
                 )
-            self._drop(str(exc), exc.sender)
+            self._drop(str(exc), exc.sender, exc.cause)
             return
+        self.counters.bytes_received[frame.sender] += sum(map(len, parts))
         verdict = self._admission.admit(frame, formed=self._ready.is_set())
         if verdict.action != "accept":
             self._on_verdict(frame, verdict)
@@ -384,7 +391,7 @@ class ZmqLink:
                 return
             for dest, msg in messages:
                 if self._exchange.is_local(dest):
-                    self._exchange.deliver(dest, msg)
+                    self._exchange.deliver(dest, msg, frame.sender)
                 else:
                     # The frame is for this process and in its sender's sequence, so this is
                     # the sender's mistake, and items are lost: not something to drop quietly.
@@ -410,11 +417,12 @@ class ZmqLink:
         peer = frame.sender
         where = f"process {peer} ({self.addresses[peer]})"
         if verdict.action == "drop":
-            self._drop(verdict.reason, peer)
+            self._drop(verdict.reason, peer, verdict.cause)
         elif verdict.action == "answer":
             # So that a peer of that run, if it is a live one, can confirm itself.
             self._outbound.put((peer, frames.HELLO, self._hello, frame.run))
         elif verdict.action == "refuse":
+            self.counters.refuse(verdict.cause)
             if verdict.first:
                 log.warning("process %d: refused a HELLO from %s: %s", self.proc_id, where, verdict.reason)
         elif verdict.action == "join":
