@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from millrace import pod, readiness
@@ -55,6 +57,53 @@ def test_a_flow_that_cannot_load_is_reported_to_the_operator(tmp_path, monkeypat
         monkeypatch.setenv(name, value)
     assert pod.main([]) == 1
     assert log.read_text().startswith("millrace: failed: ModuleNotFoundError: No module named 'no_such_module_here'")
+
+
+STEPS_FLOW = """
+from millrace.dataflow import Dataflow
+from millrace.inputs import TestingInputConfig
+from millrace.outputs import StdOutputConfig
+
+flow = Dataflow()
+flow.input("lines", TestingInputConfig(["a b"]))
+flow.flat_map(str.split)
+flow.map(lambda word: (word, 1))
+flow.reduce("count", lambda a, b: a + b, lambda total: total > 9)
+flow.capture(StdOutputConfig())
+"""
+
+
+def _pod_env(monkeypatch, tmp_path, **extra: str):
+    log = tmp_path / "termination-log"
+    for name, value in {**ENV, "MILLRACE_POD_INDEX": "0", "MILLRACE_TERMINATION_LOG": str(log), **extra}.items():
+        monkeypatch.setenv(name, value)
+    return log
+
+
+def test_steps_reports_the_flows_step_ids_without_running_it(tmp_path, monkeypatch, capsys):
+    """What process 0's init container does: load the flow, report its step ids, exit 0; the
+    flow's input is never read (nothing printed)."""
+    flow_file = tmp_path / "flow.py"
+    flow_file.write_text(STEPS_FLOW)
+    log = _pod_env(monkeypatch, tmp_path, MILLRACE_FLOW="", MILLRACE_FLOW_FILE=str(flow_file))
+    assert pod.main(["--steps"]) == 0
+    assert log.read_text() == 'millrace: steps: ["lines", "count"]'
+    assert capsys.readouterr().out == ""
+
+
+def test_steps_of_a_flow_that_cannot_load_is_the_failure_the_worker_would_report(tmp_path, monkeypatch):
+    log = _pod_env(monkeypatch, tmp_path, MILLRACE_FLOW="no_such_module_here:flow")
+    assert pod.main(["--steps"]) == 1
+    assert log.read_text().startswith("millrace: failed: ModuleNotFoundError: No module named 'no_such_module_here'")
+
+
+def test_step_ids_that_do_not_fit_a_termination_message_are_counted():
+    ids = [f"a-long-step-id-{i:04}" for i in range(1000)]
+    message = pod.steps_message(ids)
+    assert len(message) <= 4000
+    kept = json.loads(message.removeprefix(pod.STEPS))
+    assert kept[:-1] == ids[: len(kept) - 1]
+    assert kept[-1] == f"... {1000 - (len(kept) - 1)} more"
 
 
 def test_a_file_without_a_flow_is_named(tmp_path):

@@ -31,6 +31,13 @@ DATAFLOW_LABEL = "millrace.dev/dataflow"
 PROCESS_LABEL = "millrace.dev/process"
 HEALTH_PORT = 8080  # the readiness endpoint, unless the flow took it for its cluster port
 READY_PATH = "/ready"
+METRICS_PORT = 9102  # Prometheus' /metrics of every worker, unless the flow took it for its cluster port
+METRICS_PATH = "/metrics"
+#: The scrape annotations Prometheus' Kubernetes service discovery reads (by convention).
+SCRAPE_ANNOTATIONS = ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path")
+#: The init container of process 0's pod: it loads the flow and reports its step ids (see
+#: :func:`steps_container`).
+STEPS_CONTAINER = "steps"
 FLOW_DIR = "/etc/millrace/flow"
 SECRET_DIR = "/etc/millrace/secret"
 STATE_DIR = "/var/run/millrace"
@@ -147,10 +154,11 @@ def cluster_secret(df: Manifest, key: str) -> Manifest:
 
 
 def network_policy(df: Manifest) -> Manifest:
-    """Ingress to the Dataflow's pods: its worker port, from its own pods, nothing else.
+    """Ingress to the Dataflow's pods: its worker port from its own pods, and the metrics port
+    from anywhere (Prometheus runs wherever its owner put it), nothing else.
 
-    Workers serve nothing but cluster traffic, so every other ingress is denied; egress is left
-    alone (flows read and write wherever their code says)."""
+    Workers serve nothing else but the readiness probe, which comes from the node; egress is
+    left alone (flows read and write wherever their code says)."""
     name, _ = _meta(df)
     spec = parse_spec(df.get("spec"))
     return {
@@ -164,7 +172,8 @@ def network_policy(df: Manifest) -> Manifest:
                 {
                     "from": [{"podSelector": {"matchLabels": selector(name)}}],
                     "ports": [{"protocol": "TCP", "port": spec.port}],
-                }
+                },
+                {"ports": [{"protocol": "TCP", "port": metrics_port(spec)}]},
             ],
         },
     }
@@ -174,6 +183,17 @@ def health_port(spec: DataflowSpec) -> int:
     """Where the worker answers the readiness probe: :data:`HEALTH_PORT`, or the next port
     when the Dataflow chose that one for its cluster traffic."""
     return HEALTH_PORT if spec.port != HEALTH_PORT else HEALTH_PORT + 1
+
+
+def metrics_port(spec: DataflowSpec) -> int:
+    """Where the worker serves Prometheus metrics: :data:`METRICS_PORT`, or the next port when
+    the Dataflow chose that one for its cluster traffic (as :func:`health_port` steps aside)."""
+    return METRICS_PORT if spec.port != METRICS_PORT else METRICS_PORT + 1
+
+
+def scrape_annotations(spec: DataflowSpec) -> dict[str, str]:
+    """What tells a Prometheus with Kubernetes pod discovery to scrape the worker pods."""
+    return dict(zip(SCRAPE_ANNOTATIONS, ("true", str(metrics_port(spec)), METRICS_PATH), strict=True))
 
 
 def _field(path: str) -> dict[str, Any]:
@@ -195,6 +215,7 @@ def _env(df: Manifest, spec: DataflowSpec, index: int) -> list[dict[str, Any]]:
         {"name": "MILLRACE_CLUSTER_SECRET_FILE", "value": f"{SECRET_DIR}/key"},
         {"name": "MILLRACE_STATE_DIR", "value": STATE_DIR},
         {"name": "MILLRACE_HEALTH_PORT", "value": str(health_port(spec))},
+        {"name": "MILLRACE_METRICS_PORT", "value": str(metrics_port(spec))},
         {"name": "MILLRACE_CLUSTER_ID", "value": f"{name}-{template_hash(spec)}"},
     ]
     if spec.code is not None:
@@ -258,6 +279,7 @@ def job(df: Manifest, index: int, *, suspend: bool) -> Manifest:
         "ports": [
             {"name": "cluster", "containerPort": spec.port, "protocol": "TCP"},
             {"name": "health", "containerPort": health_port(spec), "protocol": "TCP"},
+            {"name": "metrics", "containerPort": metrics_port(spec), "protocol": "TCP"},
         ],
         "volumeMounts": mounts,
         # Ready means "in a formed cluster": the worker answers GET /ready with 200 only while it
@@ -280,6 +302,7 @@ def job(df: Manifest, index: int, *, suspend: bool) -> Manifest:
         container["resources"] = spec.resources
     pod_labels = {**labels(name), PROCESS_LABEL: str(index)}
     annotations = {TEMPLATE_HASH: template_hash(spec)}
+    pod_annotations = {**annotations, **scrape_annotations(spec)}
     meta = _child_meta(df, job_name(name, index))
     meta["labels"] = dict(pod_labels)
     meta["annotations"] = dict(annotations)
@@ -298,7 +321,7 @@ def job(df: Manifest, index: int, *, suspend: bool) -> Manifest:
             # process id, and the name N-i points at one pod.
             "podReplacementPolicy": "Failed",
             "template": {
-                "metadata": {"labels": pod_labels, "annotations": annotations},
+                "metadata": {"labels": pod_labels, "annotations": pod_annotations},
                 "spec": {
                     "restartPolicy": "OnFailure",
                     "hostname": job_name(name, index),
@@ -312,11 +335,28 @@ def job(df: Manifest, index: int, *, suspend: bool) -> Manifest:
                         "fsGroup": RUN_AS,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
+                    **({"initContainers": [steps_container(container)]} if index == 0 else {}),
                     "containers": [container],
                     "volumes": volumes,
                 },
             },
         },
+    }
+
+
+def steps_container(worker: dict[str, Any]) -> dict[str, Any]:
+    """The init container that tells the operator the flow's step ids (``status.steps``).
+
+    The operator does not run flows, and workers have no Kubernetes API access: what a container
+    can tell the operator is its termination message. This one loads the flow as the worker will
+    (same image, environment and volumes), writes ``millrace: steps: [...]`` there and exits;
+    the operator reads it from ``initContainerStatuses``. Only process 0's pod has it: one
+    report per flow. A flow that cannot load fails here, with the message the worker would give.
+    """
+    return {
+        **{key: value for key, value in worker.items() if key not in ("ports", "readinessProbe")},
+        "name": STEPS_CONTAINER,
+        "command": [*worker["command"], "--steps"],
     }
 
 

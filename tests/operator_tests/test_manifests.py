@@ -88,14 +88,22 @@ def test_each_process_gets_a_job_that_follows_the_contract(df):
         # The template hash on the Job and on its pods: a change of it restarts every process.
         digest = manifests.template_hash(parse_spec(df["spec"]))
         assert job["metadata"]["annotations"] == {manifests.TEMPLATE_HASH: digest}
-        assert template["metadata"]["annotations"] == {manifests.TEMPLATE_HASH: digest}
+        assert template["metadata"]["annotations"] == {
+            manifests.TEMPLATE_HASH: digest,
+            # Prometheus' pod discovery scrapes every worker's metrics.
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": "9102",
+            "prometheus.io/path": "/metrics",
+        }
         assert manifests.template_hash_of(job) == digest
         (container,) = pod["containers"]
         assert container["command"] == ["millrace-worker"]
         # Ready means "in a formed cluster": the worker answers GET /ready with 200 only while it is.
         assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "health"}
         assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+        assert {"name": "metrics", "containerPort": 9102, "protocol": "TCP"} in container["ports"]
         env = _env(df, index)
+        assert env["MILLRACE_METRICS_PORT"] == "9102"
         assert env["MILLRACE_POD_INDEX"] == str(index)
         assert env["MILLRACE_STATE_DIR"] == manifests.STATE_DIR
         assert env["MILLRACE_HEALTH_PORT"] == "8080"
@@ -151,7 +159,9 @@ def test_only_the_dataflows_own_pods_reach_its_worker_port(df):
         {
             "from": [{"podSelector": pods}],
             "ports": [{"protocol": "TCP", "port": df["spec"].get("port", 2101)}],
-        }
+        },
+        # Prometheus scrapes from wherever it runs: the metrics port is open to any source.
+        {"ports": [{"protocol": "TCP", "port": 9102}]},
     ]
     # The policy selects every process's pods.
     for job in manifests.jobs(df, suspend=False):
@@ -269,7 +279,45 @@ def test_the_readiness_port_steps_aside_for_a_cluster_port_of_8080(df):
     df = copy.deepcopy(df)
     df["spec"]["port"] = 8080
     (container,) = _pod(df)["containers"]
-    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("cluster", 8080), ("health", 8081)]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+        ("cluster", 8080),
+        ("health", 8081),
+        ("metrics", 9102),
+    ]
     assert _env(df)["MILLRACE_HEALTH_PORT"] == "8081"
     for child in _all_children(df):
         kubernetes_validate.validate(child, KUBERNETES, strict=True)
+
+
+def test_the_metrics_port_steps_aside_for_a_cluster_port_of_9102(df):
+    df = copy.deepcopy(df)
+    df["spec"]["port"] = 9102
+    pod = _pod(df)
+    (container,) = pod["containers"]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+        ("cluster", 9102),
+        ("health", 8080),
+        ("metrics", 9103),
+    ]
+    assert _env(df)["MILLRACE_METRICS_PORT"] == "9103"
+    annotations = manifests.job(df, 0, suspend=False)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == "9103"
+    ingress = manifests.network_policy(df)["spec"]["ingress"]
+    assert [rule["ports"][0]["port"] for rule in ingress] == [9102, 9103]
+    for child in _all_children(df):
+        kubernetes_validate.validate(child, KUBERNETES, strict=True)
+
+
+def test_process_0s_pod_reports_the_flows_step_ids_from_an_init_container(df):
+    """The init container loads the flow as the worker does (same image, env, volumes, security)
+    and only process 0 has one: one report per flow."""
+    pod = _pod(df, 0)
+    (steps,) = pod["initContainers"]
+    (worker,) = pod["containers"]
+    assert steps["name"] == "steps"
+    assert steps["command"] == ["millrace-worker", "--steps"]
+    for key in ("image", "imagePullPolicy", "env", "volumeMounts", "securityContext", "terminationMessagePath"):
+        assert steps[key] == worker[key], key
+    assert "ports" not in steps and "readinessProbe" not in steps
+    for index in range(1, df["spec"]["processes"]):
+        assert "initContainers" not in _pod(df, index)
