@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import datetime
 import logging
+import time
 from typing import Any, cast
 
 import kopf
@@ -30,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 
 from .kube import Kube
 from .manifests import DATAFLOW_LABEL
+from .metrics import OperatorMetrics
 from .observed import Memory, Observed
 from .reconcile import reconcile
 from .spec import SpecError
@@ -79,6 +81,18 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _phases() -> list[str | None]:
+    # Called from the metrics server's thread: a copy of the table, taken at once.
+    return [(flow.status or {}).get("phase") for flow in list(_flows.values())]
+
+
+#: The operator's metrics (:mod:`.metrics`).
+METRICS = OperatorMetrics(_phases)
+#: Where they are served (0: any free port), ``None``: not at all; ``millrace-operator`` sets
+#: it from ``--metrics-port``.
+metrics_port: int | None = None
+
+
 def _flow(key: Key) -> Flow:
     return _flows.setdefault(key, Flow())
 
@@ -95,6 +109,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = True
     # A new operator (a test runs several in one process) starts from nothing.
     _flows.clear()
+    if metrics_port is not None:
+        port = METRICS.serve(metrics_port)
+        log.info("serving the operator's metrics on port %d at /metrics", port)
+
+
+@kopf.on.cleanup()
+def stop_metrics(**_: Any) -> None:
+    METRICS.stop()
 
 
 def _announce(body: Manifest, old: Manifest, new: Manifest) -> None:
@@ -135,10 +157,13 @@ def reconcile_once(flow: Flow, body: Manifest, seen: dict[str, list[Manifest]]) 
         "spec": dict(body.get("spec") or {}),
         "status": dict(flow.status or {}),
     }
+    observed = Observed(Kube(), seen, flow.memory)
     try:
-        status = reconcile(Observed(Kube(), seen, flow.memory), df, now())
+        status = reconcile(observed, df, now())
     except SpecError as exc:
         status = _invalid(df, exc)
+    finally:
+        METRICS.api_writes.inc(observed.writes)
     return status if _changed(status, flow.status) else None
 
 
@@ -219,6 +244,7 @@ async def run_dataflow(
         latest = next(iter(index.get(key, ())), None)
         if latest is None or latest["metadata"].get("deletionTimestamp"):
             continue  # being deleted: the garbage collector takes its children
+        started = time.perf_counter()
         try:
             status = await asyncio.to_thread(reconcile_once, flow, latest, _seen(key, kwargs))
             flow.reconciles += 1
@@ -226,12 +252,15 @@ async def run_dataflow(
                 await asyncio.to_thread(write_status, key[0], key[1], status)
                 _announce(latest, flow.status or {}, status)
                 flow.status = {**(flow.status or {}), **status}
+            METRICS.reconciled("unchanged" if status is None else "changed", time.perf_counter() - started)
         except ApiException as exc:
             if exc.status == 404:
                 continue  # the Dataflow went meanwhile
+            METRICS.reconciled("error", time.perf_counter() - started, exc)
             log.warning("reconciling %s/%s: %s %s; trying again", *key, exc.status, exc.reason)
             _retry(flow)
-        except Exception:
+        except Exception as exc:
+            METRICS.reconciled("error", time.perf_counter() - started, exc)
             log.exception("reconciling %s/%s failed; trying again", *key)
             _retry(flow)
 
