@@ -27,6 +27,10 @@ Manifest = dict[str, Any]
 
 API_VERSION = "millrace.dev/v1alpha1"
 TEMPLATE_HASH = "millrace.dev/template-hash"
+#: A hash of the pod template as this operator builds it: it changes with the operator's code
+#: too (an upgrade that adds a port, a variable...), which Kubernetes cannot apply to a Job
+#: (its pod template is immutable), so the operator restarts the flow's pods instead.
+POD_TEMPLATE_HASH = "millrace.dev/pod-template-hash"
 DATAFLOW_LABEL = "millrace.dev/dataflow"
 PROCESS_LABEL = "millrace.dev/process"
 HEALTH_PORT = 8080  # the readiness endpoint, unless the flow took it for its cluster port
@@ -101,13 +105,17 @@ def secret_name(name: str) -> str:
     return f"{name}-cluster-key"
 
 
+def _digest(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 def template_hash(spec: DataflowSpec) -> str:
     """What must restart every pod together when it changes: anything in the pod template, the
     process count (it is in every pod's address list) and the restart nonce. Not ``suspend``."""
     restart_relevant = asdict(spec)
     restart_relevant.pop("suspend")
-    canonical = json.dumps(restart_relevant, sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return _digest(restart_relevant)
 
 
 def service(df: Manifest) -> Manifest:
@@ -303,9 +311,31 @@ def job(df: Manifest, index: int, *, suspend: bool) -> Manifest:
     pod_labels = {**labels(name), PROCESS_LABEL: str(index)}
     annotations = {TEMPLATE_HASH: template_hash(spec)}
     pod_annotations = {**annotations, **scrape_annotations(spec)}
+    template: Manifest = {
+        "metadata": {"labels": pod_labels, "annotations": pod_annotations},
+        "spec": {
+            "restartPolicy": "OnFailure",
+            "hostname": job_name(name, index),
+            "subdomain": name,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": RUN_AS,
+                "runAsGroup": RUN_AS,
+                "fsGroup": RUN_AS,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            **({"initContainers": [steps_container(container)]} if index == 0 else {}),
+            "containers": [container],
+            "volumes": volumes,
+        },
+    }
+    built = _digest(template)
+    pod_annotations[POD_TEMPLATE_HASH] = built
     meta = _child_meta(df, job_name(name, index))
     meta["labels"] = dict(pod_labels)
-    meta["annotations"] = dict(annotations)
+    meta["annotations"] = {**annotations, POD_TEMPLATE_HASH: built}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -320,26 +350,7 @@ def job(df: Manifest, index: int, *, suspend: bool) -> Manifest:
             # A replacement pod only once the old one has ended: never two processes with one
             # process id, and the name N-i points at one pod.
             "podReplacementPolicy": "Failed",
-            "template": {
-                "metadata": {"labels": pod_labels, "annotations": pod_annotations},
-                "spec": {
-                    "restartPolicy": "OnFailure",
-                    "hostname": job_name(name, index),
-                    "subdomain": name,
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS,
-                        "runAsGroup": RUN_AS,
-                        "fsGroup": RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    **({"initContainers": [steps_container(container)]} if index == 0 else {}),
-                    "containers": [container],
-                    "volumes": volumes,
-                },
-            },
+            "template": template,
         },
     }
 
@@ -387,3 +398,8 @@ def jobs(df: Manifest, *, suspend: bool) -> list[Manifest]:
 def template_hash_of(obj: Manifest) -> str | None:
     """The template hash a Job or pod was made for."""
     return ((obj.get("metadata") or {}).get("annotations") or {}).get(TEMPLATE_HASH)
+
+
+def pod_template_hash_of(obj: Manifest) -> str | None:
+    """The :data:`POD_TEMPLATE_HASH` of a Job or pod (``None``: made by an operator before it)."""
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(POD_TEMPLATE_HASH)

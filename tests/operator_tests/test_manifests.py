@@ -87,9 +87,13 @@ def test_each_process_gets_a_job_that_follows_the_contract(df):
         assert job["metadata"]["labels"]["millrace.dev/process"] == str(index)
         # The template hash on the Job and on its pods: a change of it restarts every process.
         digest = manifests.template_hash(parse_spec(df["spec"]))
-        assert job["metadata"]["annotations"] == {manifests.TEMPLATE_HASH: digest}
+        # And the hash of the pod template as built, which changes with the operator's code too.
+        built = manifests.pod_template_hash_of(job)
+        assert built and manifests.pod_template_hash_of({"metadata": template["metadata"]}) == built
+        assert job["metadata"]["annotations"] == {manifests.TEMPLATE_HASH: digest, manifests.POD_TEMPLATE_HASH: built}
         assert template["metadata"]["annotations"] == {
             manifests.TEMPLATE_HASH: digest,
+            manifests.POD_TEMPLATE_HASH: built,
             # Prometheus' pod discovery scrapes every worker's metrics.
             "prometheus.io/scrape": "true",
             "prometheus.io/port": "9102",
