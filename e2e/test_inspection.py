@@ -28,15 +28,19 @@ def scrape(namespace: str, pod: str, port: int) -> dict[str, list[tuple[dict[str
 def test_the_status_lists_the_flows_step_ids_and_describe_shows_them(namespace):
     apply(dataflow("steps", namespace, TICKING_FLOW, processes=2))
     wait_for(namespace, "steps", "Ready")
-    # Process 0's init container loaded the flow and reported its inputs and stateful steps.
+    # Process 0's init container loaded the flow and reported its steps, named as the metrics'
+    # step_id label names them.
     wait_until(
         "the step ids in the status",
-        lambda: kubectl_json("get", "dataflow", "steps", "-n", namespace)["status"].get("steps") == ["ticks", "count"],
+        lambda: (
+            kubectl_json("get", "dataflow", "steps", "-n", namespace)["status"].get("steps")
+            == ["ticks", "count", "capture#2"]
+        ),
     )
     described = run("kubectl", "describe", "dataflow", "steps", "-n", namespace).stdout
-    assert "Steps:" in described and "ticks" in described and "count" in described, described
+    assert "Steps:" in described and all(step in described for step in ("ticks", "count", "capture#2")), described
     wide = run("kubectl", "get", "df", "steps", "-n", namespace, "-o", "wide").stdout
-    assert "STEPS" in wide and '["ticks","count"]' in wide, wide
+    assert "STEPS" in wide and '["ticks","count","capture#2"]' in wide, wide
 
 
 def test_a_worker_pod_serves_its_flows_metrics(namespace):

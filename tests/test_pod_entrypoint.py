@@ -87,7 +87,7 @@ def test_steps_reports_the_flows_step_ids_without_running_it(tmp_path, monkeypat
     flow_file.write_text(STEPS_FLOW)
     log = _pod_env(monkeypatch, tmp_path, MILLRACE_FLOW="", MILLRACE_FLOW_FILE=str(flow_file))
     assert pod.main(["--steps"]) == 0
-    assert log.read_text() == 'millrace: steps: ["lines", "count"]'
+    assert log.read_text() == 'millrace: steps: ["lines", "flat_map#1", "map#2", "count", "capture#4"]'
     assert capsys.readouterr().out == ""
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from .common.clock import SYSTEM_CLOCK
 from .common.errors import PeerLost
 from .common.settings import VARIABLES, SettingsError, ordinal, read
+from . import plan
 from .dataflow import Dataflow
 from .execution import PeriodicEpochConfig
 from .readiness import Readiness
@@ -166,8 +167,31 @@ def load_flow(module: str | None, file: Path | None) -> Dataflow:
 
 
 def step_ids(flow: Dataflow) -> list[str]:
-    """The ids of ``flow``'s steps that have one (inputs and stateful steps), in flow order."""
-    return [step_id for step in flow.steps if isinstance(step_id := getattr(step, "step_id", None), str)]
+    """Every step of ``flow``, in flow order, as the metrics' ``step_id`` label names it: its id
+    (inputs and stateful steps have one), else its kind and position (``map#2``, ``capture#4``),
+    so that a dashboard's series and the Dataflow's ``status.steps`` say the same names.
+
+    >>> from millrace.inputs import TestingInputConfig
+    >>> from millrace.outputs import StdOutputConfig
+    >>> flow = Dataflow()
+    >>> flow.input("lines", TestingInputConfig(["a b"]))
+    >>> flow.flat_map(str.split)
+    >>> flow.reduce("count", lambda a, b: a + b, lambda total: total > 9)
+    >>> flow.capture(StdOutputConfig())
+    >>> step_ids(flow)
+    ['lines', 'flat_map#1', 'count', 'capture#3']
+    """
+    ids = []
+    for step in flow.steps:
+        if isinstance(step, plan.Input | plan.StatefulStep):
+            ids.append(step.step_id)
+        elif isinstance(step, plan.Capture):
+            ids.append(f"capture#{step.position}")
+        elif isinstance(step, plan._FunctionStep):
+            ids.append(f"{step.kind}#{step.position}")
+        else:
+            ids.append(step.name)
+    return ids
 
 
 def steps_message(ids: Sequence[str], limit: int = _MESSAGE_LIMIT) -> str:
