@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from . import plan
 from .common.clock import SYSTEM_CLOCK
 from .common.errors import PeerLost
 from .common.settings import VARIABLES, SettingsError, ordinal, read
-from . import plan
 from .dataflow import Dataflow
 from .execution import PeriodicEpochConfig
 from .readiness import Readiness
