@@ -310,7 +310,12 @@ def job(df: Manifest, index: int, *, suspend: bool) -> Manifest:
         container["resources"] = spec.resources
     pod_labels = {**labels(name), PROCESS_LABEL: str(index)}
     annotations = {TEMPLATE_HASH: template_hash(spec)}
-    pod_annotations = {**annotations, **scrape_annotations(spec)}
+    pod_annotations = {
+        **annotations,
+        **scrape_annotations(spec),
+        # `kubectl logs` of process 0's pod (which has the init container too) reads the worker.
+        "kubectl.kubernetes.io/default-container": "worker",
+    }
     template: Manifest = {
         "metadata": {"labels": pod_labels, "annotations": pod_annotations},
         "spec": {

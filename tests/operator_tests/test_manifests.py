@@ -98,6 +98,7 @@ def test_each_process_gets_a_job_that_follows_the_contract(df):
             "prometheus.io/scrape": "true",
             "prometheus.io/port": "9102",
             "prometheus.io/path": "/metrics",
+            "kubectl.kubernetes.io/default-container": "worker",
         }
         assert manifests.template_hash_of(job) == digest
         (container,) = pod["containers"]
