@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from millrace import pod, readiness
@@ -73,37 +71,11 @@ flow.capture(StdOutputConfig())
 """
 
 
-def _pod_env(monkeypatch, tmp_path, **extra: str):
-    log = tmp_path / "termination-log"
-    for name, value in {**ENV, "MILLRACE_POD_INDEX": "0", "MILLRACE_TERMINATION_LOG": str(log), **extra}.items():
-        monkeypatch.setenv(name, value)
-    return log
-
-
-def test_steps_reports_the_flows_step_ids_without_running_it(tmp_path, monkeypatch, capsys):
-    """What process 0's init container does: load the flow, report its step ids, exit 0; the
-    flow's input is never read (nothing printed)."""
+def test_step_ids_name_every_step_as_the_metrics_step_id_label_does(tmp_path):
     flow_file = tmp_path / "flow.py"
     flow_file.write_text(STEPS_FLOW)
-    log = _pod_env(monkeypatch, tmp_path, MILLRACE_FLOW="", MILLRACE_FLOW_FILE=str(flow_file))
-    assert pod.main(["--steps"]) == 0
-    assert log.read_text() == 'millrace: steps: ["lines", "flat_map#1", "map#2", "count", "capture#4"]'
-    assert capsys.readouterr().out == ""
-
-
-def test_steps_of_a_flow_that_cannot_load_is_the_failure_the_worker_would_report(tmp_path, monkeypatch):
-    log = _pod_env(monkeypatch, tmp_path, MILLRACE_FLOW="no_such_module_here:flow")
-    assert pod.main(["--steps"]) == 1
-    assert log.read_text().startswith("millrace: failed: ModuleNotFoundError: No module named 'no_such_module_here'")
-
-
-def test_step_ids_that_do_not_fit_a_termination_message_are_counted():
-    ids = [f"a-long-step-id-{i:04}" for i in range(1000)]
-    message = pod.steps_message(ids)
-    assert len(message) <= 4000
-    kept = json.loads(message.removeprefix(pod.STEPS))
-    assert kept[:-1] == ids[: len(kept) - 1]
-    assert kept[-1] == f"... {1000 - (len(kept) - 1)} more"
+    flow = pod.load_flow(None, flow_file)
+    assert pod.step_ids(flow) == ["lines", "flat_map#1", "map#2", "count", "capture#4"]
 
 
 def test_a_file_without_a_flow_is_named(tmp_path):
@@ -148,9 +120,11 @@ def _probe(port: int) -> int | None:
 def test_sigterm_stops_the_pod_promptly_and_says_so(tmp_path, procs):
     """What the kubelet does on a pod deletion: SIGTERM to PID 1. The worker stops at once
     (no 30 s grace period spent computing), reports it, and is no longer ready."""
+    import json
     import signal
     import socket
     import time
+    import urllib.request
 
     flow_file = tmp_path / "flow.py"
     flow_file.write_text(ENDLESS_FLOW)
@@ -177,6 +151,9 @@ def test_sigterm_stops_the_pod_promptly_and_says_so(tmp_path, procs):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     assert (state / readiness.READY_FILE).exists()
+    # The operator asks the same port for the flow's steps (status.steps).
+    with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/steps", timeout=5) as answer:
+        assert json.load(answer) == ["ticks", "capture#1"]
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr

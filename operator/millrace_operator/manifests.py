@@ -39,9 +39,7 @@ METRICS_PORT = 9102  # Prometheus' /metrics of every worker, unless the flow too
 METRICS_PATH = "/metrics"
 #: The scrape annotations Prometheus' Kubernetes service discovery reads (by convention).
 SCRAPE_ANNOTATIONS = ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path")
-#: The init container of process 0's pod: it loads the flow and reports its step ids (see
-#: :func:`steps_container`).
-STEPS_CONTAINER = "steps"
+STEPS_PATH = "/steps"  # the flow's steps, a JSON list, on the health port (status.steps)
 FLOW_DIR = "/etc/millrace/flow"
 SECRET_DIR = "/etc/millrace/secret"
 STATE_DIR = "/var/run/millrace"
@@ -162,11 +160,11 @@ def cluster_secret(df: Manifest, key: str) -> Manifest:
 
 
 def network_policy(df: Manifest) -> Manifest:
-    """Ingress to the Dataflow's pods: its worker port from its own pods, and the metrics port
-    from anywhere (Prometheus runs wherever its owner put it), nothing else.
+    """Ingress to the Dataflow's pods: its worker port from its own pods; from anywhere, the
+    metrics port (Prometheus runs wherever its owner put it) and the health port (the kubelet's
+    probe, and the operator asking for the flow's steps); nothing else.
 
-    Workers serve nothing else but the readiness probe, which comes from the node; egress is
-    left alone (flows read and write wherever their code says)."""
+    Egress is left alone (flows read and write wherever their code says)."""
     name, _ = _meta(df)
     spec = parse_spec(df.get("spec"))
     return {
@@ -181,7 +179,12 @@ def network_policy(df: Manifest) -> Manifest:
                     "from": [{"podSelector": {"matchLabels": selector(name)}}],
                     "ports": [{"protocol": "TCP", "port": spec.port}],
                 },
-                {"ports": [{"protocol": "TCP", "port": metrics_port(spec)}]},
+                {
+                    "ports": [
+                        {"protocol": "TCP", "port": health_port(spec)},
+                        {"protocol": "TCP", "port": metrics_port(spec)},
+                    ]
+                },
             ],
         },
     }
@@ -310,12 +313,7 @@ def job(df: Manifest, index: int, *, suspend: bool) -> Manifest:
         container["resources"] = spec.resources
     pod_labels = {**labels(name), PROCESS_LABEL: str(index)}
     annotations = {TEMPLATE_HASH: template_hash(spec)}
-    pod_annotations = {
-        **annotations,
-        **scrape_annotations(spec),
-        # `kubectl logs` of process 0's pod (which has the init container too) reads the worker.
-        "kubectl.kubernetes.io/default-container": "worker",
-    }
+    pod_annotations = {**annotations, **scrape_annotations(spec)}
     template: Manifest = {
         "metadata": {"labels": pod_labels, "annotations": pod_annotations},
         "spec": {
@@ -331,7 +329,6 @@ def job(df: Manifest, index: int, *, suspend: bool) -> Manifest:
                 "fsGroup": RUN_AS,
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
-            **({"initContainers": [steps_container(container)]} if index == 0 else {}),
             "containers": [container],
             "volumes": volumes,
         },
@@ -357,22 +354,6 @@ def job(df: Manifest, index: int, *, suspend: bool) -> Manifest:
             "podReplacementPolicy": "Failed",
             "template": template,
         },
-    }
-
-
-def steps_container(worker: dict[str, Any]) -> dict[str, Any]:
-    """The init container that tells the operator the flow's step ids (``status.steps``).
-
-    The operator does not run flows, and workers have no Kubernetes API access: what a container
-    can tell the operator is its termination message. This one loads the flow as the worker will
-    (same image, environment and volumes), writes ``millrace: steps: [...]`` there and exits;
-    the operator reads it from ``initContainerStatuses``. Only process 0's pod has it: one
-    report per flow. A flow that cannot load fails here, with the message the worker would give.
-    """
-    return {
-        **{key: value for key, value in worker.items() if key not in ("ports", "readinessProbe")},
-        "name": STEPS_CONTAINER,
-        "command": [*worker["command"], "--steps"],
     }
 
 

@@ -48,8 +48,9 @@ def _name(obj: Manifest) -> str:
     return str(obj["metadata"]["name"])
 
 
-def reconcile(api: Api, df: Manifest, now: str) -> Manifest:
-    """Make the children match ``df``; return the status ``df`` should have."""
+def reconcile(api: Api, df: Manifest, now: str, steps: tuple[str, list[str]] | None = None) -> Manifest:
+    """Make the children match ``df``; return the status ``df`` should have (with ``steps``, the
+    flow's steps as a pod of the template ``steps[0]`` said them: see :mod:`.steps`)."""
     name, namespace = df["metadata"]["name"], df["metadata"].get("namespace", "default")
     spec = parse_spec(df.get("spec"))
     for child in manifests.children(df, _cluster_key(api, df)):
@@ -59,7 +60,7 @@ def reconcile(api: Api, df: Manifest, now: str) -> Manifest:
             api.delete(kind, namespace, child_name)
     selector = manifests.selector(name)
     pods = api.list("Pod", namespace, selector)
-    status = compute_status(df, pods, now)
+    status = compute_status(df, pods, now, steps)
     current = manifests.template_hash(spec)
     # The pod template each process's Job gets from this operator, by Job name and process.
     built = {_name(job): manifests.pod_template_hash_of(job) for job in manifests.jobs(df, suspend=False)}

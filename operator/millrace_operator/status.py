@@ -9,7 +9,6 @@ them, so a finished flow is not run again.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,23 +17,14 @@ from .spec import parse_spec
 
 COMPLETED = "millrace: completed"
 FAILED = "millrace: failed: "
-STEPS = "millrace: steps: "  # process 0's init container: the flow's step ids (a JSON list)
 # Termination messages that no restart can cure: the flow itself cannot be loaded.
 _LOAD_ERRORS = ("ImportError", "ModuleNotFoundError", "SyntaxError", "PodConfigError", "NameError")
 CRASH_LOOP_RESTARTS = 3
 TERMINAL = ("Succeeded", "Failed")
 
 
-def _containers(pod: dict[str, Any]) -> Iterable[dict[str, Any]]:
-    """The statuses of the pod's containers, its init containers (which load the flow first:
-    their failure is the flow's) included."""
-    status = pod.get("status") or {}
-    yield from status.get("initContainerStatuses") or []
-    yield from status.get("containerStatuses") or []
-
-
 def _terminations(pod: dict[str, Any]) -> Iterable[tuple[int, str]]:
-    for container in _containers(pod):
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
         for state_key in ("state", "lastState"):
             terminated = (container.get(state_key) or {}).get("terminated")
             if terminated:
@@ -43,33 +33,11 @@ def _terminations(pod: dict[str, Any]) -> Iterable[tuple[int, str]]:
 
 def _crash_looping(pod: dict[str, Any]) -> str | None:
     """The last termination message of a container that keeps crashing, if any."""
-    for container in _containers(pod):
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
         waiting = (container.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") == "CrashLoopBackOff" and container.get("restartCount", 0) >= CRASH_LOOP_RESTARTS:
             last = (container.get("lastState") or {}).get("terminated") or {}
             return last.get("message") or waiting.get("message") or "the worker keeps crashing"
-    return None
-
-
-def reported_steps(pods: Iterable[dict[str, Any]]) -> list[str] | None:
-    """The flow's step ids as a pod's init container reported them in its termination message
-    (``millrace-worker --steps``), or ``None`` if no pod has yet.
-
-    >>> pod = {"status": {"initContainerStatuses": [{"state": {"terminated": {
-    ...     "exitCode": 0, "message": 'millrace: steps: ["lines", "count"]'}}}]}}
-    >>> reported_steps([{"status": {}}, pod])
-    ['lines', 'count']
-    """
-    for pod in pods:
-        for code, text in _terminations(pod):
-            if code != 0 or not text.startswith(STEPS):
-                continue
-            try:
-                steps = json.loads(text[len(STEPS) :])
-            except ValueError:
-                continue  # not what millrace-worker writes: no steps rather than wrong ones
-            if isinstance(steps, list) and all(isinstance(step, str) for step in steps):
-                return steps
     return None
 
 
@@ -97,8 +65,11 @@ def _condition(
     }
 
 
-def compute_status(df: dict[str, Any], pods: list[dict[str, Any]], now: str) -> dict[str, Any]:
-    """The ``.status`` a Dataflow should have, given its pods (of any template)."""
+def compute_status(
+    df: dict[str, Any], pods: list[dict[str, Any]], now: str, steps: tuple[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """The ``.status`` a Dataflow should have, given its pods (of any template) and the flow's
+    steps as a pod of the template ``steps[0]`` said them, if one did."""
     spec = parse_spec(df.get("spec"))
     previous = df.get("status") or {}
     generation = (df.get("metadata") or {}).get("generation")
@@ -157,11 +128,11 @@ def compute_status(df: dict[str, Any], pods: list[dict[str, Any]], now: str) -> 
     }
     # What the flow does, for `kubectl describe df`: kept while the pod template is the same
     # (a suspended flow has no pods to say it), dropped (a merge patch's null) when it changed.
-    steps = reported_steps(mine)
-    if steps is None and previous.get("templateHash") == current:
-        steps = previous.get("steps")
-    if steps is not None:
-        status["steps"] = steps
+    known = steps[1] if steps is not None and steps[0] == current else None
+    if known is None and previous.get("templateHash") == current:
+        known = previous.get("steps")
+    if known is not None:
+        status["steps"] = known
     elif previous.get("steps") is not None:
         status["steps"] = None
     if phase in ("Pending", "Running", *TERMINAL):

@@ -98,7 +98,6 @@ def test_each_process_gets_a_job_that_follows_the_contract(df):
             "prometheus.io/scrape": "true",
             "prometheus.io/port": "9102",
             "prometheus.io/path": "/metrics",
-            "kubectl.kubernetes.io/default-container": "worker",
         }
         assert manifests.template_hash_of(job) == digest
         (container,) = pod["containers"]
@@ -165,8 +164,9 @@ def test_only_the_dataflows_own_pods_reach_its_worker_port(df):
             "from": [{"podSelector": pods}],
             "ports": [{"protocol": "TCP", "port": df["spec"].get("port", 2101)}],
         },
-        # Prometheus scrapes from wherever it runs: the metrics port is open to any source.
-        {"ports": [{"protocol": "TCP", "port": 9102}]},
+        # Prometheus scrapes from wherever it runs, the operator asks the health port for the
+        # flow's steps: those two are open to any source.
+        {"ports": [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 9102}]},
     ]
     # The policy selects every process's pods.
     for job in manifests.jobs(df, suspend=False):
@@ -308,21 +308,6 @@ def test_the_metrics_port_steps_aside_for_a_cluster_port_of_9102(df):
     annotations = manifests.job(df, 0, suspend=False)["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == "9103"
     ingress = manifests.network_policy(df)["spec"]["ingress"]
-    assert [rule["ports"][0]["port"] for rule in ingress] == [9102, 9103]
+    assert [[port["port"] for port in rule["ports"]] for rule in ingress] == [[9102], [8080, 9103]]
     for child in _all_children(df):
         kubernetes_validate.validate(child, KUBERNETES, strict=True)
-
-
-def test_process_0s_pod_reports_the_flows_step_ids_from_an_init_container(df):
-    """The init container loads the flow as the worker does (same image, env, volumes, security)
-    and only process 0 has one: one report per flow."""
-    pod = _pod(df, 0)
-    (steps,) = pod["initContainers"]
-    (worker,) = pod["containers"]
-    assert steps["name"] == "steps"
-    assert steps["command"] == ["millrace-worker", "--steps"]
-    for key in ("image", "imagePullPolicy", "env", "volumeMounts", "securityContext", "terminationMessagePath"):
-        assert steps[key] == worker[key], key
-    assert "ports" not in steps and "readinessProbe" not in steps
-    for index in range(1, df["spec"]["processes"]):
-        assert "initContainers" not in _pod(df, index)

@@ -5,13 +5,17 @@ would."""
 from __future__ import annotations
 
 import asyncio
+import http.server
+import threading
 import urllib.request
+from typing import ClassVar
 
 import kubernetes
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from millrace_operator import handlers
+from millrace.readiness import Readiness
+from millrace_operator import handlers, manifests
 
 from .kopf_harness import (
     DATAFLOWS,
@@ -85,28 +89,67 @@ async def test_the_operator_serves_reconciles_and_dataflows_by_phase(cluster, me
     assert runner.exit_code == 0, runner.output
 
 
-async def test_the_step_ids_process_0_reports_reach_the_status(cluster):
-    """The kubelet's part: process 0's init container ``steps`` ended with the step ids in its
-    termination message; the operator copies them into ``status.steps``."""
+async def _give_pods_an_ip(cluster) -> None:
+    """The kubelet's part: the pods' IP, here this machine's, where the test's worker answers."""
+    core = as_test(kubernetes.client.CoreV1Api)
+    for name, found in pods_of(cluster).items():
+        status = {**found["status"], "podIP": "127.0.0.1"}
+        await asyncio.to_thread(core.patch_namespaced_pod, name, "jobs", {"status": status})
+
+
+async def test_the_steps_process_0s_worker_names_reach_the_status(cluster, monkeypatch):
+    """The operator asks process 0's Ready pod for ``GET /steps`` on its health port, answered
+    here by a real worker's readiness server, and writes them into ``status.steps``."""
+    worker = Readiness(state_dir=None, port=0)
+    worker.loaded(["lines", "map#1", "count"])
+    monkeypatch.setattr(manifests, "HEALTH_PORT", worker.port)
     cluster.objects[DATAFLOWS, "jobs", "wc"] = dataflow()
     login(str(cluster.url).rstrip("/"))
-    async with Operator(RUN) as runner:
-        await until(lambda: phase(cluster) == "Pending")
-        await play_kubelet(cluster, ready=True)
-        await until(lambda: phase(cluster) == "Running")
-        assert "steps" not in obj(cluster, DATAFLOWS, "wc")["status"]
-        (first,) = [p for p in pods_of(cluster).values() if p["metadata"]["labels"]["millrace.dev/process"] == "0"]
-        init = {
-            "name": "steps",
-            "restartCount": 0,
-            "image": "x",
-            "imageID": "",
-            "ready": False,
-            "state": {"terminated": {"exitCode": 0, "message": 'millrace: steps: ["lines", "count"]'}},
-        }
-        core = as_test(kubernetes.client.CoreV1Api)
-        status = {**first["status"], "initContainerStatuses": [init]}
-        await asyncio.to_thread(core.patch_namespaced_pod, first["metadata"]["name"], "jobs", {"status": status})
-        await until(lambda: obj(cluster, DATAFLOWS, "wc")["status"].get("steps") == ["lines", "count"])
-        assert phase(cluster) == "Running"
-    assert runner.exit_code == 0, runner.output
+    try:
+        async with Operator(RUN) as runner:
+            await until(lambda: phase(cluster) == "Pending" and len(pods_of(cluster)) == 0)
+            await play_kubelet(cluster, ready=True)
+            await _give_pods_an_ip(cluster)
+            await until(lambda: obj(cluster, DATAFLOWS, "wc")["status"].get("steps") == ["lines", "map#1", "count"])
+            assert phase(cluster) == "Running"
+        assert runner.exit_code == 0, runner.output
+    finally:
+        worker.close()
+
+
+class _OldWorker(http.server.BaseHTTPRequestHandler):
+    """A worker of an older millrace: no ``/steps`` (404)."""
+
+    asked: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.asked.append(self.path)
+        self.send_error(404)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+async def test_a_worker_without_steps_is_asked_once_and_the_status_has_none(cluster, monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OldWorker)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(manifests, "HEALTH_PORT", server.server_address[1])
+    cluster.objects[DATAFLOWS, "jobs", "wc"] = dataflow()
+    login(str(cluster.url).rstrip("/"))
+    try:
+        async with Operator(RUN) as runner:
+            await until(lambda: phase(cluster) == "Pending")
+            await play_kubelet(cluster, ready=True)
+            await _give_pods_an_ip(cluster)
+            await until(lambda: phase(cluster) == "Running" and _OldWorker.asked)
+            # The pods unready and Ready again: process 0's pod is not asked again.
+            await play_kubelet(cluster, ready=False)
+            await until(lambda: phase(cluster) == "Pending")
+            await play_kubelet(cluster, ready=True)
+            await until(lambda: phase(cluster) == "Running")
+            assert _OldWorker.asked == ["/steps"]
+            assert "steps" not in obj(cluster, DATAFLOWS, "wc")["status"]
+        assert runner.exit_code == 0, runner.output
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -405,13 +405,14 @@ def test_switching_from_code_to_a_module_deletes_the_flow_configmap():
 
 def _as_an_older_operator_made_them(api: FakeApi) -> None:
     """The Jobs and pods of the same spec, but with a pod template an older operator built (no
-    metrics port, no init container: no pod-template hash at all)."""
+    metrics port: no pod-template hash at all)."""
     for (kind, _, _), obj in api.objects.items():
         if kind in ("Job", "Pod"):
             obj["metadata"]["annotations"].pop(manifests.POD_TEMPLATE_HASH)
             if kind == "Job":
                 obj["spec"]["template"]["metadata"]["annotations"].pop(manifests.POD_TEMPLATE_HASH)
-                obj["spec"]["template"]["spec"].pop("initContainers", None)
+                (container,) = obj["spec"]["template"]["spec"]["containers"]
+                container["ports"] = [port for port in container["ports"] if port["name"] != "metrics"]
 
 
 def test_an_operator_upgrade_that_changes_the_pod_template_restarts_a_running_flow():
@@ -432,7 +433,8 @@ def test_an_operator_upgrade_that_changes_the_pod_template_restarts_a_running_fl
     settle(api, df)
     assert sorted(api.jobs()) == ["df-0", "df-1", "df-2"]
     assert all(manifests.pod_template_hash_of(job) for job in api.jobs().values())
-    assert "initContainers" in api.jobs()["df-0"]["spec"]["template"]["spec"]
+    (container,) = api.jobs()["df-0"]["spec"]["template"]["spec"]["containers"]
+    assert "metrics" in [port["name"] for port in container["ports"]]
 
 
 def test_an_operator_upgrade_leaves_a_finished_flow_as_it_ended():

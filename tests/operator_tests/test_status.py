@@ -139,57 +139,28 @@ def test_transition_times_move_only_on_change():
     assert ready["lastTransitionTime"] == LATER
 
 
-def _with_steps(p: dict, message: str, code: int = 0, waiting: str | None = None) -> dict:
-    """``p`` with the init container ``steps`` of process 0's pod, ended with ``message``."""
-    init = {"name": "steps", "restartCount": 0, "state": {"terminated": {"exitCode": code, "message": message}}}
-    if waiting:
-        init = {
-            "name": "steps",
-            "restartCount": 5,
-            "state": {"waiting": {"reason": waiting}},
-            "lastState": init["state"],
-        }
-    p["status"]["initContainerStatuses"] = [init]
-    return p
-
-
-def test_the_step_ids_come_from_process_0s_init_container():
+def test_the_step_ids_a_pod_of_the_current_template_said_are_written():
     df = dataflow()
-    st = status.compute_status(df, [pod(df, 1)], NOW)
-    assert "steps" not in st  # not reported yet: no key, nothing written
-    reported = _with_steps(pod(df, 0, ready=True), 'millrace: steps: ["lines", "count"]')
-    st = status.compute_status(df, [reported, pod(df, 1, ready=True)], NOW)
+    current = manifests.template_hash(parse_spec(df["spec"]))
+    st = status.compute_status(df, [pod(df, 0)], NOW)
+    assert "steps" not in st  # not known yet: no key, nothing written
+    st = status.compute_status(df, [pod(df, 0, ready=True), pod(df, 1, ready=True)], NOW, (current, ["lines", "count"]))
     assert st["phase"] == "Running" and st["steps"] == ["lines", "count"]
+    # Steps said by a pod of another template are not this flow's.
+    assert "steps" not in status.compute_status(df, [], NOW, ("another", ["x"]))
 
 
 def test_the_step_ids_stay_while_the_template_does_and_go_when_it_changes():
     df = dataflow()
-    df["status"] = status.compute_status(df, [_with_steps(pod(df, 0), 'millrace: steps: ["lines"]')], NOW)
+    current = manifests.template_hash(parse_spec(df["spec"]))
+    df["status"] = status.compute_status(df, [pod(df, 0)], NOW, (current, ["lines"]))
     # Suspended: no pods, the same template: the steps stay.
     suspended = {**dataflow(suspend=True), "status": df["status"]}
     st = status.compute_status(suspended, [], LATER)
     assert st["phase"] == "Suspended" and st["steps"] == ["lines"]
     # Another image is another pod template, maybe another flow: the old steps are removed (null).
     changed = {**dataflow(image="other:1"), "status": df["status"]}
-    assert status.compute_status(changed, [], LATER)["steps"] is None
+    assert status.compute_status(changed, [], LATER, (current, ["lines"]))["steps"] is None
     # And once removed, nothing more is written about them.
     changed["status"] = {**df["status"], **status.compute_status(changed, [], LATER)}
     assert "steps" not in status.compute_status(changed, [], LATER)
-
-
-def test_a_report_that_is_not_a_list_of_strings_is_no_steps():
-    df = dataflow()
-    for message in ("millrace: steps: [1, 2]", "millrace: steps: {", "millrace: completed"):
-        assert "steps" not in status.compute_status(df, [_with_steps(pod(df, 0), message)], NOW)
-
-
-def test_a_flow_that_cannot_load_fails_in_the_init_container():
-    """The init container loads the flow before the worker does: its failure is the flow's."""
-    df = dataflow()
-    broken = _with_steps(pod(df, 0), "millrace: failed: ModuleNotFoundError: No module named 'a'", code=1)
-    st = status.compute_status(df, [broken, pod(df, 1)], NOW)
-    assert st["phase"] == "Failed" and "ModuleNotFoundError" in st["message"]
-    # An init container that keeps crashing is a crash loop as the worker's would be.
-    looping = _with_steps(pod(df, 0), "millrace: failed: MemoryError: ", code=1, waiting="CrashLoopBackOff")
-    st = status.compute_status(df, [looping, pod(df, 1)], NOW)
-    assert st["phase"] == "Failed" and st["conditions"][2]["reason"] == "CrashLoop"

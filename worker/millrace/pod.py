@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import os
 import runpy
@@ -51,8 +50,6 @@ log = logging.getLogger("millrace.pod")
 COMPLETED = "millrace: completed"
 FAILED = "millrace: failed: "
 STOPPED = "millrace: stopped: "
-#: ``millrace-worker --steps`` (process 0's init container): the flow's step ids, a JSON list.
-STEPS = "millrace: steps: "
 # How long a process waits after its cluster broke before it forms it again: the peers that
 # noticed first have closed their sockets by then.
 _REFORM_PAUSE = 1.0
@@ -194,24 +191,6 @@ def step_ids(flow: Dataflow) -> list[str]:
     return ids
 
 
-def steps_message(ids: Sequence[str], limit: int = _MESSAGE_LIMIT) -> str:
-    """The termination message reporting ``ids``: ``millrace: steps:`` and a JSON list that
-    fits in ``limit`` characters; ids that do not fit are left off and the last entry says how
-    many.
-
-    >>> steps_message(["lines", "count"])
-    'millrace: steps: ["lines", "count"]'
-    >>> steps_message([f"step-{i}" for i in range(9)], limit=60)
-    'millrace: steps: ["step-0", "step-1", "... 7 more"]'
-    """
-    kept = list(ids)
-    message = STEPS + json.dumps(kept)
-    while len(message) > limit and kept:
-        kept.pop()
-        message = STEPS + json.dumps([*kept, f"... {len(ids) - len(kept)} more"])
-    return message
-
-
 def _peer_names(addresses: Sequence[str], timeout: float) -> None:
     """Wait, however long it takes, until every peer's name resolves; say who is missing every
     ``timeout`` seconds (a pod not yet scheduled, or a Job still replacing one)."""
@@ -266,6 +245,7 @@ def run(settings: PodSettings) -> None:
             "authenticated; only the hosts of the address list may connect"
         )
     readiness = Readiness(settings.state_dir, settings.health_port)
+    readiness.loaded(step_ids(flow))  # GET /steps: the operator reads them into status.steps
     attempt = 1
     while True:
         if len(settings.addresses) > 1:  # a single process has no peers to find
@@ -310,11 +290,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--flow", help="module:attribute of the flow (overrides MILLRACE_FLOW)")
     parser.add_argument("--flow-file", help="a Python file defining `flow` (overrides MILLRACE_FLOW_FILE)")
-    parser.add_argument(
-        "--steps",
-        action="store_true",
-        help="load the flow, write its step ids to the termination log for the operator, and exit",
-    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _stop_on_sigterm()
@@ -327,11 +302,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         termination_log = read(env, "MILLRACE_TERMINATION_LOG")
         settings = settings_from(env, socket.gethostname())
-        if args.steps:
-            ids = step_ids(load_flow(settings.flow_module, settings.flow_file))
-            _report(settings.termination_log, steps_message(ids))
-            log.info("the flow's step ids: %s", ", ".join(ids))
-            return 0
         marker = settings.state_dir / "completed" if settings.state_dir else None
         if marker is not None and marker.exists():
             log.info("this flow already completed here (%s); not running it again", marker)
