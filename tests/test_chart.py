@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from millrace_operator import manifests as operator_manifests
 from tests.support.helm import CHART, helm, render
 from tests.support.pod_security import restricted_violations
 
@@ -89,6 +90,9 @@ def test_values_yaml_validates_against_its_schema():
         ({"replicas": 2}, "replicas"),
         ({"operator": {"replicas": 0}}, "replicas"),
         ({"operator": {"peering": {"lifetimeSeconds": 1}}}, "lifetimeSeconds"),
+        ({"metrics": {"port": 80}}, "port"),
+        ({"metrics": {"podMonitor": {"enabled": "yes"}}}, "enabled"),
+        ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "interval"),
     ],
 )
 def test_helm_refuses_bad_values_naming_the_field(values, named, tmp_path):
@@ -221,3 +225,78 @@ def test_one_replica_has_no_peering():
     assert not [m for m in manifests if m["kind"] in ("KopfPeering", "ClusterKopfPeering")]
     rules = [r for m in manifests if m["kind"] == "ClusterRole" for r in m["rules"]]
     assert not [r for r in rules if "kopf.dev" in r["apiGroups"]]
+
+
+MONITORS = ("ServiceMonitor", "PodMonitor")
+WITH_PROMETHEUS_OPERATOR = ("--api-versions", "monitoring.coreos.com/v1")
+
+
+def test_the_operator_serves_metrics_with_scrape_annotations(install):
+    values, manifests = install
+    deployment = _one(manifests, "Deployment")
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    assert {"name": "metrics", "containerPort": 9101, "protocol": "TCP"} in container["ports"]
+    assert "--metrics-port=9101" in container["args"]
+    annotations = template["metadata"]["annotations"]
+    assert {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")} == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9101",
+        "prometheus.io/path": "/metrics",
+    }
+    # The user's pod annotations are kept beside them.
+    assert values.get("podAnnotations", {}).items() <= annotations.items()
+    # No monitors by default: they need the Prometheus Operator.
+    assert not [m for m in manifests if m["kind"] in MONITORS]
+    assert not [m for m in manifests if m["kind"] == "Service"]
+
+
+@pytest.mark.parametrize("monitor", ["serviceMonitor", "podMonitor"])
+def test_a_monitor_without_the_prometheus_operators_crds_fails_saying_so(monitor, tmp_path):
+    file = tmp_path / "values.yaml"
+    file.write_text(yaml.safe_dump({"metrics": {monitor: {"enabled": True}}}))
+    done = helm("template", "x", str(CHART), "--values", str(file), check=False)
+    assert done.returncode != 0
+    assert "need the Prometheus Operator's CRDs (monitoring.coreos.com/v1)" in done.stderr, done.stderr
+    # With them, the same values install.
+    helm("template", "x", str(CHART), "--values", str(file), *WITH_PROMETHEUS_OPERATOR)
+
+
+def test_with_the_prometheus_operator_the_monitors_scrape_the_operator_and_the_workers():
+    values = {
+        "watchNamespaces": ["jobs", "etl"],
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}},
+            "podMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        },
+    }
+    manifests = render(values, extra=WITH_PROMETHEUS_OPERATOR)
+    deployment = _one(manifests, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    # The Service finds the operator's pods and their port named metrics; the ServiceMonitor
+    # finds the Service.
+    service = _one(manifests, "Service")
+    kubernetes_validate.validate(service, KUBERNETES, strict=True)
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9101, "targetPort": "metrics", "protocol": "TCP"}]
+    service_monitor = _one(manifests, "ServiceMonitor")
+    assert service_monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert service_monitor["metadata"]["labels"]["release"] == "prom"
+    assert service_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert service_monitor["spec"]["namespaceSelector"] == {"matchNames": ["millrace-system"]}
+    assert service_monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    # The PodMonitor finds the workers as the operator labels them, where the operator runs
+    # Dataflows, and not the operator itself.
+    pod_monitor = _one(manifests, "PodMonitor")
+    assert pod_monitor["metadata"]["labels"]["release"] == "prom"
+    selector = pod_monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= operator_manifests.labels("wc").items()
+    assert not selector.items() <= pod_labels.items()
+    assert pod_monitor["spec"]["namespaceSelector"] == {"matchNames": ["jobs", "etl"]}
+    (endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics" and endpoint["interval"] == "30s"
+    assert {r["targetLabel"] for r in endpoint["relabelings"]} == {"dataflow", "process"}
+    # Cluster-wide, the workers are found in every namespace.
+    cluster_wide = render({"metrics": {"podMonitor": {"enabled": True}}}, extra=WITH_PROMETHEUS_OPERATOR)
+    assert _one(cluster_wide, "PodMonitor")["spec"]["namespaceSelector"] == {"any": True}
+    assert not [m for m in cluster_wide if m["kind"] in ("ServiceMonitor", "Service")]

@@ -57,6 +57,27 @@ def test_a_flow_that_cannot_load_is_reported_to_the_operator(tmp_path, monkeypat
     assert log.read_text().startswith("millrace: failed: ModuleNotFoundError: No module named 'no_such_module_here'")
 
 
+STEPS_FLOW = """
+from millrace.dataflow import Dataflow
+from millrace.inputs import TestingInputConfig
+from millrace.outputs import StdOutputConfig
+
+flow = Dataflow()
+flow.input("lines", TestingInputConfig(["a b"]))
+flow.flat_map(str.split)
+flow.map(lambda word: (word, 1))
+flow.reduce("count", lambda a, b: a + b, lambda total: total > 9)
+flow.capture(StdOutputConfig())
+"""
+
+
+def test_step_ids_name_every_step_as_the_metrics_step_id_label_does(tmp_path):
+    flow_file = tmp_path / "flow.py"
+    flow_file.write_text(STEPS_FLOW)
+    flow = pod.load_flow(None, flow_file)
+    assert pod.step_ids(flow) == ["lines", "flat_map#1", "map#2", "count", "capture#4"]
+
+
 def test_a_file_without_a_flow_is_named(tmp_path):
     flow_file = tmp_path / "flow.py"
     flow_file.write_text("x = 1\n")
@@ -99,9 +120,11 @@ def _probe(port: int) -> int | None:
 def test_sigterm_stops_the_pod_promptly_and_says_so(tmp_path, procs):
     """What the kubelet does on a pod deletion: SIGTERM to PID 1. The worker stops at once
     (no 30 s grace period spent computing), reports it, and is no longer ready."""
+    import json
     import signal
     import socket
     import time
+    import urllib.request
 
     flow_file = tmp_path / "flow.py"
     flow_file.write_text(ENDLESS_FLOW)
@@ -128,6 +151,9 @@ def test_sigterm_stops_the_pod_promptly_and_says_so(tmp_path, procs):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     assert (state / readiness.READY_FILE).exists()
+    # The operator asks the same port for the flow's steps (status.steps).
+    with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/steps", timeout=5) as answer:
+        assert json.load(answer) == ["ticks", "capture#1"]
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr

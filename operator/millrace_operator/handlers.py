@@ -22,14 +22,17 @@ import copy
 import dataclasses
 import datetime
 import logging
+import time
 from typing import Any, cast
 
 import kopf
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from . import steps
 from .kube import Kube
 from .manifests import DATAFLOW_LABEL
+from .metrics import OperatorMetrics
 from .observed import Memory, Observed
 from .reconcile import reconcile
 from .spec import SpecError
@@ -69,6 +72,10 @@ class Flow:
     #: The status as this operator last wrote it (or found it, on start).
     status: dict[str, Any] | None = None
     reconciles: int = 0
+    #: The flow's steps, with the pod template they are for, as a pod said them (:mod:`.steps`).
+    steps: tuple[str, list[str]] | None = None
+    #: How often each pod (by uid) was asked for them without an answer.
+    asked: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 # Entries go with their Dataflow (a DELETED event), so the table holds only what exists.
@@ -77,6 +84,18 @@ _flows: dict[Key, Flow] = {}
 
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _phases() -> list[str | None]:
+    # Called from the metrics server's thread: a copy of the table, taken at once.
+    return [(flow.status or {}).get("phase") for flow in list(_flows.values())]
+
+
+#: The operator's metrics (:mod:`.metrics`).
+METRICS = OperatorMetrics(_phases)
+#: Where they are served (0: any free port), ``None``: not at all; ``millrace-operator`` sets
+#: it from ``--metrics-port``.
+metrics_port: int | None = None
 
 
 def _flow(key: Key) -> Flow:
@@ -95,6 +114,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = True
     # A new operator (a test runs several in one process) starts from nothing.
     _flows.clear()
+    if metrics_port is not None:
+        port = METRICS.serve(metrics_port)
+        log.info("serving the operator's metrics on port %d at /metrics", port)
+
+
+@kopf.on.cleanup()
+def stop_metrics(**_: Any) -> None:
+    METRICS.stop()
 
 
 def _announce(body: Manifest, old: Manifest, new: Manifest) -> None:
@@ -127,6 +154,34 @@ def _changed(new: Manifest, old: Manifest | None) -> bool:
     return new != {k: v for k, v in (old or {}).items() if k in new}
 
 
+def learn_steps(flow: Flow, body: Manifest, pods: list[Manifest]) -> bool:
+    """Ask process 0's pod for the flow's steps if they are not known for its pod template yet
+    (:mod:`.steps`); whether to ask again later. Runs in a thread: the request blocks."""
+    try:
+        source = steps.source(body, pods)
+    except SpecError:
+        return False
+    if source is None or (flow.steps is not None and flow.steps[0] == source.template):
+        return False
+    written = flow.status or {}
+    if written.get("templateHash") == source.template and written.get("steps") is not None:
+        return False  # known already (an operator that took over finds them in the status)
+    tries = flow.asked.get(source.pod_uid, 0)
+    if tries >= steps.TRIES:
+        return False
+    flow.asked = {source.pod_uid: tries + 1}  # only the current pod's count is worth keeping
+    try:
+        found = steps.fetch(source.url)
+    except OSError as exc:
+        log.info("asking %s for the flow's steps: %s", source.url, exc)
+        return tries + 1 < steps.TRIES
+    if found is None:
+        flow.asked[source.pod_uid] = steps.TRIES  # it has none to give: not worth asking again
+    else:
+        flow.steps = (source.template, found)
+    return False
+
+
 def reconcile_once(flow: Flow, body: Manifest, seen: dict[str, list[Manifest]]) -> Manifest | None:
     """Bring the children to ``body``'s spec; the status to write, or ``None`` if unchanged.
     Runs in a thread: the kubernetes client blocks."""
@@ -135,10 +190,13 @@ def reconcile_once(flow: Flow, body: Manifest, seen: dict[str, list[Manifest]]) 
         "spec": dict(body.get("spec") or {}),
         "status": dict(flow.status or {}),
     }
+    observed = Observed(Kube(), seen, flow.memory)
     try:
-        status = reconcile(Observed(Kube(), seen, flow.memory), df, now())
+        status = reconcile(observed, df, now(), flow.steps)
     except SpecError as exc:
         status = _invalid(df, exc)
+    finally:
+        METRICS.api_writes.inc(observed.writes)
     return status if _changed(status, flow.status) else None
 
 
@@ -219,19 +277,27 @@ async def run_dataflow(
         latest = next(iter(index.get(key, ())), None)
         if latest is None or latest["metadata"].get("deletionTimestamp"):
             continue  # being deleted: the garbage collector takes its children
+        started = time.perf_counter()
         try:
-            status = await asyncio.to_thread(reconcile_once, flow, latest, _seen(key, kwargs))
+            seen = _seen(key, kwargs)
+            if await asyncio.to_thread(learn_steps, flow, latest, seen["Pod"]):
+                _retry(flow)
+            started = time.perf_counter()  # the reconcile's own time, without the question
+            status = await asyncio.to_thread(reconcile_once, flow, latest, seen)
             flow.reconciles += 1
             if status is not None:
                 await asyncio.to_thread(write_status, key[0], key[1], status)
                 _announce(latest, flow.status or {}, status)
                 flow.status = {**(flow.status or {}), **status}
+            METRICS.reconciled("unchanged" if status is None else "changed", time.perf_counter() - started)
         except ApiException as exc:
             if exc.status == 404:
                 continue  # the Dataflow went meanwhile
+            METRICS.reconciled("error", time.perf_counter() - started, exc)
             log.warning("reconciling %s/%s: %s %s; trying again", *key, exc.status, exc.reason)
             _retry(flow)
-        except Exception:
+        except Exception as exc:
+            METRICS.reconciled("error", time.perf_counter() - started, exc)
             log.exception("reconciling %s/%s failed; trying again", *key)
             _retry(flow)
 

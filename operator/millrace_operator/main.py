@@ -9,12 +9,21 @@ import time
 import kopf
 import kubernetes
 
+from .metrics import METRICS_PORT
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="millrace-operator", description=__doc__)
     parser.add_argument("--namespace", action="append", default=[], help="watch only these namespaces (default: all)")
     parser.add_argument("--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=METRICS_PORT,
+        metavar="PORT",
+        help=f"serve the operator's Prometheus metrics at /metrics on this port (default {METRICS_PORT}; -1: off)",
+    )
     parser.add_argument(
         "--peering",
         metavar="NAME",
@@ -28,13 +37,17 @@ def main(argv: list[str] | None = None) -> int:
         help="with --peering: how long an operator that stopped renewing its record counts as alive",
     )
     args = parser.parse_args(argv)
+    if not -1 <= args.metrics_port <= 65535:
+        parser.error(f"--metrics-port must be a port (0-65535) or -1 (off), not {args.metrics_port}")
     if args.peering_lifetime < 5:
         parser.error(f"--peering-lifetime must be at least 5 seconds, not {args.peering_lifetime}")
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
-    from . import handlers  # noqa: F401 - registers the handlers
+    from . import handlers  # registers the handlers
+
+    handlers.metrics_port = None if args.metrics_port == -1 else args.metrics_port
 
     kopf.configure(verbose=args.verbose)
     settings = kopf.OperatorSettings()

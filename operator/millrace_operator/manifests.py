@@ -27,10 +27,19 @@ Manifest = dict[str, Any]
 
 API_VERSION = "millrace.dev/v1alpha1"
 TEMPLATE_HASH = "millrace.dev/template-hash"
+#: A hash of the pod template as this operator builds it: it changes with the operator's code
+#: too (an upgrade that adds a port, a variable...), which Kubernetes cannot apply to a Job
+#: (its pod template is immutable), so the operator restarts the flow's pods instead.
+POD_TEMPLATE_HASH = "millrace.dev/pod-template-hash"
 DATAFLOW_LABEL = "millrace.dev/dataflow"
 PROCESS_LABEL = "millrace.dev/process"
 HEALTH_PORT = 8080  # the readiness endpoint, unless the flow took it for its cluster port
 READY_PATH = "/ready"
+METRICS_PORT = 9102  # Prometheus' /metrics of every worker, unless the flow took it for its cluster port
+METRICS_PATH = "/metrics"
+#: The scrape annotations Prometheus' Kubernetes service discovery reads (by convention).
+SCRAPE_ANNOTATIONS = ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path")
+STEPS_PATH = "/steps"  # the flow's steps, a JSON list, on the health port (status.steps)
 FLOW_DIR = "/etc/millrace/flow"
 SECRET_DIR = "/etc/millrace/secret"
 STATE_DIR = "/var/run/millrace"
@@ -94,13 +103,17 @@ def secret_name(name: str) -> str:
     return f"{name}-cluster-key"
 
 
+def _digest(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 def template_hash(spec: DataflowSpec) -> str:
     """What must restart every pod together when it changes: anything in the pod template, the
     process count (it is in every pod's address list) and the restart nonce. Not ``suspend``."""
     restart_relevant = asdict(spec)
     restart_relevant.pop("suspend")
-    canonical = json.dumps(restart_relevant, sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return _digest(restart_relevant)
 
 
 def service(df: Manifest) -> Manifest:
@@ -147,10 +160,11 @@ def cluster_secret(df: Manifest, key: str) -> Manifest:
 
 
 def network_policy(df: Manifest) -> Manifest:
-    """Ingress to the Dataflow's pods: its worker port, from its own pods, nothing else.
+    """Ingress to the Dataflow's pods: its worker port from its own pods; from anywhere, the
+    metrics port (Prometheus runs wherever its owner put it) and the health port (the kubelet's
+    probe, and the operator asking for the flow's steps); nothing else.
 
-    Workers serve nothing but cluster traffic, so every other ingress is denied; egress is left
-    alone (flows read and write wherever their code says)."""
+    Egress is left alone (flows read and write wherever their code says)."""
     name, _ = _meta(df)
     spec = parse_spec(df.get("spec"))
     return {
@@ -164,7 +178,13 @@ def network_policy(df: Manifest) -> Manifest:
                 {
                     "from": [{"podSelector": {"matchLabels": selector(name)}}],
                     "ports": [{"protocol": "TCP", "port": spec.port}],
-                }
+                },
+                {
+                    "ports": [
+                        {"protocol": "TCP", "port": health_port(spec)},
+                        {"protocol": "TCP", "port": metrics_port(spec)},
+                    ]
+                },
             ],
         },
     }
@@ -174,6 +194,17 @@ def health_port(spec: DataflowSpec) -> int:
     """Where the worker answers the readiness probe: :data:`HEALTH_PORT`, or the next port
     when the Dataflow chose that one for its cluster traffic."""
     return HEALTH_PORT if spec.port != HEALTH_PORT else HEALTH_PORT + 1
+
+
+def metrics_port(spec: DataflowSpec) -> int:
+    """Where the worker serves Prometheus metrics: :data:`METRICS_PORT`, or the next port when
+    the Dataflow chose that one for its cluster traffic (as :func:`health_port` steps aside)."""
+    return METRICS_PORT if spec.port != METRICS_PORT else METRICS_PORT + 1
+
+
+def scrape_annotations(spec: DataflowSpec) -> dict[str, str]:
+    """What tells a Prometheus with Kubernetes pod discovery to scrape the worker pods."""
+    return dict(zip(SCRAPE_ANNOTATIONS, ("true", str(metrics_port(spec)), METRICS_PATH), strict=True))
 
 
 def _field(path: str) -> dict[str, Any]:
@@ -195,6 +226,7 @@ def _env(df: Manifest, spec: DataflowSpec, index: int) -> list[dict[str, Any]]:
         {"name": "MILLRACE_CLUSTER_SECRET_FILE", "value": f"{SECRET_DIR}/key"},
         {"name": "MILLRACE_STATE_DIR", "value": STATE_DIR},
         {"name": "MILLRACE_HEALTH_PORT", "value": str(health_port(spec))},
+        {"name": "MILLRACE_METRICS_PORT", "value": str(metrics_port(spec))},
         {"name": "MILLRACE_CLUSTER_ID", "value": f"{name}-{template_hash(spec)}"},
     ]
     if spec.code is not None:
@@ -258,6 +290,7 @@ def job(df: Manifest, index: int, *, suspend: bool) -> Manifest:
         "ports": [
             {"name": "cluster", "containerPort": spec.port, "protocol": "TCP"},
             {"name": "health", "containerPort": health_port(spec), "protocol": "TCP"},
+            {"name": "metrics", "containerPort": metrics_port(spec), "protocol": "TCP"},
         ],
         "volumeMounts": mounts,
         # Ready means "in a formed cluster": the worker answers GET /ready with 200 only while it
@@ -280,9 +313,31 @@ def job(df: Manifest, index: int, *, suspend: bool) -> Manifest:
         container["resources"] = spec.resources
     pod_labels = {**labels(name), PROCESS_LABEL: str(index)}
     annotations = {TEMPLATE_HASH: template_hash(spec)}
+    pod_annotations = {**annotations, **scrape_annotations(spec)}
+    template: Manifest = {
+        "metadata": {"labels": pod_labels, "annotations": pod_annotations},
+        "spec": {
+            "restartPolicy": "OnFailure",
+            "hostname": job_name(name, index),
+            "subdomain": name,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": RUN_AS,
+                "runAsGroup": RUN_AS,
+                "fsGroup": RUN_AS,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [container],
+            "volumes": volumes,
+        },
+    }
+    built = _digest(template)
+    pod_annotations[POD_TEMPLATE_HASH] = built
     meta = _child_meta(df, job_name(name, index))
     meta["labels"] = dict(pod_labels)
-    meta["annotations"] = dict(annotations)
+    meta["annotations"] = {**annotations, POD_TEMPLATE_HASH: built}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -297,25 +352,7 @@ def job(df: Manifest, index: int, *, suspend: bool) -> Manifest:
             # A replacement pod only once the old one has ended: never two processes with one
             # process id, and the name N-i points at one pod.
             "podReplacementPolicy": "Failed",
-            "template": {
-                "metadata": {"labels": pod_labels, "annotations": annotations},
-                "spec": {
-                    "restartPolicy": "OnFailure",
-                    "hostname": job_name(name, index),
-                    "subdomain": name,
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS,
-                        "runAsGroup": RUN_AS,
-                        "fsGroup": RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [container],
-                    "volumes": volumes,
-                },
-            },
+            "template": template,
         },
     }
 
@@ -347,3 +384,8 @@ def jobs(df: Manifest, *, suspend: bool) -> list[Manifest]:
 def template_hash_of(obj: Manifest) -> str | None:
     """The template hash a Job or pod was made for."""
     return ((obj.get("metadata") or {}).get("annotations") or {}).get(TEMPLATE_HASH)
+
+
+def pod_template_hash_of(obj: Manifest) -> str | None:
+    """The :data:`POD_TEMPLATE_HASH` of a Job or pod (``None``: made by an operator before it)."""
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(POD_TEMPLATE_HASH)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from . import manifests, volumes
 from .spec import parse_spec
-from .status import compute_status, volume_size_condition
+from .status import TERMINAL, compute_status, volume_size_condition
 
 Manifest = dict[str, Any]
 
@@ -48,8 +48,9 @@ def _name(obj: Manifest) -> str:
     return str(obj["metadata"]["name"])
 
 
-def reconcile(api: Api, df: Manifest, now: str) -> Manifest:
-    """Make the children match ``df``; return the status ``df`` should have."""
+def reconcile(api: Api, df: Manifest, now: str, steps: tuple[str, list[str]] | None = None) -> Manifest:
+    """Make the children match ``df``; return the status ``df`` should have (with ``steps``, the
+    flow's steps as a pod of the template ``steps[0]`` said them: see :mod:`.steps`)."""
     name, namespace = df["metadata"]["name"], df["metadata"].get("namespace", "default")
     spec = parse_spec(df.get("spec"))
     for child in manifests.children(df, _cluster_key(api, df)):
@@ -59,18 +60,29 @@ def reconcile(api: Api, df: Manifest, now: str) -> Manifest:
             api.delete(kind, namespace, child_name)
     selector = manifests.selector(name)
     pods = api.list("Pod", namespace, selector)
-    status = compute_status(df, pods, now)
+    status = compute_status(df, pods, now, steps)
     current = manifests.template_hash(spec)
-    wanted = {manifests.job_name(name, i) for i in range(spec.processes)}
+    # The pod template each process's Job gets from this operator, by Job name and process.
+    built = {_name(job): manifests.pod_template_hash_of(job) for job in manifests.jobs(df, suspend=False)}
+    finished = status["phase"] in TERMINAL
+
+    def outdated_template(obj: Manifest, job: str) -> bool:
+        """Made for another spec; or, but for a finished flow (left as it ended), by an operator
+        that built another pod template from the same spec (an upgrade): a Job's pod template
+        cannot change, its pods must be replaced."""
+        if manifests.template_hash_of(obj) != current:
+            return True
+        return not finished and manifests.pod_template_hash_of(obj) != built.get(job)
+
     outdated = [
         job
         for job in api.list("Job", namespace, selector)
-        if manifests.template_hash_of(job) != current or _name(job) not in wanted
+        if _name(job) not in built or outdated_template(job, _name(job))
     ]
     for job in outdated:
         if not job["metadata"].get("deletionTimestamp"):
             api.delete("Job", namespace, _name(job))
-    leftover = [pod for pod in pods if manifests.template_hash_of(pod) != current]
+    leftover = [pod for pod in pods if outdated_template(pod, _job_of(name, pod))]
     if outdated or leftover:
         status["message"] = f"restarting: waiting for {len(leftover)} pods of the previous pod template to stop"
         return status
@@ -84,9 +96,18 @@ def reconcile(api: Api, df: Manifest, now: str) -> Manifest:
         for claim in api.list("PersistentVolumeClaim", namespace, selector):
             api.delete("PersistentVolumeClaim", namespace, _name(claim))
     suspend = spec.suspend or status["phase"] == "Failed"
+    existing = {_name(job): job for job in api.list("Job", namespace, selector)}
     for job in manifests.jobs(df, suspend=suspend):
+        found = existing.get(_name(job))
+        if found is not None and manifests.pod_template_hash_of(found) != built[_name(job)]:
+            continue  # a finished flow's Job from an older operator: its pod template is immutable
         api.apply(job)
     return status
+
+
+def _job_of(name: str, pod: Manifest) -> str:
+    """The name of the Job of ``pod``'s process."""
+    return manifests.job_name(name, int((pod["metadata"].get("labels") or {}).get(manifests.PROCESS_LABEL, -1)))
 
 
 def _claims(api: Api, df: Manifest, namespace: str, selector: dict[str, str]) -> tuple[str, str] | str | None:

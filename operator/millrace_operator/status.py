@@ -65,8 +65,11 @@ def _condition(
     }
 
 
-def compute_status(df: dict[str, Any], pods: list[dict[str, Any]], now: str) -> dict[str, Any]:
-    """The ``.status`` a Dataflow should have, given its pods (of any template)."""
+def compute_status(
+    df: dict[str, Any], pods: list[dict[str, Any]], now: str, steps: tuple[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """The ``.status`` a Dataflow should have, given its pods (of any template) and the flow's
+    steps as a pod of the template ``steps[0]`` said them, if one did."""
     spec = parse_spec(df.get("spec"))
     previous = df.get("status") or {}
     generation = (df.get("metadata") or {}).get("generation")
@@ -123,6 +126,15 @@ def compute_status(df: dict[str, Any], pods: list[dict[str, Any]], now: str) -> 
             _condition(conditions, "Failed", phase == "Failed", reason, message, generation, now),
         ],
     }
+    # What the flow does, for `kubectl describe df`: kept while the pod template is the same
+    # (a suspended flow has no pods to say it), dropped (a merge patch's null) when it changed.
+    known = steps[1] if steps is not None and steps[0] == current else None
+    if known is None and previous.get("templateHash") == current:
+        known = previous.get("steps")
+    if known is not None:
+        status["steps"] = known
+    elif previous.get("steps") is not None:
+        status["steps"] = None
     if phase in ("Pending", "Running", *TERMINAL):
         status["startTime"] = previous.get("startTime") or now
     if phase in TERMINAL:

@@ -33,8 +33,13 @@ def test_the_crd_has_the_contracts_names_columns_and_status():
         "Phase": ".status.phase",
         "Processes": ".spec.processes",
         "Ready": ".status.readyProcesses",
+        "Steps": ".status.steps",
         "Age": ".metadata.creationTimestamp",
     }
+    # The step ids are for `kubectl get df -o wide` (and `describe`), not the short listing.
+    assert {c["name"]: c.get("priority", 0) for c in version["additionalPrinterColumns"]}["Steps"] == 1
+    steps = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["steps"]
+    assert steps["type"] == "array" and steps["items"] == {"type": "string"}
 
 
 def _untyped(schema: dict[str, Any], path: str) -> list[str]:

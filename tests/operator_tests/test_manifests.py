@@ -87,15 +87,27 @@ def test_each_process_gets_a_job_that_follows_the_contract(df):
         assert job["metadata"]["labels"]["millrace.dev/process"] == str(index)
         # The template hash on the Job and on its pods: a change of it restarts every process.
         digest = manifests.template_hash(parse_spec(df["spec"]))
-        assert job["metadata"]["annotations"] == {manifests.TEMPLATE_HASH: digest}
-        assert template["metadata"]["annotations"] == {manifests.TEMPLATE_HASH: digest}
+        # And the hash of the pod template as built, which changes with the operator's code too.
+        built = manifests.pod_template_hash_of(job)
+        assert built and manifests.pod_template_hash_of({"metadata": template["metadata"]}) == built
+        assert job["metadata"]["annotations"] == {manifests.TEMPLATE_HASH: digest, manifests.POD_TEMPLATE_HASH: built}
+        assert template["metadata"]["annotations"] == {
+            manifests.TEMPLATE_HASH: digest,
+            manifests.POD_TEMPLATE_HASH: built,
+            # Prometheus' pod discovery scrapes every worker's metrics.
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": "9102",
+            "prometheus.io/path": "/metrics",
+        }
         assert manifests.template_hash_of(job) == digest
         (container,) = pod["containers"]
         assert container["command"] == ["millrace-worker"]
         # Ready means "in a formed cluster": the worker answers GET /ready with 200 only while it is.
         assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "health"}
         assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+        assert {"name": "metrics", "containerPort": 9102, "protocol": "TCP"} in container["ports"]
         env = _env(df, index)
+        assert env["MILLRACE_METRICS_PORT"] == "9102"
         assert env["MILLRACE_POD_INDEX"] == str(index)
         assert env["MILLRACE_STATE_DIR"] == manifests.STATE_DIR
         assert env["MILLRACE_HEALTH_PORT"] == "8080"
@@ -151,7 +163,10 @@ def test_only_the_dataflows_own_pods_reach_its_worker_port(df):
         {
             "from": [{"podSelector": pods}],
             "ports": [{"protocol": "TCP", "port": df["spec"].get("port", 2101)}],
-        }
+        },
+        # Prometheus scrapes from wherever it runs, the operator asks the health port for the
+        # flow's steps: those two are open to any source.
+        {"ports": [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 9102}]},
     ]
     # The policy selects every process's pods.
     for job in manifests.jobs(df, suspend=False):
@@ -269,7 +284,30 @@ def test_the_readiness_port_steps_aside_for_a_cluster_port_of_8080(df):
     df = copy.deepcopy(df)
     df["spec"]["port"] = 8080
     (container,) = _pod(df)["containers"]
-    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("cluster", 8080), ("health", 8081)]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+        ("cluster", 8080),
+        ("health", 8081),
+        ("metrics", 9102),
+    ]
     assert _env(df)["MILLRACE_HEALTH_PORT"] == "8081"
+    for child in _all_children(df):
+        kubernetes_validate.validate(child, KUBERNETES, strict=True)
+
+
+def test_the_metrics_port_steps_aside_for_a_cluster_port_of_9102(df):
+    df = copy.deepcopy(df)
+    df["spec"]["port"] = 9102
+    pod = _pod(df)
+    (container,) = pod["containers"]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+        ("cluster", 9102),
+        ("health", 8080),
+        ("metrics", 9103),
+    ]
+    assert _env(df)["MILLRACE_METRICS_PORT"] == "9103"
+    annotations = manifests.job(df, 0, suspend=False)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == "9103"
+    ingress = manifests.network_policy(df)["spec"]["ingress"]
+    assert [[port["port"] for port in rule["ports"]] for rule in ingress] == [[9102], [8080, 9103]]
     for child in _all_children(df):
         kubernetes_validate.validate(child, KUBERNETES, strict=True)

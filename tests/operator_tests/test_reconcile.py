@@ -401,3 +401,53 @@ def test_switching_from_code_to_a_module_deletes_the_flow_configmap():
     df["spec"]["flow"] = {"code": "flow = 2"}
     reconcile(api, df, NOW)
     assert api.objects[("ConfigMap", "ns", "df-flow")]["data"] == {"flow.py": "flow = 2"}
+
+
+def _as_an_older_operator_made_them(api: FakeApi) -> None:
+    """The Jobs and pods of the same spec, but with a pod template an older operator built (no
+    metrics port: no pod-template hash at all)."""
+    for (kind, _, _), obj in api.objects.items():
+        if kind in ("Job", "Pod"):
+            obj["metadata"]["annotations"].pop(manifests.POD_TEMPLATE_HASH)
+            if kind == "Job":
+                obj["spec"]["template"]["metadata"]["annotations"].pop(manifests.POD_TEMPLATE_HASH)
+                (container,) = obj["spec"]["template"]["spec"]["containers"]
+                container["ports"] = [port for port in container["ports"] if port["name"] != "metrics"]
+
+
+def test_an_operator_upgrade_that_changes_the_pod_template_restarts_a_running_flow():
+    """A Job's pod template is immutable: a Job from an older operator is replaced, once its
+    pods are gone, rather than applied (which the API server refuses) again and again."""
+    api, df = FakeApi(), dataflow()
+    reconcile(api, df, NOW)
+    api.run_pods()
+    df["status"] = reconcile(api, df, NOW)
+    assert df["status"]["phase"] == "Running"
+    _as_an_older_operator_made_them(api)
+    api.calls.clear()
+    status = reconcile(api, df, NOW)
+    assert all(job["metadata"].get("deletionTimestamp") for job in api.jobs().values())
+    assert status["message"] == "restarting: waiting for 3 pods of the previous pod template to stop"
+    assert not [call for call in api.calls if call[:2] == ("apply", "Job")]
+    api.collect()
+    settle(api, df)
+    assert sorted(api.jobs()) == ["df-0", "df-1", "df-2"]
+    assert all(manifests.pod_template_hash_of(job) for job in api.jobs().values())
+    (container,) = api.jobs()["df-0"]["spec"]["template"]["spec"]["containers"]
+    assert "metrics" in [port["name"] for port in container["ports"]]
+
+
+def test_an_operator_upgrade_leaves_a_finished_flow_as_it_ended():
+    api, df = FakeApi(), dataflow()
+    reconcile(api, df, NOW)
+    api.run_pods(ready=False, terminated=(0, "millrace: completed"))
+    df["status"] = reconcile(api, df, NOW)
+    assert df["status"]["phase"] == "Succeeded"
+    _as_an_older_operator_made_them(api)
+    jobs = copy.deepcopy(api.jobs())
+    api.calls.clear()
+    df["status"] = reconcile(api, df, NOW)
+    # Not run again, its pods and logs kept, its Jobs neither deleted nor applied (immutable).
+    assert df["status"]["phase"] == "Succeeded"
+    assert api.jobs() == jobs and len(api.pods()) == 3
+    assert not [call for call in api.calls if call[1] in ("Job", "Pod")]

@@ -137,3 +137,30 @@ def test_transition_times_move_only_on_change():
     running = status.compute_status(df, [pod(df, i, ready=True) for i in range(2)], LATER)
     ready = next(c for c in running["conditions"] if c["type"] == "Ready")
     assert ready["lastTransitionTime"] == LATER
+
+
+def test_the_step_ids_a_pod_of_the_current_template_said_are_written():
+    df = dataflow()
+    current = manifests.template_hash(parse_spec(df["spec"]))
+    st = status.compute_status(df, [pod(df, 0)], NOW)
+    assert "steps" not in st  # not known yet: no key, nothing written
+    st = status.compute_status(df, [pod(df, 0, ready=True), pod(df, 1, ready=True)], NOW, (current, ["lines", "count"]))
+    assert st["phase"] == "Running" and st["steps"] == ["lines", "count"]
+    # Steps said by a pod of another template are not this flow's.
+    assert "steps" not in status.compute_status(df, [], NOW, ("another", ["x"]))
+
+
+def test_the_step_ids_stay_while_the_template_does_and_go_when_it_changes():
+    df = dataflow()
+    current = manifests.template_hash(parse_spec(df["spec"]))
+    df["status"] = status.compute_status(df, [pod(df, 0)], NOW, (current, ["lines"]))
+    # Suspended: no pods, the same template: the steps stay.
+    suspended = {**dataflow(suspend=True), "status": df["status"]}
+    st = status.compute_status(suspended, [], LATER)
+    assert st["phase"] == "Suspended" and st["steps"] == ["lines"]
+    # Another image is another pod template, maybe another flow: the old steps are removed (null).
+    changed = {**dataflow(image="other:1"), "status": df["status"]}
+    assert status.compute_status(changed, [], LATER, (current, ["lines"]))["steps"] is None
+    # And once removed, nothing more is written about them.
+    changed["status"] = {**df["status"], **status.compute_status(changed, [], LATER)}
+    assert "steps" not in status.compute_status(changed, [], LATER)

@@ -140,3 +140,19 @@ class FoldWindow(WindowStep):
 @dataclass(frozen=True)
 class CollectWindow(WindowStep):
     kind = "collect_window"
+
+
+def step_label(step: Step) -> str:
+    """How metrics (the ``step_id`` label) and a Dataflow's ``status.steps`` name ``step``: its
+    id, or for a stateless step its kind and position.
+
+    >>> step_label(Map(2, abs)), step_label(Capture(3, None))
+    ('map#2', 'capture#3')
+    """
+    if isinstance(step, (Input, StatefulStep)):
+        return step.step_id
+    if isinstance(step, Capture):
+        return f"capture#{step.position}"
+    if isinstance(step, _FunctionStep):
+        return f"{step.kind}#{step.position}"
+    return step.name

@@ -35,6 +35,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import plan
 from .common.clock import SYSTEM_CLOCK
 from .common.errors import PeerLost
 from .common.settings import VARIABLES, SettingsError, ordinal, read
@@ -170,6 +171,24 @@ def load_flow(module: str | None, file: Path | None) -> Dataflow:
     return flow
 
 
+def step_ids(flow: Dataflow) -> list[str]:
+    """Every step of ``flow``, in flow order, as the metrics' ``step_id`` label names it: its id
+    (inputs and stateful steps have one), else its kind and position (``map#2``, ``capture#4``),
+    so that a dashboard's series and the Dataflow's ``status.steps`` say the same names.
+
+    >>> from millrace.inputs import TestingInputConfig
+    >>> from millrace.outputs import StdOutputConfig
+    >>> flow = Dataflow()
+    >>> flow.input("lines", TestingInputConfig(["a b"]))
+    >>> flow.flat_map(str.split)
+    >>> flow.reduce("count", lambda a, b: a + b, lambda total: total > 9)
+    >>> flow.capture(StdOutputConfig())
+    >>> step_ids(flow)
+    ['lines', 'flat_map#1', 'count', 'capture#3']
+    """
+    return [plan.step_label(step) for step in flow.steps]
+
+
 def _peer_names(addresses: Sequence[str], timeout: float) -> None:
     """Wait, however long it takes, until every peer's name resolves; say who is missing every
     ``timeout`` seconds (a pod not yet scheduled, or a Job still replacing one)."""
@@ -224,6 +243,7 @@ def run(settings: PodSettings) -> None:
             "authenticated; only the hosts of the address list may connect"
         )
     readiness = Readiness(settings.state_dir, settings.health_port)
+    readiness.loaded(step_ids(flow))  # GET /steps: the operator reads them into status.steps
     # One server for the life of the pod: it answers while the cluster forms again, and each
     # run reports to it in turn.
     with serving(settings.metrics_port) as metrics:

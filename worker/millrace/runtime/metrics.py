@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .exchange import Exchange
     from .worker import Worker
 
-__all__ = ["FAMILIES", "ProcessMetrics", "step_label"]
+__all__ = ["FAMILIES", "ProcessMetrics"]
 
 #: Every family a process exports (besides the standard ``process_`` and ``python_`` ones):
 #: name (counters without their ``_total``), type, labels, help.
@@ -83,21 +83,6 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "Frames this process refused (unauthenticated, replayed, of another run or cluster...), by reason.",
     ),
 }
-
-
-def step_label(step: plan.Step) -> str:
-    """The ``step_id`` label of ``step``: its id, or for a stateless step its kind and position.
-
-    >>> step_label(plan.Map(2, abs)), step_label(plan.Capture(3, None))
-    ('map#2', 'capture#3')
-    """
-    if isinstance(step, (plan.Input, plan.StatefulStep)):
-        return step.step_id
-    if isinstance(step, plan.Capture):
-        return f"capture#{step.position}"
-    if isinstance(step, plan._FunctionStep):
-        return f"{step.kind}#{step.position}"
-    return step.name
 
 
 class _Run:
@@ -171,7 +156,7 @@ def _step_items(worker: Worker) -> dict[str, list[int]]:
         chain = segment.chain
         if chain is None:
             continue
-        labels = [step_label(step) for step in segment.steps]
+        labels = [plan.step_label(step) for step in segment.steps]
         if segment.fused and segment.target is not None:
             labels.append(worker.logics[segment.target].step_id)
         for label, (taken, given) in zip(labels, chain.items(), strict=False):
