@@ -25,7 +25,7 @@ the owner folds them in with :meth:`~.system_windows.SystemClockWindowLogic.merg
 >>> _, partials, _ = combiner.begin_batch()
 >>> partials.update({1: 2, 2: 5, 3: 1})  # what the generated loop does, value by value
 >>> combiner.drain()
-([(7, [(2, 5)])], [(1, (0, -1, 0, (7, [(1, 2), (3, 1)])))])
+([(7, [(2, 5)])], [(1, (0, -1, 0, (7, [(1, 2), (3, 1)]), 0))])
 >>> combiner.drain()
 ([], [])
 """
