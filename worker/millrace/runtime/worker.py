@@ -25,14 +25,14 @@ from .migration import RECOVERY_KINDS, Recovery
 from .persistence import Snapshots, restore
 from .progress import Broadcast, Ended, Flush, Progress, Snapshot
 from .routing import Router, check_pairs
-from .segments import Segment, build_logic, check_flow, lay_out
+from .segments import Segment, build_logic, check_flow, check_outputs, lay_out
 from .sinks import Sink
 from .sources import Reader, build_reader, merge_resume_states
 from .stores import Stores, WorkerStoreLike
 
 # Stopped, Worker and check_flow are what the runtime's entry points import from here;
 # build_logic and Segment moved to .segments, and stay importable from here too.
-__all__ = ["Segment", "Stopped", "Worker", "build_logic", "check_flow"]
+__all__ = ["Segment", "Stopped", "Worker", "build_logic", "check_flow", "check_outputs"]
 
 _IDLE_SLEEP_MAX = 0.01
 # Real time, whatever clock the flow reads: it measures how long the steps take on a batch.
@@ -58,6 +58,7 @@ class Worker:
         stores: Stores | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        check_outputs(flow, stores is not None)
         self.index = index
         self.count = exchange.worker_count
         self.exchange = exchange
@@ -77,6 +78,8 @@ class Worker:
         # Every capture's writer once (a capture's sink is in each segment that reaches it).
         segments = [segment for _, segment in self.input_steps] + self.after
         self.sinks: list[Sink] = list({id(s): s for seg in segments for s in seg.sinks if s is not None}.values())
+        # The writers whose state is part of the snapshots (an exactly-once Kafka output).
+        self.stateful_sinks = [sink for sink in self.sinks if sink.state_key is not None]
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -92,6 +95,9 @@ class Worker:
                 resume_states.get(step.step_id),
             )
             self.inputs.append((reader, segment))
+        for sink in self.stateful_sinks:
+            assert sink.state_key is not None
+            self._guard(f"the output kept in {sink.state_key}", sink.resume, resume_states.get(sink.state_key))
 
     def _guard(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -314,6 +320,7 @@ class Worker:
                     if self.store is not None:
                         self._snapshot(epoch)
                 elif isinstance(action, Ended):
+                    self._end_sinks(action.epoch)
                     return action.eof
             self._wait_for(progress.ready, epoch, progress.tick_from)
             actions = progress.advance()
@@ -322,6 +329,16 @@ class Worker:
         for sink in self.sinks:
             try:
                 sink.flush(epoch)
+            except Exception as exc:
+                annotate(exc, f"the output of epoch {epoch}", self.index)
+                raise
+
+    def _end_sinks(self, epoch: int) -> None:
+        """Every worker has snapshotted ``epoch``: it never runs again (what an exactly-once
+        output waits for to commit it)."""
+        for sink in self.sinks:
+            try:
+                sink.ended(epoch)
             except Exception as exc:
                 annotate(exc, f"the output of epoch {epoch}", self.index)
                 raise
@@ -389,6 +406,13 @@ class Worker:
             state = merge_resume_states(step.config, self.index, by_worker.get(step.step_id, {}))
             if state is not None:
                 merged[step.step_id] = state
+        # A writer's kept output stays with its worker index (a grown cluster keeps every old
+        # index), and so with the transactional id and marker that index commits it under.
+        for sink in self.stateful_sinks:
+            assert sink.state_key is not None
+            kept = by_worker.get(sink.state_key, {})
+            if self.index in kept:
+                merged[sink.state_key] = kept[self.index]
         return merged
 
     def _gather(self) -> None:
@@ -411,6 +435,9 @@ class Worker:
         inputs = {}
         for (step, _), (reader, _) in zip(self.input_steps, self.inputs, strict=True):
             inputs[step.step_id] = reader.state
+        for sink in self.stateful_sinks:
+            assert sink.state_key is not None
+            inputs[sink.state_key] = sink.snapshot_state(epoch)
         chunks = self.snapshots.chunks(self.logics)
         try:
             self.store.snapshot(epoch, inputs, chunks)
