@@ -326,19 +326,17 @@ class Worker:
             actions = progress.advance()
 
     def _flush_sinks(self, epoch: int) -> None:
-        for sink in self.sinks:
-            try:
-                sink.flush(epoch)
-            except Exception as exc:
-                annotate(exc, f"the output of epoch {epoch}", self.index)
-                raise
+        self._each_sink(lambda sink, e: sink.flush(e), epoch)
 
     def _end_sinks(self, epoch: int) -> None:
         """Every worker has snapshotted ``epoch``: it never runs again (what an exactly-once
         output waits for to commit it)."""
+        self._each_sink(lambda sink, e: sink.ended(e), epoch)
+
+    def _each_sink(self, call: Callable[[Sink, int], None], epoch: int) -> None:
         for sink in self.sinks:
             try:
-                sink.ended(epoch)
+                call(sink, epoch)
             except Exception as exc:
                 annotate(exc, f"the output of epoch {epoch}", self.index)
                 raise
