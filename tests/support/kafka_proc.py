@@ -2,7 +2,8 @@
 ``tail=False``, tag every payload with ``!`` and write it to another topic; recovery in SQLite
 in a SQLite directory (``--recovery sqlite:DIR``) or in Kafka topics
 (``--recovery kafka:PREFIX``). With ``--pause-after N --go-file PATH`` the process holds its items once it has tagged N
-of them until PATH exists: a test kills a process while the run is surely mid-way.
+of them until PATH exists (and makes ``PATH.<pid>`` then): a test kills a process while the
+run is surely mid-way.
 
 For the exactly-once tests: ``--exactly-once`` makes the output transactional, ``--workers``
 sets the workers per process, ``--slow`` spreads the run over more epochs, and
@@ -19,6 +20,7 @@ import os
 import signal
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from millrace.dataflow import Dataflow
@@ -45,6 +47,8 @@ def build(
             time.sleep(0.005)
         if pause_after is not None and next(tagged) >= pause_after:
             assert go_file is not None
+            # Says this process holds its items now (so it is not inside a commit).
+            Path(f"{go_file}.{os.getpid()}").touch()
             deadline = time.monotonic() + 60
             while not os.path.exists(go_file) and time.monotonic() < deadline:
                 time.sleep(0.01)
