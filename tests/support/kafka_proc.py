@@ -9,7 +9,7 @@ For the exactly-once tests: ``--exactly-once`` makes the output transactional, `
 sets the workers per process, ``--slow`` spreads the run over more epochs, and
 ``--crash POINT:EPOCH`` kills this process with SIGKILL at the exactly-once writer's test hook
 ``POINT`` (``commit``, ``in-transaction``, ``committed``) of the first commit of ``EPOCH`` or
-later (``in-transaction`` waits a second first, so that the records reach the broker).
+later (at ``in-transaction`` the transaction's records have reached the broker).
 """
 
 from __future__ import annotations
@@ -68,8 +68,6 @@ def install_crash(at: str, from_epoch: int) -> None:
     def hook(point: str, transactional_id: str, epoch: int) -> None:
         if point == at and epoch >= from_epoch:
             print(f"crash at {point} of epoch {epoch} ({transactional_id})", flush=True)
-            if point == "in-transaction":
-                time.sleep(1.0)
             os.kill(os.getpid(), signal.SIGKILL)
 
     kafka_transactions.test_hook = hook
