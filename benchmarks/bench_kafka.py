@@ -10,7 +10,11 @@ topic with ``--records`` records, then measures, ``--repeat`` times each, one af
 * millrace: ``KafkaInputConfig(tail=False)`` -> ``KafkaOutputConfig`` into a fresh topic, on 1
   process of 1 worker (``run_main``) and on 2 processes of 1 worker (``spawn_cluster``; the
   time includes starting the processes). Every run's output topic is read back and must hold
-  every record exactly once.
+  every record exactly once;
+* exactly-once output on vs off: the 1-process flow with a SQLite recovery store (in a fresh
+  temporary directory per run), once with ``KafkaOutputConfig`` as it is and once with
+  ``exactly_once=True`` (read back with ``read_committed``), one after the other in each
+  repeat; the ratio of the two is printed.
 
 Figures are records per second (median of the repeats, and the range); millrace's are also a
 share of the client's consume rate, the ceiling a reader of the same broker can reach. Every
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +40,7 @@ from millrace.dataflow import Dataflow  # noqa: E402
 from millrace.execution import PeriodicEpochConfig, run_main, spawn_cluster  # noqa: E402
 from millrace.inputs import KafkaInputConfig  # noqa: E402
 from millrace.outputs import KafkaOutputConfig  # noqa: E402
+from millrace.recovery import SqliteRecoveryConfig  # noqa: E402
 from tests.support.kafka import create_topic, produce, read_all, tansu_broker  # noqa: E402
 
 PARTITIONS = 3
@@ -71,11 +77,20 @@ def consume_all(broker: str, topic: str) -> int:
         consumer.close()
 
 
-def flow(broker: str, source: str, sink: str) -> Dataflow:
+def flow(broker: str, source: str, sink: str, exactly_once: bool = False) -> Dataflow:
     f = Dataflow()
     f.input("in", KafkaInputConfig([broker], source, tail=False))
-    f.capture(KafkaOutputConfig([broker], sink))
+    f.capture(KafkaOutputConfig([broker], sink, exactly_once=exactly_once))
     return f
+
+
+def recovered(broker: str, sink: str, exactly_once: bool, epochs: PeriodicEpochConfig) -> None:
+    with tempfile.TemporaryDirectory() as db:
+        run_main(
+            flow(broker, "source", sink, exactly_once),
+            epoch_config=epochs,
+            recovery_config=SqliteRecoveryConfig(db),
+        )
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -118,6 +133,14 @@ def main() -> None:
                 if len(out) != n or len({key for _, _, key, _ in out}) != n:
                     raise SystemExit(f"{label}: {len(out)} records out of {n}, or some twice")
                 rates.setdefault(label, []).append(n / seconds)
+            for label, once in (("recovery, at-least-once", False), ("recovery, exactly-once", True)):
+                label = f"millrace: 1 process, {label}"
+                topic = fresh_topic()
+                seconds = timed(lambda t=topic, o=once: recovered(broker, t, o, epochs))
+                out = read_all(broker, topic, "read_committed")
+                if len(out) != n or len({key for _, _, key, _ in out}) != n:
+                    raise SystemExit(f"{label}: {len(out)} records out of {n}, or some twice")
+                rates.setdefault(label, []).append(n / seconds)
     ceiling = statistics.median(rates["client: consume"])
     print(f"{n:,} records, {PARTITIONS} partitions, tansu in memory; median of {args.repeat} (range)\n")
     print("| measurement | records/s | share of the client's consume rate |")
@@ -125,6 +148,13 @@ def main() -> None:
     for label, values in rates.items():
         median = statistics.median(values)
         print(f"| {label} | {median:,.0f} ({min(values):,.0f}–{max(values):,.0f}) | {median / ceiling:.0%} |")
+    on = rates["millrace: 1 process, recovery, exactly-once"]
+    off = rates["millrace: 1 process, recovery, at-least-once"]
+    ratios = [a / b for a, b in zip(on, off, strict=True)]
+    print(
+        f"\nexactly-once / at-least-once, per repeat: {', '.join(f'{r:.2f}' for r in ratios)} "
+        f"(median {statistics.median(ratios):.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ SIGNATURES: dict[type, str] = {
     StdOutputConfig: "()",
     TestingOutputConfig: "(out)",
     TestingEpochOutputConfig: "(out)",
-    KafkaOutputConfig: "(brokers, topic, additional_properties=None)",
+    # Beyond Bytewax 0.15, a trailing keyword with a default: exactly-once output (transactions).
+    KafkaOutputConfig: "(brokers, topic, additional_properties=None, exactly_once=False)",
     ClockConfig: "()",
     SystemClockConfig: "()",
     EventClockConfig: "(dt_getter, wait_for_system_duration=datetime.timedelta(0))",

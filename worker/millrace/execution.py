@@ -234,7 +234,7 @@ def spawn_cluster(
 
     check_flow(flow)
     engine.epoch_policy(epoch_config)
-    engine.check_recovery(recovery_config)
+    engine.check_recovery(recovery_config, flow)
     # The settings from the environment are read here, as cluster_main reads them: the
     # processes inherit this environment, so they would read the same.
     attributes = {"millrace.proc_count": proc_count, "millrace.worker.count": proc_count * worker_count_per_proc}

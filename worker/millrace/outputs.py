@@ -162,16 +162,37 @@ class KafkaOutputConfig(OutputConfig):
     topic (it is not created) or a property the client refuses fail the run before any item is
     written; an item of another shape fails it naming the step and the item.
 
+    ``exactly_once`` (beyond Bytewax 0.15) makes the output exactly-once for consumers reading
+    with ``isolation.level=read_committed``, across crashes and restarts. It needs a recovery
+    config. Each worker then keeps an epoch's items (they are part of its snapshot) and writes
+    them only once every worker has snapshotted the epoch, in one Kafka transaction that also
+    records the epoch in the compacted topic ``{topic}-millrace-commits`` (made when missing);
+    a restart commits what its snapshot holds beyond that record. The cost: output appears one
+    epoch later, and the snapshots hold an epoch's items. The producer's ``transactional.id``
+    is ``{base}-{worker index}``, ``base`` being ``millrace-{topic}-{capture position}`` or
+    the ``transactional.id`` given in ``additional_properties`` (two flows writing one topic
+    need different ones).
+
     >>> KafkaOutputConfig(["localhost:9092"], "totals")
-    KafkaOutputConfig(brokers=['localhost:9092'], topic='totals')
+    KafkaOutputConfig(brokers=['localhost:9092'], topic='totals', exactly_once=False)
+    >>> from millrace.dataflow import Dataflow
+    >>> from millrace.inputs import KafkaInputConfig
+    >>> flow = Dataflow()
+    >>> flow.input("orders", KafkaInputConfig(["localhost:9092"], "orders", tail=False))
+    >>> flow.capture(KafkaOutputConfig(["localhost:9092"], "totals", exactly_once=True))
+    >>> # run with a recovery config, e.g.:
+    >>> # run_main(flow, recovery_config=SqliteRecoveryConfig("state"))
     """
 
     brokers: list[str]
     topic: str
     # Kafka client settings may hold credentials (sasl.password): kept out of the repr.
     additional_properties: dict[str, str] | None = field(default=None, repr=False)
+    exactly_once: bool = False
 
     def __post_init__(self) -> None:
         # Copies, so that changing the caller's list or dict later does not change the flow.
         set_field(self, "brokers", list(self.brokers))
         set_field(self, "additional_properties", dict(self.additional_properties or {}))
+        if type(self.exactly_once) is not bool:
+            raise TypeError(f"KafkaOutputConfig: exactly_once must be a bool, got {self.exactly_once!r}")

@@ -80,7 +80,7 @@ def run_process(
     try:
         check_flow(flow)
         epoch_policy(epoch_config)  # reject a bad config before connecting to anyone
-        stores = check_recovery(recovery_config)
+        stores = check_recovery(recovery_config, flow)
         proc_count = max(1, len(addresses))
         if not 0 <= proc_id < proc_count:
             raise ValueError(f"proc_id must be in 0..{proc_count - 1} for {proc_count} addresses, got {proc_id}")

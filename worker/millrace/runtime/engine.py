@@ -14,7 +14,7 @@ from .epochs import EpochPolicy, ItemEpochs, PeriodicEpochs
 from .exchange import Exchange
 from .metrics_server import serving
 from .stores import Stores, stores_of
-from .worker import check_flow
+from .worker import check_flow, check_outputs
 
 if TYPE_CHECKING:
     from ..dataflow import Dataflow
@@ -31,9 +31,13 @@ def epoch_policy(epoch_config: EpochConfig | None, clock: Clock = SYSTEM_CLOCK) 
     raise TypeError(f"epoch_config must be a PeriodicEpochConfig or TestingEpochConfig, got {epoch_config!r}")
 
 
-def check_recovery(recovery_config: Any) -> Stores | None:
-    """The recovery stores of ``recovery_config`` (``None``: no recovery); nothing is opened."""
-    return stores_of(recovery_config)
+def check_recovery(recovery_config: Any, flow: Dataflow | None = None) -> Stores | None:
+    """The recovery stores of ``recovery_config`` (``None``: no recovery); nothing is opened.
+    With ``flow``, its outputs that need recovery are checked against it."""
+    stores = stores_of(recovery_config)
+    if flow is not None:
+        check_outputs(flow, stores is not None)
+    return stores
 
 
 def run_single(
@@ -50,7 +54,7 @@ def run_single(
     check_flow(flow)
     clock = clock if clock is not None else clocks.current()
     policy = epoch_policy(epoch_config, clock)
-    stores = check_recovery(recovery_config)
+    stores = check_recovery(recovery_config, flow)
     flow_start: datetime = clock.now()
     installed = telemetry.current()
     attributes = {"millrace.proc_count": 1, "millrace.worker.count": 1}

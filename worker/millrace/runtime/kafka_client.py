@@ -10,7 +10,8 @@ runs without the client installed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 # The Kafka modules of the runtime import the client from here, so that its absence is this
@@ -107,3 +108,65 @@ def topic_partitions(
             f"({reason}); create it first"
         )
     return sorted(found.partitions)
+
+
+def ensure_topics(
+    admin: confluent_kafka.admin.AdminClient, topics: Sequence[str], fail: Callable[[str], Exception]
+) -> None:
+    """Create those of ``topics`` that do not exist: compacted, one partition (millrace's own
+    bookkeeping topics). ``fail(reason)`` is the error to raise."""
+    try:
+        existing = admin.list_topics(timeout=CONNECT_TIMEOUT).topics
+    except confluent_kafka.KafkaException as exc:
+        raise fail(f"cannot reach the brokers within {CONNECT_TIMEOUT:g} s: {_reason(exc)}") from None
+    missing = [topic for topic in topics if topic not in existing]
+    if not missing:
+        return
+    new = [confluent_kafka.cimpl.NewTopic(topic, 1, config={"cleanup.policy": "compact"}) for topic in missing]
+    for topic, future in admin.create_topics(new, request_timeout=CONNECT_TIMEOUT).items():
+        try:
+            future.result(timeout=CONNECT_TIMEOUT)
+        except confluent_kafka.KafkaException as exc:
+            error = exc.args[0]
+            if error.code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:  # another worker's
+                raise fail(f"cannot create topic {topic!r}: {error.str()}") from None
+
+
+def read_to_end(
+    consumer: confluent_kafka.Consumer, topic: str, fail: Callable[[str], Exception]
+) -> list[tuple[bytes, bytes | None]]:
+    """Every keyed record of ``topic`` from the beginning to the end of each partition, as
+    ``(key, value)``. The end is learnt from the partition EOF (the consumer needs
+    ``enable.partition.eof``), not from watermarks, which tansu answers wrong. ``fail(reason)``
+    is the error to raise; a read that stalls for :data:`CONNECT_TIMEOUT` fails."""
+    try:
+        metadata = consumer.list_topics(topic, timeout=CONNECT_TIMEOUT)
+    except confluent_kafka.KafkaException as exc:
+        raise fail(f"cannot read topic {topic!r}: {_reason(exc)}") from None
+    described = metadata.topics.get(topic)
+    if described is None or described.error is not None:
+        raise fail(f"topic {topic!r} is missing")
+    partitions = set(described.partitions)
+    consumer.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in partitions])
+    records: list[tuple[bytes, bytes | None]] = []
+    quiet_since = time.monotonic()
+    while partitions:
+        messages = consumer.consume(10_000, 0.1)
+        if messages:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > CONNECT_TIMEOUT:
+            raise fail(
+                f"reading topic {topic!r} stalled for {CONNECT_TIMEOUT:g} s "
+                f"before the end of partitions {sorted(partitions)}"
+            )
+        for message in messages:
+            error = message.error()
+            if error is None:
+                key = message.key()
+                if key is not None:
+                    records.append((key, message.value()))
+            elif error.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                partitions.discard(message.partition())
+            elif error.fatal() or not error.retriable():
+                raise fail(f"reading topic {topic!r} failed: {error.str()}")
+    return records

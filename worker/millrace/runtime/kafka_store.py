@@ -36,6 +36,8 @@ from .kafka_client import (
     client_properties,
     confluent_kafka,
     describe_brokers,
+    ensure_topics,
+    read_to_end,
     refused_properties,
     with_logger,
 )
@@ -78,23 +80,10 @@ class KafkaStores:
     def check(self) -> None:
         """Create the topics (compacted, one partition) unless they exist."""
         admin = self.client(confluent_kafka.admin.AdminClient, {}, {})
-        try:
-            existing = admin.list_topics(timeout=CONNECT_TIMEOUT).topics
-        except confluent_kafka.KafkaException as exc:
-            raise RecoveryError(
-                f"{self.where}: cannot reach the brokers within {CONNECT_TIMEOUT:g} s: {exc.args[0]}"
-            ) from None
-        missing = [topic for topic in (self.progress_topic, self.state_topic) if topic not in existing]
-        if not missing:
-            return
-        new = [confluent_kafka.cimpl.NewTopic(topic, 1, config={"cleanup.policy": "compact"}) for topic in missing]
-        for topic, future in admin.create_topics(new, request_timeout=CONNECT_TIMEOUT).items():
-            try:
-                future.result(timeout=CONNECT_TIMEOUT)
-            except confluent_kafka.KafkaException as exc:
-                error = exc.args[0]
-                if error.code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:  # another worker's
-                    raise RecoveryError(f"{self.where}: cannot create topic {topic!r}: {error.str()}") from None
+        ensure_topics(admin, [self.progress_topic, self.state_topic], self._failure)
+
+    def _failure(self, reason: str) -> RecoveryError:
+        return RecoveryError(f"{self.where}: {reason}")
 
     def inspect(self, worker_index: int) -> StoreInfo | None:
         meta = self.progress().get(worker_index)
@@ -162,39 +151,7 @@ class KafkaStores:
             },
         )
         try:
-            try:
-                metadata = consumer.list_topics(topic, timeout=CONNECT_TIMEOUT)
-            except confluent_kafka.KafkaException as exc:
-                raise RecoveryError(f"{self.where}: cannot read topic {topic!r}: {exc.args[0]}") from None
-            described = metadata.topics.get(topic)
-            if described is None or described.error is not None:
-                raise RecoveryError(f"{self.where}: topic {topic!r} is missing")
-            partitions = set(described.partitions)
-            consumer.assign(
-                [confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in partitions]
-            )
-            records: list[tuple[bytes, bytes | None]] = []
-            quiet_since = time.monotonic()
-            while partitions:
-                messages = consumer.consume(10_000, 0.1)
-                if messages:
-                    quiet_since = time.monotonic()
-                elif time.monotonic() - quiet_since > CONNECT_TIMEOUT:
-                    raise RecoveryError(
-                        f"{self.where}: reading topic {topic!r} stalled for {CONNECT_TIMEOUT:g} s "
-                        f"before the end of partitions {sorted(partitions)}"
-                    )
-                for message in messages:
-                    error = message.error()
-                    if error is None:
-                        key = message.key()
-                        if key is not None:
-                            records.append((key, message.value()))
-                    elif error.code() == confluent_kafka.KafkaError._PARTITION_EOF:
-                        partitions.discard(message.partition())
-                    elif error.fatal() or not error.retriable():
-                        raise RecoveryError(f"{self.where}: reading topic {topic!r} failed: {error.str()}")
-            return records
+            return read_to_end(consumer, topic, self._failure)
         finally:
             consumer.close()
 

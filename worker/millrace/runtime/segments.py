@@ -15,13 +15,14 @@ from datetime import datetime
 from .. import plan
 from ..common.clock import SYSTEM_CLOCK
 from ..dataflow import Dataflow
+from ..outputs import KafkaOutputConfig
 from ..window import SystemClockConfig
 from .chain import Chain, compile_chain
 from .combine import Combiner
 from .errors import annotate
 from .keyed import KeyedLogic, ReduceLogic, StatefulMapLogic
 from .routing import Router
-from .sinks import Sink, build_sink
+from .sinks import Sink, build_sink, capture_state_key
 from .system_windows import SystemClockWindowLogic
 from .windowing import WindowLogic
 
@@ -59,6 +60,25 @@ def check_flow(flow: Dataflow) -> None:
         )
     if not isinstance(steps[0], plan.Input):
         raise ValueError(f"{steps[0].name} comes before any input; a flow starts with Dataflow.input")
+
+
+def check_outputs(flow: Dataflow, recovering: bool) -> None:
+    """Raise :class:`ValueError` for an output that cannot keep its promise: an exactly-once
+    Kafka output without recovery (its kept output lives in the snapshots)."""
+    inputs = {step.step_id for step in flow.steps if isinstance(step, plan.Input)}
+    for step in flow.steps:
+        if not (isinstance(step, plan.Capture) and isinstance(step.config, KafkaOutputConfig)):
+            continue
+        if step.config.exactly_once and not recovering:
+            raise ValueError(
+                f"{step.name}: exactly_once=True needs a recovery config (the output of an epoch is "
+                "kept in the snapshots until every worker has finished it); pass recovery_config"
+            )
+        if step.config.exactly_once and capture_state_key(step.position) in inputs:
+            raise ValueError(
+                f"{step.name}: an input's step id {capture_state_key(step.position)!r} is where this output "
+                "keeps its state in the snapshots; rename the input"
+            )
 
 
 def build_logic(
@@ -114,7 +134,7 @@ def lay_out(
                 sink = None
                 if isinstance(step, plan.Capture):
                     try:
-                        sink = build_sink(step.config, index, count, step.name)
+                        sink = build_sink(step.config, index, count, step.name, step.position)
                         built.append(sink)
                     except Exception as exc:
                         annotate(exc, step.name, index)

@@ -31,12 +31,28 @@ OUTPUT_LOCK = threading.RLock()
 class Sink:
     """Writes a batch of items that belong to one epoch."""
 
+    #: The key under which the worker's snapshots keep this writer's state (beside the input
+    #: states); ``None``: it keeps none. Only a writer with a key is asked for
+    #: :meth:`snapshot_state` and given :meth:`resume`.
+    state_key: str | None = None
+
     def write(self, batch: list[Any], epoch: int) -> None:
         raise NotImplementedError
 
     def flush(self, epoch: int) -> None:
         """Epoch ``epoch`` is over on this worker: make what was written of it durable before
         its snapshot records it as complete (a client's buffered records, for instance)."""
+
+    def snapshot_state(self, epoch: int) -> Any:
+        """What the snapshot of ``epoch`` keeps of this writer (with a :attr:`state_key`)."""
+        return None
+
+    def resume(self, state: Any) -> None:
+        """The run starts from a snapshot holding ``state`` (``None``: none, a fresh start);
+        called once, before any item is written."""
+
+    def ended(self, epoch: int) -> None:
+        """Every worker has snapshotted ``epoch``: no restart runs it again."""
 
     def close(self) -> None:
         """Let go of what the writer holds; the run is over."""
@@ -88,8 +104,19 @@ class _StdoutSink(Sink):
                 sys.stdout.flush()
 
 
-def build_sink(config: OutputConfig, worker_index: int, worker_count: int, step_name: str) -> Sink:
-    """The writer of ``config`` for one worker."""
+def capture_state_key(position: int) -> str:
+    """Where the snapshots keep the state of the capture at ``position`` in the flow, beside
+    the input states (keyed by step id; :func:`.segments.check_outputs` refuses a clash).
+
+    >>> capture_state_key(3)
+    'capture #3'
+    """
+    return f"capture #{position}"
+
+
+def build_sink(config: OutputConfig, worker_index: int, worker_count: int, step_name: str, position: int = 0) -> Sink:
+    """The writer of ``config`` for one worker; ``position``: the capture's place in the flow
+    (what names a writer's state in the snapshots)."""
     if isinstance(config, ManualOutputConfig):
         fn = config.output_builder(worker_index, worker_count)
         if not callable(fn):
@@ -103,6 +130,10 @@ def build_sink(config: OutputConfig, worker_index: int, worker_count: int, step_
         return _StdoutSink()
     if isinstance(config, KafkaOutputConfig):
         # Imported here: only a flow that writes Kafka needs the client (millrace[kafka]).
+        if config.exactly_once:
+            from .kafka_transactions import build_transactional_sink
+
+            return build_transactional_sink(config, step_name, worker_index, position)
         from .kafka_sink import build_kafka_sink
 
         return build_kafka_sink(config, step_name)

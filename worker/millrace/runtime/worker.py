@@ -29,7 +29,7 @@ from .persistence import Snapshots, restore
 from .progress import Broadcast, Close, Ended, Flush, Progress, Snapshot
 from .pump import Pump, output_of, pumpable
 from .routing import Router, check_pairs
-from .segments import Segment, build_logic, check_flow, lay_out
+from .segments import Segment, build_logic, check_flow, check_outputs, lay_out
 from .sinks import Sink
 from .sources import Reader, build_reader, merge_resume_states
 from .stats import WorkerStats
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 # Stopped, Worker and check_flow are what the runtime's entry points import from here;
 # build_logic and Segment moved to .segments, and stay importable from here too.
-__all__ = ["Segment", "Stopped", "Worker", "build_logic", "check_flow"]
+__all__ = ["Segment", "Stopped", "Worker", "build_logic", "check_flow", "check_outputs"]
 
 _IDLE_SLEEP_MAX = 0.01
 # Real time, whatever clock the flow reads: it measures how long the steps take on a batch.
@@ -73,6 +73,7 @@ class Worker:
         clock: Clock = SYSTEM_CLOCK,
         metrics: ProcessMetrics | None = None,
     ) -> None:
+        check_outputs(flow, stores is not None)
         self.index = index
         self.count = exchange.worker_count
         self.exchange = exchange
@@ -117,6 +118,8 @@ class Worker:
             # how many it read: with metrics on, the counted chains run instead.
             self.pumping = False
             metrics.add_worker(self)
+        # The writers whose state is part of the snapshots (an exactly-once Kafka output).
+        self.stateful_sinks = [sink for sink in self.sinks if sink.state_key is not None]
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -139,6 +142,9 @@ class Worker:
                 output, calls, with_epoch = output_of(sink, self.exchange.local_count)
                 pump = Pump(reader, segment.steps, output, calls, with_epoch)
             self.pumps.append(pump)
+        for sink in self.stateful_sinks:
+            assert sink.state_key is not None
+            self._guard(f"the output kept in {sink.state_key}", sink.resume, resume_states.get(sink.state_key))
 
     def _guard(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -513,14 +519,23 @@ class Worker:
                     if self.store is not None:
                         self._snapshot(epoch)
                 elif isinstance(action, Ended):
+                    self._end_sinks(action.epoch)
                     return action.eof
             self._wait_for(progress.ready, epoch, progress.tick_from)
             actions = progress.advance()
 
     def _flush_sinks(self, epoch: int) -> None:
+        self._each_sink(lambda sink, e: sink.flush(e), epoch)
+
+    def _end_sinks(self, epoch: int) -> None:
+        """Every worker has snapshotted ``epoch``: it never runs again (what an exactly-once
+        output waits for to commit it)."""
+        self._each_sink(lambda sink, e: sink.ended(e), epoch)
+
+    def _each_sink(self, call: Callable[[Sink, int], None], epoch: int) -> None:
         for sink in self.sinks:
             try:
-                sink.flush(epoch)
+                call(sink, epoch)
             except Exception as exc:
                 annotate(exc, f"the output of epoch {epoch}", self.index)
                 raise
@@ -593,6 +608,13 @@ class Worker:
             state = merge_resume_states(step.config, self.index, by_worker.get(step.step_id, {}))
             if state is not None:
                 merged[step.step_id] = state
+        # A writer's kept output stays with its worker index (a grown cluster keeps every old
+        # index), and so with the transactional id and marker that index commits it under.
+        for sink in self.stateful_sinks:
+            assert sink.state_key is not None
+            kept = by_worker.get(sink.state_key, {})
+            if self.index in kept:
+                merged[sink.state_key] = kept[self.index]
         return merged
 
     def _gather(self) -> None:
@@ -615,6 +637,9 @@ class Worker:
         inputs = {}
         for (step, _), (reader, _) in zip(self.input_steps, self.inputs, strict=True):
             inputs[step.step_id] = reader.state
+        for sink in self.stateful_sinks:
+            assert sink.state_key is not None
+            inputs[sink.state_key] = sink.snapshot_state(epoch)
         started = _monotonic()
         chunks = self.snapshots.chunks(self.logics)
         try:
