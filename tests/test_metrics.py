@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from millrace.common.errors import MetricsServerError
 from millrace.dataflow import Dataflow
-from millrace.execution import PeriodicEpochConfig, run_main, spawn_cluster
+from millrace.execution import PeriodicEpochConfig, cluster_main, run_main, spawn_cluster
 from millrace.inputs import ManualInputConfig, TestingInputConfig
 from millrace.outputs import TestingOutputConfig
 from millrace.testing import doctest_ctx
@@ -231,6 +231,45 @@ def test_a_2x2_clusters_counters_add_up_to_its_input(tmp_path: Path) -> None:
     # Epochs: at least one completed, and the standard process metrics are there.
     assert min(values(p1, "millrace_worker_epochs_completed_total", "worker").values()) >= 1
     assert total(p0, "process_cpu_seconds_total") > 0
+
+
+def stateless(gate: Path, out: Any) -> Dataflow:
+    """A flow the worker runs as one fused loop (runtime/pump.py): input, stateless steps,
+    capture."""
+    flow = Dataflow()
+    flow.input("inp", gated(LINES, gate))
+    flow.flat_map(str.split)
+    flow.filter(lambda word: word != "x")
+    flow.map(str.upper)
+    flow.capture(TestingOutputConfig(out))
+    return flow
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_fused_input_loop_counts_its_steps(tmp_path: Path, workers: int) -> None:
+    port = free_port_run(1)
+    gate = tmp_path / "gate"
+    out: list[str] = []
+    flow = stateless(gate, out)
+    # One process either way: with one worker the capture is called inside the loop, with two
+    # each worker's items are written per call.
+    run = (
+        partial(cluster_main, flow, None, 0, worker_count_per_proc=workers) if workers > 1 else partial(run_main, flow)
+    )
+    with running(partial(run, epoch_config=EPOCHS, metrics_port=port), gate):
+        (samples,) = settled([port], len(LINES), workers=workers)
+
+    def step(name: str, step_id: str) -> float:
+        return total(samples, name, step_id=step_id)
+
+    assert step("millrace_step_items_in_total", "inp") == step("millrace_step_items_out_total", "inp") == len(LINES)
+    assert step("millrace_step_items_in_total", "flat_map#1") == len(LINES)
+    assert step("millrace_step_items_out_total", "flat_map#1") == 3 * len(LINES)
+    assert step("millrace_step_items_in_total", "filter#2") == 3 * len(LINES)
+    assert step("millrace_step_items_out_total", "filter#2") == len(WORDS)
+    assert step("millrace_step_items_out_total", "map#3") == len(WORDS)
+    assert step("millrace_step_items_in_total", "capture#4") == step("millrace_step_items_out_total", "capture#4")
+    assert step("millrace_step_items_out_total", "capture#4") == len(out) == len(WORDS)
 
 
 def test_a_windows_late_items_and_its_snapshots_show(tmp_path: Path) -> None:

@@ -152,7 +152,16 @@ def _step_items(worker: Worker) -> dict[str, list[int]]:
     for position, (step, _) in enumerate(worker.input_steps):
         read = stats.read[position]
         add(step.step_id, read, read)
+    pumps = list(worker.pumps)  # filled once the inputs are open
+    for position, (_, segment) in enumerate(worker.input_steps):
+        pump = pumps[position] if position < len(pumps) else None
+        if pump is not None:  # the segment runs as one fused loop, which counts for it
+            for item_step, (taken, given) in zip(segment.steps, pump.items(), strict=True):
+                add(plan.step_label(item_step), taken, given)
+    pumped = {id(segment) for (_, segment), pump in zip(worker.input_steps, pumps, strict=False) if pump is not None}
     for segment in [segment for _, segment in worker.input_steps] + worker.after:
+        if id(segment) in pumped:
+            continue
         chain = segment.chain
         if chain is None:
             continue

@@ -46,7 +46,7 @@ from types import TracebackType
 from typing import Any
 
 from .. import plan
-from .chain import _not_bool, explain_flat_map, traceback_entry, write_steps
+from .chain import _COUNTED_KINDS, _not_bool, explain_flat_map, traceback_entry, write_steps
 from .loop_code import MISSING
 from .sinks import OUTPUT_LOCK, Sink, _CallableSink
 from .sources import _EMPTY, BatchReader, ManualReader, Reader, TestingReader
@@ -71,6 +71,7 @@ class _Template:
     mode: str  # "pairs" (state, item), "batches" (state, list) or "items" (bare, counted)
     calls: bool  # the output is called per item (else: items collected into ``_out``)
     with_epoch: bool
+    counted: bool  # filters and flat_maps count what they let out, into ``_k`` (metrics)
     lines: list[str] = field(default_factory=list)
     step_at: list[int | None] = field(default_factory=list)
     input_of: dict[int, str] = field(default_factory=dict)
@@ -87,19 +88,25 @@ class _Template:
 
 
 @lru_cache(maxsize=128)
-def _template(kinds: tuple[str, ...], mode: str, calls: bool, with_epoch: bool) -> _Template:
-    t = _Template(kinds, mode, calls, with_epoch)
+def _template(kinds: tuple[str, ...], mode: str, calls: bool, with_epoch: bool, counted: bool = False) -> _Template:
+    t = _Template(kinds, mode, calls, with_epoch, counted)
     out = len(kinds)  # the capture's index
     names = ", ".join(f"_f{i}" for i in range(len(kinds) + 1))
-    t.add(0, f"def _factory(_not_bool, _names, {names}):")
+    # Counted (metrics on): each filter and flat_map counts in a local int, added into the
+    # pump's list ``_k`` before each return; pairs are counted one by one too.
+    per_item = [index for index, kind in enumerate(kinds) if counted and kind in _COUNTED_KINDS]
+    flush = "".join(f"_k[{index}] += _c{index}; " for index in per_item)
+    t.add(0, f"def _factory(_not_bool, _names, _k, {names}):")
     # ``pump(_src, _limit, epoch)`` returns ``(state, stop, n)``: the state of the last item
     # carried (MISSING: none), the yield that stopped the loop (MISSING: none did) and how
     # many items it carried (counted for batches and bare items; pairs are not counted).
     t.add(1, "def pump(_src, _limit, epoch):")
     t.add(2, "_type, _tuple, _list, _state, _n = type, tuple, list, MISSING, 0")
+    for index in per_item:
+        t.add(2, f"_c{index} = 0")
     if not calls:
         t.add(2, "_out = []")
-    stop = f"_f{out}(_out, epoch); return _state, _pair, _n" if not calls else "return _state, _pair, _n"
+    stop = flush + (f"_f{out}(_out, epoch); return _state, _pair, _n" if not calls else "return _state, _pair, _n")
     if mode == "batches":
         t.source_line = t.add(2, "for _pair in _src:")
         t.add(3, f"if _type(_pair) is not _tuple: {stop}")
@@ -113,11 +120,13 @@ def _template(kinds: tuple[str, ...], mode: str, calls: bool, with_epoch: bool) 
         t.source_line = t.add(2, "for _pair in _src:")
         t.add(3, f"if _type(_pair) is not _tuple: {stop}")
         t.unpack_line = t.add(3, "_state, _item = _pair")
+        if counted:
+            t.add(3, "_n += 1")
         depth = 3
     else:
         t.source_line = t.add(2, "for _n, _item in enumerate(_src, 1):")
         depth = 3
-    depth, item = write_steps(t, range(len(kinds)), depth, "_item")
+    depth, item = write_steps(t, range(len(kinds)), depth, "_item", per_item)
     t.input_of[out] = item
     if calls:
         t.add(depth, f"_f{out}((epoch, {item}))" if with_epoch else f"_f{out}({item})", out)
@@ -127,9 +136,13 @@ def _template(kinds: tuple[str, ...], mode: str, calls: bool, with_epoch: bool) 
         t.add(3, "if _n >= _limit: break")
     if not calls:
         t.add(2, f"_f{out}(_out, epoch)", out)
+    for index in per_item:
+        t.add(2, f"_k[{index}] += _c{index}")
     t.add(2, "return _state, MISSING, _n")
     t.add(1, "return pump")
-    t.filename = f"<millrace pump: input -> {' -> '.join((*kinds, 'capture'))} ({mode})>"
+    t.filename = (
+        f"<millrace pump: input -> {' -> '.join((*kinds, 'capture'))} ({mode}{', counted' if counted else ''})>"
+    )
     lines = [line + "\n" for line in t.lines]
     linecache.cache[t.filename] = (sum(map(len, lines)), None, lines, t.filename)
     namespace: dict[str, Any] = {"MISSING": MISSING}
@@ -172,6 +185,7 @@ class Pump:
         output: Callable[..., Any],
         calls: bool = True,
         with_epoch: bool = False,
+        counted: bool = False,
     ) -> None:
         if type(reader) not in _MODES:
             raise TypeError(f"a pump cannot read a {type(reader).__name__}")
@@ -182,9 +196,12 @@ class Pump:
         self.names = (*(step.name for step in item_steps), capture.name if capture is not None else "the output")
         fns = [step.fn for step in item_steps]  # type: ignore[attr-defined]
         kinds = tuple(_ITEM_KINDS[type(step)] for step in item_steps)
-        self._template = _template(kinds, self.mode, calls, with_epoch)
+        self._template = _template(kinds, self.mode, calls, with_epoch, counted)
         assert self._template.factory is not None
-        self._pump = self._template.factory(_not_bool, self.names, *fns, output)
+        #: Counted: what each filter and flat_map let out, and how many items the pump read.
+        self._counts = [0] * len(kinds)
+        self.read = 0
+        self._pump = self._template.factory(_not_bool, self.names, self._counts, *fns, output)
         self._output = output
         self._calls = calls
 
@@ -237,6 +254,10 @@ class Pump:
             if not self._calls and local.get("_out"):
                 self._output(local["_out"], epoch)  # the items before the failure go out
             state, n = local.get("_state", MISSING), local.get("_n", 0)
+            if t.counted:
+                for index, kind in enumerate(t.kinds):
+                    if kind in _COUNTED_KINDS:
+                        self._counts[index] += local.get(f"_c{index}", 0)
             self._settle(state, n)
             return self._taken(limit, n, state)
         self._settle(state, n)
@@ -248,7 +269,8 @@ class Pump:
             return 1 if self.mode == "pairs" else n
         if self.mode == "pairs":
             self._look_ahead()
-            return limit  # all of them, or the input ran out
+            # All of them, or the input ran out; counted, exactly how many.
+            return n if self._template.counted else limit
         if n < limit:
             reader.exhausted = True  # the loop ran out of batches, or of items
             return n
@@ -257,13 +279,14 @@ class Pump:
 
     def _settle(self, state: Any, n: int) -> None:
         """Move the reader's resume state on past what the loop carried."""
+        self.read += n
         if self.mode == "items":
             self.reader._count += n
         elif state is not MISSING:
             self.reader._state = state
 
     def _taken(self, limit: int, n: int, state: Any) -> int:
-        if self.mode != "pairs":
+        if self.mode != "pairs" or self._template.counted:
             return n
         return 0 if state is MISSING else limit
 
@@ -284,6 +307,19 @@ class Pump:
             reader._ahead = got
         else:
             reader._error = reader.bad(got)
+
+    def items(self) -> list[tuple[int, int]]:
+        """Per step (the capture last), the items that went into it and came out of it, as a
+        counted pump counted them (:meth:`.chain.Chain.items` for a pump)."""
+        counts = list(self._counts)  # one copy: the worker may add to them meanwhile
+        flowing = self.read
+        out: list[tuple[int, int]] = []
+        for index, kind in enumerate(self._template.kinds):
+            leaving = counts[index] if kind in _COUNTED_KINDS else flowing
+            out.append((flowing, leaving))
+            flowing = leaving
+        out.append((flowing, flowing))
+        return out
 
     def step_of(self, exc: BaseException) -> str | None:
         """The name of the step that raised ``exc`` (``None``: not raised by a step)."""

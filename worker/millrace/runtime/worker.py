@@ -113,10 +113,9 @@ class Worker:
         # Every capture's writer once (a capture's sink is in each segment that reaches it).
         self.sinks: list[Sink] = list({id(s): s for seg in segments for s in seg.sinks if s is not None}.values())
         self.stats = WorkerStats(len(self.input_steps), len(self.logics), self.count, _monotonic())
+        #: Whether the loops count their steps' items (metrics are on).
+        self.counted = metrics is not None
         if metrics is not None:
-            # A pump counts no step's items, and for (state, item) inputs not even exactly
-            # how many it read: with metrics on, the counted chains run instead.
-            self.pumping = False
             metrics.add_worker(self)
         # The writers whose state is part of the snapshots (an exactly-once Kafka output).
         self.stateful_sinks = [sink for sink in self.sinks if sink.state_key is not None]
@@ -140,7 +139,7 @@ class Worker:
                 sink = segment.sinks[-1]
                 assert sink is not None
                 output, calls, with_epoch = output_of(sink, self.exchange.local_count)
-                pump = Pump(reader, segment.steps, output, calls, with_epoch)
+                pump = Pump(reader, segment.steps, output, calls, with_epoch, counted=self.counted)
             self.pumps.append(pump)
         for sink in self.stateful_sinks:
             assert sink.state_key is not None
