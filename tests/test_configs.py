@@ -61,8 +61,8 @@ SIGNATURES: dict[type, str] = {
     TestingInputConfig: "(iterable)",
     KafkaInputConfig: ("(brokers, topic, tail=True, starting_offset='beginning', additional_properties=None)"),
     OutputConfig: "()",
-    ManualOutputConfig: "(output_builder)",
-    ManualEpochOutputConfig: "(output_builder)",
+    ManualOutputConfig: "(output_builder, batched=False)",  # batched: beyond the 0.15 API
+    ManualEpochOutputConfig: "(output_builder, batched=False)",
     StdOutputConfig: "()",
     TestingOutputConfig: "(out)",
     TestingEpochOutputConfig: "(out)",

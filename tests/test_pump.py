@@ -4,6 +4,8 @@ state, errors that name the input or the step."""
 
 from __future__ import annotations
 
+import operator
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -57,6 +59,47 @@ def test_the_pump_carries_every_pair_in_order_with_its_state(sequence, limit, ca
         assert got == _expected(items[: reader.state])
     assert reader.exhausted
     assert got == _expected(items)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(0, 40),
+    st.sampled_from([7, (1, 2, 3), ("only",), "abc", [1, 2, 3], None]),
+    st.integers(1, 64),
+    st.booleans(),
+)
+def test_a_yield_that_does_not_unpack_is_refused_after_the_items_before_it(before, bad, limit, calls):
+    # The loop unpacks yields without keeping them: the error still names the input and the
+    # state it stopped after, every item before it is out, and a None only pauses.
+    yields = [(n, n) for n in range(1, before + 1)] + [bad, (before + 1, before + 1)]
+    reader = ManualReader("inp", iter(yields), resume_state=0)
+    got: list = []
+    output = got.append if calls else lambda batch, epoch: got.extend(batch)
+    pump = Pump(reader, [plan.Map(1, _times10)], output, calls)
+    if bad is None:
+        for _ in range(len(yields) + 3):
+            pump.run(limit, 0)
+        assert reader.exhausted and got == [n * 10 for n in range(1, before + 2)]
+        return
+    with pytest.raises(TypeError, match=r"inp: the input builder must yield \(state, item\) 2-tuples or None, got"):
+        for _ in range(len(yields) + 3):
+            pump.run(limit, 0)
+    assert got == [n * 10 for n in range(1, before + 1)]
+    assert reader.state == before
+
+
+def test_a_source_that_raises_a_type_error_is_not_taken_for_a_bad_yield():
+    # zip and map are C: the TypeError of ``"x" + 1`` surfaces on the loop's own line, where a
+    # yield that does not unpack fails too. It must stay the source's error.
+    source = zip(range(1, 4), map(operator.add, [1, 2, "x"], [1, 1, 1]), strict=False)
+    reader = ManualReader("inp", source, resume_state=0)
+    got: list = []
+    pump = Pump(reader, [plan.Map(1, _times10)], got.append)
+    with pytest.raises(TypeError, match="can only concatenate str") as info:
+        for _ in range(5):
+            pump.run(100, 0)
+    assert "must yield" not in str(info.value)
+    assert got == [20, 30] and reader.state == 2
 
 
 def _batched_flow(batch_list: list, out: list, batched: bool) -> Dataflow:

@@ -4,9 +4,10 @@ Where a flow is ``input -> map/filter/flat_map/inspect... -> capture`` (the capt
 stateful step), the worker need not build a batch of items, then a batch of results, then
 write it: one generated function reads the builder's iterator directly, carries each item
 through every step and hands it to the output before it pulls the next one. That is the plain
-loop a user would write by hand, plus what the engine owes its API: each yield is checked to
-be a ``(state, item)`` 2-tuple (or ``None``, "nothing yet"), a filter's verdict to be a bool,
-and the resume state of the last item is kept. Epoch ends, window deadlines, messages and
+loop a user would write by hand, plus what the engine owes its API: each yield must unpack
+into ``(state, item)`` (a ``None``, "nothing yet", or anything else stops the loop; the first
+yield of each call is checked to be a 2-tuple), a filter's verdict must be a bool, and the
+resume state of the last item is kept. Epoch ends, window deadlines, messages and
 Ctrl-C are looked at between calls, and :class:`~.epochs.BatchSizer` sizes each call to about
 10 ms as it sizes batches.
 
@@ -37,18 +38,19 @@ other worker's lines can interleave); any other output gets the call's items as 
 
 from __future__ import annotations
 
+import dis
 import linecache
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import islice
-from types import TracebackType
+from types import CodeType, TracebackType
 from typing import Any
 
 from .. import plan
 from .chain import _COUNTED_KINDS, _not_bool, explain_flat_map, traceback_entry, write_steps
 from .loop_code import MISSING
-from .sinks import OUTPUT_LOCK, Sink, _CallableSink
+from .sinks import OUTPUT_LOCK, Sink, _BatchCallableSink, _CallableSink
 from .sources import _EMPTY, BatchReader, ManualReader, Reader, TestingReader
 
 _ITEM_KINDS: dict[type, str] = {
@@ -78,6 +80,7 @@ class _Template:
     iterated_at: dict[int, int] = field(default_factory=dict)
     source_line: int = 0
     unpack_line: int = 0
+    unpack_offset: int = -1  # pairs: the source line's instruction that unpacks a yield
     filename: str = ""
     factory: Callable[..., Callable[..., Any]] | None = None
 
@@ -106,6 +109,7 @@ def _template(kinds: tuple[str, ...], mode: str, calls: bool, with_epoch: bool, 
         t.add(2, f"_c{index} = 0")
     if not calls:
         t.add(2, "_out = []")
+        t.add(2, "_append = _out.append")
     stop = flush + (f"_f{out}(_out, epoch); return _state, _pair, _n" if not calls else "return _state, _pair, _n")
     if mode == "batches":
         t.source_line = t.add(2, "for _pair in _src:")
@@ -117,9 +121,14 @@ def _template(kinds: tuple[str, ...], mode: str, calls: bool, with_epoch: bool, 
         t.add(3, "for _item in _batch:")
         depth = 4
     elif mode == "pairs":
-        t.source_line = t.add(2, "for _pair in _src:")
-        t.add(3, f"if _type(_pair) is not _tuple: {stop}")
-        t.unpack_line = t.add(3, "_state, _item = _pair")
+        # Unpacked by the ``for`` itself, as a plain loop does: no type check per yield (it
+        # cost a tenth of a cheap flow), and the source may reuse its tuple (zip, enumerate
+        # and dict.items do when nobody holds the last one). A ``None`` or a yield that does
+        # not unpack fails here; ``Pump`` tells that from the source failing by the failed
+        # instruction (``unpack_offset``). Each call's first yield is checked in full
+        # (``Pump.run``), so an input yielding bare items that happen to unpack (strings of
+        # two characters, pairs of its own) is still refused.
+        t.source_line = t.add(2, "for _state, _item in _src:")
         if counted:
             t.add(3, "_n += 1")
         depth = 3
@@ -131,7 +140,7 @@ def _template(kinds: tuple[str, ...], mode: str, calls: bool, with_epoch: bool, 
     if calls:
         t.add(depth, f"_f{out}((epoch, {item}))" if with_epoch else f"_f{out}({item})", out)
     else:
-        t.add(depth, f"_out.append({item})", out)
+        t.add(depth, f"_append({item})", out)
     if mode == "batches":
         t.add(3, "if _n >= _limit: break")
     if not calls:
@@ -148,7 +157,37 @@ def _template(kinds: tuple[str, ...], mode: str, calls: bool, with_epoch: bool, 
     namespace: dict[str, Any] = {"MISSING": MISSING}
     exec(compile("".join(lines), t.filename, "exec"), namespace)
     t.factory = namespace["_factory"]
+    if mode == "pairs":
+        t.unpack_offset = _unpack_offset(t.factory.__code__, t.source_line)
     return t
+
+
+def _unpack_offset(factory: CodeType, line: int) -> int:
+    """The offset of the instruction that unpacks each yield on ``line`` of the generated
+    pump (what a traceback's ``tb_lasti`` is when a yield did not unpack)."""
+    pump = next(c for c in factory.co_consts if isinstance(c, CodeType) and c.co_name == "pump")
+    for instruction in dis.get_instructions(pump):
+        if instruction.opname == "UNPACK_SEQUENCE" and instruction.positions.lineno == line:
+            return instruction.offset
+    raise AssertionError(f"no unpacking on line {line} of the generated pump")
+
+
+def _unpacked_none(exc: BaseException) -> bool:
+    """Whether ``exc`` is what unpacking a bare ``None`` raises ("nothing yet")."""
+    return type(exc) is TypeError and exc.args == _NONE_UNPACKED
+
+
+def _none_unpacked() -> tuple[Any, ...]:
+    try:
+        _state, _item = None  # type: ignore[misc]
+    except TypeError as exc:
+        return exc.args
+    raise AssertionError("None unpacked")
+
+
+#: The arguments of the error unpacking ``None`` raises, taken from this interpreter rather
+#: than written down: its wording is CPython's to change.
+_NONE_UNPACKED = _none_unpacked()
 
 
 #: How a pump reads each kind of reader (see the template's ``mode``).
@@ -171,6 +210,8 @@ def output_of(sink: Sink, local_workers: int) -> tuple[Callable[..., Any], bool,
     says the function takes each item (else ``sink.write(batch, epoch)``)."""
     if isinstance(sink, _CallableSink) and local_workers == 1:
         return sink.fn, True, sink.with_epoch
+    if isinstance(sink, _BatchCallableSink):
+        return sink.hand_over, False, False  # the loop's list is made per call
     return sink.write, False, False
 
 
@@ -217,10 +258,19 @@ class Pump:
         if reader.exhausted:
             return 0
         taken = 0
+        if reader._ahead is _EMPTY and self.mode == "pairs":
+            # The loop unpacks yields without looking at their type: the first one of a call
+            # is looked at in full (later calls start with the look-ahead of the one before).
+            self._look_ahead()
+            if reader._ahead is _EMPTY:
+                return 0  # nothing yet, the end, or an error raised by the next call
         ahead = reader._ahead
         if ahead is not _EMPTY:
             reader._ahead = _EMPTY
             taken = self._carry((ahead,), 1, epoch, last=False)
+            # Let go of it: zip, enumerate and dict.items reuse their tuple for the next
+            # yield only when nobody holds the last one (a tenth of a cheap loop).
+            del ahead
             if reader._error is not None:
                 return taken
             limit -= taken if self.mode == "batches" else 1
@@ -247,10 +297,6 @@ class Pump:
             if tb is None or tb.tb_lineno not in (t.source_line, t.unpack_line):
                 raise  # a step's error: the worker names the step (step_of)
             local = tb.tb_frame.f_locals
-            if tb.tb_lineno == t.source_line:
-                reader._error = exc  # the source failed: held for the next call
-            else:
-                reader._error = reader.bad(local["_pair"])  # a tuple of the wrong length
             if not self._calls and local.get("_out"):
                 self._output(local["_out"], epoch)  # the items before the failure go out
             state, n = local.get("_state", MISSING), local.get("_n", 0)
@@ -259,6 +305,13 @@ class Pump:
                     if kind in _COUNTED_KINDS:
                         self._counts[index] += local.get(f"_c{index}", 0)
             self._settle(state, n)
+            # The error is held for the next call, which raises it.
+            if tb.tb_lineno == t.unpack_line:
+                reader._error = reader.bad(local["_pair"])  # a batch's tuple of the wrong length
+            elif tb.tb_lasti != t.unpack_offset:
+                reader._error = exc  # the source failed
+            elif not _unpacked_none(exc):  # None: nothing yet, ask again later
+                reader._error = reader.did_not_unpack(exc, reader.state)
             return self._taken(limit, n, state)
         self._settle(state, n)
         if stop is not MISSING:

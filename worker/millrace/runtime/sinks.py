@@ -83,6 +83,26 @@ class _CallableSink(Sink):
                 deque(map(fn, batch), maxlen=0)
 
 
+class _BatchCallableSink(Sink):
+    """A ``ManualOutputConfig(batched=True)`` function: one call per non-empty batch."""
+
+    def __init__(self, fn: Callable[[Any], Any], with_epoch: bool) -> None:
+        self.fn = fn
+        self.with_epoch = with_epoch
+
+    def write(self, batch: list[Any], epoch: int) -> None:
+        # A copy: the worker may pass the batch on to later steps, and the list is the
+        # user's to keep or change.
+        if batch:
+            self.hand_over(list(batch), epoch)
+
+    def hand_over(self, batch: list[Any], epoch: int) -> None:
+        """Write ``batch``, a list nobody else holds (a fused loop's own): no copy."""
+        if batch:
+            with OUTPUT_LOCK:
+                self.fn((epoch, batch) if self.with_epoch else batch)
+
+
 class _ListSink(Sink):
     def __init__(self, out: Any, with_epoch: bool) -> None:
         self.out = out
@@ -119,11 +139,15 @@ def build_sink(config: OutputConfig, worker_index: int, worker_count: int, step_
     (what names a writer's state in the snapshots)."""
     if isinstance(config, ManualOutputConfig):
         fn = config.output_builder(worker_index, worker_count)
+        takes = "each list of items" if config.batched else "each item"
         if not callable(fn):
             raise TypeError(
-                f"{step_name}: output_builder must return a callable that takes each item, got {describe(fn)}"
+                f"{step_name}: output_builder must return a callable that takes {takes}, got {describe(fn)}"
             )
-        return _CallableSink(fn, with_epoch=isinstance(config, ManualEpochOutputConfig))
+        with_epoch = isinstance(config, ManualEpochOutputConfig)
+        if config.batched:
+            return _BatchCallableSink(fn, with_epoch)
+        return _CallableSink(fn, with_epoch)
     if isinstance(config, TestingOutputConfig):
         return _ListSink(config.out, with_epoch=isinstance(config, TestingEpochOutputConfig))
     if isinstance(config, StdOutputConfig):

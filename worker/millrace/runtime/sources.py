@@ -105,6 +105,14 @@ class ManualReader(Reader):
             f"{self.name}: the input builder must yield (state, item) 2-tuples or None, got {describe(got)}"
         )
 
+    def did_not_unpack(self, error: Exception, after: Any) -> TypeError:
+        """The error of a yield that failed to unpack into ``(state, item)`` with ``error``,
+        after the item of state ``after`` (the fused loop unpacks without keeping the yield)."""
+        return TypeError(
+            f"{self.name}: the input builder must yield (state, item) 2-tuples or None, got one that does "
+            f"not unpack into two ({error}) after the item with state {after!r}"
+        )
+
     def _take(self, want: int) -> list[Any]:
         """Up to ``want`` pairs, the pending ones first; when the source raises, those it gave
         before (fewer than ``want``), the error held in ``_error``."""
