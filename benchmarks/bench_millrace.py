@@ -70,11 +70,15 @@ def _input(source: wd.Source) -> ManualInputConfig:
     return ManualInputConfig(_Input(source, batched), batched=batched)
 
 
-def _output(sink: wd.Sink) -> ManualOutputConfig:
-    def build(worker_index: int, worker_count: int) -> Callable[[Any], None]:
-        return sink(worker_index).one
+def _output(sink: wd.Sink, batched: bool = False) -> ManualOutputConfig:
+    """Per item; ``batched``: per list (``ManualOutputConfig(batched=True)``), as Bytewax's
+    sinks get batches."""
 
-    return ManualOutputConfig(build)
+    def build(worker_index: int, worker_count: int) -> Callable[[Any], None]:
+        probe = sink(worker_index)
+        return probe.batch if batched else probe.one
+
+    return ManualOutputConfig(build, batched=batched)
 
 
 # -- the flows ---------------------------------------------------------------------------------
@@ -85,7 +89,7 @@ def stateless(source: wd.Source, sink: wd.Sink) -> Dataflow:
     flow.input("inp", _input(source))
     flow.map(wd.inc)
     flow.filter(wd.is_even)
-    flow.capture(_output(sink))
+    flow.capture(_output(sink, batched=source.variant == "batch"))
     return flow
 
 

@@ -27,6 +27,8 @@ def stateless(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
         return stateless_pairs(source, sink)
     if source.variant == "checked":
         return stateless_checked(source, sink)
+    if source.variant == "batch":
+        return stateless_batches(source, sink)
 
     def run() -> None:
         one = sink(0).one
@@ -52,6 +54,26 @@ def stateless_pairs(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
     return run
 
 
+def stateless_batches(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
+    """The batched engines' ceiling: lists of 1,000 items read as millrace's batched builder
+    and Bytewax's batch source read them, the same two functions called per item, what
+    passes written a list at a time, as their batched sinks are."""
+
+    def run() -> None:
+        write = sink(0).batch
+        inc, is_even = wd.inc, wd.is_even
+        data = source(0, 1)
+        while batch := list(islice(data, 1_000)):
+            out = []
+            for x in batch:
+                y = inc(x)
+                if is_even(y):
+                    out.append(y)
+            write(out)
+
+    return run
+
+
 def wordcount(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
     def run() -> None:
         one = sink(0).one
@@ -67,16 +89,14 @@ def wordcount(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
 
 def stateless_checked(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
     """The pairs again, with what an engine owes the 0.15 API on top: it stops every 1,024
-    items (to look at the clock, its messages, Ctrl-C), refuses a yield that is not a tuple,
-    and a filter verdict that is not a bool. A hand-written program doing the engine's work."""
+    items (to look at the clock, its messages, Ctrl-C), refuses a first yield of those that is
+    not a tuple (the others must unpack into two), and a filter verdict that is not a bool. A
+    hand-written program doing the engine's work."""
 
     inc, is_even = wd.inc, wd.is_even
 
     def carry(pairs: Any, one: Callable[[Any], None]) -> None:
-        for pair in pairs:
-            if type(pair) is not tuple:
-                raise TypeError(f"not a (state, item) tuple: {pair!r}")
-            _state, x = pair
+        for _state, x in pairs:
             y = inc(x)
             keep = is_even(y)
             if keep is not True:
@@ -90,12 +110,16 @@ def stateless_checked(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
         pairs = zip(count(1), source(0, 1))
         ahead: Any = None
         while True:
+            size = 1024
             if ahead is not None:
                 carry((ahead,), one)
-            carry(islice(pairs, 1024 if ahead is None else 1023), one)
+                ahead, size = None, 1023  # zip reuses its tuple when nobody holds the last one
+            carry(islice(pairs, size), one)
             ahead = next(pairs, None)  # one ahead: is the input over?
             if ahead is None:
                 return
+            if type(ahead) is not tuple or len(ahead) != 2:
+                raise TypeError(f"not a (state, item) tuple: {ahead!r}")
 
     return run
 
