@@ -51,7 +51,7 @@ from .. import plan
 from .chain import _COUNTED_KINDS, _not_bool, explain_flat_map, traceback_entry, write_steps
 from .loop_code import MISSING
 from .sinks import OUTPUT_LOCK, Sink, _BatchCallableSink, _CallableSink
-from .sources import _EMPTY, BatchReader, ManualReader, Reader, TestingReader
+from .sources import BatchReader, ManualReader, Reader, TestingReader
 
 _ITEM_KINDS: dict[type, str] = {
     plan.Map: "map",
@@ -167,7 +167,8 @@ def _unpack_offset(factory: CodeType, line: int) -> int:
     pump (what a traceback's ``tb_lasti`` is when a yield did not unpack)."""
     pump = next(c for c in factory.co_consts if isinstance(c, CodeType) and c.co_name == "pump")
     for instruction in dis.get_instructions(pump):
-        if instruction.opname == "UNPACK_SEQUENCE" and instruction.positions.lineno == line:
+        positions = instruction.positions
+        if instruction.opname == "UNPACK_SEQUENCE" and positions is not None and positions.lineno == line:
             return instruction.offset
     raise AssertionError(f"no unpacking on line {line} of the generated pump")
 
@@ -230,7 +231,7 @@ class Pump:
     ) -> None:
         if type(reader) not in _MODES:
             raise TypeError(f"a pump cannot read a {type(reader).__name__}")
-        self.reader: Any = reader  # it sets the reader's own state: see _settle
+        self.reader = reader
         self.mode = _MODES[type(reader)]
         capture = steps[-1] if steps and isinstance(steps[-1], plan.Capture) else None
         item_steps = list(steps[:-1] if capture is not None else steps)
@@ -253,31 +254,29 @@ class Pump:
         Raises what the source raised before, once the items before it are out, as
         :meth:`.sources.Reader.read` does."""
         reader = self.reader
-        if reader._error is not None and reader._ahead is _EMPTY:
-            reader._raise_held()
+        reader.raise_held()
         if reader.exhausted:
             return 0
         taken = 0
-        if reader._ahead is _EMPTY and self.mode == "pairs":
+        if self.mode == "pairs" and not reader.has_ahead():
             # The loop unpacks yields without looking at their type: the first one of a call
             # is looked at in full (later calls start with the look-ahead of the one before).
-            self._look_ahead()
-            if reader._ahead is _EMPTY:
+            reader.look_ahead()
+            if not reader.has_ahead():
                 return 0  # nothing yet, the end, or an error raised by the next call
-        ahead = reader._ahead
-        if ahead is not _EMPTY:
-            reader._ahead = _EMPTY
-            taken = self._carry((ahead,), 1, epoch, last=False)
+        ahead = reader.take_ahead()
+        if ahead:
+            taken = self._carry(ahead, 1, epoch, last=False)
             # Let go of it: zip, enumerate and dict.items reuse their tuple for the next
             # yield only when nobody holds the last one (a tenth of a cheap loop).
             del ahead
-            if reader._error is not None:
+            if reader.failed:
                 return taken
             limit -= taken if self.mode == "batches" else 1
             if limit <= 0:
-                self._look_ahead()
+                reader.look_ahead()
                 return taken
-        source = reader._it if self.mode == "batches" else islice(reader._it, limit)
+        source = reader.iterator if self.mode == "batches" else islice(reader.iterator, limit)
         return taken + self._carry(source, limit, epoch)
 
     def _carry(self, source: Any, limit: int, epoch: int, last: bool = True) -> int:
@@ -307,59 +306,42 @@ class Pump:
             self._settle(state, n)
             # The error is held for the next call, which raises it.
             if tb.tb_lineno == t.unpack_line:
-                reader._error = reader.bad(local["_pair"])  # a batch's tuple of the wrong length
+                reader.hold(reader.bad(local["_pair"]))  # a batch's tuple of the wrong length
             elif tb.tb_lasti != t.unpack_offset:
-                reader._error = exc  # the source failed
+                reader.hold(exc)  # the source failed
             elif not _unpacked_none(exc):  # None: nothing yet, ask again later
-                reader._error = reader.did_not_unpack(exc, reader.state)
+                assert isinstance(reader, ManualReader)  # the only one whose yields unpack
+                reader.hold(reader.did_not_unpack(exc, reader.state))
             return self._taken(limit, n, state)
         self._settle(state, n)
         if stop is not MISSING:
             if stop is not None:  # None: nothing yet, ask again later
-                reader._error = reader.bad(stop)
+                reader.hold(reader.bad(stop))
             return self._taken(limit, n, state)
         if not last:
             return 1 if self.mode == "pairs" else n
         if self.mode == "pairs":
-            self._look_ahead()
+            reader.look_ahead()
             # All of them, or the input ran out; counted, exactly how many.
             return n if self._template.counted else limit
         if n < limit:
             reader.exhausted = True  # the loop ran out of batches, or of items
             return n
-        self._look_ahead()
+        reader.look_ahead()
         return n
 
     def _settle(self, state: Any, n: int) -> None:
         """Move the reader's resume state on past what the loop carried."""
         self.read += n
-        if self.mode == "items":
-            self.reader._count += n
-        elif state is not MISSING:
-            self.reader._state = state
+        if self.mode == "items" and n:
+            self.reader.handed_out(n, None)
+        elif self.mode != "items" and state is not MISSING:
+            self.reader.handed_out(n, state)
 
     def _taken(self, limit: int, n: int, state: Any) -> int:
         if self.mode != "pairs" or self._template.counted:
             return n
         return 0 if state is MISSING else limit
-
-    def _look_ahead(self) -> None:
-        reader = self.reader
-        try:
-            got = next(reader._it, _EMPTY)
-        except Exception as exc:
-            reader._error = exc
-            return
-        if got is _EMPTY:
-            reader.exhausted = True
-        elif self.mode == "items":
-            reader._ahead = got
-        elif got is None:
-            return
-        elif type(got) is tuple and len(got) == 2 and (self.mode == "pairs" or type(got[1]) is list):
-            reader._ahead = got
-        else:
-            reader._error = reader.bad(got)
 
     def items(self) -> list[tuple[int, int]]:
         """Per step (the capture last), the items that went into it and came out of it, as a

@@ -73,6 +73,55 @@ class Reader:
         """What resumes this input right after the last item :meth:`read` returned."""
         raise NotImplementedError
 
+    def bad(self, got: Any) -> TypeError:
+        """The error of a yield of the wrong shape."""
+        return TypeError(f"{self.name}: the input yielded {describe(got)}, which is not of the shape it must have")
+
+    # -- for a fused loop (pump.py), which reads the source itself instead of calling read --
+
+    _it: Iterator[Any]
+    _ahead: Any = _EMPTY
+
+    @property
+    def iterator(self) -> Iterator[Any]:
+        """The source's own iterator."""
+        return self._it
+
+    @property
+    def failed(self) -> bool:
+        """Whether an error is held (see :meth:`hold`)."""
+        return self._error is not None
+
+    def hold(self, error: Exception) -> None:
+        """Keep ``error``, raised by or about the source, for :meth:`raise_held`."""
+        self._error = error
+
+    def raise_held(self) -> None:
+        """Raise the held error, if any, once nothing read before it waits to be handed out."""
+        if self._error is not None and self._ahead is _EMPTY:
+            self._raise_held()
+
+    def look_ahead(self) -> None:
+        """Pull the next yield and keep it (:meth:`take_ahead`) when well formed; or learn
+        that the source is exhausted, has nothing yet, or failed (the error held)."""
+        raise NotImplementedError
+
+    def has_ahead(self) -> bool:
+        return self._ahead is not _EMPTY
+
+    def take_ahead(self) -> tuple[Any, ...]:
+        """The yield kept by :meth:`look_ahead`, as a 1-tuple, and let go of it; ``()``: none."""
+        ahead = self._ahead
+        if ahead is _EMPTY:
+            return ()
+        self._ahead = _EMPTY
+        return (ahead,)
+
+    def handed_out(self, count: int, state: Any) -> None:
+        """A fused loop handed out ``count`` items it read from :attr:`iterator`, the last
+        of them with the resume state ``state``."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Let go of what the reader holds (a client's connections); the run is over."""
 
@@ -173,18 +222,18 @@ class ManualReader(Reader):
                 break
             limit -= want
             if monotonic() - started >= BATCH_SECONDS:
-                self._look_ahead()
+                self.look_ahead()
                 break
             chunk *= 2
         else:
-            self._look_ahead()
+            self.look_ahead()
         if last is not None:
             self._state = last[0]
         elif not items and not self._pending:
             self._raise_held()  # nothing came before the error: no reason to wait
         return items
 
-    def _look_ahead(self) -> None:
+    def look_ahead(self) -> None:
         got = self._take(1)
         if not got:
             self.exhausted = self._error is None
@@ -192,6 +241,13 @@ class ManualReader(Reader):
             self._ahead = got[0]
         elif got[0] is not None:
             self._error = self.bad(got[0])
+
+    def raise_held(self) -> None:
+        if not self._pending:
+            super().raise_held()
+
+    def handed_out(self, count: int, state: Any) -> None:
+        self._state = state
 
 
 class BatchReader(Reader):
@@ -257,15 +313,21 @@ class BatchReader(Reader):
             # empty ones): look ahead and hand them over.
             if len(items) < limit and monotonic() - started < BATCH_SECONDS:
                 continue
-            got = self._next()
-            if got is _EMPTY:
-                self.exhausted = self._error is None
-            elif got is not None and self._well_formed(got):
-                self._ahead = got
+            self.look_ahead()
             break
         if not items and self._error is not None:
             self._raise_held()
         return items
+
+    def look_ahead(self) -> None:
+        got = self._next()
+        if got is _EMPTY:
+            self.exhausted = self._error is None
+        elif got is not None and self._well_formed(got):
+            self._ahead = got
+
+    def handed_out(self, count: int, state: Any) -> None:
+        self._state = state
 
 
 class TestingReader(Reader):
@@ -304,6 +366,17 @@ class TestingReader(Reader):
                 self._raise_held()
         self._count += len(items)
         return items
+
+    def look_ahead(self) -> None:
+        try:
+            self._ahead = next(self._it, _EMPTY)
+        except Exception as exc:
+            self._error = exc
+            return
+        self.exhausted = self._ahead is _EMPTY
+
+    def handed_out(self, count: int, state: Any) -> None:
+        self._count += count
 
 
 def build_reader(config: InputConfig, name: str, worker_index: int, worker_count: int, resume_state: Any) -> Reader:
