@@ -737,6 +737,23 @@ def test_a_store_left_empty_by_a_kill_during_its_creation_is_no_store(tmp_path):
     assert sorted(out) == [("a", 1), ("a", 4), ("b", 2)]
 
 
+def test_a_store_left_empty_beside_a_snapshot_of_the_first_epoch_starts_over(tmp_path):
+    """Worker 1 was killed while creating its store (the file without tables) and worker 0
+    finished epoch 0: nobody finished it, and the restart runs from the start (it used to
+    refuse, as if the store had been lost)."""
+    from datetime import datetime
+
+    from millrace.runtime.store import WorkerStore
+
+    first = WorkerStore(tmp_path, 0, 2, ["inp", "sums"], datetime(2024, 1, 1, tzinfo=UTC))
+    first.snapshot(0, {}, {})
+    first.close()
+    (tmp_path / "worker-1.sqlite3").touch()
+    out: list = []
+    _two_worker_run(out, tmp_path)
+    assert sorted(out) == [("a", 1), ("a", 4), ("b", 2)]
+
+
 def test_a_lost_store_is_refused_once_anything_was_snapshotted(tmp_path):
     _two_worker_run([], tmp_path)
     (tmp_path / "worker-1.sqlite3").unlink()

@@ -76,6 +76,20 @@ def test_a_finished_rescale_of_a_larger_cluster_is_not_shrunk():
         plan_resume(stores, 2, WHERE)
 
 
+LEFT_EMPTY = StoreSummary.of(None, left_empty=True)
+
+
+def test_a_store_left_empty_beside_ones_of_the_first_epoch_resumes_at_zero():
+    # Its worker was stopped while creating it: it never finished epoch 0, so nobody did.
+    assert plan(store(0, 2), LEFT_EMPTY) == ResumePlan(2, 0, T0)
+    assert plan(LEFT_EMPTY, store(0, 2)) == ResumePlan(2, 0, T0)
+
+
+def test_a_store_left_empty_beside_later_snapshots_is_refused():
+    with pytest.raises(RecoveryError, match=r"workers \[1\] hold no snapshot while .* finished epoch 3"):
+        plan(store(3, 2), LEFT_EMPTY)
+
+
 def test_a_missing_store_is_refused():
     with pytest.raises(RecoveryError, match=r"workers \[1\] have no store"):
         plan(store(2, 2), NONE)

@@ -89,6 +89,9 @@ class KafkaStores:
         meta = self.progress().get(worker_index)
         return None if meta is None else self._info(worker_index, meta)
 
+    def left_empty(self, worker_index: int) -> bool:
+        return False  # no progress record, nothing: the progress record is the commit point
+
     def snapshotted(self) -> list[int]:
         return sorted(w for w, meta in self.progress().items() if _holds_a_snapshot(meta))
 

@@ -144,7 +144,7 @@ def restore(
     stores.check()
     info = stores.inspect(index)
     check_stores(stores, info, step_ids, count)
-    progress = recovery.share(StoreSummary.of(info))
+    progress = recovery.share(StoreSummary.of(info, info is None and stores.left_empty(index)))
     if count > 1:
         exchange.broadcast(index, progress)
         gather()

@@ -38,9 +38,12 @@ class StoreSummary:
     staged: tuple[int, int] | None = None  # a rescale's staged half: (worker count, epoch)
 
     @classmethod
-    def of(cls, info: StoreInfo | None) -> StoreSummary:
+    def of(cls, info: StoreInfo | None, left_empty: bool = False) -> StoreSummary:
+        """The summary of a store that says ``info``; ``None`` with ``left_empty``: a store
+        begun and left without anything in it (its worker was stopped while creating it),
+        which exists without a snapshot, as opposed to a store that is not there at all."""
         if info is None:
-            return cls(exists=False)
+            return cls(exists=left_empty)
         progress = -1 if info.progress is None else info.progress
         return cls(True, progress, info.worker_count, info.flow_start, info.staged)
 
@@ -101,8 +104,10 @@ def _agree(
     if not existing:
         return None, 0, None
     snapshotted = {w: summary for w, summary in existing.items() if summary.progress >= 0}
+    # A store left empty records no flow start.
+    recorded_start = next((summary.flow_start for summary in existing.values() if summary.flow_start), None)
     if not snapshotted:
-        return None, 0, next(iter(existing.values())).flow_start
+        return None, 0, recorded_start
     counts = sorted({summary.worker_count for summary in snapshotted.values()})
     if len(counts) > 1:
         raise RecoveryError(
@@ -125,8 +130,9 @@ def _agree(
             f"{where}: workers {missing} have no store while workers "
             f"{sorted(members)} of {old_count} do; a store was lost, so resuming would be wrong"
         )
-    # A member may have no snapshot yet while the others have one of the first epoch, no
-    # later one: that store was made again, and what it held is gone.
+    # A member may have no snapshot yet (or a store left empty) while the others have one of
+    # the first epoch: it never finished that epoch, and the run starts over. Beside a later
+    # one, that store was made again, and what it held is gone.
     empty = [w for w, summary in members.items() if summary.progress < 0]
     latest = max(summary.progress for summary in members.values())
     if empty and latest > 0:
@@ -136,4 +142,4 @@ def _agree(
             "resuming would be wrong"
         )
     resume = min(summary.progress for summary in members.values()) + 1
-    return old_count, resume, next(iter(snapshotted.values())).flow_start
+    return old_count, resume, recorded_start

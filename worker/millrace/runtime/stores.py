@@ -62,6 +62,10 @@ class Stores(Protocol):
     def inspect(self, worker_index: int) -> store.StoreInfo | None:
         """What worker ``worker_index``'s store says; ``None`` when it has none."""
 
+    def left_empty(self, worker_index: int) -> bool:
+        """Whether worker ``worker_index``'s store was begun and holds nothing at all (its
+        worker was stopped while creating it), where :meth:`inspect` says ``None``."""
+
     def snapshotted(self) -> list[int]:
         """The workers whose stores hold a snapshot."""
 
@@ -86,6 +90,10 @@ class SqliteStores:
 
     def inspect(self, worker_index: int) -> store.StoreInfo | None:
         return store.inspect(self.db_dir, worker_index)
+
+    def left_empty(self, worker_index: int) -> bool:
+        # SQLite writes the file before it commits the schema: a kill in between leaves it.
+        return store.store_path(self.db_dir, worker_index).exists() and self.inspect(worker_index) is None
 
     def snapshotted(self) -> list[int]:
         numbers = {path.stem.split("-", 1)[1] for path in self.db_dir.glob("worker-*.sqlite3")}
