@@ -208,15 +208,21 @@ from millrace.dataflow import Dataflow
 from millrace.execution import cluster_main
 from millrace.inputs import TestingInputConfig
 from millrace.outputs import ManualOutputConfig
+from millrace.runtime.exchange import Exchange
 
 GATE = Path(sys.argv[1])
 OUT = sys.argv[2]
 
 
-def ctrl_c(signum, frame):
-    # Python's own Ctrl-C (KeyboardInterrupt in the main thread), after opening the gate.
+def fail_then_open(self, reason, **how):
+    # The gate opens once Ctrl-C has stopped the workers: opened before (in the handler), a
+    # worker could pass it and take more items while the main thread waits for the GIL.
+    FAIL(self, reason, **how)
     GATE.touch()
-    signal.default_int_handler(signum, frame)
+
+
+FAIL = Exchange.fail
+Exchange.fail = fail_then_open
 
 
 def hold(x):
@@ -234,7 +240,7 @@ def to_file(worker_index, worker_count):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, ctrl_c)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own Ctrl-C
     flow = Dataflow()
     flow.input("inp", TestingInputConfig(range(1000)))
     flow.map(hold)
@@ -245,8 +251,8 @@ if __name__ == "__main__":
 
 def test_ctrl_c_under_cluster_main_stops_the_workers_at_once(procs: Procs, tmp_path: Path):
     """Three worker threads each hold their first item until Ctrl-C (a real SIGINT, handled by
-    Python's own handler in the main thread) opens the gate: they finish the item in hand and
-    stop, and none of the other items reaches the output."""
+    Python's own handler in the main thread) has stopped them, when the gate opens: they finish
+    the item in hand and stop, and none of the other items reaches the output."""
     script = tmp_path / "ctrl_c.py"
     script.write_text(_CTRL_C_SCRIPT)
     out = tmp_path / "out"
