@@ -23,6 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "millrace:e2e"
+CLUSTER = os.environ.get("MILLRACE_E2E_CLUSTER", "millrace-e2e")
 RELEASE, OPERATOR_NAMESPACE = "millrace", "millrace-system"
 
 
@@ -65,7 +66,7 @@ def run(
 @pytest.fixture(scope="session")
 def kind_cluster() -> Iterator[str]:
     """A kind cluster with the image loaded and the chart installed; yields its kubeconfig."""
-    name = os.environ.get("MILLRACE_E2E_CLUSTER", "millrace-e2e")
+    name = CLUSTER
     existing = run("kind", "get", "clusters").stdout.split()
     created = name not in existing
     if created:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from . import audit
-from .conftest import OPERATOR_NAMESPACE, RELEASE, ROOT, run
+from .conftest import CLUSTER, IMAGE, OPERATOR_NAMESPACE, RELEASE, ROOT, run
 from .flows import SLEEPING_FLOW
 
 pytestmark = pytest.mark.timeout(900)
@@ -537,6 +537,55 @@ def test_the_operator_restarted_or_upgraded_never_restarts_a_flow(namespace):
     patch_spec(namespace, "steady", {"epochSeconds": 5})
     wait_for_new_pods(namespace, "steady", before, 2)
     assert container_env(namespace, "steady")["MILLRACE_EPOCH_SECONDS"] == "5"
+
+
+def _upgrade_worker_image(tag: str) -> None:
+    run(
+        "helm",
+        "upgrade",
+        RELEASE,
+        str(ROOT / "charts" / "millrace"),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--reuse-values",
+        "--set",
+        f"image.tag={tag}",
+        "--wait",
+        "--timeout",
+        "5m",
+        timeout=400,
+    )
+
+
+def worker_images(namespace: str, name: str) -> set[str]:
+    return {pod["spec"]["containers"][0]["image"] for pod in pods(namespace, name)}
+
+
+def test_an_upgrade_to_another_worker_image_moves_running_flows_and_leaves_finished_ones(namespace):
+    """Flows that name no image run the operator's (the chart passes its own): an upgrade to
+    another image restarts a running flow on it, and leaves a finished batch flow as it ended,
+    not run again (its output would be written twice)."""
+    batch = yaml.safe_load((ROOT / "examples" / "dataflow-batch.yaml").read_text())
+    batch["metadata"]["namespace"] = namespace
+    apply(batch)
+    apply(dataflow("steady", namespace, TICKING_FLOW, processes=1))
+    wait_for(namespace, "wordcount", "Completed")
+    wait_for(namespace, "steady", "Ready")
+    finished, running = uids(namespace, "wordcount"), uids(namespace, "steady")
+    # The same image under another tag: what an upgrade of the chart brings.
+    run("docker", "tag", IMAGE, "millrace:e2e-next")
+    run("kind", "load", "docker-image", "millrace:e2e-next", "--name", CLUSTER, timeout=900)
+    try:
+        _upgrade_worker_image("e2e-next")
+        wait_for_new_pods(namespace, "steady", running, 1)
+        assert worker_images(namespace, "steady") == {"millrace:e2e-next"}
+        time.sleep(15)  # a restart of the finished flow, if any, would have begun
+        status = kubectl_json("get", "dataflow", "wordcount", "-n", namespace)["status"]
+        assert status["phase"] == "Succeeded", status
+        assert uids(namespace, "wordcount") == finished
+        assert worker_images(namespace, "wordcount") == {IMAGE}
+    finally:
+        _upgrade_worker_image("e2e")
 
 
 def test_deleting_the_dataflow_removes_every_child(namespace):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from .spec import DataflowSpec, SecretRef, parse_spec
@@ -113,7 +113,30 @@ def template_hash(spec: DataflowSpec) -> str:
     process count (it is in every pod's address list) and the restart nonce. Not ``suspend``."""
     restart_relevant = asdict(spec)
     restart_relevant.pop("suspend")
+    restart_relevant.pop("image_named")  # the image itself is in it
     return _digest(restart_relevant)
+
+
+def made_for(spec: DataflowSpec, obj: Manifest) -> bool:
+    """Whether ``obj``, a Job or a pod, was made for ``spec``: its template hash is the spec's;
+    or the spec names no image, and it is the spec's with the image ``obj`` runs (the operator's
+    default image has moved since, by an upgrade: a finished flow stays as it ended)."""
+    made = template_hash_of(obj)
+    if made == template_hash(spec):
+        return True
+    image = _worker_image(obj)
+    return not spec.image_named and image is not None and made == template_hash(replace(spec, image=image))
+
+
+def _worker_image(obj: Manifest) -> str | None:
+    """The image of the worker container of a Job or a pod."""
+    spec = obj.get("spec") or {}
+    if "template" in spec:
+        spec = spec["template"].get("spec") or {}
+    for container in spec.get("containers") or []:
+        if container.get("name") == "worker":
+            return str(container.get("image"))
+    return None
 
 
 def service(df: Manifest) -> Manifest:

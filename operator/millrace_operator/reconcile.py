@@ -68,11 +68,11 @@ def reconcile(api: Api, df: Manifest, now: str, steps: tuple[str, list[str]] | N
 
     def outdated_template(obj: Manifest, job: str) -> bool:
         """Made for another spec; or, but for a finished flow (left as it ended), by an operator
-        that built another pod template from the same spec (an upgrade): a Job's pod template
-        cannot change, its pods must be replaced."""
-        if manifests.template_hash_of(obj) != current:
-            return True
-        return not finished and manifests.pod_template_hash_of(obj) != built.get(job)
+        that built another pod template from the same spec (an upgrade, maybe of the default
+        image): a Job's pod template cannot change, its pods must be replaced."""
+        if finished:
+            return not manifests.made_for(spec, obj)
+        return manifests.template_hash_of(obj) != current or manifests.pod_template_hash_of(obj) != built.get(job)
 
     outdated = [
         job

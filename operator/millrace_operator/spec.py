@@ -43,6 +43,9 @@ class SecretRef:
 @dataclass(frozen=True)
 class DataflowSpec:
     image: str = BUILTIN_IMAGE
+    #: Whether the spec names its image (else :func:`default_image`, which an upgrade of the
+    #: operator may move).
+    image_named: bool = False
     image_pull_policy: str = "IfNotPresent"
     processes: int = 1
     workers_per_process: int = 1
@@ -109,8 +112,10 @@ def parse_spec(spec: Any) -> DataflowSpec:
     epoch = _get(spec, "epochSeconds", (int, float), 10)
     if epoch <= 0:
         raise SpecError(f"spec.epochSeconds must be positive, got {epoch}")
+    image = _get(spec, "image", str, None)
     return DataflowSpec(
-        image=_get(spec, "image", str, None) or default_image(),
+        image=image or default_image(),
+        image_named=bool(image),
         image_pull_policy=_get(spec, "imagePullPolicy", str, "IfNotPresent"),
         processes=processes,
         workers_per_process=workers,

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .manifests import TEMPLATE_HASH, template_hash
-from .spec import parse_spec
+from .manifests import TEMPLATE_HASH, made_for, template_hash, template_hash_of
+from .spec import DataflowSpec, parse_spec
 
 COMPLETED = "millrace: completed"
 FAILED = "millrace: failed: "
@@ -65,6 +65,18 @@ def _condition(
     }
 
 
+def _as_it_ended(previous: dict[str, Any], spec: DataflowSpec, current: str, pods: list[dict[str, Any]]) -> bool:
+    """Whether the flow finished (``previous`` says so) with the spec it has now: the same
+    template hash; or, the operator's default image having moved since, its pods' (see
+    :func:`.manifests.made_for`)."""
+    if previous.get("phase") not in TERMINAL:
+        return False
+    recorded = previous.get("templateHash")
+    if recorded == current:
+        return True
+    return any(template_hash_of(pod) == recorded and made_for(spec, pod) for pod in pods)
+
+
 def compute_status(
     df: dict[str, Any], pods: list[dict[str, Any]], now: str, steps: tuple[str, list[str]] | None = None
 ) -> dict[str, Any]:
@@ -78,7 +90,7 @@ def compute_status(
     ready = sum(1 for p in mine if _ready(p))
     phase, reason, message = "Pending", "Starting", f"{ready} of {spec.processes} processes ready"
 
-    if previous.get("templateHash") == current and previous.get("phase") in TERMINAL:
+    if _as_it_ended(previous, spec, current, pods):
         # A finished run stays as it ended: phase, message and the reason of its condition.
         phase, message = previous["phase"], previous.get("message", "")
         kind = "Failed" if phase == "Failed" else "Completed"

@@ -97,6 +97,7 @@ class FakeApi:
                     "labels": {**template["metadata"]["labels"], "job": name},
                     "annotations": dict(template["metadata"]["annotations"]),
                 },
+                "spec": copy.deepcopy(template["spec"]),
                 "status": {
                     "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
                     "containerStatuses": [container],
@@ -451,3 +452,42 @@ def test_an_operator_upgrade_leaves_a_finished_flow_as_it_ended():
     assert df["status"]["phase"] == "Succeeded"
     assert api.jobs() == jobs and len(api.pods()) == 3
     assert not [call for call in api.calls if call[1] in ("Job", "Pod")]
+
+
+def _image(obj: dict) -> str:
+    spec = obj["spec"]["template"]["spec"] if "template" in obj["spec"] else obj["spec"]
+    (container,) = spec["containers"]
+    return container["image"]
+
+
+def test_an_upgrade_to_another_default_image_leaves_a_finished_flow_and_restarts_a_running_one(monkeypatch):
+    """A flow that names no image runs the operator's default (the chart passes its own image):
+    an upgrade that moves it moves running flows to the new image, and must not run a
+    finished batch flow again (its output would be written twice)."""
+    monkeypatch.setenv("MILLRACE_WORKER_IMAGE", "millrace:1.0")
+    finished_api, finished = FakeApi(), dataflow()
+    reconcile(finished_api, finished, NOW)
+    finished_api.run_pods(ready=False, terminated=(0, "millrace: completed"))
+    finished["status"] = reconcile(finished_api, finished, NOW)
+    running_api, running = FakeApi(), dataflow()
+    reconcile(running_api, running, NOW)
+    running_api.run_pods()
+    running["status"] = reconcile(running_api, running, NOW)
+    assert (finished["status"]["phase"], running["status"]["phase"]) == ("Succeeded", "Running")
+
+    monkeypatch.setenv("MILLRACE_WORKER_IMAGE", "millrace:1.1")
+    jobs = copy.deepcopy(finished_api.jobs())
+    finished_api.calls.clear()
+    for _ in range(3):
+        finished["status"] = reconcile(finished_api, finished, NOW)
+    assert finished["status"]["phase"] == "Succeeded"
+    assert finished_api.jobs() == jobs and len(finished_api.pods()) == 3
+    assert not [call for call in finished_api.calls if call[1] in ("Job", "Pod")]
+
+    settle(running_api, running)
+    assert {_image(job) for job in running_api.jobs().values()} == {"millrace:1.1"}
+    # And a finished flow whose spec does change runs again, on the new image.
+    finished["spec"]["epochSeconds"] = 5
+    settle(finished_api, finished)
+    assert {_image(job) for job in finished_api.jobs().values()} == {"millrace:1.1"}
+    assert finished_api.jobs() != jobs
