@@ -498,6 +498,25 @@ def test_the_api_server_refuses_invalid_dataflows_naming_the_field(namespace):
     assert not kubectl_json("get", "dataflows", "-n", namespace)["items"]
 
 
+def helm_upgrade(setting: str) -> None:
+    """Upgrade the chart's release in place, with one value changed."""
+    run(
+        "helm",
+        "upgrade",
+        RELEASE,
+        str(ROOT / "charts" / "millrace"),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--reuse-values",
+        "--set",
+        setting,
+        "--wait",
+        "--timeout",
+        "5m",
+        timeout=400,
+    )
+
+
 def test_the_operator_restarted_or_upgraded_never_restarts_a_flow(namespace):
     apply(dataflow("steady", namespace, TICKING_FLOW, processes=2))
     wait_for(namespace, "steady", "Ready")
@@ -515,21 +534,7 @@ def test_the_operator_restarted_or_upgraded_never_restarts_a_flow(namespace):
     run(
         "kubectl", "rollout", "status", "-n", OPERATOR_NAMESPACE, f"deployment/{RELEASE}", "--timeout=180s", timeout=240
     )
-    run(
-        "helm",
-        "upgrade",
-        RELEASE,
-        str(ROOT / "charts" / "millrace"),
-        "--namespace",
-        OPERATOR_NAMESPACE,
-        "--reuse-values",
-        "--set",
-        "operator.verbose=true",
-        "--wait",
-        "--timeout",
-        "5m",
-        timeout=400,
-    )
+    helm_upgrade("operator.verbose=true")
     time.sleep(25)  # two of the new operator's timer periods: a restart, if any, would have begun
     assert uids(namespace, "steady") == before
     no_crash_loop(namespace, "steady")
@@ -537,24 +542,6 @@ def test_the_operator_restarted_or_upgraded_never_restarts_a_flow(namespace):
     patch_spec(namespace, "steady", {"epochSeconds": 5})
     wait_for_new_pods(namespace, "steady", before, 2)
     assert container_env(namespace, "steady")["MILLRACE_EPOCH_SECONDS"] == "5"
-
-
-def _upgrade_worker_image(tag: str) -> None:
-    run(
-        "helm",
-        "upgrade",
-        RELEASE,
-        str(ROOT / "charts" / "millrace"),
-        "--namespace",
-        OPERATOR_NAMESPACE,
-        "--reuse-values",
-        "--set",
-        f"image.tag={tag}",
-        "--wait",
-        "--timeout",
-        "5m",
-        timeout=400,
-    )
 
 
 def worker_images(namespace: str, name: str) -> set[str]:
@@ -576,7 +563,7 @@ def test_an_upgrade_to_another_worker_image_moves_running_flows_and_leaves_finis
     run("docker", "tag", IMAGE, "millrace:e2e-next")
     run("kind", "load", "docker-image", "millrace:e2e-next", "--name", CLUSTER, timeout=900)
     try:
-        _upgrade_worker_image("e2e-next")
+        helm_upgrade("image.tag=e2e-next")
         wait_for_new_pods(namespace, "steady", running, 1)
         assert worker_images(namespace, "steady") == {"millrace:e2e-next"}
         time.sleep(15)  # a restart of the finished flow, if any, would have begun
@@ -585,7 +572,7 @@ def test_an_upgrade_to_another_worker_image_moves_running_flows_and_leaves_finis
         assert uids(namespace, "wordcount") == finished
         assert worker_images(namespace, "wordcount") == {IMAGE}
     finally:
-        _upgrade_worker_image("e2e")
+        helm_upgrade("image.tag=e2e")
 
 
 def test_deleting_the_dataflow_removes_every_child(namespace):
