@@ -248,6 +248,35 @@ def test_a_step_error_in_the_pump_names_the_step():
     assert info.value.__notes__[0].startswith("millrace: raised in map #1 (")
 
 
+@pytest.mark.parametrize("batched_input", [False, True])
+@pytest.mark.parametrize("output", ["per item", "per list", "testing"])
+def test_every_item_before_a_step_error_reaches_the_output(batched_input, output):
+    # As when items go one at a time (Bytewax 0.15): the run fails on item 1500 (in the middle
+    # of a call of the fused loop, whose calls have grown to 1,024 items), after 0..1499.
+    def check(x):
+        if x == 1500:
+            raise ValueError("1500")
+        return x
+
+    def build(worker_index, worker_count, resume_state):
+        if batched_input:
+            return ((end, list(range(end - 100, end))) for end in range(100, 3001, 100))
+        return ((x + 1, x) for x in range(3000))
+
+    got: list = []
+    flow = Dataflow()
+    flow.input("inp", ManualInputConfig(build, batched=batched_input))
+    flow.map(check)
+    if output == "testing":
+        flow.capture(TestingOutputConfig(got))
+    else:
+        per_list = output == "per list"
+        flow.capture(ManualOutputConfig(lambda i, n: got.extend if per_list else got.append, batched=per_list))
+    with pytest.raises(ValueError, match="1500"):
+        run_main(flow)
+    assert got == list(range(1500))
+
+
 @pytest.mark.parametrize("batched", [False, True])
 def test_the_pump_checks_what_the_steps_return(batched):
     def build(worker_index, worker_count, resume_state):

@@ -19,7 +19,8 @@ takes whole lists until it has carried ``limit`` items.
 What the source raises leaves the loop from its ``for`` line: the items it gave before have
 already reached the output, the error is held by the reader and raised by the next call, as
 the reader raises it (so the epoch those items belong to ends as usual). A step's error is
-raised at once, named by the line it came from, as :mod:`.chain` does.
+raised at once, named by the line it came from, as :mod:`.chain` does, once the items before
+it have reached the output (as they would one at a time).
 
 The output is called inside the loop when it is a Python callable (``ManualOutputConfig``)
 and this process runs one worker (:data:`.sinks.OUTPUT_LOCK` is then held for the call: no
@@ -293,11 +294,12 @@ class Pump:
         except Exception as exc:
             tb = self._entry(exc)
             t = self._template
+            local = tb.tb_frame.f_locals if tb is not None else {}
+            if not self._calls and local.get("_out"):
+                # The items before the failure go out, as they would one at a time.
+                self._output(local["_out"], epoch)
             if tb is None or tb.tb_lineno not in (t.source_line, t.unpack_line):
                 raise  # a step's error: the worker names the step (step_of)
-            local = tb.tb_frame.f_locals
-            if not self._calls and local.get("_out"):
-                self._output(local["_out"], epoch)  # the items before the failure go out
             state, n = local.get("_state", MISSING), local.get("_n", 0)
             if t.counted:
                 for index, kind in enumerate(t.kinds):
