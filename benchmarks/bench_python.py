@@ -2,7 +2,7 @@
 
 Any engine that calls the user's functions once per item, as both millrace and Bytewax do,
 runs at most this fast; ``vs_bytewax.py`` prints it beside the engines so that a target above
-it reads as what it is. One process only (``stateless`` and ``wordcount``).
+it reads as what it is. One process only (``stateless``, ``wordcount`` and ``windowed``).
 """
 
 from __future__ import annotations
@@ -124,9 +124,30 @@ def stateless_checked(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
     return run
 
 
+def windowed(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
+    """1-second tumbling windows of event time counting per key, with the same functions
+    (``event_time``, ``zero``, ``count_one``) per event; every window's count written at the
+    end (an engine writes each as its window closes, which only costs more)."""
+
+    def run() -> None:
+        one = sink(0).one
+        start, width = wd.EVENT_START, wd.WINDOW
+        event_time, zero, count_one = wd.event_time, wd.zero, wd.count_one
+        windows: dict[tuple[str, int], int] = {}
+        for key, value in source(0, 1):
+            slot = (key, (event_time(value) - start) // width)
+            acc = windows.get(slot)
+            windows[slot] = count_one(zero() if acc is None else acc, value)
+        for (key, _window), tally in windows.items():
+            one((key, tally))
+
+    return run
+
+
 FLOWS: dict[str, Callable[[wd.Source, wd.Sink], Callable[[], None]]] = {
     "stateless": stateless,
     "wordcount": wordcount,
+    "windowed": windowed,
 }
 
 

@@ -117,7 +117,7 @@ WORKLOADS: dict[str, Workload] = {
             bytewax_only=("stateless-item",),
         ),
         Workload("wordcount", "b", ("wordcount",), ceilings=("wordcount",)),
-        Workload("windowed", "c", ("windowed",)),
+        Workload("windowed", "c", ("windowed",), ceilings=("windowed",)),
         Workload("stateless-2p", "d", ("stateless-2p",), ("stateless",)),
         Workload("wordcount-2p", "d", ("wordcount-2p",), ("wordcount",)),
         Workload("rss", "e", ("rss",)),
