@@ -113,16 +113,30 @@ def test_several_workers_of_one_process_each_write_whole_lists():
         assert mine == [n * 2 for n in range(worker, 3000, 3)]
 
 
-def test_an_error_in_the_output_names_the_capture():
+@pytest.mark.parametrize("source", ["items", "batches", "batches then nothing yet"])
+def test_an_error_in_the_output_names_the_capture_and_is_raised_once(source):
+    calls: list = []
+
     def write(items: list) -> None:
+        calls.append(list(items))
         raise ValueError("disk full")
 
+    def blocks(worker_index, worker_count, resume_state):
+        yield 1, [1, 2]
+        if source == "batches then nothing yet":
+            yield None  # the loop outputs what it has, on the line that stops it
+        yield 2, [3]
+
     flow = Dataflow()
-    flow.input("inp", TestingInputConfig([1, 2]))
+    if source == "items":
+        flow.input("inp", TestingInputConfig([1, 2]))
+    else:
+        flow.input("inp", ManualInputConfig(blocks, batched=True))
     flow.capture(ManualOutputConfig(lambda worker_index, worker_count: write, batched=True))
     with pytest.raises(ValueError, match="disk full") as info:
         run_main(flow)
-    assert any("capture" in note for note in info.value.__notes__)
+    assert any("capture" in note for note in info.value.__notes__), info.value.__notes__
+    assert len(calls) == 1  # not written again on the way out
 
 
 @pytest.mark.parametrize("config", [ManualOutputConfig, ManualEpochOutputConfig])

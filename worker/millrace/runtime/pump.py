@@ -114,9 +114,10 @@ def _template(kinds: tuple[str, ...], mode: str, calls: bool, with_epoch: bool, 
     stop = flush + (f"_f{out}(_out, epoch); return _state, _pair, _n" if not calls else "return _state, _pair, _n")
     if mode == "batches":
         t.source_line = t.add(2, "for _pair in _src:")
-        t.add(3, f"if _type(_pair) is not _tuple: {stop}")
+        # These lines output what the loop collected (an error there is the output's).
+        t.add(3, f"if _type(_pair) is not _tuple: {stop}", None if calls else out)
         t.unpack_line = t.add(3, "_s, _batch = _pair")
-        t.add(3, f"if _type(_batch) is not _list: {stop}")
+        t.add(3, f"if _type(_batch) is not _list: {stop}", None if calls else out)
         t.add(3, "_state = _s")
         t.add(3, "_n += len(_batch)")
         t.add(3, "for _item in _batch:")
@@ -295,7 +296,8 @@ class Pump:
             tb = self._entry(exc)
             t = self._template
             local = tb.tb_frame.f_locals if tb is not None else {}
-            if not self._calls and local.get("_out"):
+            from_output = tb is not None and t.step_at[tb.tb_lineno - 1] == len(t.kinds)
+            if not self._calls and local.get("_out") and not from_output:
                 # The items before the failure go out, as they would one at a time.
                 self._output(local["_out"], epoch)
             if tb is None or tb.tb_lineno not in (t.source_line, t.unpack_line):
