@@ -47,7 +47,10 @@ class ManualInputConfig(InputConfig):
     returns an iterator of ``(state, item)`` 2-tuples. ``state`` is what resumes this input right
     after ``item`` when recovery is enabled (``resume_state`` is ``None`` on a fresh start).
     Yielding a bare ``None`` means "nothing yet": the worker does other work and asks again, so
-    the iterator must not block. Exhaustion ends the input of that worker.
+    the iterator must not block. Exhaustion ends the input of that worker. A yield that is
+    neither is a ``TypeError`` naming the input; for speed the worker checks the type of the
+    first yield of each batch it reads and unpacks the others as they come, so a
+    two-element list among the tuples is read as a pair.
 
     >>> from millrace.dataflow import Dataflow
     >>> from millrace.execution import run_main
