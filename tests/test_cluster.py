@@ -246,8 +246,9 @@ def test_a_listener_binds_a_port_the_system_picks_and_refuses_a_taken_one():
 @pytest.mark.parametrize(
     "value, error, message",
     [
-        # Pickling fails in the worker that sends it, which names its step and the item.
-        (threading.Lock, TypeError, r"reduce 'r': the item \(1, <unlocked _thread.lock.*cannot be pickled"),
+        # Pickling fails in the worker that sends it, which names its step and the item (each
+        # process has one to send: whichever fails first stops the cluster).
+        (threading.Lock, TypeError, r"reduce 'r': the item \(\d+, <unlocked _thread.lock.*cannot be pickled"),
         # Unpickling fails in the receiver: authenticated data is never dropped.
         (flows.Unloadable, ClusterError, r"cannot decode data that process \d .*unloadable on purpose"),
     ],
@@ -255,7 +256,7 @@ def test_a_listener_binds_a_port_the_system_picks_and_refuses_a_taken_one():
 )
 def test_a_value_that_cannot_travel_fails_the_cluster(value, error, message):
     # Odd keys start on worker 0 (TestingInputConfig gives item i to worker i % 2) and live on
-    # worker 1, in the other process.
+    # worker 1, in the other process; even keys the other way round.
     flow = Dataflow()
     flow.input("inp", TestingInputConfig(range(10)))
     flow.map(lambda x: (x + 1, value()))
