@@ -35,7 +35,8 @@ d stateless-2p  (a) on 2 processes x 1 worker, each reading only its own share:
                 >= 1.6x millrace's own 1 process, and ahead of Bytewax on 2 processes
   wordcount-2p  (b) likewise: ahead of Bytewax on 2 processes
 e rss           peak RSS growth over a 10,000,000-item streaming (a)              < 50 MB
-f recovery      (b) with 1-second epochs, snapshots at each vs none               cost < 15%
+f recovery      (b) at 4,000,000 words with 1-second epochs, snapshots at each
+                vs none                                                           cost < 15%
 
 Throughput is ``items / the longest span of a worker`` from its first input pull to the end
 of its run: data is made before the clock starts (except for ``rss``, which streams it);
