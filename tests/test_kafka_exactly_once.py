@@ -154,8 +154,17 @@ def test_a_process_killed_mid_epoch_loses_and_repeats_nothing(procs, tmp_path, k
     assert sum(_output(kafka_broker, sink).values()) < RECORDS, "the run was over before the kill"
 
     _restart(procs, kafka_broker, sink, db)
-    got = _output(kafka_broker, sink)
-    everything = _output(kafka_broker, sink, "read_uncommitted")
+    # The restart's producers fenced the killed ones' transactions; a read_committed reader
+    # stops at the first one the broker has not settled. Seen once under load (tansu 0.6.0):
+    # 7,502 of 20,000 records right after the restart, cause not known. So the test waits a
+    # while, though not the 60 s a transaction may stay open: one left open still fails here.
+    deadline = time.monotonic() + 20
+    while True:
+        got = _output(kafka_broker, sink)
+        everything = _output(kafka_broker, sink, "read_uncommitted")
+        if set(got) == set(everything) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert set(got) == set(everything), (
         f"read_committed sees {sum(got.values())}, read_uncommitted {sum(everything.values())}"
     )
