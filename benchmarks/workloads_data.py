@@ -6,11 +6,12 @@ Data is made in blocks of :data:`BLOCK` items, each from its own seeded generato
 whole data set is the same however it is split: worker ``i`` of ``n`` makes (and reads) only
 the blocks ``b`` with ``b % n == i``.
 
-A measurement times each worker from the moment its input is first pulled (its data is
-already made) to the moment its run returned, and reports ``items / longest span``. The
-processes of a cluster start their input a little apart (by up to a tenth of a second, as the
-operating system schedules their start-up); the longest single span leaves that skew out, and
-still holds all the work of the slowest worker, waits on its peers included.
+A measurement times each worker from the moment its input is first pulled (its data is already
+made, and is let go of only after the clock stops) to the moment its run returned, and reports
+``items / longest span``. The processes of a cluster start their input a little apart (by up
+to a tenth of a second, as the operating system schedules their start-up); the longest single
+span leaves that skew out, and still holds all the work of the slowest worker, waits on its
+peers included.
 """
 
 from __future__ import annotations
@@ -198,6 +199,7 @@ class Probe:
     count: int = 0
     mode: str = "count"
     pairs: list[Any] = field(default_factory=list)
+    data: Iterable[Any] = ()
 
     def sink_mode(self, mode: str) -> Probe:
         """Set what the sink keeps and bind :attr:`one` / :attr:`batch` for it, so that sinks
@@ -214,8 +216,17 @@ class Probe:
         self.count += len(batch)
 
     def pull(self, data: Iterable[Any]) -> Iterator[Any]:
+        """``data``, stamping :attr:`first` when its first item is asked for. Only that first
+        request passes through Python: the items come from ``data``'s own iterator, so the
+        harness adds no per-item cost to any engine or loop (a generator passing each item
+        on took about 15 ns an item, a tenth of the batched engines' time)."""
+        self.data = data  # freed after the clock stops: freeing millions of items takes a while
+        return chain(self._stamp_first(), data)
+
+    def _stamp_first(self) -> Iterator[Any]:
         self.first = time.monotonic()
-        yield from data
+        return
+        yield  # a generator that yields nothing: it runs once, on the first request
 
     def record(self) -> dict[str, Any]:
         pairs = list(dict(self.pairs).items()) if self.mode == "last" else self.pairs
