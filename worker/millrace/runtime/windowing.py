@@ -6,7 +6,11 @@ Per key, the clock gives each value a time and a watermark; tumbling windows hol
 each. A window closes, emitting ``(key, result)``, once the key's watermark reaches its end; a
 value whose window has already closed is late and dropped. A key with no open window is
 removed entirely. A heap of per-key deadlines lets time alone close windows without visiting
-every key.
+every key. A key's entry may be earlier than its true deadline (a later one is never pushed
+while an earlier one waits); a tick at it closes what is due, if anything, and schedules the
+key again. The keys of a batch are not pushed at once either (that was a push per key per
+batch, while events, not time, close most windows): they wait as pending, with the earliest
+of their deadlines, and go into the heap when a tick reaches that.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ _key_of = itemgetter(0)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _MISSING = object()
+_NEVER = float("inf")
 
 
 def to_us(t: datetime) -> int:
@@ -70,7 +75,9 @@ class KeyWindows:
         self.watermark_base = watermark_base
         self.seen_at = seen_at
         self.windows: dict[int, Any] = {}
-        self.first = 0  # the index of the first open window, when there is one
+        # No open window has a smaller index (the first one's, or less: the per-item path
+        # moves it past closed windows without looking for the next open one).
+        self.first = 0
 
     def __getstate__(self) -> tuple[datetime, datetime, dict[int, Any]]:
         return (from_us(self.watermark_base), from_us(self.seen_at), self.windows)
@@ -112,6 +119,10 @@ class WindowLogic(KeyedLogic):
         # Per key its live heap entry (deadline, seq, key); the heap may also hold superseded ones.
         self._scheduled: dict[Any, tuple[int, int, Any]] = {}
         self._seq = 0
+        # Keys whose deadline may be earlier than their heap entry, and a bound no later than
+        # the earliest of their deadlines.
+        self._pending: dict[Any, KeyWindows] = {}
+        self._pending_min: float = _NEVER
         self.late_dropped = 0
         # The system time that moves watermarks on between events (a clock's ``now``).
         self._clock = clock
@@ -199,9 +210,12 @@ class WindowLogic(KeyedLogic):
 
     def _close_due(self, key: Any, kw: KeyWindows, watermark: int, out: list[Any]) -> None:
         windows = kw.windows
+        start, length = self.start, self.length
+        kw.first = min(windows) if windows else 0
+        if not windows or start + (kw.first + 1) * length > watermark:
+            return  # an early entry (see the module's docstring): nothing is due yet
         if self.touched is not None:
             self.touched.add(key)
-        start, length = self.start, self.length
         for index in sorted(windows):
             if start + (index + 1) * length > watermark:
                 kw.first = index
@@ -213,11 +227,12 @@ class WindowLogic(KeyedLogic):
         if not kw.windows:
             del self.state[key]
             self._scheduled.pop(key, None)
+            self._pending.pop(key, None)
             return
         first_end = self.start + (kw.first + 1) * self.length
         deadline = kw.seen_at + (first_end - kw.watermark_base)
         scheduled = self._scheduled.get(key)
-        if scheduled is None or scheduled[0] != deadline:
+        if scheduled is None or deadline < scheduled[0]:
             self._seq += 1
             entry = (deadline, self._seq, key)
             self._scheduled[key] = entry
@@ -246,11 +261,12 @@ class WindowLogic(KeyedLogic):
         folding = isinstance(self.step, plan.FoldWindow)
         builder: Any = self.step.builder if folding else None  # type: ignore[attr-defined]
         folder: Any = self.step.folder if folding else None  # type: ignore[attr-defined]
-        result = self._result
+        collect = self._collect
         getter = self.dt_getter
         out: list[Any] = []
         unsettled: dict[Any, KeyWindows] = {}
         touched = self.touched
+        pending = self._pending
         tuple_, str_, int_, type_ = tuple, str, int, type
         for item in batch:
             if type_(item) is not tuple_:
@@ -290,21 +306,27 @@ class WindowLogic(KeyedLogic):
             if windows:
                 first = kw.first
                 if start + (first + 1) * length <= watermark:
-                    # Close what the watermark passed, oldest first. Usually that is the
-                    # first window alone, and the next is right after it: found without a sort.
+                    # Close what the watermark passed, oldest first: usually a window or
+                    # two, so the slots up to the last one due are tried in turn, no sort.
                     if touched is not None:
                         touched.add(key)
-                    while True:
-                        out.append((key, result(windows.pop(first))))
-                        if not windows:
-                            break
-                        first = first + 1 if first + 1 in windows else min(windows)
-                        if start + (first + 1) * length > watermark:
-                            break
-                    kw.first = first
+                    due = (watermark - start) // length - 1  # the last index whose end passed
+                    if due - first < 8:
+                        for index in range(first, due + 1):
+                            acc = windows.pop(index, _MISSING)
+                            if acc is not _MISSING:
+                                out.append((key, collected(acc) if collect else acc))
+                    else:  # a long gap since the key's last event
+                        for index in sorted(windows):
+                            if index > due:
+                                break
+                            acc = windows.pop(index)
+                            out.append((key, collected(acc) if collect else acc))
+                    kw.first = due + 1
                     if not windows:
                         del state[key]
                         self._scheduled.pop(key, None)
+                        pending.pop(key, None)
                         unsettled.pop(key, None)
                         continue
                 unsettled[key] = kw
@@ -313,31 +335,52 @@ class WindowLogic(KeyedLogic):
                 # how items happened to be batched.
                 del state[key]
                 self._scheduled.pop(key, None)
+                pending.pop(key, None)
                 unsettled.pop(key, None)
-        # _settle inlined: every key here has windows (a key that lost them left unsettled).
-        scheduled_get, scheduled, heap, seq = self._scheduled.get, self._scheduled, self._heap, self._seq
-        for key, kw in unsettled.items():
+        # Every key here has windows (a key that lost them left unsettled): pending, see the
+        # module's docstring.
+        pending_min = self._pending_min
+        for kw in unsettled.values():
             deadline = kw.seen_at + (start + (kw.first + 1) * length - kw.watermark_base)
-            entry = scheduled_get(key)
-            if entry is None or entry[0] != deadline:
-                seq += 1
-                scheduled[key] = entry = (deadline, seq, key)
-                heappush(heap, entry)
-        self._seq = seq
-        if len(heap) > 2 * len(scheduled) + 1024:
-            heap[:] = scheduled.values()  # mostly superseded entries: rebuilt from the live ones
-            heapq.heapify(heap)
+            if deadline < pending_min:
+                pending_min = deadline
+        self._pending_min = pending_min
+        pending.update(unsettled)
         if self.touched is not None:
             self.touched.update(map(_key_of, batch))
         return out
 
+    def _schedule_pending(self) -> None:
+        """Push the pending keys whose deadline is earlier than their heap entry."""
+        scheduled, heap, seq = self._scheduled, self._heap, self._seq
+        start, length = self.start, self.length
+        for key, kw in self._pending.items():
+            deadline = kw.seen_at + (start + (kw.first + 1) * length - kw.watermark_base)
+            entry = scheduled.get(key)
+            if entry is None or deadline < entry[0]:
+                seq += 1
+                scheduled[key] = entry = (deadline, seq, key)
+                heappush(heap, entry)
+        self._seq = seq
+        self._pending.clear()
+        self._pending_min = _NEVER
+        if len(heap) > 2 * len(scheduled) + 1024:
+            heap[:] = scheduled.values()  # mostly superseded entries: rebuilt from the live ones
+            heapq.heapify(heap)
+
     def next_deadline(self) -> datetime | None:
-        return from_us(self._heap[0][0]) if self._heap else None
+        heap = self._heap
+        earliest = heap[0][0] if heap else _NEVER
+        if self._pending and self._pending_min < earliest:
+            earliest = self._pending_min
+        return None if earliest == _NEVER else from_us(int(earliest))
 
     def on_tick(self, now: datetime) -> list[Any]:
         out: list[Any] = []
         heap = self._heap
         now_us = to_us(now)
+        if self._pending and self._pending_min <= now_us:
+            self._schedule_pending()
         while heap and heap[0][0] <= now_us:
             entry = heapq.heappop(heap)
             key = entry[2]
@@ -359,4 +402,6 @@ class WindowLogic(KeyedLogic):
         self.state.clear()
         self._heap.clear()
         self._scheduled.clear()
+        self._pending.clear()
+        self._pending_min = _NEVER
         return out
