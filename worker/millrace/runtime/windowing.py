@@ -67,28 +67,34 @@ class KeyWindows:
 
     Times are microseconds since the Unix epoch; snapshots hold datetimes."""
 
-    __slots__ = ("watermark_base", "seen_at", "windows", "first")
+    __slots__ = ("lag", "seen_at", "windows", "first")
 
     def __init__(self, watermark_base: int, seen_at: int) -> None:
-        # watermark(now) = watermark_base + (now - seen_at): the latest event time minus the
-        # wait, moved forward by the wall time elapsed since that event came.
-        self.watermark_base = watermark_base
+        # The watermark is the latest event time minus the wait (watermark_base, when it came
+        # at seen_at), moved forward by the wall time elapsed since: at ``now`` it is
+        # ``now - lag``. One subtraction per item, where base and seen_at would take two.
+        self.lag = seen_at - watermark_base
         self.seen_at = seen_at
         self.windows: dict[int, Any] = {}
         # No open window has a smaller index (the first one's, or less: the per-item path
         # moves it past closed windows without looking for the next open one).
         self.first = 0
 
+    @property
+    def watermark_base(self) -> int:
+        return self.seen_at - self.lag
+
     def __getstate__(self) -> tuple[datetime, datetime, dict[int, Any]]:
         return (from_us(self.watermark_base), from_us(self.seen_at), self.windows)
 
     def __setstate__(self, state: tuple[datetime, datetime, dict[int, Any]]) -> None:
         base, seen, self.windows = state
-        self.watermark_base, self.seen_at = to_us(base), to_us(seen)
+        self.seen_at = to_us(seen)
+        self.lag = self.seen_at - to_us(base)
         self.first = min(self.windows) if self.windows else 0
 
     def watermark(self, now: int) -> int:
-        return self.watermark_base + (now - self.seen_at)
+        return now - self.lag
 
 
 class WindowLogic(KeyedLogic):
@@ -105,7 +111,8 @@ class WindowLogic(KeyedLogic):
         if not isinstance(step.window, TumblingWindowConfig):
             raise TypeError(f"{self.name}: unsupported window configuration {step.window!r}")
         self.length = duration_us(step.window.length)
-        self.start = to_us(step.window.start_at or flow_start)
+        self._start_at = step.window.start_at or flow_start
+        self.start = to_us(self._start_at)
         config = step.clock
         if not isinstance(config, EventClockConfig):
             raise TypeError(f"{self.name}: unsupported clock configuration {config!r}")
@@ -130,6 +137,7 @@ class WindowLogic(KeyedLogic):
     def rebase(self, flow_start: datetime) -> None:
         """Use the flow start a recovery store recorded, so window boundaries stay put."""
         if self.step.window.start_at is None:  # type: ignore[attr-defined]
+            self._start_at = flow_start
             self.start = to_us(flow_start)
 
     @staticmethod
@@ -229,8 +237,7 @@ class WindowLogic(KeyedLogic):
             self._scheduled.pop(key, None)
             self._pending.pop(key, None)
             return
-        first_end = self.start + (kw.first + 1) * self.length
-        deadline = kw.seen_at + (first_end - kw.watermark_base)
+        deadline = kw.lag + self.start + (kw.first + 1) * self.length
         scheduled = self._scheduled.get(key)
         if scheduled is None or deadline < scheduled[0]:
             self._seq += 1
@@ -249,12 +256,14 @@ class WindowLogic(KeyedLogic):
 
     def on_batch(self, batch: list[tuple[Any, Any]]) -> list[Any]:
         # The per-item path, with the common cases inlined: an aware UTC event time, a fold
-        # into an open window, nothing due. Times are int microseconds (see to_us).
+        # into an open window, nothing due. Times here are int microseconds since the
+        # windows' start, so that an index is one division and the watermark one subtraction
+        # (these ints are big, and each operation on them allocates).
         now = to_us(self._clock())
+        start, length, wait = self.start, self.length, self.wait
+        since_start = now - start
+        start_at = self._start_at
         state = self.state
-        length = self.length
-        start = self.start
-        wait = self.wait
         fold = self._fold
         # A fold_window's fold inlined below (the common case of the benchmarks): no call
         # per item for the fold itself.
@@ -265,7 +274,6 @@ class WindowLogic(KeyedLogic):
         getter = self.dt_getter
         out: list[Any] = []
         unsettled: dict[Any, KeyWindows] = {}
-        touched = self.touched
         pending = self._pending
         tuple_, str_, int_, type_ = tuple, str, int, type
         for item in batch:
@@ -277,24 +285,27 @@ class WindowLogic(KeyedLogic):
                 raise bad_keyed_item(self.name, item)
             event_at = getter(value)
             if type(event_at) is datetime and event_at.tzinfo is UTC:
-                t = (event_at - _EPOCH) // _US
+                t = (event_at - start_at) // _US
             else:
-                t = self._checked_event_time(event_at, value)
+                t = self._checked_event_time(event_at, value) - start
             candidate = t - wait
             kw = state.get(key)
             if kw is None:
-                kw = state[key] = KeyWindows(candidate, now)
+                kw = state[key] = KeyWindows(candidate + start, now)
                 watermark = candidate
             else:
-                watermark = kw.watermark_base + (now - kw.seen_at)
+                watermark = since_start - kw.lag
                 if candidate > watermark:
-                    kw.watermark_base = watermark = candidate
+                    kw.lag = since_start - candidate
                     kw.seen_at = now
-            index = (t - start) // length
+                    watermark = candidate
+            index = t // length
+            # Windows before this one have ended by the watermark: they are closed.
+            open_from = watermark // length
             windows = kw.windows
-            if start + (index + 1) * length <= watermark:
+            if index < open_from:
                 self.late_dropped += 1
-                log.debug("%s: dropped late value %r of key %r at %s", self.name, value, key, from_us(t))
+                log.debug("%s: dropped late value %r of key %r at %s", self.name, value, key, from_us(t + start))
             else:
                 if not windows or index < kw.first:
                     kw.first = index
@@ -302,27 +313,24 @@ class WindowLogic(KeyedLogic):
                     acc = windows.get(index, _MISSING)
                     windows[index] = folder(builder() if acc is _MISSING else acc, value)
                 else:
-                    fold(windows, index, t, value)
+                    fold(windows, index, t + start, value)
             if windows:
                 first = kw.first
-                if start + (first + 1) * length <= watermark:
+                if first < open_from:
                     # Close what the watermark passed, oldest first: usually a window or
                     # two, so the slots up to the last one due are tried in turn, no sort.
-                    if touched is not None:
-                        touched.add(key)
-                    due = (watermark - start) // length - 1  # the last index whose end passed
-                    if due - first < 8:
-                        for index in range(first, due + 1):
+                    if open_from - first <= 8:
+                        for index in range(first, open_from):
                             acc = windows.pop(index, _MISSING)
                             if acc is not _MISSING:
                                 out.append((key, collected(acc) if collect else acc))
                     else:  # a long gap since the key's last event
                         for index in sorted(windows):
-                            if index > due:
+                            if index >= open_from:
                                 break
                             acc = windows.pop(index)
                             out.append((key, collected(acc) if collect else acc))
-                    kw.first = due + 1
+                    kw.first = open_from
                     if not windows:
                         del state[key]
                         self._scheduled.pop(key, None)
@@ -341,7 +349,7 @@ class WindowLogic(KeyedLogic):
         # module's docstring.
         pending_min = self._pending_min
         for kw in unsettled.values():
-            deadline = kw.seen_at + (start + (kw.first + 1) * length - kw.watermark_base)
+            deadline = kw.lag + start + (kw.first + 1) * length
             if deadline < pending_min:
                 pending_min = deadline
         self._pending_min = pending_min
@@ -355,7 +363,7 @@ class WindowLogic(KeyedLogic):
         scheduled, heap, seq = self._scheduled, self._heap, self._seq
         start, length = self.start, self.length
         for key, kw in self._pending.items():
-            deadline = kw.seen_at + (start + (kw.first + 1) * length - kw.watermark_base)
+            deadline = kw.lag + start + (kw.first + 1) * length
             entry = scheduled.get(key)
             if entry is None or deadline < entry[0]:
                 seq += 1
