@@ -44,7 +44,7 @@ import linecache
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import islice
+from itertools import chain, islice
 from types import CodeType, TracebackType
 from typing import Any
 
@@ -267,6 +267,9 @@ class Pump:
             if not reader.has_ahead():
                 return 0  # nothing yet, the end, or an error raised by the next call
         ahead = reader.take_ahead()
+        if ahead and self.mode == "batches":
+            # A batch is a tuple nobody else holds: one loop carries it and those after it.
+            return self._carry(chain(ahead, reader.iterator), limit, epoch)
         if ahead:
             taken = self._carry(ahead, 1, epoch, last=False)
             # Let go of it: zip, enumerate and dict.items reuse their tuple for the next
@@ -274,7 +277,7 @@ class Pump:
             del ahead
             if reader.failed:
                 return taken
-            limit -= taken if self.mode == "batches" else 1
+            limit -= 1
             if limit <= 0:
                 reader.look_ahead()
                 return taken
