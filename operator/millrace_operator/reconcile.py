@@ -60,7 +60,8 @@ def reconcile(api: Api, df: Manifest, now: str, steps: tuple[str, list[str]] | N
             api.delete(kind, namespace, child_name)
     selector = manifests.selector(name)
     pods = api.list("Pod", namespace, selector)
-    status = compute_status(df, pods, now, steps)
+    jobs = api.list("Job", namespace, selector)
+    status = compute_status(df, pods, now, steps, jobs)
     current = manifests.template_hash(spec)
     # The pod template each process's Job gets from this operator, by Job name and process.
     built = {_name(job): manifests.pod_template_hash_of(job) for job in manifests.jobs(df, suspend=False)}
@@ -74,11 +75,7 @@ def reconcile(api: Api, df: Manifest, now: str, steps: tuple[str, list[str]] | N
             return not manifests.made_for(spec, obj)
         return manifests.template_hash_of(obj) != current or manifests.pod_template_hash_of(obj) != built.get(job)
 
-    outdated = [
-        job
-        for job in api.list("Job", namespace, selector)
-        if _name(job) not in built or outdated_template(job, _name(job))
-    ]
+    outdated = [job for job in jobs if _name(job) not in built or outdated_template(job, _name(job))]
     for job in outdated:
         if not job["metadata"].get("deletionTimestamp"):
             api.delete("Job", namespace, _name(job))

@@ -9,7 +9,7 @@ them, so a finished flow is not run again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .manifests import TEMPLATE_HASH, made_for, template_hash, template_hash_of
@@ -65,23 +65,28 @@ def _condition(
     }
 
 
-def _as_it_ended(previous: dict[str, Any], spec: DataflowSpec, current: str, pods: list[dict[str, Any]]) -> bool:
+def _as_it_ended(previous: dict[str, Any], spec: DataflowSpec, current: str, made: list[dict[str, Any]]) -> bool:
     """Whether the flow finished (``previous`` says so) with the spec it has now: the same
-    template hash; or, the operator's default image having moved since, its pods' (see
-    :func:`.manifests.made_for`)."""
+    template hash; or, the operator's default image having moved since, that of the pods or
+    Jobs ``made`` for it (see :func:`.manifests.made_for`; the Jobs stay when the completed
+    pods are gone)."""
     if previous.get("phase") not in TERMINAL:
         return False
     recorded = previous.get("templateHash")
     if recorded == current:
         return True
-    return any(template_hash_of(pod) == recorded and made_for(spec, pod) for pod in pods)
+    return any(template_hash_of(obj) == recorded and made_for(spec, obj) for obj in made)
 
 
 def compute_status(
-    df: dict[str, Any], pods: list[dict[str, Any]], now: str, steps: tuple[str, list[str]] | None = None
+    df: dict[str, Any],
+    pods: list[dict[str, Any]],
+    now: str,
+    steps: tuple[str, list[str]] | None = None,
+    jobs: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The ``.status`` a Dataflow should have, given its pods (of any template) and the flow's
-    steps as a pod of the template ``steps[0]`` said them, if one did."""
+    """The ``.status`` a Dataflow should have, given its pods and Jobs (of any template) and
+    the flow's steps as a pod of the template ``steps[0]`` said them, if one did."""
     spec = parse_spec(df.get("spec"))
     previous = df.get("status") or {}
     generation = (df.get("metadata") or {}).get("generation")
@@ -90,7 +95,7 @@ def compute_status(
     ready = sum(1 for p in mine if _ready(p))
     phase, reason, message = "Pending", "Starting", f"{ready} of {spec.processes} processes ready"
 
-    if _as_it_ended(previous, spec, current, pods):
+    if _as_it_ended(previous, spec, current, [*pods, *jobs]):
         # A finished run stays as it ended: phase, message and the reason of its condition.
         phase, message = previous["phase"], previous.get("message", "")
         kind = "Failed" if phase == "Failed" else "Completed"

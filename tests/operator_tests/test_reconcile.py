@@ -491,3 +491,24 @@ def test_an_upgrade_to_another_default_image_leaves_a_finished_flow_and_restarts
     settle(finished_api, finished)
     assert {_image(job) for job in finished_api.jobs().values()} == {"millrace:1.1"}
     assert finished_api.jobs() != jobs
+
+
+def test_a_finished_flow_whose_pods_were_deleted_stays_as_it_ended_when_the_default_image_moves(monkeypatch):
+    """Completed pods go (deleted by hand, or by a node's cleanup) while the Jobs stay: the
+    Jobs still say which image the flow ran, so the flow is not run again."""
+    monkeypatch.setenv("MILLRACE_WORKER_IMAGE", "millrace:1.0")
+    api, df = FakeApi(), dataflow()
+    reconcile(api, df, NOW)
+    api.run_pods(ready=False, terminated=(0, "millrace: completed"))
+    df["status"] = reconcile(api, df, NOW)
+    assert df["status"]["phase"] == "Succeeded"
+    for name in list(api.pods()):
+        del api.objects[("Pod", "ns", name)]
+    monkeypatch.setenv("MILLRACE_WORKER_IMAGE", "millrace:1.1")
+    jobs = copy.deepcopy(api.jobs())
+    api.calls.clear()
+    for _ in range(3):
+        df["status"] = reconcile(api, df, NOW)
+    assert df["status"]["phase"] == "Succeeded"
+    assert api.jobs() == jobs
+    assert not [call for call in api.calls if call[1] in ("Job", "Pod")]
