@@ -544,6 +544,11 @@ def test_the_operator_restarted_or_upgraded_never_restarts_a_flow(namespace):
     assert container_env(namespace, "steady")["MILLRACE_EPOCH_SECONDS"] == "5"
 
 
+def job_uids(namespace: str, name: str) -> set[str]:
+    jobs = kubectl_json("get", "jobs", "-n", namespace, "-l", f"millrace.dev/dataflow={name}")["items"]
+    return {job["metadata"]["uid"] for job in jobs}
+
+
 def worker_images(namespace: str, name: str) -> set[str]:
     return {pod["spec"]["containers"][0]["image"] for pod in pods(namespace, name)}
 
@@ -551,14 +556,21 @@ def worker_images(namespace: str, name: str) -> set[str]:
 def test_an_upgrade_to_another_worker_image_moves_running_flows_and_leaves_finished_ones(namespace):
     """Flows that name no image run the operator's (the chart passes its own): an upgrade to
     another image restarts a running flow on it, and leaves a finished batch flow as it ended,
-    not run again (its output would be written twice)."""
+    not run again (its output would be written twice), also one whose completed pods are gone
+    (its Jobs say which image it ran)."""
     batch = yaml.safe_load((ROOT / "examples" / "dataflow-batch.yaml").read_text())
     batch["metadata"]["namespace"] = namespace
     apply(batch)
+    pruned = {**batch, "metadata": {"name": "pruned", "namespace": namespace}}
+    pruned["spec"] = {**batch["spec"], "processes": 1}
+    apply(pruned)
     apply(dataflow("steady", namespace, TICKING_FLOW, processes=1))
     wait_for(namespace, "wordcount", "Completed")
+    wait_for(namespace, "pruned", "Completed")
     wait_for(namespace, "steady", "Ready")
     finished, running = uids(namespace, "wordcount"), uids(namespace, "steady")
+    run("kubectl", "delete", "pods", "-n", namespace, "-l", "millrace.dev/dataflow=pruned", "--wait=true", timeout=120)
+    pruned_jobs = job_uids(namespace, "pruned")
     # The same image under another tag: what an upgrade of the chart brings.
     run("docker", "tag", IMAGE, "millrace:e2e-next")
     run("kind", "load", "docker-image", "millrace:e2e-next", "--name", CLUSTER, timeout=900)
@@ -571,6 +583,9 @@ def test_an_upgrade_to_another_worker_image_moves_running_flows_and_leaves_finis
         assert status["phase"] == "Succeeded", status
         assert uids(namespace, "wordcount") == finished
         assert worker_images(namespace, "wordcount") == {IMAGE}
+        status = kubectl_json("get", "dataflow", "pruned", "-n", namespace)["status"]
+        assert status["phase"] == "Succeeded", status
+        assert job_uids(namespace, "pruned") == pruned_jobs and not pods(namespace, "pruned")
     finally:
         helm_upgrade("image.tag=e2e")
 
