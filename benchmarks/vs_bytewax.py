@@ -20,13 +20,13 @@ its runs are correct, and a wrong or crashed run is a loud FAIL and a non-zero e
 
 Workloads (sizes times ``--scale``) and the targets for millrace:
 
-a stateless     2,000,000 random ints: map(x+1), filter(even), a counting sink   >= 2x Bytewax
+a stateless     2,000,000 random ints: map(x+1), filter(even), a counting sink
                 read three ways: millrace's item input (``ManualInputConfig``) and its
                 batched one (``batched=True``, lists of 1,000, written by a batched
-                ``ManualOutputConfig``), Bytewax's batch source
-                (``next_batch`` of 1,000) and one that hands out one item per ``next_batch``;
-                beside them plain loops: over the ``(state, item)`` pairs millrace's
-                builder yields (item input: >= 90% of it), over the bare items
+                ``ManualOutputConfig``: >= 2x Bytewax's batch source), Bytewax's batch
+                source (``next_batch`` of 1,000) and one that hands out one item per
+                ``next_batch``; beside them plain loops: over the ``(state, item)`` pairs
+                millrace's builder yields (item input: >= 90% of it), over the bare items
                 (batched input: >= 80% of it) and over the same lists of 1,000
 b wordcount     1,000,000 words of 10,000: each word's final count               >= 8x Bytewax
 c windowed      1,000,000 events, 1,000 keys, 1,000 s: 1-second tumbling event-time
@@ -312,12 +312,16 @@ def stateless_rows(bench: Bench, w: Workload) -> tuple[list[Row], list[Bar]]:
     share_items = bench.ratio((mr, batch), (py, "stateless"))
     rows = [
         Row(
-            "item input (ManualInputConfig) vs Bytewax's batch source (next_batch: 1,000 items)",
+            # Issue 7 asked 2x of item input; issue 24 set it against the plain loop instead
+            # (target 1 below), because that loop itself stays under 2x: shown beside it.
+            "item input (ManualInputConfig) vs Bytewax's batch source (next_batch: 1,000 items); "
+            "the plain loop over the same (state, item) generator reaches "
+            f"{_x(bench.ratio((py, 'stateless-pairs'), (bw, 'stateless')))} of it",
             bench.throughput(mr, "stateless"),
             bench.throughput(bw, "stateless"),
             _x(item_vs_bw),
-            ">= 2x",
-            _verdict(item_vs_bw, lambda r: r >= 2.0),
+            "—",
+            "info",
         ),
         Row(
             "item input vs Bytewax's source one item per next_batch",
@@ -378,7 +382,7 @@ def stateless_rows(bench: Bench, w: Workload) -> tuple[list[Row], list[Bar]]:
         ),
     ]
     bars = [
-        Bar("ratio", "a stateless, item input", item_vs_bw, target=2.0),
+        Bar("ratio", "a stateless, item input", item_vs_bw),
         Bar("ratio", "a stateless, batched input", batch_vs_bw, target=2.0),
     ]
     return rows, bars
