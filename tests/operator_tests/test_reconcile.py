@@ -438,20 +438,32 @@ def test_an_operator_upgrade_that_changes_the_pod_template_restarts_a_running_fl
     assert "metrics" in [port["name"] for port in container["ports"]]
 
 
-def test_an_operator_upgrade_leaves_a_finished_flow_as_it_ended():
+def _finished_flow() -> tuple[FakeApi, dict]:
+    """A Dataflow whose pods all completed, and the status that says so."""
     api, df = FakeApi(), dataflow()
     reconcile(api, df, NOW)
     api.run_pods(ready=False, terminated=(0, "millrace: completed"))
     df["status"] = reconcile(api, df, NOW)
     assert df["status"]["phase"] == "Succeeded"
-    _as_an_older_operator_made_them(api)
+    return api, df
+
+
+def _stays_as_it_ended(api: FakeApi, df: dict, pods: int) -> None:
+    """Reconciled again and again: still Succeeded, not run again (its pods and logs kept),
+    its Jobs neither deleted nor applied (a Job's pod template is immutable)."""
     jobs = copy.deepcopy(api.jobs())
     api.calls.clear()
-    df["status"] = reconcile(api, df, NOW)
-    # Not run again, its pods and logs kept, its Jobs neither deleted nor applied (immutable).
+    for _ in range(3):
+        df["status"] = reconcile(api, df, NOW)
     assert df["status"]["phase"] == "Succeeded"
-    assert api.jobs() == jobs and len(api.pods()) == 3
+    assert api.jobs() == jobs and len(api.pods()) == pods
     assert not [call for call in api.calls if call[1] in ("Job", "Pod")]
+
+
+def test_an_operator_upgrade_leaves_a_finished_flow_as_it_ended():
+    api, df = _finished_flow()
+    _as_an_older_operator_made_them(api)
+    _stays_as_it_ended(api, df, pods=3)
 
 
 def _image(obj: dict) -> str:
@@ -465,10 +477,7 @@ def test_an_upgrade_to_another_default_image_leaves_a_finished_flow_and_restarts
     an upgrade that moves it moves running flows to the new image, and must not run a
     finished batch flow again (its output would be written twice)."""
     monkeypatch.setenv("MILLRACE_WORKER_IMAGE", "millrace:1.0")
-    finished_api, finished = FakeApi(), dataflow()
-    reconcile(finished_api, finished, NOW)
-    finished_api.run_pods(ready=False, terminated=(0, "millrace: completed"))
-    finished["status"] = reconcile(finished_api, finished, NOW)
+    finished_api, finished = _finished_flow()
     running_api, running = FakeApi(), dataflow()
     reconcile(running_api, running, NOW)
     running_api.run_pods()
@@ -477,12 +486,7 @@ def test_an_upgrade_to_another_default_image_leaves_a_finished_flow_and_restarts
 
     monkeypatch.setenv("MILLRACE_WORKER_IMAGE", "millrace:1.1")
     jobs = copy.deepcopy(finished_api.jobs())
-    finished_api.calls.clear()
-    for _ in range(3):
-        finished["status"] = reconcile(finished_api, finished, NOW)
-    assert finished["status"]["phase"] == "Succeeded"
-    assert finished_api.jobs() == jobs and len(finished_api.pods()) == 3
-    assert not [call for call in finished_api.calls if call[1] in ("Job", "Pod")]
+    _stays_as_it_ended(finished_api, finished, pods=3)
 
     settle(running_api, running)
     assert {_image(job) for job in running_api.jobs().values()} == {"millrace:1.1"}
@@ -497,18 +501,8 @@ def test_a_finished_flow_whose_pods_were_deleted_stays_as_it_ended_when_the_defa
     """Completed pods go (deleted by hand, or by a node's cleanup) while the Jobs stay: the
     Jobs still say which image the flow ran, so the flow is not run again."""
     monkeypatch.setenv("MILLRACE_WORKER_IMAGE", "millrace:1.0")
-    api, df = FakeApi(), dataflow()
-    reconcile(api, df, NOW)
-    api.run_pods(ready=False, terminated=(0, "millrace: completed"))
-    df["status"] = reconcile(api, df, NOW)
-    assert df["status"]["phase"] == "Succeeded"
+    api, df = _finished_flow()
     for name in list(api.pods()):
         del api.objects[("Pod", "ns", name)]
     monkeypatch.setenv("MILLRACE_WORKER_IMAGE", "millrace:1.1")
-    jobs = copy.deepcopy(api.jobs())
-    api.calls.clear()
-    for _ in range(3):
-        df["status"] = reconcile(api, df, NOW)
-    assert df["status"]["phase"] == "Succeeded"
-    assert api.jobs() == jobs
-    assert not [call for call in api.calls if call[1] in ("Job", "Pod")]
+    _stays_as_it_ended(api, df, pods=0)
