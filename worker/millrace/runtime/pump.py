@@ -268,7 +268,7 @@ class Pump:
                 return 0  # nothing yet, the end, or an error raised by the next call
         ahead = reader.take_ahead()
         if ahead and self.mode == "batches":
-            # A batch is a tuple nobody else holds: one loop carries it and those after it.
+            # One loop call carries the looked-ahead batch and those after it: one output call.
             return self._carry(chain(ahead, reader.iterator), limit, epoch)
         if ahead:
             taken = self._carry(ahead, 1, epoch, last=False)

@@ -96,6 +96,12 @@ class KeyWindows:
     def watermark(self, now: int) -> int:
         return now - self.lag
 
+    def deadline(self, start: int, length: int) -> int:
+        """When wall time alone brings the watermark to the end of the first window (or
+        earlier: :attr:`first` may be below the first open window), with windows from
+        ``start`` of ``length``."""
+        return self.lag + start + (self.first + 1) * length
+
 
 class WindowLogic(KeyedLogic):
     """One windowed step on the event clock, on one worker."""
@@ -231,26 +237,18 @@ class WindowLogic(KeyedLogic):
             out.append((key, self._result(windows.pop(index))))
 
     def _settle(self, key: Any, kw: KeyWindows) -> None:
-        """Forget a key without windows, or schedule the tick that closes its first window."""
+        """Forget a key without windows, or make it pending (see the module's docstring)."""
         if not kw.windows:
-            del self.state[key]
-            self._scheduled.pop(key, None)
-            self._pending.pop(key, None)
+            self._forget(key)
             return
-        deadline = kw.lag + self.start + (kw.first + 1) * self.length
-        scheduled = self._scheduled.get(key)
-        if scheduled is None or deadline < scheduled[0]:
-            self._seq += 1
-            entry = (deadline, self._seq, key)
-            self._scheduled[key] = entry
-            heap = self._heap
-            if len(heap) > 2 * len(self._scheduled) + 1024:
-                # Most entries are superseded schedules: rebuild from the live ones rather
-                # than pop them one by one later.
-                heap[:] = self._scheduled.values()
-                heapq.heapify(heap)
-            else:
-                heapq.heappush(heap, entry)
+        self._pending[key] = kw
+        self._pending_min = min(self._pending_min, kw.deadline(self.start, self.length))
+
+    def _forget(self, key: Any) -> None:
+        """A key whose last window closed: no state, no schedule."""
+        del self.state[key]
+        self._scheduled.pop(key, None)
+        self._pending.pop(key, None)
 
     # -- the KeyedLogic interface ----------------------------------------------------------
 
@@ -332,24 +330,20 @@ class WindowLogic(KeyedLogic):
                             out.append((key, collected(acc) if collect else acc))
                     kw.first = open_from
                     if not windows:
-                        del state[key]
-                        self._scheduled.pop(key, None)
-                        pending.pop(key, None)
+                        self._forget(key)
                         unsettled.pop(key, None)
                         continue
                 unsettled[key] = kw
             else:
                 # Freed at once, not at the end of the batch, so results never depend on
                 # how items happened to be batched.
-                del state[key]
-                self._scheduled.pop(key, None)
-                pending.pop(key, None)
+                self._forget(key)
                 unsettled.pop(key, None)
         # Every key here has windows (a key that lost them left unsettled): pending, see the
         # module's docstring.
         pending_min = self._pending_min
         for kw in unsettled.values():
-            deadline = kw.lag + start + (kw.first + 1) * length
+            deadline = kw.lag + start + (kw.first + 1) * length  # kw.deadline(), inlined
             if deadline < pending_min:
                 pending_min = deadline
         self._pending_min = pending_min
@@ -363,7 +357,7 @@ class WindowLogic(KeyedLogic):
         scheduled, heap, seq = self._scheduled, self._heap, self._seq
         start, length = self.start, self.length
         for key, kw in self._pending.items():
-            deadline = kw.lag + start + (kw.first + 1) * length
+            deadline = kw.lag + start + (kw.first + 1) * length  # kw.deadline(), inlined
             entry = scheduled.get(key)
             if entry is None or deadline < entry[0]:
                 seq += 1
