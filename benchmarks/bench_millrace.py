@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from itertools import count, islice
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ def version() -> str:
 
 class _Input:
     """``ManualInputConfig`` builder: a worker's share, with its item count as resume state
-    (``batched``: lists of :data:`BATCH` items, the count after each as their state)."""
+    (``batched``: :func:`workloads_data.batches`, lists of 1,000 with the count after each)."""
 
     def __init__(self, source: wd.Source, batched: bool = False) -> None:
         self.source = source
@@ -52,17 +52,7 @@ class _Input:
             next(data)
         if not self.batched:
             return zip(count(done + 1), data)
-        return self._batches(data, done)
-
-    @staticmethod
-    def _batches(data: Iterator[Any], done: int) -> Iterator[tuple[int, list[Any]]]:
-        while batch := list(islice(data, BATCH)):
-            done += len(batch)
-            yield done, batch
-
-
-#: Items per batch of the batched input: Bytewax's sources' default.
-BATCH = 1_000
+        return wd.batches(data, done)
 
 
 def _input(source: wd.Source) -> ManualInputConfig:

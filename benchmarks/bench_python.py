@@ -29,6 +29,8 @@ def stateless(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
         return stateless_checked(source, sink)
     if source.variant == "batch":
         return stateless_batches(source, sink)
+    if source.variant == "batch-checked":
+        return stateless_batches_checked(source, sink)
 
     def run() -> None:
         one = sink(0).one
@@ -63,12 +65,39 @@ def stateless_batches(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
         write = sink(0).batch
         inc, is_even = wd.inc, wd.is_even
         data = source(0, 1)
-        while batch := list(islice(data, 1_000)):
+        while batch := list(islice(data, wd.BATCH)):
             out = []
             for x in batch:
                 y = inc(x)
                 if is_even(y):
                     out.append(y)
+            write(out)
+
+    return run
+
+
+def stateless_batches_checked(source: wd.Source, sink: wd.Sink) -> Callable[[], None]:
+    """The batched loop with what an engine owes millrace's batched API on top: it reads the
+    ``(state, list)`` pairs the batched builder yields (``workloads_data.batches``), refuses a
+    yield that is not such a pair, and a filter verdict that is not a bool. A hand-written
+    program doing the batched engine's work."""
+
+    def run() -> None:
+        write = sink(0).batch
+        inc, is_even = wd.inc, wd.is_even
+        for pair in wd.batches(source(0, 1)):
+            if type(pair) is not tuple or len(pair) != 2 or type(pair[1]) is not list:
+                raise TypeError(f"not a (state, list) tuple: {pair!r}")
+            _state, batch = pair
+            out = []
+            for x in batch:
+                y = inc(x)
+                keep = is_even(y)
+                if keep is not True:
+                    if keep is False:
+                        continue
+                    raise TypeError(f"filter must return a bool, got {keep!r}")
+                out.append(y)
             write(out)
 
     return run

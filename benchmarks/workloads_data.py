@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -73,6 +73,7 @@ MEASURES: dict[str, Measure] = {
     "stateless-batch": Measure("stateless", 2_000_000, variant="batch"),
     "stateless-pairs": Measure("stateless", 2_000_000, variant="pairs"),
     "stateless-checked": Measure("stateless", 2_000_000, variant="checked"),
+    "stateless-batch-checked": Measure("stateless", 2_000_000, variant="batch-checked"),
     "stateless-2p": Measure("stateless", 2_000_000, procs=2),
     "wordcount-2p": Measure("wordcount", 1_000_000, procs=2),
     "rss": Measure("stateless", 10_000_000, stream=True),
@@ -119,6 +120,18 @@ def count_one(acc: int, _value: Any) -> int:
 
 
 # -- data --------------------------------------------------------------------------------------
+
+
+#: Items per batch of the batched inputs: Bytewax's sources' default.
+BATCH = 1_000
+
+
+def batches(data: Iterator[Any], done: int = 0) -> Iterator[tuple[int, list[Any]]]:
+    """``data`` in lists of :data:`BATCH`, each with the count of items after it (its resume
+    state): what millrace's batched input builder yields."""
+    while batch := list(islice(data, BATCH)):
+        done += len(batch)
+        yield done, batch
 
 
 def _vocabulary() -> list[str]:
@@ -260,7 +273,8 @@ class Source:
     #: (Bytewax as usual); ``"pairs"``: the plain loop reads the ``(state, item)`` pairs
     #: millrace's builder yields, instead of the bare items; ``"checked"``: the same, in
     #: chunks of 1,024 with the checks millrace's API owes (each yield a tuple, each filter
-    #: verdict a bool).
+    #: verdict a bool); ``"batch-checked"``: the plain loop over lists of 1,000 with the checks
+    #: millrace's batched API owes (each yield a ``(state, list)`` tuple, each verdict a bool).
     variant: str = ""
 
     def __call__(self, worker_index: int, worker_count: int) -> Iterator[Any]:
