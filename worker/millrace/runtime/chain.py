@@ -128,7 +128,9 @@ def _template(
     if counted:
         names.append("_n")
     t.add(0, f"def _factory(_not_bool, _names, {', '.join(names)}):")
-    t.add(1, "def run(batch, epoch):")
+    # The steps' functions are bound as defaults, so the loop reads them as locals, not cells.
+    defaults = "".join(f", _f{index}=_f{index}" for index in range(len(kinds)))
+    t.add(1, f"def run(batch, epoch{defaults}):")
     if counted:
         t.add(2, "_n[0] += len(batch)")
     # What a batch that empties before the keyed step gives: it emits nothing (and sends

@@ -104,13 +104,14 @@ def _template(kinds: tuple[str, ...], mode: str, calls: bool, with_epoch: bool, 
     # ``pump(_src, _limit, epoch)`` returns ``(state, stop, n)``: the state of the last item
     # carried (MISSING: none), the yield that stopped the loop (MISSING: none did) and how
     # many items it carried (counted for batches and bare items; pairs are not counted).
-    t.add(1, "def pump(_src, _limit, epoch):")
+    # The functions are bound as defaults, so the loop reads them as locals, not from cells.
+    defaults = ", ".join(f"_f{i}=_f{i}" for i in range(len(kinds) + 1))
+    t.add(1, f"def pump(_src, _limit, epoch, {defaults}):")
     t.add(2, "_type, _tuple, _list, _state, _n = type, tuple, list, MISSING, 0")
     for index in per_item:
         t.add(2, f"_c{index} = 0")
     if not calls:
         t.add(2, "_out = []")
-        t.add(2, "_append = _out.append")
     stop = flush + (f"_f{out}(_out, epoch); return _state, _pair, _n" if not calls else "return _state, _pair, _n")
     if mode == "batches":
         t.source_line = t.add(2, "for _pair in _src:")
@@ -142,7 +143,7 @@ def _template(kinds: tuple[str, ...], mode: str, calls: bool, with_epoch: bool, 
     if calls:
         t.add(depth, f"_f{out}((epoch, {item}))" if with_epoch else f"_f{out}({item})", out)
     else:
-        t.add(depth, f"_append({item})", out)
+        t.add(depth, f"_out.append({item})", out)  # specialised by CPython: no call
     if mode == "batches":
         t.add(3, "if _n >= _limit: break")
     if not calls:
