@@ -3,7 +3,8 @@ every path a worker emits on (a peer's messages, the end of input, a timer), and
 is exact.
 
 The bound is read from the link's own count of the messages waiting in its outbound queue
-(logged at close), not from timings or RSS."""
+(logged at close), and for a combiner's partials also from the receiving process's count of
+those that arrived and were not handled yet; not from timings or RSS."""
 
 from __future__ import annotations
 
@@ -20,14 +21,17 @@ import pytest
 from millrace.transport.addresses import free_ports
 
 from .conftest import SUPPORT, Procs
+from .support import combine_proc
 from .support.fanout_proc import expected
 
 pytestmark = pytest.mark.timeout(180)
 
 FANOUT_PROC = str(SUPPORT / "fanout_proc.py")
+COMBINE_PROC = str(SUPPORT / "combine_proc.py")
 # Smaller than the default, so that what the bound allows is far below what is sent.
 WINDOW = 8
 PEAK = re.compile(r"process (\d+): sent (\d+) messages; at most (\d+) messages \((\d+) bytes\) waited to be sent")
+UNHANDLED = re.compile(r"handled (\d+) partial messages of peers; at most (\d+) arrived unhandled")
 
 
 def _run(
@@ -81,6 +85,47 @@ def test_a_fast_sender_waits_for_a_slow_receiver(procs, tmp_path, scenario, work
     assert peak <= bound, f"{peak} messages waited in process 0's outbound queue (bound {bound})"
     # Without the bound, far more would have waited: process 0 sent many times as many.
     assert sent >= 4 * bound, f"process 0 sent only {sent} messages: the test shows nothing"
+
+
+@pytest.mark.parametrize("scenario", combine_proc.SCENARIOS)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_combiners_drain_waits_for_a_slow_owner(procs, tmp_path, scenario, workers):
+    """Partials of ``reduce_window(..., combine=True)`` and ``fold_window(..., merger=...)``
+    drained many times (whenever ``combine.LIMIT`` keys are held, or at each epoch's end), each
+    drain many chunks, to an owner whose merger is slow: the drains wait for its credit, and
+    every value is counted once."""
+    count, keys = 4000, 600
+    addresses = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
+    out = str(tmp_path / "out")
+    args = ["--addresses", addresses, "--workers", str(workers), "--out", out, "--count", str(count)]
+    env = {"MILLRACE_CLUSTER_SECRET": "s3cret", "MILLRACE_CREDIT_WINDOW": str(WINDOW)}
+    started = [
+        procs.start(COMBINE_PROC, scenario, *args, "--keys", str(keys), "--proc-id", str(p), env=env) for p in range(2)
+    ]
+    errs = []
+    for proc in started:
+        _, err = proc.communicate(timeout=150)
+        assert proc.returncode == 0, err[-3000:]
+        errs.append(err)
+    got: dict[str, tuple[int, int]] = {}
+    for path in tmp_path.glob("out.*"):
+        for line in path.read_text().splitlines():
+            key, (n, total) = ast.literal_eval(line)
+            # A key's values may span two windows, should a day end during the run.
+            had = got.get(key, (0, 0))
+            got[key] = (had[0] + n, had[1] + total)
+    assert got == combine_proc.expected(2 * workers, count, keys)
+    # What the owner holds: per worker of process 0 and worker of process 1, at most a window
+    # of partial messages arrived and not handled yet.
+    handled, unhandled = map(int, UNHANDLED.search(errs[1]).groups())
+    assert unhandled <= WINDOW, f"{unhandled} partial messages of one worker waited at another (window {WINDOW})"
+    # What the sender holds: as in test_a_fast_sender_waits_for_a_slow_receiver.
+    proc_id, _, peak, _ = map(int, PEAK.search(errs[0]).groups())
+    bound = workers * workers * (2 * WINDOW + 4) + 8
+    assert proc_id == 0 and peak <= bound, f"{peak} messages waited in process 0's outbound queue (bound {bound})"
+    # Without the bound, far more would have waited: process 1 handled many times as many.
+    least = 4 * workers * workers * WINDOW
+    assert handled >= least, f"process 1 handled only {handled} partials of process 0: the test shows nothing"
 
 
 @pytest.mark.parametrize("end", ["killed", "frozen"])
