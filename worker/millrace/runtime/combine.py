@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .chain import KeyRouter
+from .epochs import BATCH_SIZE
 from .errors import bad_keyed_item
 from .exchange import DATA, Message
 from .loop_code import LoopCode
@@ -43,8 +44,10 @@ from .loop_code import LoopCode
 #: Keys the partials may hold before they go out: a bound on memory when keys hardly repeat
 #: within an epoch (then combining saves little anyway).
 LIMIT = 1 << 16
-#: Partials per message, so that an epoch's end sends frames of a moderate size.
-CHUNK = 8192
+#: Partials per message: as many as items in a batch's piece (a partial is one key's value, as
+#: an item is), so that credits, which count messages, bound what partials hold in flight as
+#: they bound batches.
+CHUNK = BATCH_SIZE
 
 
 class CombiningLogic(Protocol):
