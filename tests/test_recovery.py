@@ -674,7 +674,7 @@ def test_stores_rewritten_for_different_cluster_sizes_are_refused_and_left_alone
         conn.execute("UPDATE meta SET value = '1' WHERE name = 'worker_count'")
     conn.close()
     before = _snapshot_files(tmp_path)
-    with pytest.raises(RecoveryError, match=r"disagree on the worker count \(\[1, 2\]\); a rescale was interrupted"):
+    with pytest.raises(RecoveryError, match=r"disagree on the worker count \(\[1, 2\]\): a rescale was interrupted"):
         spawn_cluster(counting_flow([], 60), **flow_args)
     assert _snapshot_files(tmp_path) == before
 

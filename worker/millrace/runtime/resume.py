@@ -112,9 +112,10 @@ def _agree(
     if len(counts) > 1:
         raise RecoveryError(
             f"{where}: the stores of workers {sorted(snapshotted)} "
-            f"disagree on the worker count ({counts}); a rescale was interrupted while it "
-            "rewrote them, and some keys' state may be in none of them: restore the directory "
-            "from a copy, or start from an empty one"
+            f"disagree on the worker count ({counts}): a rescale was interrupted while it "
+            "rewrote them, or some are left from another run (a leftover volume or store of "
+            "an earlier cluster), and some keys' state may be in none of them: restore the "
+            "stores from a copy, or start with every worker's store empty"
         )
     (old_count,) = counts
     if old_count > worker_count:
