@@ -22,7 +22,7 @@ from millrace.execution import TestingEpochConfig, run_main, spawn_cluster
 from millrace.inputs import ManualInputConfig, TestingInputConfig
 from millrace.outputs import TestingEpochOutputConfig, TestingOutputConfig
 from millrace.recovery import KafkaRecoveryConfig, RecoveryConfig, SqliteRecoveryConfig
-from millrace.runtime.store import RecoveryError
+from millrace.runtime.store import RecoveryError, inspect
 from millrace.testing import doctest_ctx
 from millrace.window import EventClockConfig, SystemClockConfig, TumblingWindowConfig
 
@@ -675,6 +675,35 @@ def test_stores_rewritten_for_different_cluster_sizes_are_refused_and_left_alone
     conn.close()
     before = _snapshot_files(tmp_path)
     with pytest.raises(RecoveryError, match=r"disagree on the worker count \(\[1, 2\]\): a rescale was interrupted"):
+        spawn_cluster(counting_flow([], 60), **flow_args)
+    assert _snapshot_files(tmp_path) == before
+
+
+def test_stores_left_from_an_earlier_run_are_refused_and_left_alone(tmp_path):
+    """Stores of an earlier cluster beside those of a new one (in Kubernetes: a volume kept
+    from before, mounted again): the same worker count, each store whole, but resuming them
+    together would mix the two runs' states."""
+    flow_args = {
+        "proc_count": 1,
+        "worker_count_per_proc": 3,
+        "epoch_config": TestingEpochConfig(),
+        "recovery_config": SqliteRecoveryConfig(tmp_path),
+        "mp_ctx": doctest_ctx,
+    }
+    spawn_cluster(counting_flow([], 30), **flow_args)
+    (earlier_run,) = {inspect(tmp_path, w).run for w in range(3)}
+    assert earlier_run is not None
+    earlier = {name: (tmp_path / name).read_bytes() for name in ("worker-1.sqlite3", "worker-2.sqlite3")}
+    for path in tmp_path.iterdir():
+        path.unlink()
+    spawn_cluster(counting_flow([], 20), **flow_args)  # a new run, from empty stores
+    spawn_cluster(counting_flow([], 25), **flow_args)  # resumed: still that run
+    runs = {inspect(tmp_path, w).run for w in range(3)}
+    assert len(runs) == 1 and None not in runs and earlier_run not in runs
+    for name, data in earlier.items():
+        (tmp_path / name).write_bytes(data)
+    before = _snapshot_files(tmp_path)
+    with pytest.raises(RecoveryError, match=r"written by different runs \(workers \[0\] by one, \[1, 2\] by another\)"):
         spawn_cluster(counting_flow([], 60), **flow_args)
     assert _snapshot_files(tmp_path) == before
 

@@ -103,3 +103,38 @@ def test_a_store_made_again_is_refused():
 def test_fewer_workers_than_wrote_the_stores_is_refused():
     with pytest.raises(RecoveryError, match="cannot shrink"):
         plan(store(2, 3), store(2, 3), workers=2)
+
+
+def of_run(summary: StoreSummary, run: str | None, draw: str | None = None) -> StoreSummary:
+    return replace(summary, run=run, draw=draw)
+
+
+def test_a_fresh_start_names_its_run_by_worker_0s_draw():
+    assert plan(of_run(NONE, None, "a"), of_run(NONE, None, "b")).run == "a"
+
+
+def test_stores_of_one_run_keep_it_whatever_the_workers_draw():
+    decided = plan(of_run(store(5, 2), "r", "a"), of_run(store(4, 2), "r", "b"))
+    assert decided == ResumePlan(2, 5, T0, run="r")
+
+
+def test_stores_of_two_runs_are_refused_naming_the_workers_of_each():
+    stores = [of_run(store(5, 3), "old"), of_run(store(9, 3), "new"), of_run(store(5, 3), "old")]
+    with pytest.raises(RecoveryError, match=r"written by different runs \(workers \[0, 2\] by one, \[1\] by another\)"):
+        plan(*stores)
+
+
+def test_stores_of_three_runs_are_refused_too():
+    stores = [of_run(store(5, 3), "a"), of_run(store(5, 3), "b"), of_run(store(5, 3), "c")]
+    with pytest.raises(RecoveryError, match=r"workers \[0\] by one, \[1\], \[2\] by others"):
+        plan(*stores)
+
+
+def test_stores_of_an_older_millrace_record_no_run_and_join_worker_0s_draw():
+    assert plan(of_run(store(3, 2), None, "a"), of_run(store(3, 2), "r", "b")).run == "r"
+    assert plan(of_run(store(3, 2), None, "a"), of_run(store(3, 2), None, "b")).run == "a"
+
+
+def test_a_store_of_another_run_without_a_snapshot_holds_nothing_and_joins():
+    """A new worker's store from a stopped rescale, of some other run: nothing in it counts."""
+    assert plan(of_run(store(3, 1), "r"), of_run(store(-1, 2), "other")) == ResumePlan(1, 4, T0, run="r")

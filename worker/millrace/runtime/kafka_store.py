@@ -99,9 +99,14 @@ class KafkaStores:
         return f"worker-{worker_index}"
 
     def open(
-        self, worker_index: int, worker_count: int, step_ids: Sequence[str], flow_start: datetime
+        self,
+        worker_index: int,
+        worker_count: int,
+        step_ids: Sequence[str],
+        flow_start: datetime,
+        run: str | None = None,
     ) -> KafkaWorkerStore:
-        return KafkaWorkerStore(self, worker_index, worker_count, step_ids, flow_start)
+        return KafkaWorkerStore(self, worker_index, worker_count, step_ids, flow_start, run)
 
     # -- reading the topics ------------------------------------------------------------------
 
@@ -175,6 +180,7 @@ class KafkaStores:
                 flow_start=datetime.fromisoformat(meta["flow_start"]),
                 progress=None if meta["progress"] is None else int(meta["progress"]),
                 staged=None if staged is None else (int(staged[0]), int(staged[1])),
+                run=meta.get("run"),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise RecoveryError(f"recovery store {where} has damaged metadata ({exc!r})") from None
@@ -211,6 +217,7 @@ class KafkaWorkerStore:
         worker_count: int,
         step_ids: Sequence[str],
         flow_start: datetime,
+        run: str | None = None,
     ) -> None:
         self.stores = stores
         self.worker_index = worker_index
@@ -231,10 +238,15 @@ class KafkaWorkerStore:
                 "progress": None,
                 "generation": 0,
                 "staged": None,
+                "run": run,
             }
             self._put_meta(meta)
         else:
             stores._info(worker_index, meta)  # checks the format
+            if run is not None and meta.get("run") != run:
+                # It joins this run (resume refuses stores of two runs that hold a snapshot).
+                meta["run"] = run
+                self._put_meta(meta)
         self.meta = meta
         images = stores.state_of(worker_index)
         self.image: Image = images.pop(self._generation(), {})

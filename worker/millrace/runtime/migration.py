@@ -28,7 +28,7 @@ feeds it what it receives until :meth:`Recovery.ready`, then asks for the outcom
 >>> from millrace.runtime.resume import StoreSummary
 >>> r = Recovery(index=1, count=2)
 >>> r.share(StoreSummary(exists=False))
-(4, 1, StoreSummary(exists=False, progress=-1, worker_count=0, flow_start=None, staged=None))
+(4, 1, StoreSummary(exists=False, progress=-1, worker_count=0, flow_start=None, staged=None, run=None, draw=None))
 >>> r.gather((DATA, 0, 4, [("k", 1)]))  # a faster peer is through already
 >>> r.ready(), r.deferred
 (False, [(0, 0, 4, [('k', 1)])])

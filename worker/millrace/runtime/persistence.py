@@ -9,6 +9,7 @@ its partial chunks since then add up to more keys than it holds.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
@@ -144,7 +145,9 @@ def restore(
     stores.check()
     info = stores.inspect(index)
     check_stores(stores, info, step_ids, count)
-    progress = recovery.share(StoreSummary.of(info, info is None and stores.left_empty(index)))
+    # Every worker draws a run id; worker 0's names the run if the stores hold none.
+    summary = StoreSummary.of(info, info is None and stores.left_empty(index), draw=uuid.uuid4().hex)
+    progress = recovery.share(summary)
     if count > 1:
         exchange.broadcast(index, progress)
         gather()
@@ -153,7 +156,7 @@ def restore(
     if recorded_start is not None:
         for logic in logics:
             logic.rebase(recorded_start)
-    worker_store = stores.open(index, count, step_ids, recorded_start or flow_start)
+    worker_store = stores.open(index, count, step_ids, recorded_start or flow_start, decided.run)
     try:
         if info is not None and info.staged is not None:
             if decided.finish_rescale == info.staged[0]:

@@ -10,11 +10,22 @@ rewrote anything). A grown cluster rewrites its stores in two halves (staged bes
 content, then swapped in once every worker has staged), so a rescale stopped while the stores
 were swapped is finished by the next start: every store not yet swapped has its half staged.
 
+Every store records the run it belongs to: an id drawn when a cluster starts with nothing to
+resume (worker 0's draw, which every worker sees in the summaries) and kept by every start
+after it. Stores of two runs are never resumed together, as they would be when a volume or a
+directory of an earlier cluster is mounted beside the stores of a new one (stores written
+before runs were recorded have none, and are not compared).
+
 >>> from pathlib import Path
 >>> old = StoreSummary(exists=True, progress=4, worker_count=1, staged=(2, 4))
 >>> new = StoreSummary(exists=True, progress=4, worker_count=2)  # swapped already
 >>> plan_resume({0: old, 1: new}, worker_count=2, where=Path("db"))
-ResumePlan(old_count=2, resume=5, flow_start=None, finish_rescale=2)
+ResumePlan(old_count=2, resume=5, flow_start=None, finish_rescale=2, run=None)
+>>> plan_resume({0: StoreSummary(True, 4, 2, run="a"), 1: StoreSummary(True, 7, 2, run="b")}, 2, Path("db"))
+Traceback (most recent call last):
+millrace.runtime.store.RecoveryError: recovery directory db: the stores were written by different runs (workers [0] by
+one, [1] by another): some are left from an earlier cluster (a leftover volume or store), and resuming them together
+would mix their states; restore the stores from a copy, or start with every worker's store empty
 """
 
 from __future__ import annotations
@@ -36,22 +47,25 @@ class StoreSummary:
     worker_count: int = 0
     flow_start: datetime | None = None
     staged: tuple[int, int] | None = None  # a rescale's staged half: (worker count, epoch)
+    run: str | None = None  # the run its store belongs to (None: recorded by no version)
+    #: The run id this worker drew, for a start with nothing to resume (worker 0's is used).
+    draw: str | None = None
 
     @classmethod
-    def of(cls, info: StoreInfo | None, left_empty: bool = False) -> StoreSummary:
+    def of(cls, info: StoreInfo | None, left_empty: bool = False, draw: str | None = None) -> StoreSummary:
         """The summary of a store that says ``info``; ``None`` with ``left_empty``: a store
         begun and left without anything in it (its worker was stopped while creating it),
         which exists without a snapshot, as opposed to a store that is not there at all."""
         if info is None:
-            return cls(exists=left_empty)
+            return cls(exists=left_empty, draw=draw)
         progress = -1 if info.progress is None else info.progress
-        return cls(True, progress, info.worker_count, info.flow_start, info.staged)
+        return cls(True, progress, info.worker_count, info.flow_start, info.staged, info.run, draw)
 
     def committed(self) -> StoreSummary:
         """This store once its staged rescale is swapped in."""
         assert self.staged is not None
         count, epoch = self.staged
-        return StoreSummary(True, epoch, count, self.flow_start)
+        return StoreSummary(True, epoch, count, self.flow_start, run=self.run, draw=self.draw)
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,8 @@ class ResumePlan:
     #: The worker count of a stopped rescale: a worker whose store has that count staged
     #: swaps it in before loading; any other staged half is dropped.
     finish_rescale: int | None = None
+    #: The run every store records from now on (``None``: the summaries drew none).
+    run: str | None = None
 
 
 def plan_resume(summaries: Mapping[int, StoreSummary], worker_count: int, where: str | Path) -> ResumePlan:
@@ -77,8 +93,35 @@ def plan_resume(summaries: Mapping[int, StoreSummary], worker_count: int, where:
             w: summary.committed() if summary.staged and summary.staged[0] == finishing else summary
             for w, summary in summaries.items()
         }
+    run = _run_of(summaries, where)
     old_count, resume, flow_start = _agree(summaries, worker_count, where)
-    return ResumePlan(old_count, resume, flow_start, finishing)
+    return ResumePlan(old_count, resume, flow_start, finishing, run)
+
+
+def _run_of(summaries: Mapping[int, StoreSummary], where: str | Path) -> str | None:
+    """The run the stores holding a snapshot belong to, or, when none records one, worker
+    0's draw (the lowest index's); a :class:`~.store.RecoveryError` when they are of two."""
+    runs: dict[str, list[int]] = {}
+    for w, summary in sorted(summaries.items()):
+        if summary.exists and summary.progress >= 0 and summary.run is not None:
+            runs.setdefault(summary.run, []).append(w)
+    if len(runs) > 1:
+        first, *others = sorted(runs.values())
+        rest = ", ".join(str(workers) for workers in others)
+        by = "another" if len(others) == 1 else "others"
+        raise RecoveryError(
+            f"{_place(where)}: the stores were written by different runs (workers {first} by "
+            f"one, {rest} by {by}): some are left from an earlier cluster (a leftover volume "
+            "or store), and resuming them together would mix their states; restore the stores "
+            "from a copy, or start with every worker's store empty"
+        )
+    if runs:
+        return next(iter(runs))
+    return summaries[min(summaries)].draw if summaries else None
+
+
+def _place(where: str | Path) -> str:
+    return f"recovery directory {where}" if isinstance(where, Path) else where
 
 
 def stopped_rescale(summaries: Mapping[int, StoreSummary]) -> int | None:
@@ -98,8 +141,7 @@ def stopped_rescale(summaries: Mapping[int, StoreSummary]) -> int | None:
 def _agree(
     summaries: Mapping[int, StoreSummary], worker_count: int, where: str | Path
 ) -> tuple[int | None, int, datetime | None]:
-    if isinstance(where, Path):
-        where = f"recovery directory {where}"
+    where = _place(where)
     existing = {w: summary for w, summary in sorted(summaries.items()) if summary.exists}
     if not existing:
         return None, 0, None

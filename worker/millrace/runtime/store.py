@@ -128,6 +128,8 @@ class StoreInfo:
     progress: int | None  # the last epoch this worker finished
     #: A rescale's first half, written and not yet swapped in: (worker count, as of epoch).
     staged: tuple[int, int] | None = None
+    #: The run it belongs to (:mod:`.resume`); ``None`` in a store of an older millrace.
+    run: str | None = None
 
 
 def check_dir(db_dir: Path) -> None:
@@ -187,6 +189,7 @@ def inspect(db_dir: Path, worker_index: int) -> StoreInfo | None:
             flow_start=datetime.fromisoformat(meta["flow_start"]),
             progress=None if row is None else int(row[0]),
             staged=(int(meta["staged_count"]), int(meta["staged_epoch"])) if "staged_count" in meta else None,
+            run=meta.get("run"),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise RecoveryError(f"recovery store {path} has damaged metadata ({exc!r})") from None
@@ -202,6 +205,7 @@ class WorkerStore:
         worker_count: int,
         step_ids: Sequence[str],
         flow_start: datetime,
+        run: str | None = None,
     ) -> None:
         self.path = store_path(db_dir, worker_index)
         self.worker_index = worker_index
@@ -229,6 +233,10 @@ class WorkerStore:
                     )
             else:
                 self._upgrade()
+            if run is not None:
+                # The run this store belongs to from now on: a store of no run, or one that held
+                # no snapshot, joins it (resume refuses stores of two runs that hold one).
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('run', ?)", (run,))
         except sqlite3.DatabaseError as exc:
             raise RecoveryError(f"cannot write the recovery store {self.path}: {exc}") from None
 

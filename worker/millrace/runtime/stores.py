@@ -73,9 +73,15 @@ class Stores(Protocol):
         """Worker ``worker_index``'s store, for messages."""
 
     def open(
-        self, worker_index: int, worker_count: int, step_ids: Sequence[str], flow_start: datetime
+        self,
+        worker_index: int,
+        worker_count: int,
+        step_ids: Sequence[str],
+        flow_start: datetime,
+        run: str | None = None,
     ) -> WorkerStoreLike:
-        """Worker ``worker_index``'s store, made if it has none, for writing."""
+        """Worker ``worker_index``'s store, made if it has none, for writing; it records
+        ``run`` as the run it belongs to (see :mod:`.resume`)."""
 
 
 class SqliteStores:
@@ -109,9 +115,14 @@ class SqliteStores:
         return store.store_path(self.db_dir, worker_index).name
 
     def open(
-        self, worker_index: int, worker_count: int, step_ids: Sequence[str], flow_start: datetime
+        self,
+        worker_index: int,
+        worker_count: int,
+        step_ids: Sequence[str],
+        flow_start: datetime,
+        run: str | None = None,
     ) -> store.WorkerStore:
-        return store.WorkerStore(self.db_dir, worker_index, worker_count, step_ids, flow_start)
+        return store.WorkerStore(self.db_dir, worker_index, worker_count, step_ids, flow_start, run)
 
 
 def stores_of(recovery_config: Any) -> Stores | None:
