@@ -344,7 +344,11 @@ def test_rescaling_up_keeps_the_recovered_state_and_down_is_refused(namespace):
     # Fewer workers than wrote the recovery state: the API server refuses it, saying why.
     refused = patch_spec(namespace, "ticks", {"processes": 2}, check=False)
     assert refused.returncode != 0 and "cannot shrink" in refused.stderr, refused.stderr
-    assert kubectl_json("get", "dataflow", "ticks", "-n", namespace)["spec"]["processes"] == 3
+    # More workers, but each process's would be another's: its volume holds its own workers'.
+    refused = patch_spec(namespace, "ticks", {"workersPerProcess": 2}, check=False)
+    assert refused.returncode != 0 and "workersPerProcess cannot change" in refused.stderr, refused.stderr
+    spec = kubectl_json("get", "dataflow", "ticks", "-n", namespace)["spec"]
+    assert (spec["processes"], spec["workersPerProcess"]) == (3, 1)
 
 
 @pytest.mark.parametrize("how", ["delete-pod", "sigkill"])

@@ -885,6 +885,33 @@ def _expected() -> set[tuple[str, int]]:
     return expected
 
 
+def test_with_a_directory_per_process_the_workers_per_process_cannot_change(procs, tmp_path):
+    """Each process keeps its own workers' stores, as pods do on their volumes: 2x1 -> 2x2 would
+    make worker 1 process 0's, whose directory lacks its store. Refused on every process,
+    naming why, and the stores are left as they were (the CRD refuses it first)."""
+    addresses = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
+    dirs = [tmp_path / f"db{p}" for p in range(2)]
+    for path in dirs:
+        path.mkdir()
+
+    def start(workers: int) -> list:
+        args = ["--addresses", addresses, "--out", str(tmp_path / "out"), "--count", "20", "--delay", "0"]
+        return [
+            procs.start(RECOVERY_PROC, *args, "--proc-id", str(p), "--db-dir", str(dirs[p]), "--workers", str(workers))
+            for p in range(2)
+        ]
+
+    for proc in start(1):
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+    before = [_snapshot_files(path) for path in dirs]
+    for proc in start(2):
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        assert "have no store" in stderr and "the workers per process cannot change" in stderr, stderr[-2000:]
+    assert [_snapshot_files(path) for path in dirs] == before
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_a_random_kill_of_a_2x2_cluster_loses_nothing(procs, tmp_path, seed):
     rng = random.Random(seed)

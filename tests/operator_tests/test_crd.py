@@ -123,9 +123,20 @@ def test_the_base_of_the_invalid_cases_is_valid():
     assert errors(_base()) == []
 
 
-def _transition_rules() -> list[dict[str, Any]]:
+def _transition_rule(saying: str) -> dict[str, Any]:
+    """The transition rule of the spec whose message says ``saying``."""
     spec = version_schema(load_crd())["properties"]["spec"]
-    return [rule for rule in spec.get("x-kubernetes-validations", []) if "oldSelf" in rule["rule"]]
+    rules = [rule for rule in spec.get("x-kubernetes-validations", []) if "oldSelf" in rule["rule"]]
+    (rule,) = [rule for rule in rules if saying in rule["message"]]
+    return rule
+
+
+def _allows(rule: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> bool:
+    import celpy
+
+    env = celpy.Environment()
+    program = env.program(env.compile(rule["rule"]))
+    return bool(program.evaluate({"self": celpy.json_to_cel(new), "oldSelf": celpy.json_to_cel(old)}))
 
 
 def _spec(processes: int, workers: int, recovery: bool | None) -> dict[str, Any]:
@@ -140,7 +151,7 @@ def _spec(processes: int, workers: int, recovery: bool | None) -> dict[str, Any]
     [
         (_spec(2, 2, True), _spec(3, 1, True), False),  # 4 workers -> 3: their state has no reader
         (_spec(3, 1, True), _spec(2, 1, True), False),
-        (_spec(2, 2, True), _spec(4, 1, True), True),  # as many workers, spread otherwise
+        (_spec(2, 2, True), _spec(4, 1, True), True),  # as many workers (the next rule refuses it)
         (_spec(2, 1, True), _spec(3, 1, True), True),  # more workers
         (_spec(3, 1, True), _spec(2, 1, False), True),  # recovery off: nothing to read
         (_spec(3, 1, False), _spec(2, 1, True), True),  # nothing recovered yet
@@ -151,13 +162,31 @@ def _spec(processes: int, workers: int, recovery: bool | None) -> dict[str, Any]
 )
 def test_with_recovery_the_worker_count_cannot_shrink(old, new, allowed):
     """A transition rule (the API server checks it on updates, against the stored spec)."""
-    import celpy
-
-    (rule,) = _transition_rules()
-    assert "cannot shrink" in rule["message"] and "processes x workersPerProcess" in rule["message"]
-    env = celpy.Environment()
-    program = env.program(env.compile(rule["rule"]))
-    verdict = program.evaluate({"self": celpy.json_to_cel(new), "oldSelf": celpy.json_to_cel(old)})
-    assert bool(verdict) is allowed
+    rule = _transition_rule("cannot shrink")
+    assert "processes x workersPerProcess" in rule["message"]
+    assert _allows(rule, old, new) is allowed
     # A create has no old object: the rule does not apply, and the schema accepts either spec.
     assert errors({**_base(), "spec": new}) == []
+
+
+@pytest.mark.parametrize(
+    "old,new,allowed",
+    [
+        (_spec(2, 2, True), _spec(4, 1, True), False),  # worker 1's store is on process 0's volume
+        (_spec(2, 1, True), _spec(2, 2, True), False),  # worker 1 would be process 0's
+        (_spec(1, 2, True), _spec(2, 1, True), False),
+        (_spec(1, 1, True), _spec(1, 3, True), True),  # one volume holds every store
+        (_spec(1, 2, True), _spec(2, 2, True), True),  # process 0 keeps its workers
+        (_spec(2, 2, True), _spec(3, 2, True), True),
+        (_spec(2, 2, True), _spec(4, 1, False), True),  # recovery off: nothing to read
+        (_spec(2, 2, False), _spec(4, 1, True), True),  # nothing recovered yet
+        (_spec(2, 2, None), _spec(4, 1, True), True),
+    ],
+    ids=["2x2to4x1", "2x1to2x2", "1x2to2x1", "1x1to1x3", "1x2to2x2", "2x2to3x2", "off-now", "off-before", "none"],
+)
+def test_with_recovery_on_many_processes_the_workers_per_process_stay(old, new, allowed):
+    """Each process's recovery volume holds its own workers' stores: on a cluster of more
+    than one process, a worker may not move to another process (what the engine refuses too,
+    tests/test_recovery.py), so the API server refuses it first, saying why."""
+    rule = _transition_rule("workersPerProcess cannot change")
+    assert _allows(rule, old, new) is allowed

@@ -44,12 +44,13 @@ def main() -> None:
     parser.add_argument("--db-dir", required=True)
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--delay", type=float, default=0.002)
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     cluster_main(
         build(args.out, args.count, args.delay),
         args.addresses.split(","),
         args.proc_id,
-        worker_count_per_proc=2,
+        worker_count_per_proc=args.workers,
         epoch_config=PeriodicEpochConfig(timedelta(seconds=0.1)),
         recovery_config=SqliteRecoveryConfig(args.db_dir),
         secret="recovery-test",

@@ -171,7 +171,9 @@ def _agree(
     if missing:
         raise RecoveryError(
             f"{where}: workers {missing} have no store while workers "
-            f"{sorted(members)} of {old_count} do; a store was lost, so resuming would be wrong"
+            f"{sorted(members)} of {old_count} do; a store was lost, or it is in another "
+            "process's recovery directory (where each process has its own, as on Kubernetes, "
+            "the workers per process cannot change), so resuming would be wrong"
         )
     # A member may have no snapshot yet (or a store left empty) while the others have one of
     # the first epoch: it never finished that epoch, and the run starts over. Beside a later
