@@ -180,7 +180,7 @@ class KafkaStores:
                 flow_start=datetime.fromisoformat(meta["flow_start"]),
                 progress=None if meta["progress"] is None else int(meta["progress"]),
                 staged=None if staged is None else (int(staged[0]), int(staged[1])),
-                run=meta.get("run"),
+                run=None if meta.get("run") is None else str(meta["run"]),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise RecoveryError(f"recovery store {where} has damaged metadata ({exc!r})") from None
