@@ -29,34 +29,22 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from millrace.dataflow import Dataflow
 from millrace.execution import PeriodicEpochConfig, cluster_main
-from millrace.inputs import ManualInputConfig
 from millrace.outputs import ManualOutputConfig
 from millrace.runtime import combine
 from millrace.runtime.exchange import DATA, Exchange, Message
 from millrace.runtime.worker import Worker
 from millrace.window import SystemClockConfig, TumblingWindowConfig
+from support.flows import keyed_numbers
 
 DAY = TumblingWindowConfig(timedelta(days=1))
 SCENARIOS = ["reduce-full", "fold-full", "reduce-epochs"]
-
-
-def numbers(count: int, keys: int) -> ManualInputConfig:
-    def build(worker_index: int, worker_count: int, resume_state: Any) -> Iterator[Any]:
-        for i in range(count):
-            if i % 4 == 0:
-                yield None  # nothing more right now: ends the batch
-            yield i, (f"k{i % keys}", worker_index * 1_000_000 + i)
-
-    return ManualInputConfig(build)
 
 
 def expected(workers: int, count: int, keys: int) -> dict[str, tuple[int, int]]:
@@ -92,7 +80,7 @@ def build(scenario: str, out: str, count: int, keys: int, proc_id: int) -> Dataf
         return lambda item: handle.write(f"{item!r}\n")
 
     flow = Dataflow()
-    flow.input("inp", numbers(count, keys))
+    flow.input("inp", keyed_numbers(count, keys))
     if scenario.startswith("fold"):
         flow.fold_window(
             "slow",

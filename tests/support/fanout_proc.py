@@ -28,32 +28,22 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from millrace.dataflow import Dataflow
 from millrace.execution import cluster_main
-from millrace.inputs import ManualInputConfig
 from millrace.outputs import ManualOutputConfig
 from millrace.runtime.worker import Worker
 from millrace.window import SystemClockConfig, TumblingWindowConfig
+from support.flows import keyed_numbers
 
+#: Keys of the numbers each worker reads.
+KEYS = 97
 HOUR = TumblingWindowConfig(timedelta(hours=1))
 SHORT = TumblingWindowConfig(timedelta(milliseconds=20))
-
-
-def numbers(count: int) -> ManualInputConfig:
-    def build(worker_index: int, worker_count: int, resume_state: Any) -> Iterator[Any]:
-        for i in range(count):
-            if i % 4 == 0:
-                yield None  # nothing more right now: ends the batch
-            yield i, (f"k{i % 97}", worker_index * 1_000_000 + i)
-
-    return ManualInputConfig(build)
 
 
 def fan(width: int):
@@ -86,7 +76,7 @@ def expected(workers: int, count: int, width: int) -> Counter[tuple[str, int]]:
     sums: Counter[str] = Counter()
     for w in range(workers):
         for i in range(count):
-            key = f"k{i % 97}"
+            key = f"k{i % KEYS}"
             for j in range(width):
                 sums[f"{key}/{j}"] += w * 1_000_000 + i
     return Counter(sums.items())
@@ -98,7 +88,7 @@ def build(scenario: str, out: str, count: int, width: int, proc_id: int, stuck: 
         return lambda item: handle.write(f"{item!r}\n")
 
     flow = Dataflow()
-    flow.input("inp", numbers(count))
+    flow.input("inp", keyed_numbers(count, KEYS))
     if scenario == "peer":
         # Emits every item as it comes: on the worker that owns its key, mostly a peer.
         flow.stateful_map("own", lambda: None, lambda state, value: (state, value))

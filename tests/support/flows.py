@@ -196,3 +196,16 @@ def slow_numbers(count: int, delay: float) -> ManualInputConfig:
             yield i, (i % 5, worker_index * 1_000_000 + i)
 
     return ManualInputConfig(build)
+
+
+def keyed_numbers(count: int, keys: int) -> ManualInputConfig:
+    """Each worker reads ``count`` numbers, ``(f"k{i % keys}", worker_index * 1_000_000 + i)``,
+    a few at a time (a ``None`` every four items ends a batch), so there are many batches."""
+
+    def build(worker_index: int, worker_count: int, resume_state: Any) -> Any:
+        for i in range(count):
+            if i % 4 == 0:
+                yield None  # nothing more right now: ends the batch
+            yield i, (f"k{i % keys}", worker_index * 1_000_000 + i)
+
+    return ManualInputConfig(build)
